@@ -1,0 +1,55 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Capstan",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "capstan", targets: ["capstan"]),
+        .library(name: "CapstanModel", targets: ["CapstanModel"]),
+        .library(name: "CapstanRuntime", targets: ["CapstanRuntime"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+    ],
+    targets: [
+        // The six kinds, their decoding, defaulting, validation and CRD schemas. Pure: no I/O.
+        .target(
+            name: "CapstanModel",
+            dependencies: [
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // Generic controller machinery; for now the spec-directory reader. Knows no kind.
+        .target(
+            name: "CapstanRuntime",
+            dependencies: ["CapstanModel"]
+        ),
+        // The command-line interface: thin.
+        .executableTarget(
+            name: "capstan",
+            dependencies: [
+                "CapstanModel",
+                "CapstanRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "CapstanModelTests",
+            dependencies: [
+                "CapstanModel",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .testTarget(
+            name: "CapstanCLITests",
+            dependencies: ["CapstanModel", "CapstanRuntime"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,220 @@
+public struct CanaryPause: SpecObject, Hashable {
+    public var duration: KubeDuration?
+
+    public init() {}
+
+    public static let fields: [Field<CanaryPause>] = [
+        .optional("duration", \.duration, "Pause length; without it, wait for `capstan promote`."),
+    ]
+}
+
+/// An empty object: `analysis: {}` as a step.
+public struct CanaryAnalysisStep: SpecObject, Hashable {
+    public init() {}
+    public static let fields: [Field<CanaryAnalysisStep>] = []
+}
+
+/// One step of a canary: exactly one of setWeight, pause or analysis.
+public struct CanaryStep: SpecObject, Hashable {
+    public var setWeight: Int?
+    public var pause: CanaryPause?
+    public var analysis: CanaryAnalysisStep?
+
+    public init() {}
+
+    public static let documentation = "Exactly one of setWeight, pause or analysis."
+    public static let fields: [Field<CanaryStep>] = [
+        .optional("setWeight", \.setWeight, "Percent of traffic to the canary.", .minimum(0), .maximum(100)),
+        .optional("pause", \.pause, "Wait, for a duration or for promotion."),
+        .optional("analysis", \.analysis, "Run the analysis now."),
+    ]
+
+    public static func validate(_ value: CanaryStep, _ node: SpecNode, _ context: inout DecodeContext) {
+        let count = [value.setWeight != nil, value.pause != nil, value.analysis != nil].filter { $0 }.count
+        if count != 1 {
+            context.fail("a step sets exactly one of setWeight, pause or analysis (\(count == 0 ? "none is set" : "\(count) are set"))", at: node.mark)
+        }
+    }
+
+    public static func refineSchema(_ schema: inout Schema) { schema.oneOfRequired = [["setWeight"], ["pause"], ["analysis"]] }
+}
+
+public enum MetricSourceType: String, SpecEnum {
+    case builtin
+    case prometheus
+}
+
+/// Builtin metrics Capstan computes from its own probes and from /proc.
+public enum BuiltinMetrics {
+    public static let names = [
+        "up", "probe_success", "probe_failure_ratio", "probe_duration_seconds", "restarts_total",
+        "host_cpu_ratio", "host_memory_ratio", "host_disk_ratio",
+    ]
+
+    /// nil when `query` names a builtin metric (with an optional `{label="value"}` selector).
+    static func queryProblem(_ query: String) -> String? {
+        let name = String(query.prefix(while: { $0 != "{" })).trimmingSpaces()
+        guard names.contains(name) else {
+            return "unknown builtin metric \"\(name)\" (builtin metrics: \(names.joined(separator: ", "))); use source: prometheus for PromQL"
+        }
+        let rest = query.dropFirst(name.count).trimmingCharacters(in: " ")
+        if !rest.isEmpty && !(rest.hasPrefix("{") && rest.hasSuffix("}")) {
+            return "builtin query \"\(query)\" must be a metric name with an optional {label=\"value\"} selector"
+        }
+        return nil
+    }
+}
+
+extension StringProtocol {
+    func trimmingCharacters(in set: Character) -> String {
+        var s = Substring(self)
+        while s.first == set { s = s.dropFirst() }
+        while s.last == set { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+public struct CanaryMetric: SpecObject, Hashable {
+    public var name = ""
+    public var source = MetricSourceType.builtin
+    public var address: String?
+    public var query = ""
+    public var min: Double?
+    public var max: Double?
+
+    public init() {}
+
+    public static let documentation = "A metric checked at each analysis; the run passes when min <= value <= max."
+    public static let fields: [Field<CanaryMetric>] = [
+        .required("name", \.name, nil, .dnsLabel),
+        .defaulted("source", \.source, .builtin, "builtin (Capstan's probes) or prometheus."),
+        .optional("address", \.address, "Prometheus base URL (source: prometheus).", .httpURL),
+        .required("query", \.query, "Builtin metric name or PromQL; $(CANARY_VERSION) and $(STABLE_VERSION) are expanded.", .nonEmpty),
+        .optional("min", \.min, "Lowest passing value."),
+        .optional("max", \.max, "Highest passing value."),
+    ]
+
+    public static func validate(_ value: CanaryMetric, _ node: SpecNode, _ context: inout DecodeContext) {
+        if value.min == nil && value.max == nil {
+            context.fail("set min, max or both: a metric without bounds checks nothing", at: node.mark)
+        }
+        if let min = value.min, let max = value.max, min > max {
+            context.fail("min \(SpecNode.formatNumber(min)) is greater than max \(SpecNode.formatNumber(max))", at: node["min"]?.mark)
+        }
+        switch value.source {
+        case .prometheus where value.address == nil:
+            context.fail("required when source is prometheus", field: "address", at: node.mark)
+        case .builtin:
+            if value.address != nil { context.fail("only applies to source prometheus", field: "address", at: node["address"]?.mark) }
+            if let problem = BuiltinMetrics.queryProblem(value.query) { context.fail(problem, field: "query", at: node["query"]?.mark) }
+        default: break
+        }
+    }
+}
+
+public struct CanaryAnalysis: SpecObject, Hashable {
+    public var interval = KubeDuration.minutes(1)
+    public var failureLimit = 0
+    public var metrics: [CanaryMetric] = []
+
+    public init() {}
+
+    public static let fields: [Field<CanaryAnalysis>] = [
+        .defaulted("interval", \.interval, .minutes(1), "Time between analysis runs.", .positive),
+        .defaulted("failureLimit", \.failureLimit, 0, "Failed runs tolerated before abort (Argo Rollouts' default: 0).", .minimum(0)),
+        .defaulted("metrics", \.metrics, [], "Metrics to check."),
+    ]
+
+    public static func validate(_ value: CanaryAnalysis, _ node: SpecNode, _ context: inout DecodeContext) {
+        var seen = Set<String>()
+        for metric in value.metrics where !seen.insert(metric.name).inserted {
+            context.fail("metric name \"\(metric.name)\" is used twice", field: "metrics", at: node["metrics"]?.mark)
+        }
+    }
+}
+
+public enum TrafficRouting: String, SpecEnum {
+    case auto, router, replicas, traefik
+}
+
+public struct CanarySpec: SpecObject, Hashable {
+    public var deployment = ""
+    public var steps: [CanaryStep] = []
+    public var analysis = CanaryAnalysis()
+    public var trafficRouting = TrafficRouting.auto
+    public var skipAnalysis = false
+
+    public init() {}
+
+    public static let fields: [Field<CanarySpec>] = [
+        .required("deployment", \.deployment, "The Deployment this canary guards (same namespace).", .dnsLabel),
+        .required("steps", \.steps, "Steps run in order for every new version.", .minItems(1)),
+        .defaulted("analysis", \.analysis, CanaryAnalysis(), "Metric analysis."),
+        .defaulted("trafficRouting", \.trafficRouting, .auto, "auto, router (local), replicas or traefik (Kubernetes)."),
+        .defaulted("skipAnalysis", \.skipAnalysis, false, "Promote without checking metrics."),
+    ]
+
+    public static func validate(_ value: CanarySpec, _ node: SpecNode, _ context: inout DecodeContext) {
+        if value.steps.contains(where: { $0.analysis != nil }) && value.analysis.metrics.isEmpty && !value.skipAnalysis {
+            context.fail("an analysis step needs analysis.metrics", field: "analysis", at: node["analysis"]?.mark ?? node.mark)
+        }
+    }
+}
+
+public enum CanaryPhase: String, SpecEnum {
+    case idle = "Idle", progressing = "Progressing", paused = "Paused", promoting = "Promoting"
+    case succeeded = "Succeeded", aborted = "Aborted", failed = "Failed"
+}
+
+public struct AnalysisRunRecord: SpecObject, Hashable {
+    public var time = Timestamp(.init(timeIntervalSince1970: 0))
+    public var metric = ""
+    public var value: Double?
+    public var passed = false
+
+    public init() {}
+
+    public static let fields: [Field<AnalysisRunRecord>] = [
+        .required("time", \.time), .required("metric", \.metric), .optional("value", \.value), .defaulted("passed", \.passed, false),
+    ]
+}
+
+public struct CanaryStatus: CommonStatus, Hashable {
+    public var observedGeneration: Int?
+    public var conditions: [Condition] = []
+    public var lastReconcileTime: Timestamp?
+    public var phase: CanaryPhase?
+    public var currentStep: Int?
+    public var canaryWeight: Int?
+    public var stableVersion: String?
+    public var canaryVersion: String?
+    public var failedAnalyses: Int?
+    public var analysisRuns: [AnalysisRunRecord] = []
+
+    public init() {}
+
+    public static var fields: [Field<CanaryStatus>] {
+        commonFields + [
+            .optional("phase", \.phase), .optional("currentStep", \.currentStep), .optional("canaryWeight", \.canaryWeight),
+            .optional("stableVersion", \.stableVersion), .optional("canaryVersion", \.canaryVersion),
+            .optional("failedAnalyses", \.failedAnalyses), .defaulted("analysisRuns", \.analysisRuns, [], "The last 20 runs."),
+        ]
+    }
+}
+
+/// Progressive delivery for one Deployment: new versions go through steps and metric analysis.
+public struct Canary: Resource, Hashable {
+    public static let kind = ResourceKind.canary
+    public var metadata = ObjectMeta()
+    public var spec = CanarySpec()
+    public var status = CanaryStatus()
+
+    public init() {}
+
+    public static let columns = [
+        PrinterColumn("Stable", "string", ".status.stableVersion", "Stable version"),
+        PrinterColumn("Canary", "string", ".status.canaryVersion", "Canary version"),
+        PrinterColumn("Weight", "integer", ".status.canaryWeight", "Percent of traffic to the canary"),
+        PrinterColumn("Phase", "string", ".status.phase", "Canary phase", priority: 1),
+    ]
+}

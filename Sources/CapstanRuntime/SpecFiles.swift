@@ -1,0 +1,196 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import CapstanModel
+
+/// A manifest file read from disk.
+public struct SpecFile: Sendable, Hashable {
+    /// The path as the user would write it (relative to what they named).
+    public var path: String
+    public var bytes: [UInt8]
+}
+
+/// Finds and reads manifest files: every `*.yaml`, `*.yml` and `*.json` below the given
+/// directories (hidden files and folders such as `.git` skipped), plus files named explicitly.
+///
+/// It never hangs and never reads unbounded data: files over `maxFileSize` are refused from
+/// their size alone, only regular files are opened (a FIFO would block), symlinks are followed
+/// but a directory reached twice (a symlink loop) is reported and not entered again.
+public struct SpecFileCollector: Sendable {
+    public var maxFileSize: Int
+    public static let extensions = [".yaml", ".yml", ".json"]
+
+    public init(maxFileSize: Int = ManifestDecoder.defaultMaxFileSize) {
+        self.maxFileSize = maxFileSize
+    }
+
+    public struct Collection: Sendable {
+        public var files: [SpecFile] = []
+        /// Files and directories that could not be read, as errors located at the path.
+        public var problems: [Diagnostic] = []
+        /// How many candidate files were found (read or not).
+        public var candidates = 0
+    }
+
+    private struct FileID: Hashable {
+        var device: UInt64
+        var inode: UInt64
+    }
+
+    /// Collects the files under every path, in a stable order (sorted by name within a directory).
+    public func collect(_ paths: [String]) -> Collection {
+        var collection = Collection()
+        var visited: [FileID: String] = [:]
+        var seenFiles = Set<FileID>()
+        for path in paths {
+            var info = stat()
+            guard stat(path, &info) == 0 else {
+                let reason = errnoText()
+                var lstatInfo = stat()
+                if lstat(path, &lstatInfo) == 0 && (lstatInfo.st_mode & S_IFMT) == S_IFLNK {
+                    collection.problems.append(Diagnostic(file: path, mark: nil, message: "broken symlink: \(reason)"))
+                } else {
+                    collection.problems.append(Diagnostic(file: path, mark: nil, message: "cannot read: \(reason)"))
+                }
+                continue
+            }
+            if (info.st_mode & S_IFMT) == S_IFDIR {
+                walk(directory: path, display: path, ancestors: [], visited: &visited, seenFiles: &seenFiles, into: &collection)
+            } else {
+                collection.candidates += 1
+                read(path, display: path, info: info, seenFiles: &seenFiles, into: &collection)
+            }
+        }
+        return collection
+    }
+
+    private func walk(
+        directory: String, display: String, ancestors: [FileID], visited: inout [FileID: String],
+        seenFiles: inout Set<FileID>, into collection: inout Collection
+    ) {
+        var info = stat()
+        guard stat(directory, &info) == 0 else {
+            collection.problems.append(Diagnostic(file: display, mark: nil, message: "cannot read directory: \(errnoText())"))
+            return
+        }
+        let id = FileID(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+        if ancestors.contains(id) {
+            collection.problems.append(Diagnostic(file: display, mark: nil, message: "symlink loop: this directory leads back to \(visited[id] ?? "one of its parents"); not followed"))
+            return
+        }
+        if let first = visited[id] {
+            collection.problems.append(Diagnostic(.warning, file: display, mark: nil, message: "same directory as \(first) (through a symlink); read once"))
+            return
+        }
+        visited[id] = display
+        guard let handle = opendir(directory) else {
+            collection.problems.append(Diagnostic(file: display, mark: nil, message: "cannot read directory: \(errnoText())"))
+            return
+        }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: Int(NAME_MAX) + 1) { String(cString: $0) }
+            }
+            if name.hasPrefix(".") { continue }
+            names.append(name)
+        }
+        closedir(handle)
+        for name in names.sorted() {
+            let child = directory.hasSuffix("/") ? directory + name : directory + "/" + name
+            let childDisplay = display.hasSuffix("/") ? display + name : display + "/" + name
+            var linkInfo = stat()
+            guard lstat(child, &linkInfo) == 0 else { continue }
+            var childInfo = stat()
+            if stat(child, &childInfo) != 0 {
+                if (linkInfo.st_mode & S_IFMT) == S_IFLNK && isManifestName(name) {
+                    collection.candidates += 1
+                    collection.problems.append(Diagnostic(file: childDisplay, mark: nil, message: "broken symlink: \(errnoText())"))
+                } else if (linkInfo.st_mode & S_IFMT) == S_IFLNK && errno == ELOOP {
+                    collection.problems.append(Diagnostic(file: childDisplay, mark: nil, message: "symlink loop: \(errnoText())"))
+                }
+                continue
+            }
+            if (childInfo.st_mode & S_IFMT) == S_IFDIR {
+                walk(directory: child, display: childDisplay, ancestors: ancestors + [id], visited: &visited, seenFiles: &seenFiles, into: &collection)
+            } else if isManifestName(name) {
+                collection.candidates += 1
+                read(child, display: childDisplay, info: childInfo, seenFiles: &seenFiles, into: &collection)
+            }
+        }
+    }
+
+    private func isManifestName(_ name: String) -> Bool {
+        SpecFileCollector.extensions.contains { name.lowercased().hasSuffix($0) }
+    }
+
+    private func read(_ path: String, display: String, info: stat, seenFiles: inout Set<FileID>, into collection: inout Collection) {
+        guard (info.st_mode & S_IFMT) == S_IFREG else {
+            collection.problems.append(Diagnostic(file: display, mark: nil, message: "not a regular file (a FIFO, socket or device): not read"))
+            return
+        }
+        let id = FileID(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+        guard seenFiles.insert(id).inserted else { return }
+        if Int(info.st_size) > maxFileSize {
+            collection.problems.append(Diagnostic(file: display, mark: nil, message: "file is \(ByteSize.format(Int(info.st_size))), over the \(ByteSize.format(maxFileSize)) limit for a manifest (--max-file-size)"))
+            return
+        }
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else {
+            collection.problems.append(Diagnostic(file: display, mark: nil, message: "cannot read: \(errnoText())"))
+            return
+        }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Int(info.st_size))
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                collection.problems.append(Diagnostic(file: display, mark: nil, message: "cannot read: \(errnoText())"))
+                return
+            }
+            if count == 0 { break }
+            bytes += buffer[0..<count]
+            if bytes.count > maxFileSize {
+                collection.problems.append(Diagnostic(file: display, mark: nil, message: "file grew over the \(ByteSize.format(maxFileSize)) limit while being read"))
+                return
+            }
+        }
+        collection.files.append(SpecFile(path: display, bytes: bytes))
+    }
+}
+
+func errnoText() -> String {
+    String(cString: strerror(errno))
+}
+
+/// Reads and decodes every manifest under `paths`: the whole of `capstan validate`.
+public struct ManifestLoader: Sendable {
+    public var collector: SpecFileCollector
+    public var decoder: ManifestDecoder
+
+    public init(maxFileSize: Int = ManifestDecoder.defaultMaxFileSize) {
+        collector = SpecFileCollector(maxFileSize: maxFileSize)
+        decoder = ManifestDecoder(maxFileSize: maxFileSize)
+    }
+
+    public struct Result: Sendable {
+        public var manifests = ManifestResult()
+        public var files = 0
+    }
+
+    public func load(_ paths: [String]) -> Result {
+        let collection = collector.collect(paths)
+        var result = Result()
+        result.files = collection.candidates
+        result.manifests.diagnostics = collection.problems
+        for file in collection.files {
+            result.manifests.merge(decoder.decode(file.bytes, file: file.path))
+        }
+        return result
+    }
+}
