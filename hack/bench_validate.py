@@ -130,12 +130,14 @@ def generate(directory):
 
 
 def measure(command):
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Runs a command; returns its result, wall seconds and CPU seconds (user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, max over children so far
-    return result, elapsed, max(peak, before)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return result, elapsed, cpu
 
 
 PEER = """
@@ -153,9 +155,10 @@ def main():
     directory = tempfile.mkdtemp(prefix="capstan-bench-")
     try:
         files = generate(directory)
-        capstan_times, peer_times, peaks = [], [], []
+        capstan_times, peer_times, peaks, capstan_cpu, peer_cpu = [], [], [], [], []
         for run in range(RUNS):
-            result, elapsed, _ = measure([BIN, "validate", directory])
+            result, elapsed, cpu = measure([BIN, "validate", directory])
+            capstan_cpu.append(cpu)
             if result.returncode != 0:
                 print(result.stdout[-2000:], result.stderr[-2000:], file=sys.stderr)
                 sys.exit("capstan validate failed on the generated specs")
@@ -165,15 +168,17 @@ def main():
             if timed is not None:
                 peaks.append(int(timed.stderr.strip().splitlines()[-1]))
             capstan_times.append(elapsed)
-            peer, peer_elapsed, _ = measure([sys.executable, "-c", PEER, directory])
+            peer, peer_elapsed, cpu = measure([sys.executable, "-c", PEER, directory])
+            peer_cpu.append(cpu)
             assert int(peer.stdout.strip()) == OBJECTS, peer.stdout
             peer_times.append(peer_elapsed)
         ct, pt = statistics.median(capstan_times), statistics.median(peer_times)
+        cc, pc = statistics.median(capstan_cpu), statistics.median(peer_cpu)
         print(f"validate: {OBJECTS} objects in {files} files, {RUNS} runs (median)")
-        print(f"{'':28}{'wall s':>10}{'objects/s':>12}{'peak RSS MiB':>14}")
+        print(f"{'':28}{'wall s':>10}{'objects/s':>12}{'CPU s':>10}{'obj/CPU-s':>12}{'peak RSS MiB':>14}")
         peak = f"{max(peaks) / 1024:.1f}" if peaks else "n/a"
-        print(f"{'capstan validate':28}{ct:>10.3f}{OBJECTS / ct:>12.0f}{peak:>14}")
-        print(f"{'PyYAML CSafeLoader (parse)':28}{pt:>10.3f}{OBJECTS / pt:>12.0f}{'':>14}")
+        print(f"{'capstan validate':28}{ct:>10.3f}{OBJECTS / ct:>12.0f}{cc:>10.3f}{OBJECTS / cc:>12.0f}{peak:>14}")
+        print(f"{'PyYAML CSafeLoader (parse)':28}{pt:>10.3f}{OBJECTS / pt:>12.0f}{pc:>10.3f}{OBJECTS / pc:>12.0f}{'':>14}")
         print(f"ratio capstan/PyYAML throughput: {pt / ct:.2f}x  (all runs capstan: {', '.join(f'{t:.3f}' for t in capstan_times)})")
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -25,9 +25,9 @@ public struct DecodeContext: Sendable {
 
     /// Runs `body` with `component` appended to the path.
     public mutating func at<T>(_ component: FieldPath.Component, _ body: (inout DecodeContext) -> T) -> T {
-        let saved = path
-        path = FieldPath(path.components + [component])
-        defer { path = saved }
+        // A stack, not a copy per field: decoding thousands of objects should not allocate paths.
+        path.components.append(component)
+        defer { path.components.removeLast() }
         return body(&self)
     }
 
@@ -61,7 +61,10 @@ public protocol SpecObject: SpecValue {
     static var ignoredFields: Set<String> { get }
     /// Checks that involve several fields; runs only when every field decoded cleanly.
     static func validate(_ value: Self, _ node: SpecNode, _ context: inout DecodeContext)
-    /// Schema rules across fields (`oneOf` alternatives), added to the generated schema.
+    /// Fields of which exactly one must be set (a union such as `http`/`tcp`/`exec`): checked
+    /// when decoding and written into the schema as `oneOf`.
+    static var exactlyOneOf: [String] { get }
+    /// Schema rules across fields, added to the generated schema.
     static func refineSchema(_ schema: inout Schema)
     /// Description used in the CRD schema.
     static var documentation: String { get }
@@ -71,7 +74,26 @@ extension SpecObject {
     public static var ignoredFields: Set<String> { [] }
     public static func validate(_ value: Self, _ node: SpecNode, _ context: inout DecodeContext) {}
     public static func refineSchema(_ schema: inout Schema) {}
+    public static var exactlyOneOf: [String] { [] }
     public static var documentation: String { "" }
+
+    /// Reports unless exactly one of `exactlyOneOf` is set in `node`.
+    static func checkExactlyOne(_ node: SpecNode, _ context: inout DecodeContext) {
+        let names = exactlyOneOf
+        guard !names.isEmpty else { return }
+        let set = names.filter { name in node[name].map { $0.value != .null } ?? false }
+        guard set.count != 1 else { return }
+        let list = names.count == 2 ? "\(names[0]) or \(names[1])"
+            : names.dropLast().joined(separator: ", ") + " or " + names.last!
+        let detail: String
+        switch (set.count, names.count) {
+        case (0, 2): detail = " (neither is set)"
+        case (0, _): detail = " (none is set)"
+        case (_, 2): detail = ", not both"
+        default: detail = " (\(set.dropLast().joined(separator: ", ")) and \(set.last!) are set)"
+        }
+        context.fail("set exactly one of \(list)\(detail)", at: node.mark)
+    }
 
     public static func decode(_ node: SpecNode, _ context: inout DecodeContext) -> Self? {
         guard let entries = node.entries else {
@@ -81,9 +103,9 @@ extension SpecObject {
         let fields = Self.fields
         let before = context.problemCount
         var value = Self()
-        var seen = Set<String>()
+        var seen = [Bool](repeating: false, count: fields.count)
         for entry in entries {
-            guard let field = fields.first(where: { $0.name == entry.key }) else {
+            guard let fieldIndex = fields.firstIndex(where: { $0.name == entry.key }) else {
                 if ignoredFields.contains(entry.key) { continue }
                 var message = "unknown field \"\(entry.key)\""
                 if let suggestion = closestName(to: entry.key, among: fields.map(\.name)) {
@@ -92,17 +114,17 @@ extension SpecObject {
                 context.fail(message, field: entry.key, at: entry.keyMark ?? entry.value.mark)
                 continue
             }
-            seen.insert(entry.key)
+            let field = fields[fieldIndex]
             if case .null = entry.value.value {
                 // `field:` with no value (or `~`) means "not set", as in Kubernetes.
-                seen.remove(entry.key)
                 continue
             }
+            seen[fieldIndex] = true
             context.at(entry.key) { context in
                 field.decodeInto(&value, entry.value, &context)
             }
         }
-        for field in fields where !seen.contains(field.name) {
+        for (index, field) in fields.enumerated() where !seen[index] {
             switch field.presence {
             case .required:
                 context.fail("required field is missing", field: field.name, at: node.mark)
@@ -110,6 +132,7 @@ extension SpecObject {
                 break
             }
         }
+        checkExactlyOne(node, &context)
         if context.problemCount == before {
             validate(value, node, &context)
         }
@@ -128,7 +151,11 @@ extension SpecObject {
 
     public static var schema: Schema {
         var schema = Schema(type: .object)
-        schema.description = documentation.isEmpty ? nil : documentation
+        if !documentation.isEmpty {
+            schema.description = documentation
+        } else if !exactlyOneOf.isEmpty {
+            schema.description = "Exactly one of " + exactlyOneOf.dropLast().joined(separator: ", ") + " or " + exactlyOneOf.last! + "."
+        }
         for field in fields {
             var child = field.schema()
             if let doc = field.documentation, !doc.isEmpty { child.description = doc }
@@ -138,6 +165,7 @@ extension SpecObject {
             schema.properties.append((field.name, child))
             if case .required = field.presence { schema.required.append(field.name) }
         }
+        if !exactlyOneOf.isEmpty { schema.oneOfRequired = exactlyOneOf.map { [$0] } }
         refineSchema(&schema)
         return schema
     }
@@ -182,6 +210,18 @@ public struct Field<Root>: Sendable {
     let encodeFrom: @Sendable (Root) -> SpecNode?
     let schema: @Sendable () -> Schema
 
+    /// Decodes a value, checks its rules and stores it.
+    private static func decoding<V: SpecValue>(
+        _ rules: [Rule<V>], store: @escaping @Sendable (inout Root, V) -> Void
+    ) -> @Sendable (inout Root, SpecNode, inout DecodeContext) -> Void {
+        { root, node, context in
+            if let value = V.decode(node, &context) {
+                Rule.check(rules, value, node, &context)
+                store(&root, value)
+            }
+        }
+    }
+
     /// A field that must be present.
     public static func required<V: SpecValue>(
         _ name: String, _ keyPath: WritableKeyPath<Root, V> & Sendable, _ doc: String? = nil,
@@ -189,12 +229,7 @@ public struct Field<Root>: Sendable {
     ) -> Field {
         Field(
             name: name, presence: .required, documentation: doc, defaultNode: nil,
-            decodeInto: { root, node, context in
-                if let value = V.decode(node, &context) {
-                    Rule.check(rules, value, node, &context)
-                    root[keyPath: keyPath] = value
-                }
-            },
+            decodeInto: decoding(rules) { root, value in root[keyPath: keyPath] = value },
             encodeFrom: { root in root[keyPath: keyPath].encode() },
             schema: { Rule.apply(rules, to: V.schema) })
     }
@@ -206,12 +241,7 @@ public struct Field<Root>: Sendable {
     ) -> Field {
         Field(
             name: name, presence: .optional, documentation: doc, defaultNode: nil,
-            decodeInto: { root, node, context in
-                if let value = V.decode(node, &context) {
-                    Rule.check(rules, value, node, &context)
-                    root[keyPath: keyPath] = value
-                }
-            },
+            decodeInto: decoding(rules) { root, value in root[keyPath: keyPath] = value },
             encodeFrom: { root in root[keyPath: keyPath]?.encode() },
             schema: { Rule.apply(rules, to: V.schema) })
     }
@@ -223,12 +253,7 @@ public struct Field<Root>: Sendable {
     ) -> Field {
         Field(
             name: name, presence: .defaulted, documentation: doc, defaultNode: defaultValue.encode(),
-            decodeInto: { root, node, context in
-                if let value = V.decode(node, &context) {
-                    Rule.check(rules, value, node, &context)
-                    root[keyPath: keyPath] = value
-                }
-            },
+            decodeInto: decoding(rules) { root, value in root[keyPath: keyPath] = value },
             encodeFrom: { root in
                 let node = root[keyPath: keyPath].encode()
                 return node.isEmptyCollection ? nil : node

@@ -70,7 +70,18 @@ public enum AnyResource: Sendable, Hashable {
 public enum SpecHash {
     public static func of(_ node: SpecNode) -> String {
         let canonical = JSONEmitter.emit(node, pretty: false, sortKeys: true)
-        return SHA256.hash(data: Data(canonical.utf8)).map { String(format: "%02x", $0) }.joined()
+        return hex(SHA256.hash(data: Data(canonical.utf8)))
+    }
+
+    /// Lower-case hexadecimal of bytes.
+    public static func hex(_ bytes: some Sequence<UInt8>) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        for byte in bytes {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0xF)])
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 }
 
@@ -80,7 +91,9 @@ public struct DecodedObject: Sendable, Hashable {
     public var file: String
     /// Where the object's document starts.
     public var mark: SourceMark
-    public var specHash: String
+
+    /// The canonical spec hash (computed on demand: validation does not need it).
+    public var specHash: String { resource.specHash }
 
     public var key: ObjectKey { resource.key }
     public var location: String { "\(file):\(mark.line):\(mark.column)" }
@@ -94,6 +107,8 @@ public struct ManifestResult: Sendable {
     public var invalidObjects: [ObjectKey] = []
     /// Documents of other API groups that were skipped.
     public var skipped = 0
+    /// Position in `objects` of each key, so that merging many files stays linear.
+    private var index: [ObjectKey: Int] = [:]
 
     public init() {}
 
@@ -102,15 +117,18 @@ public struct ManifestResult: Sendable {
 
     /// Appends another file's result, reporting objects defined twice (the first one read wins).
     public mutating func merge(_ other: ManifestResult) {
-        var index = Dictionary(objects.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
+        if index.count != objects.count {
+            index = Dictionary(objects.enumerated().map { ($1.key, $0) }, uniquingKeysWith: { first, _ in first })
+        }
         for object in other.objects {
-            if let first = index[object.key] {
+            if let position = index[object.key] {
+                let first = objects[position]
                 diagnostics.append(Diagnostic(
                     file: object.file, mark: object.mark, object: object.resource.reference,
                     message: "\(object.key.kind.rawValue) \(object.key.namespace)/\(object.key.name) is defined twice: also at \(first.location) (that one is used)"))
                 invalidObjects.append(object.key)
             } else {
-                index[object.key] = object
+                index[object.key] = objects.count
                 objects.append(object)
             }
         }
@@ -244,7 +262,7 @@ public struct ManifestDecoder: Sendable {
             return
         }
         seen[resource.key] = mark
-        result.objects.append(DecodedObject(resource: resource, file: file, mark: mark, specHash: resource.specHash))
+        result.objects.append(DecodedObject(resource: resource, file: file, mark: mark))
     }
 }
 

@@ -7,8 +7,17 @@ public enum Names {
         c.isASCII && (c.isLowercase || c.isNumber || c == "-")
     }
 
+    /// Fast check on bytes: lower-case letters, digits and '-', alphanumeric at both ends.
+    static func isDNS1123Label(_ name: String) -> Bool {
+        let bytes = name.utf8
+        guard !bytes.isEmpty, bytes.count <= 63, let first = bytes.first, let last = bytes.last else { return false }
+        func alnum(_ b: UInt8) -> Bool { (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) }
+        return alnum(first) && alnum(last) && bytes.allSatisfy { alnum($0) || $0 == 0x2D }
+    }
+
     /// nil when `name` is a DNS-1123 label (an object name), else why it is not.
     public static func dns1123LabelProblem(_ name: String) -> String? {
+        if isDNS1123Label(name) { return nil }
         if name.isEmpty { return "must not be empty" }
         if name.count > 63 { return "\"\(name.prefix(20))...\" is \(name.count) characters long: a name must be at most 63 characters" }
         if name.contains(where: { $0.isUppercase }) {
@@ -25,6 +34,9 @@ public enum Names {
 
     /// nil when `name` is a DNS-1123 subdomain (dot-separated labels, at most 253 characters).
     public static func dns1123SubdomainProblem(_ name: String) -> String? {
+        if name.utf8.count <= 253, !name.isEmpty, name.split(separator: ".", omittingEmptySubsequences: false).allSatisfy({ isDNS1123Label(String($0)) }) {
+            return nil
+        }
         if name.isEmpty { return "must not be empty" }
         if name.count > 253 { return "must be at most 253 characters, got \(name.count)" }
         for part in name.split(separator: ".", omittingEmptySubsequences: false) {
@@ -57,9 +69,10 @@ public enum Names {
 
     /// Letters, digits, '-', '_', '.', starting and ending alphanumeric.
     static func isLabelValue(_ value: String) -> Bool {
-        guard let first = value.first, let last = value.last else { return true }
-        let alnum: (Character) -> Bool = { $0.isASCII && ($0.isLetter || $0.isNumber) }
-        return alnum(first) && alnum(last) && value.allSatisfy { alnum($0) || $0 == "-" || $0 == "_" || $0 == "." }
+        let bytes = value.utf8
+        guard let first = bytes.first, let last = bytes.last else { return true }
+        func alnum(_ b: UInt8) -> Bool { (b >= 0x61 && b <= 0x7A) || (b >= 0x41 && b <= 0x5A) || (b >= 0x30 && b <= 0x39) }
+        return alnum(first) && alnum(last) && bytes.allSatisfy { alnum($0) || $0 == 0x2D || $0 == 0x5F || $0 == 0x2E }
     }
 
     /// nil when `value` is a valid label value.
@@ -73,9 +86,11 @@ public enum Names {
 
     /// nil when `value` is an environment variable name.
     public static func envVarNameProblem(_ value: String) -> String? {
-        guard let first = value.first else { return "must not be empty" }
-        let ok: (Character) -> Bool = { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == ".") }
-        if first.isNumber || !value.allSatisfy(ok) {
+        guard let first = value.utf8.first else { return "must not be empty" }
+        func ok(_ b: UInt8) -> Bool {
+            (b >= 0x61 && b <= 0x7A) || (b >= 0x41 && b <= 0x5A) || (b >= 0x30 && b <= 0x39) || b == 0x5F || b == 0x2D || b == 0x2E
+        }
+        if (first >= 0x30 && first <= 0x39) || !value.utf8.allSatisfy(ok) {
             return "\"\(value)\" is not a valid environment variable name: use letters, digits, '_', '-' and '.', not starting with a digit"
         }
         return nil

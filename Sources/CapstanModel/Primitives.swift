@@ -40,7 +40,7 @@ extension Int: SpecValue {
 }
 
 extension Character {
-    var isASCIIDigitCharacter: Bool { isASCII && isNumber }
+    var isASCIIDigitCharacter: Bool { asciiValue.map { $0 >= 0x30 && $0 <= 0x39 } ?? false }
 }
 
 extension Bool: SpecValue {

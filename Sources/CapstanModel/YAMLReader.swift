@@ -29,7 +29,9 @@ public struct YAMLReader: Sendable {
     public func documents(_ text: String) throws(SyntaxError) -> [Document] {
         var result: [Document] = []
         do {
-            let parser = try Parser(yaml: text)
+            // The basic resolver (no regular expressions: types are decided by the fields that read
+            // the scalars) and an explicit encoding (the default one reads the environment).
+            let parser = try Parser(yaml: text, resolver: .basic, encoding: .utf8)
             while let node = try parser.nextRoot() {
                 var budget = maxNodes
                 let start = node.mark.map { SourceMark(line: $0.line, column: $0.column) } ?? SourceMark(line: 1, column: 1)

@@ -1,3 +1,5 @@
+import Dispatch
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -188,8 +190,17 @@ public struct ManifestLoader: Sendable {
         var result = Result()
         result.files = collection.candidates
         result.manifests.diagnostics = collection.problems
-        for file in collection.files {
-            result.manifests.merge(decoder.decode(file.bytes, file: file.path))
+        // Files decode independently, so they decode on every core; merging in path order keeps
+        // the outcome (which duplicate wins, the order of problems) deterministic.
+        let files = collection.files
+        let decoded = Mutex([ManifestResult?](repeating: nil, count: files.count))
+        let decoder = self.decoder
+        DispatchQueue.concurrentPerform(iterations: files.count) { index in
+            let one = decoder.decode(files[index].bytes, file: files[index].path)
+            decoded.withLock { $0[index] = one }
+        }
+        for one in decoded.withLock({ $0 }) {
+            if let one { result.manifests.merge(one) }
         }
         return result
     }

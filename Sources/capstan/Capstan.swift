@@ -11,8 +11,7 @@ struct Capstan: ParsableCommand {
         commandName: "capstan",
         abstract: "A reconciling operator for Applications, Deployments, Canaries, AlertRules, SecretRotations and BackupSchedules.",
         discussion: """
-            Capstan reads resources of six kinds (API group capstan.dev/v1alpha1) from a spec
-            directory or from the Kubernetes API and makes the running system match them.
+            Capstan reads resources of six kinds (API group capstan.dev/v1alpha1) from a spec directory or from the Kubernetes API and makes the running system match them.
 
             Start with:  capstan validate manifests/examples
             """,

@@ -10,9 +10,7 @@ struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check manifests: syntax, types, required and unknown fields, names, durations, cron, references.",
         discussion: """
-            Reads every *.yaml, *.yml and *.json file under the given directories (hidden ones
-            skipped) and every file named explicitly. Exit status 0 when every object is valid,
-            1 when there is any problem. Each problem is one line:
+            Reads every *.yaml, *.yml and *.json file under the given directories (hidden ones skipped) and every file named explicitly. Exit status 0 when every object is valid, 1 when there is any problem. Each problem is one line:
 
               file:line:column: Kind/name: field.path: message
 

@@ -70,6 +70,7 @@ import Testing
             guard let schedule = try? CronSchedule(expression) else { Issue.record("\(expression) did not parse"); return }
             let timeZone = TimeZone(identifier: zone)!
             let start = Date(timeIntervalSince1970: Double(seconds))
+            #expect(schedule.canFire)
             guard let next = schedule.next(after: start, in: timeZone) else {
                 Issue.record("\(expression) in \(zone) never fires after \(start)")
                 return
@@ -116,6 +117,10 @@ import Testing
     }
 
     @Test func cronImpossibleDatesNeverFire() throws {
+        #expect(try !CronSchedule("0 0 31 2 *").canFire)
+        #expect(try !CronSchedule("0 0 31 4,6,9,11 *").canFire)
+        #expect(try CronSchedule("0 0 29 2 *").canFire)
+        #expect(try CronSchedule("0 0 31 2 MON").canFire)
         #expect(try CronSchedule("0 0 31 2 *").next(after: Date(timeIntervalSince1970: 0), in: TimeZone(identifier: "UTC")!) == nil)
         #expect(try CronSchedule("0 0 30 2 *").next(after: Date(timeIntervalSince1970: 0), in: TimeZone(identifier: "UTC")!) == nil)
     }

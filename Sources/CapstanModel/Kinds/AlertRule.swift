@@ -33,19 +33,12 @@ public struct WebhookReceiver: SpecObject, Hashable {
 
     public init() {}
 
-    public static let documentation = "Exactly one of url or urlFrom."
     public static let fields: [Field<WebhookReceiver>] = [
         .optional("url", \.url, "Receiver URL.", .httpURL),
         .optional("urlFrom", \.urlFrom, "Receiver URL from a Secret (keeps tokens out of git)."),
     ]
 
-    public static func validate(_ value: WebhookReceiver, _ node: SpecNode, _ context: inout DecodeContext) {
-        if (value.url == nil) == (value.urlFrom == nil) {
-            context.fail("set exactly one of url or urlFrom", at: node.mark)
-        }
-    }
-
-    public static func refineSchema(_ schema: inout Schema) { schema.oneOfRequired = [["url"], ["urlFrom"]] }
+    public static let exactlyOneOf = ["url", "urlFrom"]
 }
 
 public struct SlackReceiver: SpecObject, Hashable {
@@ -61,13 +54,7 @@ public struct SlackReceiver: SpecObject, Hashable {
         .optional("channel", \.channel, "Channel override."),
     ]
 
-    public static func validate(_ value: SlackReceiver, _ node: SpecNode, _ context: inout DecodeContext) {
-        if (value.url == nil) == (value.urlFrom == nil) {
-            context.fail("set exactly one of url or urlFrom", at: node.mark)
-        }
-    }
-
-    public static func refineSchema(_ schema: inout Schema) { schema.oneOfRequired = [["url"], ["urlFrom"]] }
+    public static let exactlyOneOf = ["url", "urlFrom"]
 }
 
 public struct SMTPSettings: SpecObject, Hashable {
@@ -123,7 +110,6 @@ public struct Receiver: SpecObject, Hashable {
 
     public init() {}
 
-    public static let documentation = "Exactly one of webhook, slack, email or alertmanager."
     public static let fields: [Field<Receiver>] = [
         .optional("webhook", \.webhook, "Alertmanager-compatible webhook JSON payload."),
         .optional("slack", \.slack, "Slack incoming webhook."),
@@ -131,16 +117,7 @@ public struct Receiver: SpecObject, Hashable {
         .optional("alertmanager", \.alertmanager, "Forward to an Alertmanager."),
     ]
 
-    public static func validate(_ value: Receiver, _ node: SpecNode, _ context: inout DecodeContext) {
-        let count = [value.webhook != nil, value.slack != nil, value.email != nil, value.alertmanager != nil].filter { $0 }.count
-        if count != 1 {
-            context.fail("a receiver sets exactly one of webhook, slack, email or alertmanager (\(count == 0 ? "none is set" : "\(count) are set"))", at: node.mark)
-        }
-    }
-
-    public static func refineSchema(_ schema: inout Schema) {
-        schema.oneOfRequired = [["webhook"], ["slack"], ["email"], ["alertmanager"]]
-    }
+    public static let exactlyOneOf = ["webhook", "slack", "email", "alertmanager"]
 }
 
 public struct Escalation: SpecObject, Hashable {
@@ -250,19 +227,18 @@ public struct AlertRuleStatus: CommonStatus, Hashable {
 
     public init() {}
 
-    public static var fields: [Field<AlertRuleStatus>] {
-        commonFields + [
-            .optional("state", \.state), .optional("activeSince", \.activeSince), .optional("lastEvaluation", \.lastEvaluation),
-            .optional("lastValue", \.lastValue), .optional("lastNotification", \.lastNotification),
-            .defaulted("notifications", \.notifications, [], "The last 20 notifications."),
-            .optional("acknowledgedUntil", \.acknowledgedUntil),
-        ]
-    }
+    public static let fields: [Field<AlertRuleStatus>] = commonFields + [
+        .optional("state", \.state), .optional("activeSince", \.activeSince), .optional("lastEvaluation", \.lastEvaluation),
+        .optional("lastValue", \.lastValue), .optional("lastNotification", \.lastNotification),
+        .defaulted("notifications", \.notifications, [], "The last 20 notifications."),
+        .optional("acknowledgedUntil", \.acknowledgedUntil),
+    ]
 }
 
 /// Watches a metric and notifies people when a condition holds long enough.
 public struct AlertRule: Resource, Hashable {
     public static let kind = ResourceKind.alertRule
+    public static let fields: [Field<AlertRule>] = resourceFields
     public var metadata = ObjectMeta()
     public var spec = AlertRuleSpec()
     public var status = AlertRuleStatus()

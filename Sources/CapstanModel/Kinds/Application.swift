@@ -5,21 +5,12 @@ public struct ApplicationSource: SpecObject, Hashable {
 
     public init() {}
 
-    public static let documentation = "Exactly one of path or git."
     public static let fields: [Field<ApplicationSource>] = [
         .optional("path", \.path, "A directory, relative to the spec file.", .nonEmpty),
         .optional("git", \.git, "A git repository, checked out at the Deployment's version."),
     ]
 
-    public static func validate(_ value: ApplicationSource, _ node: SpecNode, _ context: inout DecodeContext) {
-        switch (value.path, value.git) {
-        case (nil, nil): context.fail("set exactly one of path or git (neither is set)", at: node.mark)
-        case (.some, .some): context.fail("set exactly one of path or git, not both", at: node.mark)
-        default: break
-        }
-    }
-
-    public static func refineSchema(_ schema: inout Schema) { schema.oneOfRequired = [["path"], ["git"]] }
+    public static let exactlyOneOf = ["path", "git"]
 }
 
 /// A git repository.
@@ -109,7 +100,6 @@ public struct HealthCheck: SpecObject, Hashable {
 
     public init() {}
 
-    public static let documentation = "Exactly one of http, tcp or exec."
     public static let fields: [Field<HealthCheck>] = [
         .optional("http", \.http, "HTTP GET probe."),
         .optional("tcp", \.tcp, "TCP connect probe."),
@@ -122,16 +112,12 @@ public struct HealthCheck: SpecObject, Hashable {
     ]
 
     public static func validate(_ value: HealthCheck, _ node: SpecNode, _ context: inout DecodeContext) {
-        let set = [value.http != nil, value.tcp != nil, value.exec != nil].filter { $0 }.count
-        if set != 1 {
-            context.fail("set exactly one of http, tcp or exec (\(set == 0 ? "none is set" : "\(set) are set"))", at: node.mark)
-        }
         if value.timeout > value.interval {
             context.fail("timeout \(value.timeout) must not exceed interval \(value.interval)", field: "timeout", at: node["timeout"]?.mark)
         }
     }
 
-    public static func refineSchema(_ schema: inout Schema) { schema.oneOfRequired = [["http"], ["tcp"], ["exec"]] }
+    public static let exactlyOneOf = ["http", "tcp", "exec"]
 
     /// The port a check refers to, if any.
     var port: IntOrString? { http?.port ?? tcp?.port }
@@ -282,17 +268,16 @@ public struct ApplicationStatus: CommonStatus, Hashable {
 
     public init() {}
 
-    public static var fields: [Field<ApplicationStatus>] {
-        commonFields + [
-            .defaulted("deployments", \.deployments, [], "Deployments that run this Application."),
-            .defaulted("artifacts", \.artifacts, [], "Prepared artifacts (local platform)."),
-        ]
-    }
+    public static let fields: [Field<ApplicationStatus>] = commonFields + [
+        .defaulted("deployments", \.deployments, [], "Deployments that run this Application."),
+        .defaulted("artifacts", \.artifacts, [], "Prepared artifacts (local platform)."),
+    ]
 }
 
 /// What an app is: where its code comes from, how to build, run and probe it.
 public struct Application: Resource, Hashable {
     public static let kind = ResourceKind.application
+    public static let fields: [Field<Application>] = resourceFields
     public var metadata = ObjectMeta()
     public var spec = ApplicationSpec()
     public var status = ApplicationStatus()

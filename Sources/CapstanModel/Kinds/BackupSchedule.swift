@@ -32,7 +32,6 @@ public struct BackupSource: SpecObject, Hashable {
 
     public init() {}
 
-    public static let documentation = "Exactly one of postgres, sqlite, directory or command."
     public static let fields: [Field<BackupSource>] = [
         .optional("postgres", \.postgres, "pg_dump of a database."),
         .optional("sqlite", \.sqlite, "Consistent online copy of an SQLite database."),
@@ -40,16 +39,7 @@ public struct BackupSource: SpecObject, Hashable {
         .optional("command", \.command, "A command whose standard output is the backup."),
     ]
 
-    public static func validate(_ value: BackupSource, _ node: SpecNode, _ context: inout DecodeContext) {
-        let count = [value.postgres != nil, value.sqlite != nil, value.directory != nil, value.command != nil].filter { $0 }.count
-        if count != 1 {
-            context.fail("set exactly one of postgres, sqlite, directory or command (\(count == 0 ? "none is set" : "\(count) are set"))", at: node.mark)
-        }
-    }
-
-    public static func refineSchema(_ schema: inout Schema) {
-        schema.oneOfRequired = [["postgres"], ["sqlite"], ["directory"], ["command"]]
-    }
+    public static let exactlyOneOf = ["postgres", "sqlite", "directory", "command"]
 }
 
 public struct S3Destination: SpecObject, Hashable {
@@ -79,19 +69,12 @@ public struct BackupDestination: SpecObject, Hashable {
 
     public init() {}
 
-    public static let documentation = "Exactly one of local or s3."
     public static let fields: [Field<BackupDestination>] = [
         .optional("local", \.local, "A directory on this host."),
         .optional("s3", \.s3, "S3-compatible object storage."),
     ]
 
-    public static func validate(_ value: BackupDestination, _ node: SpecNode, _ context: inout DecodeContext) {
-        if (value.local == nil) == (value.s3 == nil) {
-            context.fail("set exactly one of local or s3", at: node.mark)
-        }
-    }
-
-    public static func refineSchema(_ schema: inout Schema) { schema.oneOfRequired = [["local"], ["s3"]] }
+    public static let exactlyOneOf = ["local", "s3"]
 }
 
 /// restic-style retention: keep the newest N, and the newest of each of the last N days, weeks, months.
@@ -194,18 +177,17 @@ public struct BackupScheduleStatus: CommonStatus, Hashable {
 
     public init() {}
 
-    public static var fields: [Field<BackupScheduleStatus>] {
-        commonFields + [
-            .optional("lastScheduleTime", \.lastScheduleTime), .optional("lastSuccessfulTime", \.lastSuccessfulTime),
-            .optional("nextScheduleTime", \.nextScheduleTime), .defaulted("active", \.active, [], "Runs in progress."),
-            .defaulted("backups", \.backups, [], "The newest 20 backups."), .optional("missedRuns", \.missedRuns),
-        ]
-    }
+    public static let fields: [Field<BackupScheduleStatus>] = commonFields + [
+        .optional("lastScheduleTime", \.lastScheduleTime), .optional("lastSuccessfulTime", \.lastSuccessfulTime),
+        .optional("nextScheduleTime", \.nextScheduleTime), .defaulted("active", \.active, [], "Runs in progress."),
+        .defaulted("backups", \.backups, [], "The newest 20 backups."), .optional("missedRuns", \.missedRuns),
+    ]
 }
 
 /// Scheduled backups with retention, verification and restore.
 public struct BackupSchedule: Resource, Hashable {
     public static let kind = ResourceKind.backupSchedule
+    public static let fields: [Field<BackupSchedule>] = resourceFields
     public var metadata = ObjectMeta()
     public var spec = BackupScheduleSpec()
     public var status = BackupScheduleStatus()

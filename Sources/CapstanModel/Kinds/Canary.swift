@@ -22,21 +22,13 @@ public struct CanaryStep: SpecObject, Hashable {
 
     public init() {}
 
-    public static let documentation = "Exactly one of setWeight, pause or analysis."
     public static let fields: [Field<CanaryStep>] = [
         .optional("setWeight", \.setWeight, "Percent of traffic to the canary.", .minimum(0), .maximum(100)),
         .optional("pause", \.pause, "Wait, for a duration or for promotion."),
         .optional("analysis", \.analysis, "Run the analysis now."),
     ]
 
-    public static func validate(_ value: CanaryStep, _ node: SpecNode, _ context: inout DecodeContext) {
-        let count = [value.setWeight != nil, value.pause != nil, value.analysis != nil].filter { $0 }.count
-        if count != 1 {
-            context.fail("a step sets exactly one of setWeight, pause or analysis (\(count == 0 ? "none is set" : "\(count) are set"))", at: node.mark)
-        }
-    }
-
-    public static func refineSchema(_ schema: inout Schema) { schema.oneOfRequired = [["setWeight"], ["pause"], ["analysis"]] }
+    public static let exactlyOneOf = ["setWeight", "pause", "analysis"]
 }
 
 public enum MetricSourceType: String, SpecEnum {
@@ -193,18 +185,17 @@ public struct CanaryStatus: CommonStatus, Hashable {
 
     public init() {}
 
-    public static var fields: [Field<CanaryStatus>] {
-        commonFields + [
-            .optional("phase", \.phase), .optional("currentStep", \.currentStep), .optional("canaryWeight", \.canaryWeight),
-            .optional("stableVersion", \.stableVersion), .optional("canaryVersion", \.canaryVersion),
-            .optional("failedAnalyses", \.failedAnalyses), .defaulted("analysisRuns", \.analysisRuns, [], "The last 20 runs."),
-        ]
-    }
+    public static let fields: [Field<CanaryStatus>] = commonFields + [
+        .optional("phase", \.phase), .optional("currentStep", \.currentStep), .optional("canaryWeight", \.canaryWeight),
+        .optional("stableVersion", \.stableVersion), .optional("canaryVersion", \.canaryVersion),
+        .optional("failedAnalyses", \.failedAnalyses), .defaulted("analysisRuns", \.analysisRuns, [], "The last 20 runs."),
+    ]
 }
 
 /// Progressive delivery for one Deployment: new versions go through steps and metric analysis.
 public struct Canary: Resource, Hashable {
     public static let kind = ResourceKind.canary
+    public static let fields: [Field<Canary>] = resourceFields
     public var metadata = ObjectMeta()
     public var spec = CanarySpec()
     public var status = CanaryStatus()

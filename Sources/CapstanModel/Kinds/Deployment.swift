@@ -161,24 +161,23 @@ public struct DeploymentStatus: CommonStatus, Hashable {
 
     public init() {}
 
-    public static var fields: [Field<DeploymentStatus>] {
-        commonFields + [
-            .optional("phase", \.phase),
-            .optional("version", \.version, "The version the current revision runs."),
-            .optional("currentRevision", \.currentRevision),
-            .optional("replicas", \.replicas, "Desired instances."),
-            .optional("updatedReplicas", \.updatedReplicas, "Instances of the current revision."),
-            .optional("readyReplicas", \.readyReplicas, "Instances passing their health check."),
-            .optional("availableReplicas", \.availableReplicas, "Ready instances receiving traffic."),
-            .optional("nextWindowTime", \.nextWindowTime, "When the deployment window opens next."),
-            .defaulted("history", \.history, [], "Revisions, oldest first."),
-        ]
-    }
+    public static let fields: [Field<DeploymentStatus>] = commonFields + [
+        .optional("phase", \.phase),
+        .optional("version", \.version, "The version the current revision runs."),
+        .optional("currentRevision", \.currentRevision),
+        .optional("replicas", \.replicas, "Desired instances."),
+        .optional("updatedReplicas", \.updatedReplicas, "Instances of the current revision."),
+        .optional("readyReplicas", \.readyReplicas, "Instances passing their health check."),
+        .optional("availableReplicas", \.availableReplicas, "Ready instances receiving traffic."),
+        .optional("nextWindowTime", \.nextWindowTime, "When the deployment window opens next."),
+        .defaulted("history", \.history, [], "Revisions, oldest first."),
+    ]
 }
 
 /// Which version of an Application runs, how many instances, and how it changes.
 public struct Deployment: Resource, Hashable {
     public static let kind = ResourceKind.deployment
+    public static let fields: [Field<Deployment>] = resourceFields
     public var metadata = ObjectMeta()
     public var spec = DeploymentSpec()
     public var status = DeploymentStatus()

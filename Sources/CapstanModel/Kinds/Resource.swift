@@ -95,7 +95,8 @@ public struct PrinterColumn: Sendable, Hashable {
 extension Resource {
     public static var statusColumnPath: String { ".status.phase" }
 
-    public static var fields: [Field<Self>] {
+    /// The fields every kind has; each kind stores them once (`static let fields = resourceFields`).
+    public static var resourceFields: [Field<Self>] {
         [
             .constant("apiVersion", capstanAPIVersion),
             .constant("kind", kind.rawValue),

@@ -72,20 +72,13 @@ public struct VerifySpec: SpecObject, Hashable {
 
     public init() {}
 
-    public static let documentation = "Exactly one of exec or http."
     public static let fields: [Field<VerifySpec>] = [
         .optional("exec", \.exec, "A command that must exit 0."),
         .optional("http", \.http, "A URL that must answer 2xx."),
         .defaulted("timeout", \.timeout, .seconds(30), "Time limit.", .positive),
     ]
 
-    public static func validate(_ value: VerifySpec, _ node: SpecNode, _ context: inout DecodeContext) {
-        if (value.exec == nil) == (value.http == nil) {
-            context.fail("set exactly one of exec or http", at: node.mark)
-        }
-    }
-
-    public static func refineSchema(_ schema: inout Schema) { schema.oneOfRequired = [["exec"], ["http"]] }
+    public static let exactlyOneOf = ["exec", "http"]
 }
 
 public struct HTTPVerify: SpecObject, Hashable {
@@ -167,17 +160,16 @@ public struct SecretRotationStatus: CommonStatus, Hashable {
 
     public init() {}
 
-    public static var fields: [Field<SecretRotationStatus>] {
-        commonFields + [
-            .optional("currentVersion", \.currentVersion), .optional("lastRotationTime", \.lastRotationTime),
-            .optional("nextRotationTime", \.nextRotationTime), .defaulted("versions", \.versions, []),
-        ]
-    }
+    public static let fields: [Field<SecretRotationStatus>] = commonFields + [
+        .optional("currentVersion", \.currentVersion), .optional("lastRotationTime", \.lastRotationTime),
+        .optional("nextRotationTime", \.nextRotationTime), .defaulted("versions", \.versions, []),
+    ]
 }
 
 /// Generates, rotates and rolls back the keys of one Secret.
 public struct SecretRotation: Resource, Hashable {
     public static let kind = ResourceKind.secretRotation
+    public static let fields: [Field<SecretRotation>] = resourceFields
     public var metadata = ObjectMeta()
     public var spec = SecretRotationSpec()
     public var status = SecretRotationStatus()
