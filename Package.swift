@@ -47,6 +47,10 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "CapstanRuntimeTests",
+            dependencies: ["CapstanModel", "CapstanRuntime"]
+        ),
+        .testTarget(
             name: "CapstanCLITests",
             dependencies: ["CapstanModel", "CapstanRuntime"]
         ),

@@ -1,0 +1,62 @@
+import Foundation
+import Testing
+@testable import CapstanModel
+
+@Suite struct ConditionTests {
+    let t1 = Timestamp(Date(timeIntervalSince1970: 1_800_000_000))
+    let t2 = Timestamp(Date(timeIntervalSince1970: 1_800_000_060))
+    let t3 = Timestamp(Date(timeIntervalSince1970: 1_800_000_120))
+
+    @Test func transitionTimeMovesOnlyWhenTheStatusFlips() {
+        var conditions: [Condition] = []
+        do { let changed = conditions.set("Ready", .false, reason: "Progressing", message: "0/3", observedGeneration: 1, now: t1); #expect(changed) }
+        do { let changed = conditions.set("Ready", .false, reason: "Progressing", message: "2/3", observedGeneration: 1, now: t2); #expect(changed) }
+        #expect(conditions[type: "Ready"]?.lastTransitionTime == t1, "same status: the time stays")
+        #expect(conditions[type: "Ready"]?.message == "2/3")
+        do { let changed = conditions.set("Ready", .true, reason: "Succeeded", message: "3/3", observedGeneration: 1, now: t3); #expect(changed) }
+        #expect(conditions[type: "Ready"]?.lastTransitionTime == t3, "a flip moves it")
+    }
+
+    @Test func settingTheSameConditionAgainChangesNothing() {
+        var conditions: [Condition] = []
+        conditions.set("Ready", .true, reason: "Succeeded", message: "ok", observedGeneration: 2, now: t1)
+        do { let changed = conditions.set("Ready", .true, reason: "Succeeded", message: "ok", observedGeneration: 2, now: t2); #expect(!changed) }
+        #expect(conditions.count == 1)
+    }
+
+    @Test func aNewGenerationIsAChange() {
+        var conditions: [Condition] = []
+        conditions.set("Ready", .true, reason: "Succeeded", message: "ok", observedGeneration: 1, now: t1)
+        do { let changed = conditions.set("Ready", .true, reason: "Succeeded", message: "ok", observedGeneration: 2, now: t2); #expect(changed) }
+        #expect(conditions[type: "Ready"]?.lastTransitionTime == t1)
+    }
+
+    @Test func kstatusLifecycle() {
+        var status = ApplicationStatus()
+        do { let changed = status.markReconciling(reason: "Preparing", message: "building 1.0", generation: 1, now: t1); #expect(changed) }
+        #expect(status.condition("Reconciling")?.status == .true)
+        #expect(status.condition("Ready")?.status == .unknown)
+        #expect(!status.isReady(generation: 1))
+
+        do { let changed = status.markStalled(reason: "InvalidSpec", message: "web.yaml:3:5: bad", generation: 1, now: t2); #expect(changed) }
+        #expect(status.condition("Stalled")?.status == .true)
+        #expect(status.condition("Ready")?.status == .false)
+        #expect(status.condition("Ready")?.reason == "InvalidSpec")
+        #expect(status.condition("Reconciling") == nil)
+
+        do { let changed = status.markReady(reason: "Succeeded", message: "ok", generation: 2, now: t3); #expect(changed) }
+        #expect(status.conditions.map(\.type) == ["Ready"])
+        #expect(status.observedGeneration == 2)
+        #expect(status.isReady(generation: 2))
+        #expect(!status.isReady(generation: 3), "a newer generation is not ready until observed")
+        do { let changed = status.markReady(reason: "Succeeded", message: "ok", generation: 2, now: t3); #expect(!changed, "no change, no write") }
+    }
+
+    @Test func reconcilingKeepsAFalseReadyFalse() {
+        var status = DeploymentStatus()
+        status.markStalled(reason: "BuildFailed", message: "exit 2", generation: 1, now: t1)
+        status.markReconciling(reason: "Retrying", message: "building again", generation: 1, now: t2)
+        #expect(status.condition("Ready")?.status == .false)
+        #expect(status.condition("Ready")?.lastTransitionTime == t1)
+    }
+}
