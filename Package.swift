@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         // The six kinds, their decoding, defaulting, validation and CRD schemas. Pure: no I/O.
@@ -28,6 +29,15 @@ let package = Package(
         .target(
             name: "CapstanRuntime",
             dependencies: ["CapstanModel"]
+        ),
+        // The local platform: the SQLite state store (more to come: supervisor, router, ...).
+        .target(
+            name: "CapstanLocal",
+            dependencies: [
+                "CapstanModel",
+                "CapstanRuntime",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
         ),
         // The command-line interface: thin.
         .executableTarget(
@@ -49,6 +59,10 @@ let package = Package(
         .testTarget(
             name: "CapstanRuntimeTests",
             dependencies: ["CapstanModel", "CapstanRuntime"]
+        ),
+        .testTarget(
+            name: "CapstanLocalTests",
+            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanLocal"]
         ),
         .testTarget(
             name: "CapstanCLITests",

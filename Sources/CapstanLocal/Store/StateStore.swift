@@ -1,0 +1,348 @@
+import CapstanModel
+import CapstanRuntime
+import Foundation
+import GRDB
+
+/// The local state store: one SQLite database (WAL mode) in the state directory holding what
+/// directory mode needs to survive restarts — each object's last good spec, generation and
+/// status, reconcile events, and (in later milestones) inventory, revisions and requests.
+///
+/// Guarantees:
+/// - a store written by a newer Capstan, or a file that is not a healthy SQLite database, is
+///   refused with a message saying what to do, and never modified;
+/// - the database and its directory are private to the user (0600/0700);
+/// - readers (the CLI) use WAL snapshots and never block the daemon's writes.
+public final class StateStore: Sendable {
+    /// The database file's name inside the state directory.
+    public static let fileName = "capstan.db"
+
+    public let path: String
+    private let pool: DatabasePool
+
+    public enum OpenError: Error, CustomStringConvertible {
+        case newerSchema(path: String, unknown: [String])
+        case corrupted(path: String, detail: String)
+        case missing(path: String)
+        case cannotCreate(path: String, detail: String)
+
+        public var description: String {
+            switch self {
+            case .newerSchema(let path, let unknown):
+                return "state store \(path) was written by a newer Capstan (it has migrations this one does not know: \(unknown.joined(separator: ", "))); refusing to open it: upgrade capstan, or use another --state-dir"
+            case .corrupted(let path, let detail):
+                return "state store \(path) is not a healthy SQLite database (\(detail)); refusing to start and leaving it untouched: move it aside to start from an empty store"
+            case .missing(let path):
+                return "no state store at \(path): is the daemon's --state-dir another directory?"
+            case .cannotCreate(let path, let detail):
+                return "cannot create the state store in \(path): \(detail)"
+            }
+        }
+    }
+
+    /// Opens (creating if needed) the store in `directory`, migrating an older schema.
+    /// With `readOnly`, nothing is created or migrated (the CLI's view of a daemon's store).
+    public init(directory: String, readOnly: Bool = false) throws {
+        let path = directory + "/" + StateStore.fileName
+        self.path = path
+        let fm = FileManager.default
+        if readOnly {
+            guard fm.fileExists(atPath: path) else { throw OpenError.missing(path: path) }
+        } else {
+            do {
+                try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw OpenError.cannotCreate(path: directory, detail: "\(error.localizedDescription)")
+            }
+            if !fm.fileExists(atPath: path) {
+                guard fm.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+                    throw OpenError.cannotCreate(path: path, detail: String(cString: strerror(errno)))
+                }
+            }
+        }
+        // Check before anything writes, on a plain connection that only reads: a damaged file
+        // or a newer schema is reported, never "repaired" or migrated by us.
+        if fm.fileExists(atPath: path), (try? fm.attributesOfItem(atPath: path)[.size] as? Int) ?? 0 > 0 {
+            try StateStore.check(path: path)
+        }
+        var configuration = Configuration()
+        configuration.readonly = readOnly
+        configuration.busyMode = .timeout(5)
+        configuration.label = "capstan-state"
+        do {
+            pool = try DatabasePool(path: path, configuration: configuration)
+            if !readOnly { try StateStore.migrator.migrate(pool) }
+        } catch {
+            throw OpenError.corrupted(path: path, detail: StateStore.describe(error))
+        }
+    }
+
+    private static func check(path: String) throws {
+        do {
+            var configuration = Configuration()
+            configuration.busyMode = .timeout(5)
+            let queue = try DatabaseQueue(path: path, configuration: configuration)
+            let (check, applied) = try queue.read { db in
+                (try String.fetchAll(db, sql: "PRAGMA quick_check"), try migrator.appliedIdentifiers(db))
+            }
+            guard check == ["ok"] else {
+                throw OpenError.corrupted(path: path, detail: check.prefix(3).joined(separator: "; "))
+            }
+            let unknown = applied.subtracting(migrationNames).sorted()
+            if !unknown.isEmpty { throw OpenError.newerSchema(path: path, unknown: unknown) }
+        } catch let error as OpenError {
+            throw error
+        } catch {
+            throw OpenError.corrupted(path: path, detail: describe(error))
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? DatabaseError { return error.message ?? "\(error.resultCode)" }
+        return "\(error)"
+    }
+
+    // MARK: - Schema
+
+    /// Migrations in order. Never edit a shipped one: add a new one.
+    static let migrationNames = ["v1-objects-events"]
+
+    static let migrator: DatabaseMigrator = {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1-objects-events") { db in
+            try db.execute(sql: """
+                CREATE TABLE objects (
+                    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+                    object TEXT NOT NULL,          -- last good object (JSON, without status)
+                    spec_hash TEXT NOT NULL,
+                    generation INTEGER NOT NULL,
+                    source TEXT NOT NULL,          -- file:line:column it came from
+                    status TEXT NOT NULL DEFAULT '{}',
+                    created_at REAL NOT NULL, updated_at REAL NOT NULL,
+                    PRIMARY KEY (kind, namespace, name)
+                );
+                CREATE TABLE events (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+                    type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL,
+                    count INTEGER NOT NULL, first_at REAL NOT NULL, last_at REAL NOT NULL,
+                    seq INTEGER NOT NULL           -- grows on every insert or aggregation: watchers follow it
+                );
+                CREATE INDEX events_by_object ON events (kind, namespace, name, last_at);
+                CREATE INDEX events_by_time ON events (last_at);
+                CREATE UNIQUE INDEX events_by_seq ON events (seq);
+                """)
+        }
+        return migrator
+    }()
+
+    // MARK: - Objects
+
+    /// An object as the store keeps it.
+    public struct ObjectRecord: Sendable, Hashable {
+        public var key: ObjectKey
+        /// The last good object, with `metadata.generation` set.
+        public var resource: AnyResource
+        public var specHash: String
+        public var generation: Int
+        public var source: String
+        public var createdAt: Date
+        public var updatedAt: Date
+    }
+
+    /// What `apply` did.
+    public enum ApplyOutcome: Sendable, Equatable {
+        case created, specChanged, unchanged
+    }
+
+    /// Stores the desired state of an object read from a spec. The generation starts at 1 and
+    /// grows by one when the canonical spec hash changes (not for formatting or metadata).
+    @discardableResult
+    public func apply(_ object: DecodedObject, now: Date) throws -> (ObjectRecord, ApplyOutcome) {
+        let key = object.key
+        let hash = object.specHash
+        return try pool.write { db in
+            let row = try Row.fetchOne(db, sql: "SELECT spec_hash, generation, created_at FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                                       arguments: [key.kind.rawValue, key.namespace, key.name])
+            let previousHash: String? = row?["spec_hash"]
+            let previousGeneration: Int = row?["generation"] ?? 0
+            let createdAt: Double = row?["created_at"] ?? now.timeIntervalSince1970
+            let outcome: ApplyOutcome = row == nil ? .created : (previousHash == hash ? .unchanged : .specChanged)
+            let generation = outcome == .unchanged ? previousGeneration : previousGeneration + 1
+            var stored = object.resource.encode()
+            stored = StateStore.withMetadata(stored, generation: generation, createdAt: Date(timeIntervalSince1970: createdAt))
+            let json = JSONEmitter.emit(StateStore.withoutStatus(stored), pretty: false)
+            try db.execute(sql: """
+                INSERT INTO objects (kind, namespace, name, object, spec_hash, generation, source, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (kind, namespace, name) DO UPDATE SET
+                  object = excluded.object, spec_hash = excluded.spec_hash, generation = excluded.generation,
+                  source = excluded.source, updated_at = excluded.updated_at
+                """, arguments: [key.kind.rawValue, key.namespace, key.name, json, hash, generation, object.location,
+                                 createdAt, now.timeIntervalSince1970])
+            let record = try StateStore.record(db, key: key)!
+            return (record, outcome)
+        }
+    }
+
+    /// Removes an object (its file was deleted); its events stay until they expire.
+    @discardableResult
+    public func delete(_ key: ObjectKey) throws -> Bool {
+        try pool.write { db in
+            try db.execute(sql: "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                           arguments: [key.kind.rawValue, key.namespace, key.name])
+            return db.changesCount > 0
+        }
+    }
+
+    /// One object with its status.
+    public func object(_ key: ObjectKey) throws -> ObjectRecord? {
+        try pool.read { db in try StateStore.record(db, key: key) }
+    }
+
+    /// Every object of `kind` (all kinds when nil), sorted by namespace and name.
+    public func objects(kind: ResourceKind? = nil) throws -> [ObjectRecord] {
+        try pool.read { db in
+            let rows: [Row]
+            if let kind {
+                rows = try Row.fetchAll(db, sql: "SELECT * FROM objects WHERE kind = ? ORDER BY namespace, name", arguments: [kind.rawValue])
+            } else {
+                rows = try Row.fetchAll(db, sql: "SELECT * FROM objects ORDER BY kind, namespace, name")
+            }
+            return try rows.map(StateStore.record(from:))
+        }
+    }
+
+    /// Writes an object's status; returns false (and writes nothing) when it is unchanged.
+    @discardableResult
+    public func writeStatus(_ key: ObjectKey, status: SpecNode) throws -> Bool {
+        let json = JSONEmitter.emit(status, pretty: false, sortKeys: true)
+        return try pool.write { db in
+            try db.execute(sql: "UPDATE objects SET status = ? WHERE kind = ? AND namespace = ? AND name = ? AND status IS NOT ?",
+                           arguments: [json, key.kind.rawValue, key.namespace, key.name, json])
+            return db.changesCount > 0
+        }
+    }
+
+    private static func record(_ db: Database, key: ObjectKey) throws -> ObjectRecord? {
+        try Row.fetchOne(db, sql: "SELECT * FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                         arguments: [key.kind.rawValue, key.namespace, key.name]).map(record(from:))
+    }
+
+    private static func record(from row: Row) throws -> ObjectRecord {
+        let kindName: String = row["kind"]
+        guard let kind = ResourceKind(rawValue: kindName) else {
+            throw DatabaseError(message: "unknown kind \(kindName) in the objects table")
+        }
+        let objectJSON: String = row["object"]
+        let statusJSON: String = row["status"]
+        var node = try parseJSON(objectJSON)
+        let status = try parseJSON(statusJSON)
+        if case .mapping(var entries) = node.value, !status.isEmptyCollection {
+            entries.append(.init("status", status))
+            node = SpecNode(.mapping(entries))
+        }
+        var context = DecodeContext()
+        guard let resource = AnyResource.decode(kind: kind, node, &context) else {
+            throw DatabaseError(message: "stored \(kindName) does not decode: \(context.problems.map(\.description).joined(separator: "; "))")
+        }
+        return ObjectRecord(
+            key: resource.key, resource: resource, specHash: row["spec_hash"], generation: row["generation"],
+            source: row["source"], createdAt: Date(timeIntervalSince1970: row["created_at"]),
+            updatedAt: Date(timeIntervalSince1970: row["updated_at"]))
+    }
+
+    private static func parseJSON(_ text: String) throws -> SpecNode {
+        do {
+            return try YAMLReader().documents(text).first?.root ?? SpecNode(.mapping([]))
+        } catch {
+            throw DatabaseError(message: "stored JSON does not parse: \(error)")
+        }
+    }
+
+    static func withoutStatus(_ node: SpecNode) -> SpecNode {
+        guard case .mapping(let entries) = node.value else { return node }
+        return SpecNode(.mapping(entries.filter { $0.key != "status" }))
+    }
+
+    static func withMetadata(_ node: SpecNode, generation: Int, createdAt: Date) -> SpecNode {
+        guard case .mapping(var entries) = node.value, let index = entries.firstIndex(where: { $0.key == "metadata" }),
+              case .mapping(var metadata) = entries[index].value.value else { return node }
+        metadata.removeAll { $0.key == "generation" || $0.key == "creationTimestamp" }
+        metadata.append(.init("generation", .int(generation)))
+        metadata.append(.init("creationTimestamp", Timestamp(createdAt).encode()))
+        entries[index].value = SpecNode(.mapping(metadata))
+        return SpecNode(.mapping(entries))
+    }
+
+    // MARK: - Events
+
+    /// Records an event, aggregating it with an identical one seen within the window and
+    /// enforcing retention (EventLog's rules: 10 minutes, 24 hours, 1,000 per object).
+    @discardableResult
+    public func recordEvent(
+        _ type: EventType, reason: String, message: String, about key: ObjectKey, at now: Date,
+        rules: EventLog = EventLog()
+    ) throws -> Event {
+        try pool.write { db in
+            let t = now.timeIntervalSince1970
+            let args: StatementArguments = [key.kind.rawValue, key.namespace, key.name, type.rawValue, reason, message]
+            if let id = try Int64.fetchOne(db, sql: """
+                SELECT id FROM events WHERE kind = ? AND namespace = ? AND name = ? AND type = ? AND reason = ? AND message = ?
+                AND last_at >= ? ORDER BY last_at DESC LIMIT 1
+                """, arguments: args + [t - rules.aggregationWindow]) {
+                try db.execute(sql: "UPDATE events SET count = count + 1, last_at = ?, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM events) WHERE id = ?",
+                               arguments: [t, id])
+            } else {
+                try db.execute(sql: """
+                    INSERT INTO events (kind, namespace, name, type, reason, message, count, first_at, last_at, seq)
+                    VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events))
+                    """, arguments: args + [t, t])
+                try db.execute(sql: """
+                    DELETE FROM events WHERE kind = ? AND namespace = ? AND name = ? AND id NOT IN (
+                      SELECT id FROM events WHERE kind = ? AND namespace = ? AND name = ? ORDER BY last_at DESC, id DESC LIMIT ?)
+                    """, arguments: [key.kind.rawValue, key.namespace, key.name, key.kind.rawValue, key.namespace, key.name, rules.perObjectLimit])
+            }
+            try db.execute(sql: "DELETE FROM events WHERE last_at < ?", arguments: [t - rules.retention])
+            let row = try Row.fetchOne(db, sql: """
+                SELECT * FROM events WHERE kind = ? AND namespace = ? AND name = ? AND type = ? AND reason = ? AND message = ?
+                ORDER BY last_at DESC, id DESC LIMIT 1
+                """, arguments: args)!
+            return StateStore.event(from: row)
+        }
+    }
+
+    /// A stored event with its position, for `capstan events -w` to continue after: an event
+    /// that aggregates again moves to a new position, so a watcher sees the new count.
+    public struct StoredEvent: Sendable, Hashable {
+        public var seq: Int64
+        public var event: Event
+    }
+
+    /// Events of one object (all objects when nil), in the order they last happened;
+    /// `after` continues a stream from a previous `seq`.
+    public func events(for key: ObjectKey? = nil, after seq: Int64 = 0, limit: Int = 1_000) throws -> [StoredEvent] {
+        try pool.read { db in
+            var sql = "SELECT * FROM events WHERE seq > ?"
+            var arguments: StatementArguments = [seq]
+            if let key {
+                sql += " AND kind = ? AND namespace = ? AND name = ?"
+                arguments += [key.kind.rawValue, key.namespace, key.name]
+            }
+            sql += " ORDER BY seq LIMIT ?"
+            arguments += [limit]
+            return try Row.fetchAll(db, sql: sql, arguments: arguments).map { StoredEvent(seq: $0["seq"], event: StateStore.event(from: $0)) }
+        }
+    }
+
+    private static func event(from row: Row) -> Event {
+        var event = Event()
+        event.type = EventType(rawValue: row["type"]) ?? .normal
+        event.reason = row["reason"]
+        event.message = row["message"]
+        event.involvedObject = ObjectReference(kind: row["kind"], namespace: row["namespace"], name: row["name"])
+        event.count = row["count"]
+        event.firstTimestamp = Timestamp(Date(timeIntervalSince1970: row["first_at"]))
+        event.lastTimestamp = Timestamp(Date(timeIntervalSince1970: row["last_at"]))
+        return event
+    }
+}

@@ -1,0 +1,215 @@
+import CapstanModel
+import CapstanRuntime
+import Foundation
+import GRDB
+import Testing
+@testable import CapstanLocal
+
+/// The state store against a real SQLite file in a temporary directory.
+@Suite struct StateStoreTests {
+    let directory: String = NSTemporaryDirectory() + "capstan-store-" + UUID().uuidString
+    let t0 = Date(timeIntervalSince1970: 1_800_000_000)
+
+    func decoded(_ yaml: String) throws -> DecodedObject {
+        let result = ManifestDecoder().decode(Array(yaml.utf8), file: "specs/web.yaml")
+        guard let object = result.objects.first, !result.hasErrors else {
+            throw StoreTestError(result.errors.map(\.description).joined(separator: "\n"))
+        }
+        return object
+    }
+
+    struct StoreTestError: Error, CustomStringConvertible {
+        var description: String
+        init(_ d: String) { description = d }
+    }
+
+    static let web = """
+        apiVersion: capstan.dev/v1alpha1
+        kind: Application
+        metadata: {name: web}
+        spec:
+          source: {path: ./web}
+          command: [python3, server.py]
+        """
+
+    @Test func createsAPrivateDatabase() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try StateStore(directory: directory)
+        let dirMode = try FileManager.default.attributesOfItem(atPath: directory)[.posixPermissions] as? Int
+        let fileMode = try FileManager.default.attributesOfItem(atPath: directory + "/capstan.db")[.posixPermissions] as? Int
+        #expect(dirMode == 0o700)
+        #expect(fileMode == 0o600)
+        let journal = try DatabaseQueue(path: directory + "/capstan.db").read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
+        #expect(journal == "wal")
+    }
+
+    @Test func generationGrowsOnlyWhenTheSpecChanges() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let (first, created) = try store.apply(decoded(Self.web), now: t0)
+        #expect(created == .created)
+        #expect(first.generation == 1)
+        #expect(first.resource.metadata.generation == 1)
+
+        let reformatted = Self.web.replacingOccurrences(of: "[python3, server.py]", with: "\n  - python3\n  - server.py") + "\n# comment\n"
+        let (same, unchanged) = try store.apply(decoded(reformatted), now: t0 + 1)
+        #expect(unchanged == .unchanged)
+        #expect(same.generation == 1)
+
+        let labelled = Self.web.replacingOccurrences(of: "{name: web}", with: "{name: web, labels: {team: a}}")
+        let (withLabel, labelOutcome) = try store.apply(decoded(labelled), now: t0 + 2)
+        #expect(labelOutcome == .unchanged, "metadata is not the spec")
+        #expect(withLabel.resource.metadata.labels["team"] == "a", "but the stored object follows it")
+
+        let edited = Self.web.replacingOccurrences(of: "server.py", with: "app.py")
+        let (second, changed) = try store.apply(decoded(edited), now: t0 + 3)
+        #expect(changed == .specChanged)
+        #expect(second.generation == 2)
+        #expect(second.resource.metadata.creationTimestamp?.date == t0, "creation time is kept")
+    }
+
+    @Test func statusWritesAreSkippedWhenNothingChanged() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let (record, _) = try store.apply(decoded(Self.web), now: t0)
+        var status = ApplicationStatus()
+        status.markReady(reason: "Succeeded", message: "template valid", generation: 1, now: Timestamp(t0))
+        #expect(try store.writeStatus(record.key, status: status.encode()))
+        #expect(try !store.writeStatus(record.key, status: status.encode()))
+        guard case .application(let app)? = try store.object(record.key)?.resource else {
+            Issue.record("no application"); return
+        }
+        #expect(app.status.isReady(generation: 1))
+        #expect(app.status.condition("Ready")?.lastTransitionTime.date == t0)
+    }
+
+    @Test func dataSurvivesReopening() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        do {
+            let store = try StateStore(directory: directory)
+            try store.apply(decoded(Self.web), now: t0)
+            try store.recordEvent(.normal, reason: "Reconciled", message: "ok", about: ObjectKey(kind: .application, namespace: "default", name: "web"), at: t0)
+        }
+        let reopened = try StateStore(directory: directory, readOnly: true)
+        #expect(try reopened.objects().map(\.key.name) == ["web"])
+        #expect(try reopened.events().map(\.event.reason) == ["Reconciled"])
+    }
+
+    @Test func deletingRemovesTheObjectButKeepsItsEvents() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let (record, _) = try store.apply(decoded(Self.web), now: t0)
+        try store.recordEvent(.normal, reason: "Deleted", message: "file removed", about: record.key, at: t0)
+        #expect(try store.delete(record.key))
+        #expect(try !store.delete(record.key))
+        #expect(try store.object(record.key) == nil)
+        #expect(try store.events(for: record.key).count == 1)
+    }
+
+    @Test func eventsAggregateAndWatchersSeeEveryRepeat() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let key = ObjectKey(kind: .deployment, namespace: "default", name: "web")
+        try store.recordEvent(.warning, reason: "InvalidSpec", message: "web.yaml:3:5: bad", about: key, at: t0)
+        let cursor = try store.events().last!.seq
+        let again = try store.recordEvent(.warning, reason: "InvalidSpec", message: "web.yaml:3:5: bad", about: key, at: t0 + 60)
+        #expect(again.count == 2)
+        let stream = try store.events(after: cursor)
+        #expect(stream.count == 1, "the aggregated event moved past the watcher's cursor")
+        #expect(stream.first?.event.count == 2)
+        try store.recordEvent(.warning, reason: "InvalidSpec", message: "web.yaml:3:5: bad", about: key, at: t0 + 60 + 601)
+        #expect(try store.events(for: key).count == 2, "a new event after a 10-minute gap")
+        try store.recordEvent(.normal, reason: "Reconciled", message: "ok", about: key, at: t0 + 90_000)
+        #expect(try store.events(for: key).map(\.event.reason) == ["Reconciled"], "24-hour retention")
+    }
+
+    @Test func eventsAreCappedPerObject() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let key = ObjectKey(kind: .deployment, namespace: "default", name: "web")
+        for i in 0..<30 {
+            try store.recordEvent(.normal, reason: "Step", message: "step \(i)", about: key, at: t0 + Double(i), rules: EventLog(perObjectLimit: 10))
+        }
+        let events = try store.events(for: key)
+        #expect(events.count == 10)
+        #expect(events.first?.event.message == "step 20")
+    }
+
+    @Test func aStoreFromANewerCapstanIsRefusedAndLeftAlone() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let path = directory + "/capstan.db"
+        // A store as a future Capstan might leave it, written without our code.
+        do {
+            let queue = try DatabaseQueue(path: path)
+            try queue.write { db in
+                try db.execute(sql: "CREATE TABLE grdb_migrations (identifier TEXT NOT NULL PRIMARY KEY)")
+                try db.execute(sql: "INSERT INTO grdb_migrations VALUES ('v1-objects-events'), ('v9-from-the-future')")
+                try db.execute(sql: "CREATE TABLE objects (whatever TEXT)")
+            }
+            try queue.close()
+        }
+        let before = try Data(contentsOf: URL(fileURLWithPath: path))
+        #expect {
+            _ = try StateStore(directory: directory)
+        } throws: { error in
+            "\(error)".contains("written by a newer Capstan") && "\(error)".contains("v9-from-the-future")
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before)
+        #expect(!FileManager.default.fileExists(atPath: path + "-wal"))
+    }
+
+    @Test func aCorruptedFileIsRefusedAndNeverOverwritten() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let path = directory + "/capstan.db"
+        let garbage = Data((0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
+        try garbage.write(to: URL(fileURLWithPath: path))
+        #expect {
+            _ = try StateStore(directory: directory)
+        } throws: { error in
+            "\(error)".contains("is not a healthy SQLite database") && "\(error)".contains("move it aside")
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == garbage)
+    }
+
+    @Test func aTruncatedDatabaseIsRefused() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        do {
+            let store = try StateStore(directory: directory)
+            for i in 0..<200 {
+                try store.recordEvent(.normal, reason: "Fill", message: String(repeating: "x", count: 200) + "\(i)",
+                                      about: ObjectKey(kind: .application, namespace: "default", name: "web"), at: t0)
+            }
+        }
+        let path = directory + "/capstan.db"
+        // Fold the WAL back, then cut the file in half.
+        try DatabaseQueue(path: path).writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: path))
+        #expect(throws: StateStore.OpenError.self) { _ = try StateStore(directory: directory) }
+    }
+
+    @Test func readOnlyOpenOfAMissingStoreSaysSo() {
+        #expect {
+            _ = try StateStore(directory: directory, readOnly: true)
+        } throws: { error in
+            "\(error)".contains("no state store at")
+        }
+        #expect(!FileManager.default.fileExists(atPath: directory), "a reader creates nothing")
+    }
+
+    @Test func readersDoNotBlockTheWriter() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let daemon = try StateStore(directory: directory)
+        try daemon.apply(decoded(Self.web), now: t0)
+        let reader = try DatabasePool(path: directory + "/capstan.db")
+        // Hold a read transaction open (a slow `capstan get`) while the daemon writes.
+        try await reader.read { db in
+            _ = try Row.fetchAll(db, sql: "SELECT * FROM objects")
+            let start = Date()
+            try daemon.recordEvent(.normal, reason: "Reconciled", message: "ok", about: ObjectKey(kind: .application, namespace: "default", name: "web"), at: t0)
+            #expect(Date().timeIntervalSince(start) < 1)
+        }
+    }
+}
