@@ -99,12 +99,29 @@ public struct DecodedObject: Sendable, Hashable {
     public var location: String { "\(file):\(mark.line):\(mark.column)" }
 }
 
+/// A document that names an object (kind, namespace, name) but could not be used: its
+/// problems, and whether another, valid definition of the same object exists (a duplicate).
+public struct InvalidObject: Sendable, Hashable {
+    public var key: ObjectKey
+    public var file: String
+    public var problems: [Diagnostic]
+    /// True when this is a second definition of an object defined validly elsewhere.
+    public var isDuplicate: Bool
+
+    public init(key: ObjectKey, file: String, problems: [Diagnostic], isDuplicate: Bool = false) {
+        self.key = key
+        self.file = file
+        self.problems = problems
+        self.isDuplicate = isDuplicate
+    }
+}
+
 /// What one file yielded: valid objects, problems (and notes), and the identities of objects
 /// whose documents were invalid (so a daemon can keep their last good version: principle 2).
 public struct ManifestResult: Sendable {
     public var objects: [DecodedObject] = []
     public var diagnostics: [Diagnostic] = []
-    public var invalidObjects: [ObjectKey] = []
+    public var invalidObjects: [InvalidObject] = []
     /// Documents of other API groups that were skipped.
     public var skipped = 0
     /// Position in `objects` of each key, so that merging many files stays linear.
@@ -123,10 +140,11 @@ public struct ManifestResult: Sendable {
         for object in other.objects {
             if let position = index[object.key] {
                 let first = objects[position]
-                diagnostics.append(Diagnostic(
+                let diagnostic = Diagnostic(
                     file: object.file, mark: object.mark, object: object.resource.reference,
-                    message: "\(object.key.kind.rawValue) \(object.key.namespace)/\(object.key.name) is defined twice: also at \(first.location) (that one is used)"))
-                invalidObjects.append(object.key)
+                    message: "\(object.key.kind.rawValue) \(object.key.namespace)/\(object.key.name) is defined twice: also at \(first.location) (that one is used)")
+                diagnostics.append(diagnostic)
+                invalidObjects.append(InvalidObject(key: object.key, file: object.file, problems: [diagnostic], isDuplicate: true))
             } else {
                 index[object.key] = objects.count
                 objects.append(object)
@@ -247,18 +265,23 @@ public struct ManifestDecoder: Sendable {
         let reference = "\(kind.rawValue)/\(name ?? "<no name>")"
         var context = DecodeContext()
         let decoded = AnyResource.decode(kind: kind, root, &context)
-        for problem in context.problems {
-            fail(problem.message, at: problem.mark, object: reference, path: problem.path)
+        let problems = context.problems.map {
+            Diagnostic(file: file, mark: $0.mark ?? mark, object: reference, path: $0.path, message: $0.message)
         }
+        result.diagnostics += problems
         guard let resource = decoded else {
             if let name, Names.dns1123LabelProblem(name) == nil {
                 let namespace = root["metadata"]?["namespace"]?.scalarText ?? "default"
-                result.invalidObjects.append(ObjectKey(kind: kind, namespace: namespace, name: name))
+                result.invalidObjects.append(InvalidObject(key: ObjectKey(kind: kind, namespace: namespace, name: name), file: file, problems: problems))
             }
             return
         }
         if let first = seen[resource.key] {
-            fail("\(kind.rawValue) \(resource.key.namespace)/\(resource.key.name) is defined twice: also at \(file):\(first.line):\(first.column) (that one is used)", object: reference)
+            let diagnostic = Diagnostic(
+                file: file, mark: mark, object: reference,
+                message: "\(kind.rawValue) \(resource.key.namespace)/\(resource.key.name) is defined twice: also at \(file):\(first.line):\(first.column) (that one is used)")
+            result.diagnostics.append(diagnostic)
+            result.invalidObjects.append(InvalidObject(key: resource.key, file: file, problems: [diagnostic], isDuplicate: true))
             return
         }
         seen[resource.key] = mark

@@ -82,7 +82,9 @@ import Testing
             """
         let result = ManifestDecoder().decode(Array(text.utf8), file: "web.yaml")
         #expect(result.objects.isEmpty)
-        #expect(result.invalidObjects == [ObjectKey(kind: .deployment, namespace: "shop", name: "web")])
+        #expect(result.invalidObjects.map(\.key) == [ObjectKey(kind: .deployment, namespace: "shop", name: "web")])
+        #expect(result.invalidObjects.first?.problems.map(\.description) == ["web.yaml:4:50: Deployment/web: spec.replicas: expected an integer, got \"many\""])
+        #expect(result.invalidObjects.first?.isDuplicate == false)
     }
 
     @Test func duplicatesAcrossFilesNameBothPlaces() throws {

@@ -1,0 +1,78 @@
+import CapstanModel
+
+/// What the spec-directory source does after reading the directory once.
+public struct SyncPlan: Sendable, Equatable {
+    /// Valid objects to store (created, or updated when their spec hash changed).
+    public var apply: [DecodedObject] = []
+    /// Known objects kept at their last good version because what holds them now cannot be
+    /// read, with the problems to report (condition `Stalled`, reason `InvalidSpec`, and a
+    /// Warning event naming file:line).
+    public var keep: [ObjectKey: [Diagnostic]] = [:]
+    /// Known objects no file holds any more.
+    public var delete: [ObjectKey] = []
+    /// Deletions not done because the source yielded nothing at all (an emptied directory, a
+    /// failed checkout) and `--allow-empty` is off.
+    public var withheld: [ObjectKey] = []
+    /// Warnings for objects that are used but also defined a second time elsewhere.
+    public var duplicates: [ObjectKey: [Diagnostic]] = [:]
+    /// Problems tied to no known object (a new object that never was valid, a broken file
+    /// that held nothing): reported in logs and by `capstan validate`.
+    public var unattached: [Diagnostic] = []
+
+    public init() {}
+}
+
+/// Principle 2 of the design, as one function: a file that stops parsing never deletes what it
+/// held; a removed file deletes its objects; an emptied source deletes nothing unless allowed.
+public enum DirectorySync {
+    /// Plans the changes from the objects known before (`previous`, each with the file it came
+    /// from) to what reading the source gave (`loaded`).
+    public static func plan(previous: [ObjectKey: String], loaded: ManifestResult, allowEmpty: Bool) -> SyncPlan {
+        var plan = SyncPlan()
+        plan.apply = loaded.objects
+        let valid = Set(loaded.objects.map(\.key))
+
+        // Problems that belong to an identified object.
+        var accounted = Set<Diagnostic>()
+        for invalid in loaded.invalidObjects {
+            accounted.formUnion(invalid.problems)
+            if invalid.isDuplicate {
+                plan.duplicates[invalid.key, default: []] += invalid.problems
+            } else if valid.contains(invalid.key) {
+                // Defined validly in one place and invalidly in another: the valid one is used.
+                plan.duplicates[invalid.key, default: []] += invalid.problems
+            } else if previous[invalid.key] != nil {
+                plan.keep[invalid.key, default: []] += invalid.problems
+            } else {
+                plan.unattached += invalid.problems
+            }
+        }
+
+        // Files (or directories) with problems not tied to an object could not be read whole:
+        // whatever they held before is kept.
+        var unreadable: [String: [Diagnostic]] = [:]
+        for diagnostic in loaded.diagnostics where diagnostic.severity == .error && !accounted.contains(diagnostic) {
+            unreadable[diagnostic.file, default: []].append(diagnostic)
+        }
+        var attachedToKept = Set<String>()
+        for (key, file) in previous.sorted(by: { $0.key < $1.key }) where !valid.contains(key) && plan.keep[key] == nil {
+            let problems = unreadable.filter { path, _ in file == path || file.hasPrefix(path.hasSuffix("/") ? path : path + "/") }
+            if problems.isEmpty { continue }
+            plan.keep[key] = problems.keys.sorted().flatMap { problems[$0]! }
+            attachedToKept.formUnion(problems.keys)
+        }
+        for (path, problems) in unreadable.sorted(by: { $0.key < $1.key }) where !attachedToKept.contains(path) {
+            plan.unattached += problems
+        }
+
+        // Everything else that is gone, is gone.
+        let gone = previous.keys.filter { !valid.contains($0) && plan.keep[$0] == nil }.sorted()
+        let yieldedNothing = loaded.objects.isEmpty && loaded.invalidObjects.isEmpty
+        if yieldedNothing && !previous.isEmpty && !allowEmpty {
+            plan.withheld = gone
+        } else {
+            plan.delete = gone
+        }
+        return plan
+    }
+}
