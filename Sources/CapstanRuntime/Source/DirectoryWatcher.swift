@@ -1,0 +1,182 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Synchronization
+
+/// Watches a directory tree with inotify and reports changes in debounced batches: a burst of
+/// changes (a `git pull` touching 500 files) becomes one batch once the tree has been quiet
+/// for `quiet` (or after `maxDelay` of continuous changes, so a busy tree still gets resyncs).
+///
+/// New subdirectories are watched as they appear; hidden entries (`.git`) are ignored, as the
+/// spec-directory source skips them. If the kernel's event queue overflows, a batch with
+/// `overflowed` set asks for a full resync, which is always safe.
+public final class DirectoryWatcher: Sendable {
+    /// One debounced batch of changes.
+    public struct Batch: Sendable, Equatable {
+        /// Paths that changed (files created, written, moved, deleted; directories too).
+        public var paths: Set<String>
+        /// True when events were lost: resync everything.
+        public var overflowed: Bool
+    }
+
+    public let root: String
+    public let changes: AsyncStream<Batch>
+
+    private let fd: Int32
+    private let wakePipe: (read: Int32, write: Int32)
+    private let state: Mutex<State>
+    private let continuation: AsyncStream<Batch>.Continuation
+
+    private struct State {
+        var watches: [Int32: String] = [:]
+        var stopped = false
+    }
+
+    public struct WatchError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Starts watching `root` (which must be a directory).
+    public init(root: String, quiet: Duration = .milliseconds(100), maxDelay: Duration = .seconds(1)) throws {
+        self.root = root
+        let fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        guard fd >= 0 else { throw WatchError(description: "inotify_init1: \(String(cString: strerror(errno)))") }
+        var pipeFDs: [Int32] = [0, 0]
+        guard pipe(&pipeFDs) == 0 else {
+            close(fd)
+            throw WatchError(description: "pipe2: \(String(cString: strerror(errno)))")
+        }
+        for end in pipeFDs {
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+        }
+        self.fd = fd
+        self.wakePipe = (pipeFDs[0], pipeFDs[1])
+        self.state = Mutex(State())
+        (changes, continuation) = AsyncStream.makeStream(of: Batch.self, bufferingPolicy: .bufferingNewest(16))
+        try addWatches(below: root)
+        let thread = Thread { [self] in self.run(quiet: quiet, maxDelay: maxDelay) }
+        thread.name = "capstan-inotify"
+        thread.start()
+    }
+
+    /// Stops watching; the stream finishes.
+    public func stop() {
+        let first = state.withLock { state -> Bool in
+            defer { state.stopped = true }
+            return !state.stopped
+        }
+        if first {
+            var byte: UInt8 = 1
+            _ = write(wakePipe.write, &byte, 1)
+        }
+    }
+
+    deinit {
+        stop()
+    }
+
+    private static let mask = UInt32(IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO
+        | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF) | UInt32(IN_ONLYDIR) | UInt32(IN_EXCL_UNLINK)
+
+    private func addWatches(below directory: String) throws {
+        let descriptor = inotify_add_watch(fd, directory, DirectoryWatcher.mask)
+        guard descriptor >= 0 else {
+            if directory == root {
+                throw WatchError(description: "cannot watch \(directory): \(String(cString: strerror(errno)))")
+            }
+            return
+        }
+        let isNew = state.withLock { state -> Bool in
+            let known = state.watches[descriptor] != nil
+            state.watches[descriptor] = directory
+            return !known
+        }
+        guard isNew, let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        for name in entries where !name.hasPrefix(".") {
+            let path = directory + "/" + name
+            var info = stat()
+            if stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR {
+                try? addWatches(below: path)
+            }
+        }
+    }
+
+    private func run(quiet: Duration, maxDelay: Duration) {
+        defer {
+            close(fd)
+            close(wakePipe.read)
+            close(wakePipe.write)
+            continuation.finish()
+        }
+        var pending = Set<String>()
+        var overflowed = false
+        var firstAt: ContinuousClock.Instant?
+        var lastAt: ContinuousClock.Instant?
+        let clock = ContinuousClock()
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            var timeout: Int32 = -1
+            if let first = firstAt, let last = lastAt {
+                let due = min(last + quiet, first + maxDelay)
+                let remaining = clock.now.duration(to: due)
+                if remaining <= .zero {
+                    continuation.yield(Batch(paths: pending, overflowed: overflowed))
+                    pending.removeAll()
+                    overflowed = false
+                    firstAt = nil
+                    lastAt = nil
+                    continue
+                }
+                timeout = Int32(max(1, (remaining.seconds * 1000).rounded(.up)))
+            }
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakePipe.read, events: Int16(POLLIN), revents: 0)]
+            let ready = poll(&fds, 2, timeout)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            if fds[1].revents != 0 || state.withLock({ $0.stopped }) { return }
+            guard fds[0].revents != 0 else { continue }
+            while true {
+                let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+                if count <= 0 { break }
+                var offset = 0
+                while offset + MemoryLayout<inotify_event>.size <= count {
+                    let (descriptor, mask, length) = buffer.withUnsafeBytes { raw -> (Int32, UInt32, Int) in
+                        let event = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
+                        return (event.wd, event.mask, Int(event.len))
+                    }
+                    let nameStart = offset + MemoryLayout<inotify_event>.size
+                    let nameBytes = buffer[nameStart..<min(nameStart + length, count)].prefix(while: { $0 != 0 })
+                    let name = String(decoding: nameBytes, as: UTF8.self)
+                    offset = nameStart + length
+                    if mask & UInt32(IN_Q_OVERFLOW) != 0 {
+                        overflowed = true
+                        continue
+                    }
+                    if mask & UInt32(IN_IGNORED) != 0 {
+                        state.withLock { _ = $0.watches.removeValue(forKey: descriptor) }
+                        continue
+                    }
+                    guard let directory = state.withLock({ $0.watches[descriptor] }) else { continue }
+                    if name.hasPrefix(".") { continue }
+                    let path = name.isEmpty ? directory : directory + "/" + name
+                    if mask & UInt32(IN_ISDIR) != 0 && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
+                        try? addWatches(below: path)
+                        // Files created before the watch existed are part of this change.
+                        pending.insert(path)
+                    }
+                    pending.insert(path)
+                }
+            }
+            if !pending.isEmpty || overflowed {
+                let now = clock.now
+                if firstAt == nil { firstAt = now }
+                lastAt = now
+            }
+        }
+    }
+}
+

@@ -1,0 +1,125 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import CapstanRuntime
+
+/// The inotify watcher on a real temporary directory.
+@Suite(.serialized, .timeLimit(.minutes(1))) struct DirectoryWatcherTests {
+    /// Collects batches from a watcher in the background.
+    final class Collector: Sendable {
+        let task: Task<Void, Never>
+
+        init(_ watcher: DirectoryWatcher) {
+            let box = Box()
+            task = Task { [box] in
+                for await batch in watcher.changes { box.append(batch) }
+            }
+            self.box = box
+        }
+
+        let box: Box
+        final class Box: Sendable {
+            let items = Mutex<[DirectoryWatcher.Batch]>([])
+            func append(_ batch: DirectoryWatcher.Batch) { items.withLock { $0.append(batch) } }
+        }
+
+        var all: [DirectoryWatcher.Batch] { box.items.withLock { $0 } }
+        var paths: Set<String> { all.reduce(into: Set<String>()) { $0.formUnion($1.paths) } }
+
+        /// Waits until `condition` holds over the batches seen, up to `seconds`.
+        func wait(seconds: Double = 5, until condition: ([DirectoryWatcher.Batch]) -> Bool) async -> Bool {
+            let deadline = Date().addingTimeInterval(seconds)
+            while Date() < deadline {
+                if condition(all) { return true }
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            return condition(all)
+        }
+    }
+
+    static func temporaryDirectory() throws -> String {
+        let path = NSTemporaryDirectory() + "capstan-watch-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    @Test func aWrittenFileIsReported() async throws {
+        let root = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let watcher = try DirectoryWatcher(root: root)
+        defer { watcher.stop() }
+        let collector = Collector(watcher)
+        try "a: 1\n".write(toFile: root + "/web.yaml", atomically: false, encoding: .utf8)
+        #expect(await collector.wait { _ in collector.paths.contains(root + "/web.yaml") })
+    }
+
+    @Test func aBurstOfFilesIsOneBatch() async throws {
+        let root = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let watcher = try DirectoryWatcher(root: root, quiet: .milliseconds(200), maxDelay: .seconds(5))
+        defer { watcher.stop() }
+        let collector = Collector(watcher)
+        for i in 0..<500 {
+            try "n: \(i)\n".write(toFile: root + "/spec-\(i).yaml", atomically: false, encoding: .utf8)
+        }
+        #expect(await collector.wait { _ in collector.paths.count >= 500 })
+        // A git pull's worth of writes arrives as one batch (two if the machine stalls mid-burst).
+        #expect(collector.all.count <= 2, "\(collector.all.count) batches")
+    }
+
+    @Test func newSubdirectoriesAreWatched() async throws {
+        let root = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let watcher = try DirectoryWatcher(root: root)
+        defer { watcher.stop() }
+        let collector = Collector(watcher)
+        try FileManager.default.createDirectory(atPath: root + "/team-a", withIntermediateDirectories: true)
+        #expect(await collector.wait { _ in collector.paths.contains(root + "/team-a") })
+        try "a: 1\n".write(toFile: root + "/team-a/web.yaml", atomically: false, encoding: .utf8)
+        #expect(await collector.wait { _ in collector.paths.contains(root + "/team-a/web.yaml") })
+    }
+
+    @Test func deletionsAndRenamesAreReported() async throws {
+        let root = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try "a: 1\n".write(toFile: root + "/old.yaml", atomically: false, encoding: .utf8)
+        try "b: 1\n".write(toFile: root + "/gone.yaml", atomically: false, encoding: .utf8)
+        let watcher = try DirectoryWatcher(root: root)
+        defer { watcher.stop() }
+        let collector = Collector(watcher)
+        try FileManager.default.moveItem(atPath: root + "/old.yaml", toPath: root + "/new.yaml")
+        try FileManager.default.removeItem(atPath: root + "/gone.yaml")
+        #expect(await collector.wait { _ in
+            collector.paths.isSuperset(of: [root + "/old.yaml", root + "/new.yaml", root + "/gone.yaml"])
+        })
+    }
+
+    @Test func hiddenEntriesAreIgnored() async throws {
+        let root = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try FileManager.default.createDirectory(atPath: root + "/.git", withIntermediateDirectories: true)
+        let watcher = try DirectoryWatcher(root: root)
+        defer { watcher.stop() }
+        let collector = Collector(watcher)
+        try "x".write(toFile: root + "/.git/index", atomically: false, encoding: .utf8)
+        try "x".write(toFile: root + "/.hidden.yaml", atomically: false, encoding: .utf8)
+        try "a: 1\n".write(toFile: root + "/seen.yaml", atomically: false, encoding: .utf8)
+        #expect(await collector.wait { _ in collector.paths.contains(root + "/seen.yaml") })
+        #expect(collector.paths == [root + "/seen.yaml"])
+    }
+
+    @Test func stopFinishesTheStream() async throws {
+        let root = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let watcher = try DirectoryWatcher(root: root)
+        let collector = Collector(watcher)
+        watcher.stop()
+        await collector.task.value
+    }
+
+    @Test func aMissingRootIsAnError() {
+        #expect(throws: DirectoryWatcher.WatchError.self) {
+            _ = try DirectoryWatcher(root: "/nonexistent/capstan-" + UUID().uuidString)
+        }
+    }
+}
