@@ -57,8 +57,10 @@ public actor WorkQueue<Key: Hashable & Sendable, C: Clock>: Sendable where C.Dur
 
     public func failureCount(of key: Key) -> Int { limiter.failureCount(of: key) }
 
-    /// The next key to work on, waiting until one is ready; nil once the queue shuts down.
+    /// The next key to work on, waiting until one is ready; nil once the queue shuts down
+    /// (queued keys are left: reconciles are level-based, the next start picks them up).
     public func get() async -> Key? {
+        if shuttingDown { return nil }
         if let key = state.next(now: clock.now) {
             scheduleTimer()
             return key

@@ -1,0 +1,113 @@
+/// What a reconcile asks for next: nothing (wait for the next change), or to run again after
+/// a delay (timers: windows, schedules, pauses, evaluation intervals).
+public struct ReconcileResult: Sendable, Equatable {
+    public var requeueAfter: Duration?
+
+    public init(requeueAfter: Duration? = nil) {
+        self.requeueAfter = requeueAfter
+    }
+
+    public static let done = ReconcileResult()
+    public static func requeue(after delay: Duration) -> ReconcileResult { ReconcileResult(requeueAfter: delay) }
+}
+
+/// The whole contract of a reconciler: read desired and observed state for `key`, move one step
+/// closer, say when to look again. Throwing means "retry with backoff". A reconcile must honour
+/// task cancellation (it is cancelled at the reconcile timeout and at shutdown).
+public protocol Reconciler: Sendable {
+    associatedtype Key: Hashable & Sendable
+    func reconcile(_ key: Key) async throws -> ReconcileResult
+}
+
+/// How one reconcile ended, for metrics and events.
+public enum ReconcileOutcome: Sendable, Equatable {
+    case success
+    case requeueAfter(Duration)
+    case error(String)
+    case timedOut
+}
+
+/// Runs `concurrency` workers that take keys from a work queue and reconcile them: success
+/// resets the key's backoff (and honours `requeueAfter`), an error or a timeout retries it with
+/// per-key exponential backoff. Never two workers on one key (the queue guarantees it).
+public final class Controller<R: Reconciler, C: Clock>: Sendable where C.Duration == Duration {
+    public let name: String
+    public let queue: WorkQueue<R.Key, C>
+    private let reconciler: R
+    private let clock: C
+    private let concurrency: Int
+    private let timeout: Duration
+    private let observe: @Sendable (R.Key, ReconcileOutcome, Duration) async -> Void
+
+    /// - Parameters:
+    ///   - observe: called after every reconcile with its outcome and duration (metrics, error events).
+    public init(
+        name: String, reconciler: R, clock: C, concurrency: Int = 4, timeout: Duration = .seconds(300),
+        queue: WorkQueue<R.Key, C>? = nil,
+        observe: @escaping @Sendable (R.Key, ReconcileOutcome, Duration) async -> Void = { _, _, _ in }
+    ) {
+        precondition(concurrency > 0, "a controller needs at least one worker")
+        precondition(timeout > .zero, "the reconcile timeout must be positive")
+        self.name = name
+        self.reconciler = reconciler
+        self.clock = clock
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.queue = queue ?? WorkQueue(clock: clock)
+        self.observe = observe
+    }
+
+    /// Runs the workers until the queue shuts down and in-flight reconciles have finished.
+    public func run() async {
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<concurrency {
+                group.addTask { await self.work() }
+            }
+        }
+    }
+
+    /// Stops taking work; `run()` returns once in-flight reconciles finish.
+    public func shutDown() async {
+        await queue.shutDown()
+    }
+
+    private func work() async {
+        while let key = await queue.get() {
+            let start = clock.now
+            let outcome = await reconcileWithTimeout(key)
+            switch outcome {
+            case .success:
+                await queue.forget(key)
+            case .requeueAfter(let delay):
+                await queue.forget(key)
+                await queue.add(key, after: delay)
+            case .error, .timedOut:
+                await queue.addRateLimited(key)
+            }
+            await queue.done(key)
+            await observe(key, outcome, start.duration(to: clock.now))
+        }
+    }
+
+    private struct TimedOut: Error {}
+
+    private func reconcileWithTimeout(_ key: R.Key) async -> ReconcileOutcome {
+        let reconciler = self.reconciler, clock = self.clock, timeout = self.timeout
+        do {
+            return try await withThrowingTaskGroup(of: ReconcileResult.self) { group in
+                group.addTask { try await reconciler.reconcile(key) }
+                group.addTask {
+                    try await clock.sleep(until: clock.now.advanced(by: timeout), tolerance: nil)
+                    throw TimedOut()
+                }
+                defer { group.cancelAll() }
+                let result = try await group.next()!
+                return result.requeueAfter.map { .requeueAfter($0) } ?? .success
+            }
+        } catch is TimedOut {
+            return .timedOut
+        } catch {
+            return .error(String(describing: error))
+        }
+    }
+}
