@@ -30,12 +30,18 @@ let package = Package(
             name: "CapstanRuntime",
             dependencies: ["CapstanModel"]
         ),
+        // The reconcilers, written against platform protocols (no SQLite, processes or HTTP).
+        .target(
+            name: "CapstanControllers",
+            dependencies: ["CapstanModel", "CapstanRuntime"]
+        ),
         // The local platform: the SQLite state store (more to come: supervisor, router, ...).
         .target(
             name: "CapstanLocal",
             dependencies: [
                 "CapstanModel",
                 "CapstanRuntime",
+                "CapstanControllers",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
@@ -45,6 +51,8 @@ let package = Package(
             dependencies: [
                 "CapstanModel",
                 "CapstanRuntime",
+                "CapstanControllers",
+                "CapstanLocal",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -59,6 +67,10 @@ let package = Package(
         .testTarget(
             name: "CapstanRuntimeTests",
             dependencies: ["CapstanModel", "CapstanRuntime"]
+        ),
+        .testTarget(
+            name: "CapstanControllersTests",
+            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanControllers"]
         ),
         .testTarget(
             name: "CapstanLocalTests",

@@ -95,6 +95,40 @@ import Testing
         #expect(try reopened.events().map(\.event.reason) == ["Reconciled"])
     }
 
+    @Test func problemsAreKeptBesideTheLastGoodObject() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let (record, _) = try store.apply(decoded(Self.web), now: t0)
+        #expect(record.sourceFile == "specs/web.yaml")
+        #expect(try store.setProblems(record.key, ["specs/web.yaml:5:3: Application/web: spec.command: expected a list"]))
+        #expect(try !store.setProblems(record.key, ["specs/web.yaml:5:3: Application/web: spec.command: expected a list"]))
+        #expect(try store.object(record.key)?.problems.count == 1)
+        #expect(try store.setProblems(record.key, []))
+        #expect(try store.object(record.key)?.problems == [])
+    }
+
+    @Test func aVersionOneStoreIsMigrated() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let path = directory + "/capstan.db"
+        do {
+            // A store as the first release left it: only migration v1.
+            let queue = try DatabaseQueue(path: path)
+            var v1 = DatabaseMigrator()
+            v1.registerMigration("v1-objects-events") { db in
+                try db.execute(sql: "CREATE TABLE objects (kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, object TEXT NOT NULL, spec_hash TEXT NOT NULL, generation INTEGER NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (kind, namespace, name))")
+                try db.execute(sql: "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL, count INTEGER NOT NULL, first_at REAL NOT NULL, last_at REAL NOT NULL, seq INTEGER NOT NULL)")
+            }
+            try v1.migrate(queue)
+            try queue.close()
+        }
+        let store = try StateStore(directory: directory)
+        let (record, _) = try store.apply(decoded(Self.web), now: t0)
+        #expect(try store.setProblems(record.key, ["broken"]))
+        let applied = try DatabaseQueue(path: path).read { try String.fetchAll($0, sql: "SELECT identifier FROM grdb_migrations ORDER BY identifier") }
+        #expect(applied == ["v1-objects-events", "v2-object-problems"])
+    }
+
     @Test func deletingRemovesTheObjectButKeepsItsEvents() throws {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try StateStore(directory: directory)

@@ -104,7 +104,7 @@ public final class StateStore: Sendable {
     // MARK: - Schema
 
     /// Migrations in order. Never edit a shipped one: add a new one.
-    static let migrationNames = ["v1-objects-events"]
+    static let migrationNames = ["v1-objects-events", "v2-object-problems"]
 
     static let migrator: DatabaseMigrator = {
         var migrator = DatabaseMigrator()
@@ -132,6 +132,11 @@ public final class StateStore: Sendable {
                 CREATE UNIQUE INDEX events_by_seq ON events (seq);
                 """)
         }
+        migrator.registerMigration("v2-object-problems") { db in
+            // Problems of the object's current document when it cannot be read (principle 2:
+            // the last good object stays; reconcilers report it Stalled with these).
+            try db.execute(sql: "ALTER TABLE objects ADD COLUMN problems TEXT NOT NULL DEFAULT ''")
+        }
         return migrator
     }()
 
@@ -147,6 +152,27 @@ public final class StateStore: Sendable {
         public var source: String
         public var createdAt: Date
         public var updatedAt: Date
+        /// Problems of the document that now holds this object, one per line (empty when it reads cleanly).
+        public var problems: [String]
+
+        /// The file the object came from (`source` without `:line:column`).
+        public var sourceFile: String {
+            var parts = source.split(separator: ":", omittingEmptySubsequences: false)
+            if parts.count >= 3, Int(parts[parts.count - 1]) != nil, Int(parts[parts.count - 2]) != nil { parts.removeLast(2) }
+            return parts.joined(separator: ":")
+        }
+    }
+
+    /// Records (or clears, with an empty list) the problems of an object's current document;
+    /// returns whether they changed.
+    @discardableResult
+    public func setProblems(_ key: ObjectKey, _ problems: [String]) throws -> Bool {
+        let text = problems.joined(separator: "\n")
+        return try pool.write { db in
+            try db.execute(sql: "UPDATE objects SET problems = ? WHERE kind = ? AND namespace = ? AND name = ? AND problems IS NOT ?",
+                           arguments: [text, key.kind.rawValue, key.namespace, key.name, text])
+            return db.changesCount > 0
+        }
     }
 
     /// What `apply` did.
@@ -248,7 +274,8 @@ public final class StateStore: Sendable {
         return ObjectRecord(
             key: resource.key, resource: resource, specHash: row["spec_hash"], generation: row["generation"],
             source: row["source"], createdAt: Date(timeIntervalSince1970: row["created_at"]),
-            updatedAt: Date(timeIntervalSince1970: row["updated_at"]))
+            updatedAt: Date(timeIntervalSince1970: row["updated_at"]),
+            problems: (row["problems"] as String).split(separator: "\n").map(String.init))
     }
 
     private static func parseJSON(_ text: String) throws -> SpecNode {

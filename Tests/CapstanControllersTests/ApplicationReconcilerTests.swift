@@ -1,0 +1,158 @@
+import CapstanModel
+import CapstanRuntime
+import Foundation
+import Synchronization
+import Testing
+@testable import CapstanControllers
+
+/// In-memory platform fakes: for unit tests of reconciler logic only.
+final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
+    struct State {
+        var objects: [ObjectKey: StoredObject] = [:]
+        var statusWrites = 0
+        var events: [(EventType, String, String)] = []
+        var sourceCheck = SourceCheck.ready("source ./web")
+    }
+    let state = Mutex(State())
+
+    func put(_ yaml: String, generation: Int = 1, problems: [String] = []) throws {
+        let result = ManifestDecoder().decode(Array(yaml.utf8), file: "specs/x.yaml")
+        guard let object = result.objects.first else { throw FakeError(description: "\(result.errors)") }
+        state.withLock { state in
+            var resource = object.resource
+            if let previous = state.objects[object.key]?.resource {
+                // Keep the status the reconciler wrote, as the real store does.
+                resource = Self.withStatus(of: previous, on: resource)
+            }
+            state.objects[object.key] = StoredObject(resource: resource, generation: generation, sourceFile: "specs/x.yaml", problems: problems)
+        }
+    }
+
+    static func withStatus(of previous: AnyResource, on next: AnyResource) -> AnyResource {
+        switch (previous, next) {
+        case (.application(let p), .application(var n)): n.status = p.status; return .application(n)
+        case (.deployment(let p), .deployment(var n)): n.status = p.status; return .deployment(n)
+        default: return next
+        }
+    }
+
+    struct FakeError: Error, CustomStringConvertible { var description: String }
+
+    func object(_ key: ObjectKey) async throws -> StoredObject? { state.withLock { $0.objects[key] } }
+    func objects(kind: ResourceKind) async throws -> [StoredObject] {
+        state.withLock { $0.objects.values.filter { $0.key.kind == kind }.sorted { $0.key < $1.key } }
+    }
+    func writeStatus(_ key: ObjectKey, _ status: SpecNode) async throws -> Bool {
+        try state.withLock { state in
+            guard var stored = state.objects[key], case .application(var app) = stored.resource else { return false }
+            let decoded = try ApplicationStatus.decoded(from: status)
+            guard decoded != app.status else { return false }
+            app.status = decoded
+            stored.resource = .application(app)
+            state.objects[key] = stored
+            state.statusWrites += 1
+            return true
+        }
+    }
+    func record(_ type: EventType, reason: String, message: String, about key: ObjectKey) async {
+        state.withLock { $0.events.append((type, reason, message)) }
+    }
+    func checkSource(of application: Application, specFile: String) async -> SourceCheck { state.withLock { $0.sourceCheck } }
+
+    var application: Application? {
+        state.withLock { state in
+            if case .application(let app)? = state.objects[ObjectKey(kind: .application, namespace: "default", name: "web")]?.resource { return app }
+            return nil
+        }
+    }
+    var eventReasons: [String] { state.withLock { $0.events.map(\.1) } }
+    var statusWrites: Int { state.withLock { $0.statusWrites } }
+}
+
+@Suite struct ApplicationReconcilerTests {
+    static let web = "apiVersion: capstan.dev/v1alpha1\nkind: Application\nmetadata: {name: web}\nspec: {source: {path: ./web}, command: [./web]}\n"
+    static let key = ObjectKey(kind: .application, namespace: "default", name: "web")
+    let fixedNow = Date(timeIntervalSince1970: 1_800_000_000)
+
+    func reconciler(_ fake: FakeStore) -> ApplicationReconciler {
+        let now = fixedNow
+        return ApplicationReconciler(store: fake, events: fake, artifacts: fake, now: { now })
+    }
+
+    @Test func aValidApplicationBecomesReadyAtItsGeneration() async throws {
+        let fake = FakeStore()
+        try fake.put(Self.web)
+        let result = try await reconciler(fake).reconcile(Self.key)
+        #expect(result == .done)
+        let app = try #require(fake.application)
+        #expect(app.status.isReady(generation: 1))
+        #expect(app.status.observedGeneration == 1)
+        #expect(app.status.condition("Ready")?.reason == "Succeeded")
+        #expect(fake.eventReasons == ["Succeeded"])
+    }
+
+    @Test func reconcilingTwiceChangesNothingTheSecondTime() async throws {
+        let fake = FakeStore()
+        try fake.put(Self.web)
+        _ = try await reconciler(fake).reconcile(Self.key)
+        _ = try await reconciler(fake).reconcile(Self.key)
+        #expect(fake.statusWrites == 1)
+        #expect(fake.eventReasons.count == 1)
+    }
+
+    @Test func aNewGenerationIsObserved() async throws {
+        let fake = FakeStore()
+        try fake.put(Self.web)
+        _ = try await reconciler(fake).reconcile(Self.key)
+        try fake.put(Self.web.replacingOccurrences(of: "[./web]", with: "[./web, --fast]"), generation: 2)
+        _ = try await reconciler(fake).reconcile(Self.key)
+        #expect(fake.application?.status.observedGeneration == 2)
+        #expect(fake.application?.status.condition("Ready")?.observedGeneration == 2)
+        #expect(fake.eventReasons.count == 1, "still Ready: no new event")
+    }
+
+    @Test func aMissingSourceStallsAndIsRetried() async throws {
+        let fake = FakeStore()
+        fake.state.withLock { $0.sourceCheck = .unavailable("source path specs/web does not exist") }
+        try fake.put(Self.web)
+        let result = try await reconciler(fake).reconcile(Self.key)
+        #expect(result == .requeue(after: ApplicationReconciler.sourceRetry))
+        #expect(fake.application?.status.condition("Stalled")?.reason == "SourceUnavailable")
+        #expect(fake.application?.status.condition("Ready")?.status == .false)
+        fake.state.withLock { $0.sourceCheck = .ready("source ./web") }
+        _ = try await reconciler(fake).reconcile(Self.key)
+        #expect(fake.application?.status.conditions.map(\.type) == ["Ready"])
+        #expect(fake.eventReasons == ["SourceUnavailable", "Succeeded"])
+    }
+
+    @Test func anInvalidSpecKeepsTheLastGoodObjectStalled() async throws {
+        let fake = FakeStore()
+        try fake.put(Self.web)
+        _ = try await reconciler(fake).reconcile(Self.key)
+        try fake.put(Self.web, problems: ["specs/x.yaml:4:7: Application/web: spec.command: expected a list"])
+        _ = try await reconciler(fake).reconcile(Self.key)
+        let stalled = try #require(fake.application?.status.condition("Stalled"))
+        #expect(stalled.reason == "InvalidSpec")
+        #expect(stalled.message.contains("specs/x.yaml:4:7"))
+        #expect(fake.application?.spec.command == ["./web"], "the last good spec is kept")
+        #expect(fake.eventReasons == ["Succeeded"], "the source records InvalidSpec's event")
+        try fake.put(Self.web)
+        _ = try await reconciler(fake).reconcile(Self.key)
+        #expect(fake.application?.status.condition("Stalled") == nil)
+        #expect(fake.application?.status.isReady(generation: 1) == true)
+    }
+
+    @Test func statusListsTheDeploymentsThatRunIt() async throws {
+        let fake = FakeStore()
+        try fake.put(Self.web)
+        try fake.put("apiVersion: capstan.dev/v1alpha1\nkind: Deployment\nmetadata: {name: web-prod}\nspec: {application: web, version: \"1.2\"}\n")
+        try fake.put("apiVersion: capstan.dev/v1alpha1\nkind: Deployment\nmetadata: {name: other}\nspec: {application: api, version: \"1\"}\n")
+        _ = try await reconciler(fake).reconcile(Self.key)
+        #expect(fake.application?.status.deployments.map(\.name) == ["web-prod"])
+        #expect(fake.application?.status.deployments.first?.version == "1.2")
+    }
+
+    @Test func aDeletedApplicationIsDone() async throws {
+        #expect(try await reconciler(FakeStore()).reconcile(Self.key) == .done)
+    }
+}
