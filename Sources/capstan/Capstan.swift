@@ -4,7 +4,7 @@ import CapstanRuntime
 
 /// The `capstan` command.
 @main
-struct Capstan: ParsableCommand {
+struct Capstan: AsyncParsableCommand {
     static let version = "0.1.0"
 
     static let configuration = CommandConfiguration(
@@ -16,7 +16,7 @@ struct Capstan: ParsableCommand {
             Start with:  capstan validate manifests/examples
             """,
         version: "capstan \(version)",
-        subcommands: [Validate.self, CRDs.self, VersionCommand.self]
+        subcommands: [Run.self, Get.self, Describe.self, Events.self, Validate.self, CRDs.self, VersionCommand.self]
     )
 }
 

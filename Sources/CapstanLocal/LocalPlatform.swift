@@ -1,0 +1,65 @@
+import CapstanControllers
+import CapstanModel
+import Foundation
+
+/// The state store as the reconcilers' `ObjectStore` and `EventRecorder`.
+public struct LocalObjectStore: ObjectStore, EventRecorder {
+    public let store: StateStore
+    let now: @Sendable () -> Date
+    let log: @Sendable (String) -> Void
+
+    public init(store: StateStore, now: @escaping @Sendable () -> Date = Date.init, log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.store = store
+        self.now = now
+        self.log = log
+    }
+
+    public func object(_ key: ObjectKey) async throws -> StoredObject? {
+        try store.object(key).map(Self.stored)
+    }
+
+    public func objects(kind: ResourceKind) async throws -> [StoredObject] {
+        try store.objects(kind: kind).map(Self.stored)
+    }
+
+    public func writeStatus(_ key: ObjectKey, _ status: SpecNode) async throws -> Bool {
+        try store.writeStatus(key, status: status)
+    }
+
+    public func record(_ type: EventType, reason: String, message: String, about key: ObjectKey) async {
+        do {
+            try store.recordEvent(type, reason: reason, message: message, about: key, at: now())
+        } catch {
+            log("cannot record event \(reason) for \(key): \(error)")
+        }
+    }
+
+    static func stored(_ record: StateStore.ObjectRecord) -> StoredObject {
+        StoredObject(resource: record.resource, generation: record.generation, sourceFile: record.sourceFile, problems: record.problems)
+    }
+}
+
+/// Artifacts on this host. For now it checks that an Application's source can be reached;
+/// copying, checking out and building come with Deployments.
+public struct LocalArtifactPlatform: ArtifactPlatform {
+    public init() {}
+
+    public func checkSource(of application: Application, specFile: String) async -> SourceCheck {
+        guard let source = application.spec.source else {
+            return .ready("image \(application.spec.image ?? "")")
+        }
+        if let git = source.git {
+            return .ready("git \(git.url)")
+        }
+        let path = source.path ?? ""
+        let resolved = path.hasPrefix("/") ? path : ((specFile as NSString).deletingLastPathComponent as NSString).appendingPathComponent(path)
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: resolved, isDirectory: &isDirectory) else {
+            return .unavailable("source path \(resolved) does not exist")
+        }
+        guard isDirectory.boolValue else {
+            return .unavailable("source path \(resolved) is not a directory")
+        }
+        return .ready("source \(resolved)")
+    }
+}

@@ -1,0 +1,93 @@
+import CapstanModel
+import CapstanRuntime
+import Foundation
+
+/// The spec-directory source of directory mode: reads the directory, plans the change with
+/// `DirectorySync` (principle 2), applies it to the state store, records what it decided as
+/// events, and hands every key whose desired state changed to `enqueue`.
+public actor SpecDirectorySource {
+    public let root: String
+    private let store: StateStore
+    private let loader: ManifestLoader
+    private let allowEmpty: Bool
+    private let now: @Sendable () -> Date
+    private let log: @Sendable (String) -> Void
+    private let enqueue: @Sendable (ObjectKey, AnyResource?) async -> Void
+
+    /// What one sync did.
+    public struct Summary: Sendable, Equatable {
+        public var applied = 0
+        public var changed = 0
+        public var kept = 0
+        public var deleted = 0
+        public var withheld = 0
+        public var problems = 0
+    }
+
+    public init(
+        root: String, store: StateStore, allowEmpty: Bool = false, maxFileSize: Int = ManifestDecoder.defaultMaxFileSize,
+        now: @escaping @Sendable () -> Date = Date.init, log: @escaping @Sendable (String) -> Void = { _ in },
+        enqueue: @escaping @Sendable (ObjectKey, AnyResource?) async -> Void
+    ) {
+        self.root = root
+        self.store = store
+        self.loader = ManifestLoader(maxFileSize: maxFileSize)
+        self.allowEmpty = allowEmpty
+        self.now = now
+        self.log = log
+        self.enqueue = enqueue
+    }
+
+    /// Reads the whole directory once and applies what changed.
+    @discardableResult
+    public func sync() async throws -> Summary {
+        let loaded = loader.load([root]).manifests
+        let previous = Dictionary(try store.objects().map { ($0.key, $0.sourceFile) }, uniquingKeysWith: { first, _ in first })
+        let plan = DirectorySync.plan(previous: previous, loaded: loaded, allowEmpty: allowEmpty)
+        var summary = Summary()
+        let time = now()
+
+        for object in plan.apply {
+            let (record, outcome) = try store.apply(object, now: time)
+            let cleared = try store.setProblems(record.key, [])
+            summary.applied += 1
+            if outcome != .unchanged || cleared {
+                summary.changed += 1
+                if outcome == .specChanged { log("\(record.key): spec changed, generation \(record.generation)") }
+                if outcome == .created { log("\(record.key): created from \(object.location)") }
+                await enqueue(record.key, record.resource)
+            }
+        }
+        for (key, problems) in plan.keep.sorted(by: { $0.key < $1.key }) {
+            summary.kept += 1
+            let lines = problems.map(\.description)
+            if try store.setProblems(key, lines) {
+                try store.recordEvent(.warning, reason: "InvalidSpec", message: "\(lines[0])" + (lines.count > 1 ? " (and \(lines.count - 1) more)" : "") + "; the last good version is kept", about: key, at: time)
+                log("\(key): \(lines[0]); keeping the last good version")
+                await enqueue(key, try store.object(key)?.resource)
+            }
+        }
+        for key in plan.delete {
+            if try store.delete(key) {
+                summary.deleted += 1
+                try store.recordEvent(.normal, reason: "Deleted", message: "no spec file holds it any more", about: key, at: time)
+                log("\(key): deleted (no spec file holds it any more)")
+                await enqueue(key, nil)
+            }
+        }
+        if !plan.withheld.isEmpty {
+            summary.withheld = plan.withheld.count
+            log("the spec directory yielded no objects: keeping all \(plan.withheld.count) (start with --allow-empty to allow deleting everything)")
+        }
+        for (key, problems) in plan.duplicates {
+            for problem in problems {
+                try store.recordEvent(.warning, reason: "DuplicateObject", message: problem.description, about: key, at: time)
+            }
+        }
+        for problem in plan.unattached {
+            log(problem.description)
+        }
+        summary.problems = loaded.errors.count
+        return summary
+    }
+}

@@ -1,0 +1,225 @@
+import ArgumentParser
+import CapstanLocal
+import CapstanModel
+import Foundation
+
+enum GetFormat: String, ExpressibleByArgument, CaseIterable {
+    case table, wide, yaml, json
+}
+
+/// Parses a KIND argument with kubectl's names (`app`, `applications`, `Deployment`, ...).
+func parseKind(_ name: String) throws -> ResourceKind {
+    guard let kind = ResourceKind(name: name) else {
+        let known = ResourceKind.allCases.map { "\($0.plural) (\(([$0.singular] + $0.shortNames).joined(separator: ", ")))" }
+        throw ValidationError("unknown kind \"\(name)\"; kinds: \(known.joined(separator: "; "))")
+    }
+    return kind
+}
+
+/// Parses `KIND/NAME`.
+func parseReference(_ text: String, namespace: String) throws -> ObjectKey {
+    let parts = text.split(separator: "/", maxSplits: 1).map(String.init)
+    guard parts.count == 2 else { throw ValidationError("expected KIND/NAME, such as application/web, got \"\(text)\"") }
+    return ObjectKey(kind: try parseKind(parts[0]), namespace: namespace, name: parts[1])
+}
+
+func openStore(_ options: StateOptions) throws -> StateStore {
+    do {
+        return try StateStore(directory: options.resolved, readOnly: true)
+    } catch {
+        printError("capstan: \(error)")
+        throw ExitCode(1)
+    }
+}
+
+/// kubectl-style ages: 45s, 12m, 5h, 3d.
+func age(since date: Date?, now: Date = Date()) -> String {
+    guard let date else { return "<unknown>" }
+    let seconds = max(0, Int(now.timeIntervalSince(date)))
+    switch seconds {
+    case ..<120: return "\(seconds)s"
+    case ..<(120 * 60): return "\(seconds / 60)m"
+    case ..<(48 * 3600): return "\(seconds / 3600)h"
+    default: return "\(seconds / 86400)d"
+    }
+}
+
+/// Prints rows as aligned columns.
+func printTable(_ rows: [[String]]) {
+    guard let header = rows.first else { return }
+    var widths = header.map(\.count)
+    for row in rows { for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) } }
+    for row in rows {
+        var line = ""
+        for (i, cell) in row.enumerated() {
+            line += i == row.count - 1 ? cell : cell.padding(toLength: widths[i] + 3, withPad: " ", startingAt: 0)
+        }
+        print(line.replacingOccurrences(of: "\\s+$", with: "", options: .regularExpression))
+    }
+}
+
+struct Get: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List objects of a kind with their state (reads the state store; works with the daemon stopped).")
+
+    @Argument(help: ArgumentHelp("application|app, deployment|cdeploy, canary, alertrule, secretrotation, backupschedule (singular, plural or short).", valueName: "kind"))
+    var kind: String
+
+    @Argument(help: "Only this object.")
+    var name: String?
+
+    @Option(name: .shortAndLong, help: "Namespace (default: all).")
+    var namespace: String?
+
+    @Option(name: .shortAndLong, help: "table (default), wide, yaml or json.")
+    var output: GetFormat = .table
+
+    @OptionGroup var state: StateOptions
+
+    func run() throws {
+        let kind = try parseKind(kind)
+        let store = try openStore(state)
+        var records = try store.objects(kind: kind)
+        if let namespace { records = records.filter { $0.key.namespace == namespace } }
+        if let name { records = records.filter { $0.key.name == name } }
+        if name != nil && records.isEmpty {
+            printError("capstan: \(kind.singular) \"\(name!)\" not found")
+            throw ExitCode(1)
+        }
+        let nodes = records.map { $0.resource.encode() }
+        switch output {
+        case .yaml:
+            print(nodes.map(YAMLEmitter.emit).joined(separator: "---\n"), terminator: "")
+        case .json:
+            let node = name != nil ? nodes[0] : SpecNode.mapping([("apiVersion", .string("v1")), ("kind", .string("List")), ("items", .sequence(nodes))])
+            print(JSONEmitter.emit(node), terminator: "")
+        case .table, .wide:
+            if records.isEmpty {
+                printError("No \(kind.plural) found.")
+                return
+            }
+            let type = kind.type
+            let extra = type.columns.filter { output == .wide || $0.priority == 0 }
+            var rows = [["NAMESPACE", "NAME", "READY", "STATUS", "REASON"] + extra.map { $0.name.uppercased() } + ["AGE"]]
+            for (record, node) in zip(records, nodes) {
+                rows.append([
+                    record.key.namespace, record.key.name,
+                    JSONPath.text(".status.conditions[?(@.type==\"Ready\")].status", on: node),
+                    JSONPath.text(type.statusColumnPath, on: node),
+                    JSONPath.text(".status.conditions[?(@.type==\"Ready\")].reason", on: node),
+                ] + extra.map { JSONPath.text($0.jsonPath, on: node) } + [age(since: record.createdAt)])
+            }
+            printTable(rows)
+        }
+    }
+}
+
+struct Describe: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show one object: source, spec, conditions and recent events.")
+
+    @Argument(help: ArgumentHelp("The kind.", valueName: "kind"))
+    var kind: String
+
+    @Argument(help: "The object's name.")
+    var name: String
+
+    @Option(name: .shortAndLong, help: "Namespace.")
+    var namespace: String = "default"
+
+    @OptionGroup var state: StateOptions
+
+    func run() throws {
+        let key = ObjectKey(kind: try parseKind(kind), namespace: namespace, name: name)
+        let store = try openStore(state)
+        guard let record = try store.object(key) else {
+            printError("capstan: \(key.kind.singular) \"\(name)\" not found in namespace \(namespace)")
+            throw ExitCode(1)
+        }
+        let resource = record.resource.resource
+        print("Name:         \(key.name)")
+        print("Namespace:    \(key.namespace)")
+        print("Kind:         \(key.kind.rawValue)")
+        print("Generation:   \(record.generation)")
+        print("Source:       \(record.source)")
+        print("Created:      \(Timestamp(record.createdAt)) (\(age(since: record.createdAt)) ago)")
+        if !record.problems.isEmpty {
+            print("Problems:     (the last good version below is in use)")
+            for problem in record.problems { print("  \(problem)") }
+        }
+        print("Spec:")
+        print(YAMLEmitter.emit(resource.spec.encode()).split(separator: "\n", omittingEmptySubsequences: false).map { $0.isEmpty ? "" : "  " + $0 }.joined(separator: "\n"), terminator: "")
+        let status = resource.status.encode()
+        let conditions = JSONPath.evaluate(".conditions[*]", on: status)
+        print("Conditions:")
+        if conditions.isEmpty {
+            print("  <none>")
+        } else {
+            var rows = [["  TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]]
+            for condition in conditions {
+                let time = condition["lastTransitionTime"]?.scalarText.flatMap { RFC3339Text.parse($0) }
+                rows.append(["  " + (condition["type"]?.scalarText ?? ""), condition["status"]?.scalarText ?? "", condition["reason"]?.scalarText ?? "",
+                             age(since: time), condition["message"]?.scalarText ?? ""])
+            }
+            printTable(rows)
+        }
+        if let observed = status["observedGeneration"]?.scalarText { print("Observed generation: \(observed)") }
+        print("Events:")
+        let events = try store.events(for: key).suffix(20)
+        if events.isEmpty {
+            print("  <none>")
+        } else {
+            var rows = [["  TYPE", "REASON", "AGE", "COUNT", "MESSAGE"]]
+            for stored in events {
+                let event = stored.event
+                rows.append(["  " + event.type.rawValue, event.reason, age(since: event.lastTimestamp.date), "\(event.count)", event.message])
+            }
+            printTable(rows)
+        }
+    }
+}
+
+struct Events: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List reconcile events, newest last; -w keeps streaming new ones.")
+
+    @Argument(help: ArgumentHelp("Only events of this object.", valueName: "kind/name"))
+    var object: String?
+
+    @Option(name: .shortAndLong, help: "Namespace of the object.")
+    var namespace: String = "default"
+
+    @Flag(name: .shortAndLong, help: "Watch: print new events (and repeats of old ones) as they happen.")
+    var watch = false
+
+    @OptionGroup var state: StateOptions
+
+    func run() async throws {
+        let key = try object.map { try parseReference($0, namespace: namespace) }
+        let store = try openStore(state)
+        var cursor: Int64 = 0
+        print(["LAST SEEN".padding(toLength: 21, withPad: " ", startingAt: 0), "TYPE    ", "REASON".padding(toLength: 18, withPad: " ", startingAt: 0), "OBJECT".padding(toLength: 32, withPad: " ", startingAt: 0), "COUNT", " MESSAGE"].joined())
+        while true {
+            for stored in try store.events(for: key, after: cursor) {
+                cursor = stored.seq
+                let event = stored.event
+                let object = "\(event.involvedObject.kind.lowercased())/\(event.involvedObject.name)"
+                let seen = Timestamp(Date(timeIntervalSince1970: event.lastTimestamp.date.timeIntervalSince1970.rounded(.down)))
+                print([seen.description.padding(toLength: 21, withPad: " ", startingAt: 0),
+                       event.type.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0),
+                       event.reason.padding(toLength: 18, withPad: " ", startingAt: 0),
+                       object.padding(toLength: 32, withPad: " ", startingAt: 0),
+                       String(event.count).padding(toLength: 5, withPad: " ", startingAt: 0), " " + event.message].joined())
+                fflush(nil)
+            }
+            guard watch else { return }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+    }
+}
+
+/// RFC 3339 parsing for the CLI (the model's parser, through a Timestamp).
+enum RFC3339Text {
+    static func parse(_ text: String) -> Date? {
+        var context = DecodeContext()
+        return Timestamp.decode(.string(text), &context)?.date
+    }
+}

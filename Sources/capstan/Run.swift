@@ -1,0 +1,199 @@
+import ArgumentParser
+import CapstanControllers
+import CapstanLocal
+import CapstanModel
+import CapstanRuntime
+import Dispatch
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Options shared by every command that reads local state.
+struct StateOptions: ParsableArguments {
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp("The state directory (default: $CAPSTAN_STATE_DIR or ./.capstan).", valueName: "dir"))
+    var stateDirectory: String?
+
+    var resolved: String {
+        stateDirectory ?? ProcessInfo.processInfo.environment["CAPSTAN_STATE_DIR"] ?? ".capstan"
+    }
+}
+
+enum LogFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+/// One line per decision, on standard error; never a secret value (none reach the logger).
+struct Logger: Sendable {
+    let format: LogFormat
+
+    func callAsFunction(_ message: String, level: String = "info") {
+        let time = Timestamp(Date()).description
+        switch format {
+        case .text: printError("\(time) \(level) \(message)")
+        case .json:
+            let node = SpecNode.mapping([("time", .string(time)), ("level", .string(level)), ("msg", .string(message))])
+            printError(JSONEmitter.emit(node, pretty: false))
+        }
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the daemon: watch a spec directory and reconcile what it declares.",
+        discussion: """
+            Reads every spec below --spec-dir, keeps status and events in the state directory, reacts to file changes at once (inotify) and re-reads everything every --resync. SIGHUP re-reads now; SIGTERM or SIGINT stop gracefully (in-flight reconciles finish) with exit status 0.
+
+            Reconciled so far: Application. The other kinds are read, validated and stored; their reconcilers come in later releases.
+            """)
+
+    @Option(name: .customLong("spec-dir"), help: ArgumentHelp("The directory of specs.", valueName: "dir"))
+    var specDirectory: String
+
+    @OptionGroup var state: StateOptions
+
+    @Option(help: "Reconcile workers per kind.")
+    var concurrency: Int = 4
+
+    @Option(help: ArgumentHelp("Full re-read interval, as a duration.", valueName: "duration"))
+    var resync: String = "5m"
+
+    @Option(name: .customLong("reconcile-timeout"), help: ArgumentHelp("A reconcile running longer is cancelled and retried.", valueName: "duration"))
+    var reconcileTimeout: String = "5m"
+
+    @Flag(name: .customLong("allow-empty"), help: "Allow an emptied spec directory to delete every object.")
+    var allowEmpty = false
+
+    @Option(name: .customLong("log-format"), help: "text or json.")
+    var logFormat: LogFormat = .text
+
+    func validate() throws {
+        guard concurrency >= 1 && concurrency <= 256 else { throw ValidationError("--concurrency must be between 1 and 256") }
+        for (name, value) in [("--resync", resync), ("--reconcile-timeout", reconcileTimeout)] {
+            guard let duration = try? KubeDuration.parse(value), duration.nanoseconds > 0 else {
+                throw ValidationError("\(name) \"\(value)\" is not a positive duration such as 30s or 5m")
+            }
+        }
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: specDirectory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ValidationError("--spec-dir \(specDirectory) is not a directory")
+        }
+    }
+
+    func run() async throws {
+        let log = Logger(format: logFormat)
+        Signals.unblock()
+        let store: StateStore
+        do {
+            store = try StateStore(directory: state.resolved)
+        } catch {
+            log("\(error)", level: "error")
+            throw ExitCode(2)
+        }
+        let objects = LocalObjectStore(store: store, log: { log($0, level: "warning") })
+        let clock = ContinuousClock()
+        let applications = Controller(
+            name: "application",
+            reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: LocalArtifactPlatform()),
+            clock: clock, concurrency: concurrency, timeout: try KubeDuration.parse(reconcileTimeout).duration
+        ) { key, outcome, duration in
+            switch outcome {
+            case .success, .requeueAfter: log("reconciled \(key) in \(duration.formatted(.units(allowed: [.milliseconds])))")
+            case .error(let message):
+                log("reconcile of \(key) failed: \(message)", level: "error")
+                await objects.record(.warning, reason: "ReconcileError", message: message, about: key)
+            case .timedOut:
+                log("reconcile of \(key) timed out", level: "error")
+                await objects.record(.warning, reason: "ReconcileTimeout", message: "cancelled after \(reconcileTimeout)", about: key)
+            }
+        }
+        let source = SpecDirectorySource(root: specDirectory, store: store, allowEmpty: allowEmpty, log: { log($0) }) { key, resource in
+            switch key.kind {
+            case .application:
+                await applications.queue.add(key)
+            case .deployment:
+                // An Application lists its Deployments: a Deployment's change is its Application's.
+                if case .deployment(let deployment)? = resource {
+                    await applications.queue.add(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application))
+                }
+            default:
+                break
+            }
+        }
+        log("capstan \(Capstan.version) reading \(specDirectory), state in \(state.resolved)")
+        let summary = try await source.sync()
+        log("read \(summary.applied) objects (\(summary.problems) problems)")
+        // Everything known is reconciled once at start-up (level-based: a restart loses nothing).
+        for record in try store.objects(kind: .application) { await applications.queue.add(record.key) }
+
+        let watcher = try DirectoryWatcher(root: specDirectory)
+        let resyncInterval = try KubeDuration.parse(resync).duration
+        let signals = Signals.stream([SIGTERM, SIGINT, SIGHUP])
+
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await applications.run() }
+            group.addTask {
+                for await batch in watcher.changes {
+                    do {
+                        let summary = try await source.sync()
+                        log("change in \(batch.paths.count) path(s): \(summary.changed) object(s) changed, \(summary.deleted) deleted, \(summary.kept) kept at their last good version")
+                    } catch {
+                        log("sync failed: \(error)", level: "error")
+                    }
+                }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    do { try await Task.sleep(for: resyncInterval) } catch { return }
+                    _ = try? await source.sync()
+                }
+            }
+            for await signal in signals {
+                if signal == SIGHUP {
+                    log("SIGHUP: re-reading \(specDirectory)")
+                    _ = try? await source.sync()
+                    continue
+                }
+                log("signal \(signal): stopping (in-flight reconciles finish)")
+                break
+            }
+            watcher.stop()
+            await applications.shutDown()
+            group.cancelAll()
+        }
+        log("stopped")
+    }
+}
+
+/// Signal handling for the daemon, as an async stream.
+enum Signals {
+    /// Children started from async code can inherit a blocked mask (swift-corelibs-foundation
+    /// #4772): make sure the signals we handle are deliverable.
+    static func unblock() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, signal) }
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
+
+    static func stream(_ signals: [Int32]) -> AsyncStream<Int32> {
+        AsyncStream { continuation in
+            var sources: [any DispatchSourceSignal] = []
+            for signal in signals {
+                Glibc.signal(signal, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
+                source.setEventHandler { continuation.yield(signal) }
+                source.resume()
+                sources.append(source)
+            }
+            let keep = UncheckedBox(sources)
+            continuation.onTermination = { _ in keep.value.forEach { $0.cancel() } }
+        }
+    }
+}
+
+/// Holds dispatch sources for the stream's lifetime (they are thread-safe to cancel).
+final class UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
