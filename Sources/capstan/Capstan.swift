@@ -16,7 +16,7 @@ struct Capstan: AsyncParsableCommand {
             Start with:  capstan validate manifests/examples
             """,
         version: "capstan \(version)",
-        subcommands: [Run.self, Get.self, Describe.self, Events.self, Validate.self, CRDs.self, VersionCommand.self]
+        subcommands: [Run.self, Get.self, Describe.self, Events.self, Reconcile.self, Validate.self, CRDs.self, VersionCommand.self]
     )
 }
 

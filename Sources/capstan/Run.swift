@@ -148,6 +148,21 @@ struct Run: AsyncParsableCommand {
                     _ = try? await source.sync()
                 }
             }
+            group.addTask {
+                // Requests from the CLI (`capstan reconcile`), checked twice a second.
+                while !Task.isCancelled {
+                    do { try await Task.sleep(for: .milliseconds(500)) } catch { return }
+                    guard let requests = try? store.pendingRequests() else { continue }
+                    for request in requests {
+                        if request.type == "reconcile" {
+                            log("reconcile of \(request.key) requested")
+                            await objects.record(.normal, reason: "ReconcileRequested", message: "requested at \(request.value)", about: request.key)
+                            if request.key.kind == .application { await applications.queue.add(request.key) }
+                        }
+                        try? store.markHandled(request.id, at: Date())
+                    }
+                }
+            }
             for await signal in signals {
                 if signal == SIGHUP {
                     log("SIGHUP: re-reading \(specDirectory)")

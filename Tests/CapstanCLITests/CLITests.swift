@@ -170,6 +170,17 @@ import CapstanModel
         }
     }
 
+    @Test func commandsOnAMissingStateDirectorySaySoAndCreateNothing() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for arguments in [["get", "applications"], ["reconcile", "application/web"], ["events"], ["describe", "app", "web"]] {
+            let run = try Self.capstan(arguments + ["--state-dir", dir + "/state"])
+            #expect(run.status == 1, "\(arguments)")
+            #expect(run.stderr.contains("no state store at"), "\(arguments): \(run.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/state"))
+    }
+
     @Test func versionAndHelp() throws {
         let version = try Self.capstan(["version"])
         #expect(version.status == 0)

@@ -127,6 +127,11 @@ import Testing
         #expect(generation(object) == 2 && observed(object) == 2)
         #expect(condition(object, "Ready")?["status"] as? String == "True")
 
+        // capstan reconcile: taken by the daemon, recorded as an event.
+        let request = try CLITests.capstan(["reconcile", "application/web", "--state-dir", state])
+        #expect(request.status == 0, "\(request.stderr)")
+        #expect(try CLITests.capstan(["events", "application/web", "--state-dir", state]).stdout.contains("ReconcileRequested"))
+
         // Deleting the file removes the object.
         try FileManager.default.removeItem(atPath: specs + "/web.yaml")
         try poll("web deleted") { try web() == nil }

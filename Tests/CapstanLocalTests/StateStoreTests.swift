@@ -126,7 +126,19 @@ import Testing
         let (record, _) = try store.apply(decoded(Self.web), now: t0)
         #expect(try store.setProblems(record.key, ["broken"]))
         let applied = try DatabaseQueue(path: path).read { try String.fetchAll($0, sql: "SELECT identifier FROM grdb_migrations ORDER BY identifier") }
-        #expect(applied == ["v1-objects-events", "v2-object-problems"])
+        #expect(applied == ["v1-objects-events", "v2-object-problems", "v3-requests"])
+    }
+
+    @Test func requestsWaitUntilHandled() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let key = ObjectKey(kind: .application, namespace: "default", name: "web")
+        let id = try store.request("reconcile", for: key, at: t0)
+        #expect(try store.pendingRequests().map(\.key) == [key])
+        #expect(try !store.isHandled(id))
+        try store.markHandled(id, at: t0 + 1)
+        #expect(try store.isHandled(id))
+        #expect(try store.pendingRequests().isEmpty)
     }
 
     @Test func deletingRemovesTheObjectButKeepsItsEvents() throws {

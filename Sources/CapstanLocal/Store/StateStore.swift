@@ -104,7 +104,7 @@ public final class StateStore: Sendable {
     // MARK: - Schema
 
     /// Migrations in order. Never edit a shipped one: add a new one.
-    static let migrationNames = ["v1-objects-events", "v2-object-problems"]
+    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests"]
 
     static let migrator: DatabaseMigrator = {
         var migrator = DatabaseMigrator()
@@ -137,8 +137,67 @@ public final class StateStore: Sendable {
             // the last good object stays; reconcilers report it Stalled with these).
             try db.execute(sql: "ALTER TABLE objects ADD COLUMN problems TEXT NOT NULL DEFAULT ''")
         }
+        migrator.registerMigration("v3-requests") { db in
+            // Requests from the CLI (reconcile now; later rollback, promote, rotate, ...), the
+            // directory mode's request annotations: specs in git are read-only.
+            try db.execute(sql: """
+                CREATE TABLE requests (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+                    type TEXT NOT NULL, value TEXT NOT NULL DEFAULT '',
+                    created_at REAL NOT NULL, handled_at REAL
+                );
+                CREATE INDEX requests_pending ON requests (handled_at);
+                """)
+        }
         return migrator
     }()
+
+    // MARK: - Requests
+
+    /// A request made with the CLI, waiting for the daemon.
+    public struct Request: Sendable, Hashable {
+        public var id: Int64
+        public var key: ObjectKey
+        public var type: String
+        public var value: String
+        public var createdAt: Date
+    }
+
+    /// Records a request (the CLI writes; the daemon handles). Returns its id.
+    @discardableResult
+    public func request(_ type: String, for key: ObjectKey, value: String = "", at now: Date) throws -> Int64 {
+        try pool.write { db in
+            try db.execute(sql: "INSERT INTO requests (kind, namespace, name, type, value, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                           arguments: [key.kind.rawValue, key.namespace, key.name, type, value, now.timeIntervalSince1970])
+            return db.lastInsertedRowID
+        }
+    }
+
+    /// Requests not handled yet, oldest first.
+    public func pendingRequests() throws -> [Request] {
+        try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM requests WHERE handled_at IS NULL ORDER BY id").compactMap { row in
+                guard let kind = ResourceKind(rawValue: row["kind"]) else { return nil }
+                return Request(id: row["id"], key: ObjectKey(kind: kind, namespace: row["namespace"], name: row["name"]),
+                               type: row["type"], value: row["value"], createdAt: Date(timeIntervalSince1970: row["created_at"]))
+            }
+        }
+    }
+
+    /// Marks a request handled.
+    public func markHandled(_ id: Int64, at now: Date) throws {
+        try pool.write { db in
+            try db.execute(sql: "UPDATE requests SET handled_at = ? WHERE id = ?", arguments: [now.timeIntervalSince1970, id])
+        }
+    }
+
+    /// Whether request `id` has been handled.
+    public func isHandled(_ id: Int64) throws -> Bool {
+        try pool.read { db in
+            try Double.fetchOne(db, sql: "SELECT handled_at FROM requests WHERE id = ?", arguments: [id]) != nil
+        }
+    }
 
     // MARK: - Objects
 
