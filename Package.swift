@@ -15,6 +15,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
         // The six kinds, their decoding, defaulting, validation and CRD schemas. Pure: no I/O.
@@ -28,7 +31,10 @@ let package = Package(
         // Generic controller machinery; for now the spec-directory reader. Knows no kind.
         .target(
             name: "CapstanRuntime",
-            dependencies: ["CapstanModel"]
+            dependencies: [
+                "CapstanModel",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
         ),
         // The reconcilers, written against platform protocols (no SQLite, processes or HTTP).
         .target(
@@ -54,6 +60,8 @@ let package = Package(
                 "CapstanControllers",
                 "CapstanLocal",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(

@@ -5,6 +5,8 @@ import CapstanModel
 import CapstanRuntime
 import Dispatch
 import Foundation
+import Hummingbird
+import Logging
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,7 +26,7 @@ enum LogFormat: String, ExpressibleByArgument, CaseIterable {
 }
 
 /// One line per decision, on standard error; never a secret value (none reach the logger).
-struct Logger: Sendable {
+struct DaemonLog: Sendable {
     let format: LogFormat
 
     func callAsFunction(_ message: String, level: String = "info") {
@@ -67,12 +69,25 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("log-format"), help: "text or json.")
     var logFormat: LogFormat = .text
 
+    @Option(name: .customLong("metrics-addr"), help: ArgumentHelp("Where /metrics, /healthz and /readyz are served (port 0: any free port).", valueName: "host:port"))
+    var metricsAddress: String = "127.0.0.1:9464"
+
+    var metricsHostPort: (String, Int)? {
+        guard let colon = metricsAddress.lastIndex(of: ":"), let port = Int(metricsAddress[metricsAddress.index(after: colon)...]),
+              (0...65535).contains(port) else { return nil }
+        let host = String(metricsAddress[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        return host.isEmpty ? nil : (host, port)
+    }
+
     func validate() throws {
         guard concurrency >= 1 && concurrency <= 256 else { throw ValidationError("--concurrency must be between 1 and 256") }
         for (name, value) in [("--resync", resync), ("--reconcile-timeout", reconcileTimeout)] {
             guard let duration = try? KubeDuration.parse(value), duration.nanoseconds > 0 else {
                 throw ValidationError("\(name) \"\(value)\" is not a positive duration such as 30s or 5m")
             }
+        }
+        guard metricsHostPort != nil else {
+            throw ValidationError("--metrics-addr \"\(metricsAddress)\" is not host:port, such as 127.0.0.1:9464")
         }
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: specDirectory, isDirectory: &isDirectory), isDirectory.boolValue else {
@@ -81,7 +96,7 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let log = Logger(format: logFormat)
+        let log = DaemonLog(format: logFormat)
         Signals.unblock()
         let store: StateStore
         do {
@@ -92,11 +107,15 @@ struct Run: AsyncParsableCommand {
         }
         let objects = LocalObjectStore(store: store, log: { log($0, level: "warning") })
         let clock = ContinuousClock()
+        let metrics = RuntimeMetrics()
+        metrics.leader(true)
+        let ready = Synchronized(false)
         let applications = Controller(
             name: "application",
             reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: LocalArtifactPlatform()),
             clock: clock, concurrency: concurrency, timeout: try KubeDuration.parse(reconcileTimeout).duration
         ) { key, outcome, duration in
+            metrics.reconciled(kind: key.kind.singular, outcome: outcome, duration: duration)
             switch outcome {
             case .success, .requeueAfter: log("reconciled \(key) in \(duration.formatted(.units(allowed: [.milliseconds])))")
             case .error(let message):
@@ -123,6 +142,7 @@ struct Run: AsyncParsableCommand {
         log("capstan \(Capstan.version) reading \(specDirectory), state in \(state.resolved)")
         let summary = try await source.sync()
         log("read \(summary.applied) objects (\(summary.problems) problems)")
+        if summary.problems > 0 { metrics.sourceError(source: "directory") }
         // Everything known is reconciled once at start-up (level-based: a restart loses nothing).
         for record in try store.objects(kind: .application) { await applications.queue.add(record.key) }
 
@@ -130,12 +150,54 @@ struct Run: AsyncParsableCommand {
         let resyncInterval = try KubeDuration.parse(resync).duration
         let signals = Signals.stream([SIGTERM, SIGINT, SIGHUP])
 
+        let (host, port) = metricsHostPort!
+        var httpLogger = Logging.Logger(label: "capstan.http")
+        httpLogger.logLevel = .warning
+        let router = Router()
+        router.get("metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
+        }
+        router.get("healthz") { _, _ in "ok\n" }
+        router.get("readyz") { _, _ in
+            ready.value ? Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ok\n")))
+                : Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "starting\n")))
+        }
+        let server = Hummingbird.Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: "capstan"),
+            onServerRunning: { channel in log("serving /metrics, /healthz and /readyz on \(channel.localAddress.map { "\($0)" } ?? metricsAddress)") },
+            logger: httpLogger)
+
         await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do {
+                    try await server.run()
+                } catch {
+                    log("cannot serve on \(metricsAddress): \(error)", level: "error")
+                    Glibc.exit(3)
+                }
+            }
             group.addTask { await applications.run() }
+            group.addTask {
+                // Queue and object gauges, refreshed every second.
+                while !Task.isCancelled {
+                    let queue = applications.queue
+                    metrics.queue(kind: "application", depth: await queue.depth, adds: await queue.adds, retries: await queue.retries)
+                    for kind in ResourceKind.allCases {
+                        guard let records = try? store.objects(kind: kind) else { continue }
+                        let readyCount = records.filter { $0.resource.resource.status.isReady(generation: $0.generation) }.count
+                        metrics.resources(kind: kind.singular, ready: readyCount, notReady: records.count - readyCount)
+                    }
+                    do { try await Task.sleep(for: .seconds(1)) } catch { return }
+                }
+            }
+            ready.update { $0 = true }
             group.addTask {
                 for await batch in watcher.changes {
                     do {
                         let summary = try await source.sync()
+                        if summary.problems > 0 { metrics.sourceError(source: "directory") }
                         log("change in \(batch.paths.count) path(s): \(summary.changed) object(s) changed, \(summary.deleted) deleted, \(summary.kept) kept at their last good version")
                     } catch {
                         log("sync failed: \(error)", level: "error")

@@ -32,10 +32,10 @@ import Testing
         try text.write(toFile: specs + "/" + name, atomically: true, encoding: .utf8)
     }
 
-    func startDaemon() throws -> Process {
+    func startDaemon(metricsPort: Int = 0) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CLITests.binary)
-        process.arguments = ["run", "--spec-dir", specs, "--state-dir", state, "--resync", "1h"]
+        process.arguments = ["run", "--spec-dir", specs, "--state-dir", state, "--resync", "1h", "--metrics-addr", "127.0.0.1:\(metricsPort)"]
         process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
         let log = root + "/daemon.log"
         if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
@@ -161,6 +161,40 @@ import Testing
         try FileManager.default.removeItem(atPath: specs + "/web")
         try write(Self.app(greeting: "moved"), to: "web.yaml")
         try poll("a new event streamed") { (try String(contentsOfFile: output, encoding: .utf8)).contains("SourceUnavailable") }
+    }
+
+    @Test func metricsHealthAndReadinessAreServed() throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try write(Self.app(), to: "web.yaml")
+        let port = LoopbackHTTP.freePort()
+        let daemon = try startDaemon(metricsPort: port)
+        defer { kill(daemon.processIdentifier, SIGKILL); daemon.waitUntilExit() }
+        try poll("Ready=True") { condition(try web(), "Ready")?["status"] as? String == "True" }
+        try poll("/readyz") { LoopbackHTTP.get(port: port, path: "/readyz")?.status == 200 }
+        #expect(LoopbackHTTP.get(port: port, path: "/healthz")?.status == 200)
+        var body = ""
+        try poll("reconcile counters in /metrics") {
+            body = LoopbackHTTP.get(port: port, path: "/metrics")?.body ?? ""
+            return body.contains("capstan_resources{kind=\"application\",ready=\"true\"} 1")
+        }
+        #expect(body.contains("capstan_reconcile_total{kind=\"application\",result=\"success\"}"))
+        #expect(body.contains("capstan_workqueue_depth{kind=\"application\"} 0"))
+        #expect(body.contains("capstan_workqueue_adds_total{kind=\"application\"}"))
+        #expect(body.contains("capstan_reconcile_duration_seconds_bucket"))
+        #expect(body.contains("capstan_leader 1"))
+        #expect(LoopbackHTTP.get(port: port, path: "/nothing")?.status == 404)
+    }
+
+    @Test func aBusyMetricsPortIsAClearError() throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try write(Self.app(), to: "web.yaml")
+        let port = LoopbackHTTP.freePort()
+        let first = try startDaemon(metricsPort: port)
+        defer { kill(first.processIdentifier, SIGKILL); first.waitUntilExit() }
+        try poll("the first daemon serves") { LoopbackHTTP.get(port: port, path: "/healthz")?.status == 200 }
+        let second = try CLITests.capstan(["run", "--spec-dir", specs, "--state-dir", root + "/other-state", "--metrics-addr", "127.0.0.1:\(port)"])
+        #expect(second.status == 3)
+        #expect(second.stderr.contains("cannot serve on 127.0.0.1:\(port)"))
     }
 
     @Test func aStoreFromTheFutureIsRefused() throws {

@@ -1,0 +1,84 @@
+import Prometheus
+
+/// The daemon's Prometheus metrics (names follow controller-runtime's where it has one, with
+/// the `capstan_` prefix), rendered in the text exposition format for `/metrics`.
+public final class RuntimeMetrics: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+
+    public init() {}
+
+    /// Seconds buckets for reconcile durations: 1 ms to 60 s.
+    static let buckets: [Duration] = [.milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(50), .milliseconds(100),
+                                      .milliseconds(500), .seconds(1), .seconds(5), .seconds(10), .seconds(60)]
+
+    /// Records one reconcile's outcome and duration.
+    public func reconciled(kind: String, outcome: ReconcileOutcome, duration: Duration) {
+        let result: String
+        switch outcome {
+        case .success: result = "success"
+        case .requeueAfter: result = "requeue_after"
+        case .error: result = "error"
+        case .timedOut: result = "timeout"
+        }
+        registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "reconcile", unitName: "total", helpText: "Reconciles by kind and result."),
+                             labels: [("kind", kind), ("result", result)]).increment()
+        if result == "error" || result == "timeout" {
+            registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "reconcile_errors", unitName: "total", helpText: "Reconciles that failed or timed out."),
+                                 labels: [("kind", kind)]).increment()
+        }
+        registry.makeDurationHistogram(descriptor: .init(namespace: "capstan", metricName: "reconcile_duration", unitName: "seconds", helpText: "Time spent in reconciles."), labels: [("kind", kind)], buckets: Self.buckets).recordNanoseconds(duration.nanosecondsClamped)
+    }
+
+    /// Publishes a work queue's state: depth now, adds and retries so far (cumulative).
+    public func queue(kind: String, depth: Int, adds: Int, retries: Int) {
+        registry.makeGauge(descriptor: .init(namespace: "capstan", metricName: "workqueue_depth", unitName: "", helpText: "Keys waiting in the work queue."), labels: [("kind", kind)]).set(Double(depth))
+        setCounter("capstan_workqueue_adds_total", labels: [("kind", kind)], help: "Keys added to the work queue.", to: adds)
+        setCounter("capstan_workqueue_retries_total", labels: [("kind", kind)], help: "Rate-limited re-adds after failures.", to: retries)
+    }
+
+    /// Publishes how many objects of a kind are ready and not.
+    public func resources(kind: String, ready: Int, notReady: Int) {
+        registry.makeGauge(descriptor: .init(namespace: "capstan", metricName: "resources", unitName: "", helpText: "Objects by kind and readiness."), labels: [("kind", kind), ("ready", "true")]).set(Double(ready))
+        registry.makeGauge(descriptor: .init(namespace: "capstan", metricName: "resources", unitName: "", helpText: "Objects by kind and readiness."), labels: [("kind", kind), ("ready", "false")]).set(Double(notReady))
+    }
+
+    /// Counts a source read that met problems.
+    public func sourceError(source: String) {
+        registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "source_errors", unitName: "total", helpText: "Source reads with problems."), labels: [("source", source)]).increment()
+    }
+
+    /// 1 while this daemon leads (every daemon leads until leader election arrives).
+    public func leader(_ isLeader: Bool) {
+        registry.makeGauge(descriptor: .init(namespace: "capstan", metricName: "leader", unitName: "", helpText: "1 when this daemon is the leader.")).set(isLeader ? 1.0 : 0.0)
+    }
+
+    /// The text exposition format.
+    public func render() -> String {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return String(decoding: buffer, as: UTF8.self)
+    }
+
+    private let totals = Synchronized<[String: Int]>([:])
+
+    /// Moves a counter to a cumulative total kept elsewhere (counters only grow).
+    private func setCounter(_ name: String, labels: [(String, String)], help: String, to total: Int) {
+        let id = name + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+        let delta = totals.update { totals -> Int in
+            let delta = max(0, total - totals[id, default: 0])
+            totals[id] = max(total, totals[id, default: 0])
+            return delta
+        }
+        let base = String(name.dropFirst("capstan_".count).dropLast("_total".count))
+        let counter = registry.makeCounter(
+            descriptor: .init(namespace: "capstan", metricName: base, unitName: "total", helpText: help), labels: labels)
+        if delta > 0 { counter.increment(by: Int64(delta)) }
+    }
+}
+
+extension Duration {
+    var nanosecondsClamped: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}
