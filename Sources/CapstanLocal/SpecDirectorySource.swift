@@ -47,15 +47,14 @@ public actor SpecDirectorySource {
         var summary = Summary()
         let time = now()
 
-        for object in plan.apply {
-            let (record, outcome) = try store.apply(object, now: time)
-            let cleared = try store.setProblems(record.key, [])
+        for applied in try store.applyAll(plan.apply, now: time) {
             summary.applied += 1
-            if outcome != .unchanged || cleared {
+            let key = applied.object.key
+            if applied.outcome != .unchanged || applied.problemsCleared {
                 summary.changed += 1
-                if outcome == .specChanged { log("\(record.key): spec changed, generation \(record.generation)") }
-                if outcome == .created { log("\(record.key): created from \(object.location)") }
-                await enqueue(record.key, record.resource)
+                if applied.outcome == .specChanged { log("\(key): spec changed, generation \(applied.generation)") }
+                if applied.outcome == .created { log("\(key): created from \(applied.object.location)") }
+                await enqueue(key, applied.object.resource)
             }
         }
         for (key, problems) in plan.keep.sorted(by: { $0.key < $1.key }) {

@@ -180,15 +180,18 @@ struct Run: AsyncParsableCommand {
             }
             group.addTask { await applications.run() }
             group.addTask {
-                // Queue and object gauges, refreshed every second.
+                // Queue gauges every second; object readiness every few seconds (it reads every row).
+                var tick = 0
                 while !Task.isCancelled {
                     let queue = applications.queue
                     metrics.queue(kind: "application", depth: await queue.depth, adds: await queue.adds, retries: await queue.retries)
-                    for kind in ResourceKind.allCases {
-                        guard let records = try? store.objects(kind: kind) else { continue }
-                        let readyCount = records.filter { $0.resource.resource.status.isReady(generation: $0.generation) }.count
-                        metrics.resources(kind: kind.singular, ready: readyCount, notReady: records.count - readyCount)
+                    if tick % 3 == 0, let readiness = try? store.readiness() {
+                        for kind in ResourceKind.allCases {
+                            let counts = readiness[kind] ?? (0, 0)
+                            metrics.resources(kind: kind.singular, ready: counts.ready, notReady: counts.notReady)
+                        }
                     }
+                    tick += 1
                     do { try await Task.sleep(for: .seconds(1)) } catch { return }
                 }
             }

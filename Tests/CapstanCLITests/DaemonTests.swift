@@ -176,9 +176,9 @@ import Testing
         try poll("reconcile counters in /metrics") {
             body = LoopbackHTTP.get(port: port, path: "/metrics")?.body ?? ""
             return body.contains("capstan_resources{kind=\"application\",ready=\"true\"} 1")
+                && body.contains("capstan_workqueue_depth{kind=\"application\"} 0")
         }
         #expect(body.contains("capstan_reconcile_total{kind=\"application\",result=\"success\"}"))
-        #expect(body.contains("capstan_workqueue_depth{kind=\"application\"} 0"))
         #expect(body.contains("capstan_workqueue_adds_total{kind=\"application\"}"))
         #expect(body.contains("capstan_reconcile_duration_seconds_bucket"))
         #expect(body.contains("capstan_leader 1"))

@@ -83,6 +83,31 @@ import Testing
         #expect(app.status.condition("Ready")?.lastTransitionTime.date == t0)
     }
 
+    @Test func readinessCountsReadyObjectsAtTheirGeneration() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let (record, _) = try store.apply(decoded(Self.web), now: t0)
+        #expect(try store.readiness()[.application]! == (0, 1))
+        var status = ApplicationStatus()
+        status.markReady(reason: "Succeeded", message: "a \"quoted\" message", generation: 1, now: Timestamp(t0))
+        try store.writeStatus(record.key, status: status.encode())
+        #expect(try store.readiness()[.application]! == (1, 0))
+        try store.apply(decoded(Self.web.replacingOccurrences(of: "server.py", with: "app.py")), now: t0)
+        #expect(try store.readiness()[.application]! == (0, 1), "generation 2 is not observed yet")
+    }
+
+    @Test func applyAllIsOneTransactionAndClearsProblems() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let web = try decoded(Self.web)
+        let (record, _) = try store.apply(web, now: t0)
+        try store.setProblems(record.key, ["broken"])
+        let applied = try store.applyAll([web], now: t0 + 1)
+        #expect(applied.map(\.outcome) == [.unchanged])
+        #expect(applied.first?.problemsCleared == true)
+        #expect(try store.object(record.key)?.problems == [])
+    }
+
     @Test func dataSurvivesReopening() throws {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         do {

@@ -243,29 +243,75 @@ public final class StateStore: Sendable {
     /// grows by one when the canonical spec hash changes (not for formatting or metadata).
     @discardableResult
     public func apply(_ object: DecodedObject, now: Date) throws -> (ObjectRecord, ApplyOutcome) {
+        try pool.write { db in
+            let (_, outcome, _) = try StateStore.applyRow(db, object, now: now)
+            return (try StateStore.record(db, key: object.key)!, outcome)
+        }
+    }
+
+    /// What `applyAll` did to one object.
+    public struct Applied: Sendable {
+        public var object: DecodedObject
+        public var generation: Int
+        public var outcome: ApplyOutcome
+        /// The object had problems recorded, and they are cleared now (its document reads again).
+        public var problemsCleared: Bool
+    }
+
+    /// Applies many objects in one transaction (a whole read of the spec directory), clearing
+    /// the problems of those that read cleanly again.
+    public func applyAll(_ objects: [DecodedObject], now: Date) throws -> [Applied] {
+        try pool.write { db in
+            try objects.map { object in
+                let (generation, outcome, cleared) = try StateStore.applyRow(db, object, now: now)
+                return Applied(object: object, generation: generation, outcome: outcome, problemsCleared: cleared)
+            }
+        }
+    }
+
+    private static func applyRow(_ db: Database, _ object: DecodedObject, now: Date) throws -> (Int, ApplyOutcome, Bool) {
         let key = object.key
         let hash = object.specHash
-        return try pool.write { db in
-            let row = try Row.fetchOne(db, sql: "SELECT spec_hash, generation, created_at FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
-                                       arguments: [key.kind.rawValue, key.namespace, key.name])
-            let previousHash: String? = row?["spec_hash"]
-            let previousGeneration: Int = row?["generation"] ?? 0
-            let createdAt: Double = row?["created_at"] ?? now.timeIntervalSince1970
-            let outcome: ApplyOutcome = row == nil ? .created : (previousHash == hash ? .unchanged : .specChanged)
-            let generation = outcome == .unchanged ? previousGeneration : previousGeneration + 1
-            var stored = object.resource.encode()
-            stored = StateStore.withMetadata(stored, generation: generation, createdAt: Date(timeIntervalSince1970: createdAt))
-            let json = JSONEmitter.emit(StateStore.withoutStatus(stored), pretty: false)
-            try db.execute(sql: """
-                INSERT INTO objects (kind, namespace, name, object, spec_hash, generation, source, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (kind, namespace, name) DO UPDATE SET
-                  object = excluded.object, spec_hash = excluded.spec_hash, generation = excluded.generation,
-                  source = excluded.source, updated_at = excluded.updated_at
-                """, arguments: [key.kind.rawValue, key.namespace, key.name, json, hash, generation, object.location,
-                                 createdAt, now.timeIntervalSince1970])
-            let record = try StateStore.record(db, key: key)!
-            return (record, outcome)
+        let row = try Row.fetchOne(db, sql: "SELECT spec_hash, generation, created_at, problems FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                                   arguments: [key.kind.rawValue, key.namespace, key.name])
+        let previousHash: String? = row?["spec_hash"]
+        let previousGeneration: Int = row?["generation"] ?? 0
+        let createdAt: Double = row?["created_at"] ?? now.timeIntervalSince1970
+        let hadProblems = !((row?["problems"] as String?) ?? "").isEmpty
+        let outcome: ApplyOutcome = row == nil ? .created : (previousHash == hash ? .unchanged : .specChanged)
+        let generation = outcome == .unchanged ? previousGeneration : previousGeneration + 1
+        var stored = object.resource.encode()
+        stored = withMetadata(stored, generation: generation, createdAt: Date(timeIntervalSince1970: createdAt))
+        let json = JSONEmitter.emit(withoutStatus(stored), pretty: false)
+        try db.execute(sql: """
+            INSERT INTO objects (kind, namespace, name, object, spec_hash, generation, source, created_at, updated_at, problems)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '')
+            ON CONFLICT (kind, namespace, name) DO UPDATE SET
+              object = excluded.object, spec_hash = excluded.spec_hash, generation = excluded.generation,
+              source = excluded.source, updated_at = excluded.updated_at, problems = ''
+            """, arguments: [key.kind.rawValue, key.namespace, key.name, json, hash, generation, object.location,
+                             createdAt, now.timeIntervalSince1970])
+        return (generation, outcome, hadProblems)
+    }
+
+    /// Objects per kind that are ready at their generation, and not, from the status column.
+    public func readiness() throws -> [ResourceKind: (ready: Int, notReady: Int)] {
+        try pool.read { db in
+            var result: [ResourceKind: (ready: Int, notReady: Int)] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT kind, generation, status FROM objects") {
+                guard let kind = ResourceKind(rawValue: row["kind"]) else { continue }
+                let generation: Int = row["generation"]
+                let status: String = row["status"]
+                // Only the status is parsed (not the whole object): a cheap look at Ready.
+                let node = (try? YAMLReader().documents(status).first?.root) ?? nil
+                let observed = node?["observedGeneration"]?.scalarText.flatMap(Int.init)
+                let readyStatus = node.map { JSONPath.text(".conditions[?(@.type==\"Ready\")].status", on: $0) }
+                let ready = observed == generation && readyStatus == "True"
+                var counts = result[kind] ?? (0, 0)
+                if ready { counts.ready += 1 } else { counts.notReady += 1 }
+                result[kind] = counts
+            }
+            return result
         }
     }
 

@@ -6,7 +6,8 @@ import Synchronization
 
 /// Watches a directory tree with inotify and reports changes in debounced batches: a burst of
 /// changes (a `git pull` touching 500 files) becomes one batch once the tree has been quiet
-/// for `quiet` (or after `maxDelay` of continuous changes, so a busy tree still gets resyncs).
+/// for `quiet` (25 ms by default: short enough for a reaction well under 100 ms, long enough
+/// to coalesce a checkout's writes) or after `maxDelay` of continuous change.
 ///
 /// New subdirectories are watched as they appear; hidden entries (`.git`) are ignored, as the
 /// spec-directory source skips them. If the kernel's event queue overflows, a batch with
@@ -38,7 +39,7 @@ public final class DirectoryWatcher: Sendable {
     }
 
     /// Starts watching `root` (which must be a directory).
-    public init(root: String, quiet: Duration = .milliseconds(100), maxDelay: Duration = .seconds(1)) throws {
+    public init(root: String, quiet: Duration = .milliseconds(25), maxDelay: Duration = .seconds(1)) throws {
         self.root = root
         let fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard fd >= 0 else { throw WatchError(description: "inotify_init1: \(String(cString: strerror(errno)))") }
