@@ -28,8 +28,17 @@ public struct SpecFileCollector: Sendable {
         self.maxFileSize = maxFileSize
     }
 
+    /// A regular file found and checked (size, type) but not read yet.
+    public struct PendingFile: Sendable, Hashable {
+        public var path: String
+        public var display: String
+        public var size: Int
+    }
+
     public struct Collection: Sendable {
         public var files: [SpecFile] = []
+        /// With `read: false`, the files to read (see `read(_:)`), in order.
+        public var pending: [PendingFile] = []
         /// Files and directories that could not be read, as errors located at the path.
         public var problems: [Diagnostic] = []
         /// How many candidate files were found (read or not).
@@ -42,7 +51,22 @@ public struct SpecFileCollector: Sendable {
     }
 
     /// Collects the files under every path, in a stable order (sorted by name within a directory).
-    public func collect(_ paths: [String]) -> Collection {
+    /// With `read: false` the files are only found and checked, and left in `pending`.
+    public func collect(_ paths: [String], read readNow: Bool = true) -> Collection {
+        var collection = discover(paths)
+        if readNow {
+            for file in collection.pending {
+                switch read(file) {
+                case .success(let spec): collection.files.append(spec)
+                case .failure(let problem): collection.problems.append(problem)
+                }
+            }
+            collection.pending = []
+        }
+        return collection
+    }
+
+    private func discover(_ paths: [String]) -> Collection {
         var collection = Collection()
         var visited: [FileID: String] = [:]
         var seenFiles = Set<FileID>()
@@ -139,30 +163,32 @@ public struct SpecFileCollector: Sendable {
             collection.problems.append(Diagnostic(file: display, mark: nil, message: "file is \(ByteSize.format(Int(info.st_size))), over the \(ByteSize.format(maxFileSize)) limit for a manifest (--max-file-size)"))
             return
         }
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        collection.pending.append(PendingFile(path: path, display: display, size: Int(info.st_size)))
+    }
+
+    /// Reads one found file, never more than the size limit (it may have grown since).
+    public func read(_ file: PendingFile) -> Result<SpecFile, Diagnostic> {
+        let fd = open(file.path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else {
-            collection.problems.append(Diagnostic(file: display, mark: nil, message: "cannot read: \(errnoText())"))
-            return
+            return .failure(Diagnostic(file: file.display, mark: nil, message: "cannot read: \(errnoText())"))
         }
         defer { close(fd) }
         var bytes: [UInt8] = []
-        bytes.reserveCapacity(Int(info.st_size))
+        bytes.reserveCapacity(file.size)
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
             let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if count < 0 {
                 if errno == EINTR { continue }
-                collection.problems.append(Diagnostic(file: display, mark: nil, message: "cannot read: \(errnoText())"))
-                return
+                return .failure(Diagnostic(file: file.display, mark: nil, message: "cannot read: \(errnoText())"))
             }
             if count == 0 { break }
             bytes += buffer[0..<count]
             if bytes.count > maxFileSize {
-                collection.problems.append(Diagnostic(file: display, mark: nil, message: "file grew over the \(ByteSize.format(maxFileSize)) limit while being read"))
-                return
+                return .failure(Diagnostic(file: file.display, mark: nil, message: "file grew over the \(ByteSize.format(maxFileSize)) limit while being read"))
             }
         }
-        collection.files.append(SpecFile(path: display, bytes: bytes))
+        return .success(SpecFile(path: file.display, bytes: bytes))
     }
 }
 
@@ -186,17 +212,25 @@ public struct ManifestLoader: Sendable {
     }
 
     public func load(_ paths: [String]) -> Result {
-        let collection = collector.collect(paths)
+        let collection = collector.collect(paths, read: false)
         var result = Result()
         result.files = collection.candidates
         result.manifests.diagnostics = collection.problems
-        // Files decode independently, so they decode on every core; merging in path order keeps
-        // the outcome (which duplicate wins, the order of problems) deterministic.
-        let files = collection.files
+        // Files are read and decoded independently, so on every core; merging in path order
+        // keeps the outcome (which duplicate wins, the order of problems) deterministic.
+        let files = collection.pending
         let decoded = Mutex([ManifestResult?](repeating: nil, count: files.count))
-        let decoder = self.decoder
+        let decoder = self.decoder, collector = self.collector
         DispatchQueue.concurrentPerform(iterations: files.count) { index in
-            let one = decoder.decode(files[index].bytes, file: files[index].path)
+            let one: ManifestResult
+            switch collector.read(files[index]) {
+            case .success(let file):
+                one = decoder.decode(file.bytes, file: file.path)
+            case .failure(let problem):
+                var failed = ManifestResult()
+                failed.diagnostics = [problem]
+                one = failed
+            }
             decoded.withLock { $0[index] = one }
         }
         for one in decoded.withLock({ $0 }) {

@@ -1,3 +1,4 @@
+import Foundation
 import CapstanModel
 import Testing
 @testable import CapstanRuntime
@@ -108,5 +109,24 @@ import Testing
         let plan = DirectorySync.plan(previous: [:], loaded: loaded, allowEmpty: false)
         #expect(plan.keep.isEmpty && plan.apply.isEmpty)
         #expect(plan.unattached.count == 1)
+    }
+}
+
+/// The collector reading files itself (the loader reads them in parallel instead).
+@Suite struct SpecFileCollectorTests {
+    @Test func collectReadsWhatItFinds() throws {
+        let root = NSTemporaryDirectory() + "capstan-collect-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: root + "/sub", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try "a: 1\n".write(toFile: root + "/a.yaml", atomically: true, encoding: .utf8)
+        try "b: 1\n".write(toFile: root + "/sub/b.json", atomically: true, encoding: .utf8)
+        try "not a spec".write(toFile: root + "/notes.txt", atomically: true, encoding: .utf8)
+        let read = SpecFileCollector().collect([root])
+        #expect(read.files.map(\.path) == [root + "/a.yaml", root + "/sub/b.json"])
+        #expect(read.files.first?.bytes == Array("a: 1\n".utf8))
+        #expect(read.pending.isEmpty && read.problems.isEmpty && read.candidates == 2)
+        let found = SpecFileCollector().collect([root], read: false)
+        #expect(found.files.isEmpty)
+        #expect(found.pending.map(\.display) == [root + "/a.yaml", root + "/sub/b.json"])
     }
 }
