@@ -71,3 +71,12 @@ enum CodableBridge {
         }
     }
 }
+
+import Foundation
+
+extension SpecNode {
+    /// Parses JSON text (our own stored JSON, or an API's) quickly, without positions.
+    public static func fromJSON(_ data: Data) throws -> SpecNode {
+        try JSONDecoder().decode(CodableBridge.Capture.self, from: data).node
+    }
+}

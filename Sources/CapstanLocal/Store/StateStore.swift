@@ -68,6 +68,12 @@ public final class StateStore: Sendable {
         configuration.readonly = readOnly
         configuration.busyMode = .timeout(5)
         configuration.label = "capstan-state"
+        // WAL with synchronous=NORMAL: a kill -9 loses nothing committed; only an OS crash can
+        // lose the last commits, which a level-based daemon recomputes. FULL fsyncs every
+        // status write and halves convergence speed.
+        configuration.prepareDatabase { db in
+            if !db.configuration.readonly { try db.execute(sql: "PRAGMA synchronous = NORMAL") }
+        }
         do {
             pool = try DatabasePool(path: path, configuration: configuration)
             if !readOnly { try StateStore.migrator.migrate(pool) }
@@ -272,8 +278,9 @@ public final class StateStore: Sendable {
     private static func applyRow(_ db: Database, _ object: DecodedObject, now: Date) throws -> (Int, ApplyOutcome, Bool) {
         let key = object.key
         let hash = object.specHash
-        let row = try Row.fetchOne(db, sql: "SELECT spec_hash, generation, created_at, problems FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
-                                   arguments: [key.kind.rawValue, key.namespace, key.name])
+        let row = try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT spec_hash, generation, created_at, problems FROM objects WHERE kind = ? AND namespace = ? AND name = ?"),
+            arguments: [key.kind.rawValue, key.namespace, key.name])
         let previousHash: String? = row?["spec_hash"]
         let previousGeneration: Int = row?["generation"] ?? 0
         let createdAt: Double = row?["created_at"] ?? now.timeIntervalSince1970
@@ -283,13 +290,13 @@ public final class StateStore: Sendable {
         var stored = object.resource.encode()
         stored = withMetadata(stored, generation: generation, createdAt: Date(timeIntervalSince1970: createdAt))
         let json = JSONEmitter.emit(withoutStatus(stored), pretty: false)
-        try db.execute(sql: """
+        try db.cachedStatement(sql: """
             INSERT INTO objects (kind, namespace, name, object, spec_hash, generation, source, created_at, updated_at, problems)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '')
             ON CONFLICT (kind, namespace, name) DO UPDATE SET
               object = excluded.object, spec_hash = excluded.spec_hash, generation = excluded.generation,
               source = excluded.source, updated_at = excluded.updated_at, problems = ''
-            """, arguments: [key.kind.rawValue, key.namespace, key.name, json, hash, generation, object.location,
+            """).execute(arguments: [key.kind.rawValue, key.namespace, key.name, json, hash, generation, object.location,
                              createdAt, now.timeIntervalSince1970])
         return (generation, outcome, hadProblems)
     }
@@ -348,15 +355,15 @@ public final class StateStore: Sendable {
     public func writeStatus(_ key: ObjectKey, status: SpecNode) throws -> Bool {
         let json = JSONEmitter.emit(status, pretty: false, sortKeys: true)
         return try pool.write { db in
-            try db.execute(sql: "UPDATE objects SET status = ? WHERE kind = ? AND namespace = ? AND name = ? AND status IS NOT ?",
-                           arguments: [json, key.kind.rawValue, key.namespace, key.name, json])
+            try db.cachedStatement(sql: "UPDATE objects SET status = ? WHERE kind = ? AND namespace = ? AND name = ? AND status IS NOT ?")
+                .execute(arguments: [json, key.kind.rawValue, key.namespace, key.name, json])
             return db.changesCount > 0
         }
     }
 
     private static func record(_ db: Database, key: ObjectKey) throws -> ObjectRecord? {
-        try Row.fetchOne(db, sql: "SELECT * FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
-                         arguments: [key.kind.rawValue, key.namespace, key.name]).map(record(from:))
+        let statement = try db.cachedStatement(sql: "SELECT * FROM objects WHERE kind = ? AND namespace = ? AND name = ?")
+        return try Row.fetchOne(statement, arguments: [key.kind.rawValue, key.namespace, key.name]).map(record(from:))
     }
 
     private static func record(from row: Row) throws -> ObjectRecord {
@@ -385,7 +392,7 @@ public final class StateStore: Sendable {
 
     private static func parseJSON(_ text: String) throws -> SpecNode {
         do {
-            return try YAMLReader().documents(text).first?.root ?? SpecNode(.mapping([]))
+            return try SpecNode.fromJSON(Data(text.utf8))
         } catch {
             throw DatabaseError(message: "stored JSON does not parse: \(error)")
         }
@@ -418,27 +425,27 @@ public final class StateStore: Sendable {
         try pool.write { db in
             let t = now.timeIntervalSince1970
             let args: StatementArguments = [key.kind.rawValue, key.namespace, key.name, type.rawValue, reason, message]
-            if let id = try Int64.fetchOne(db, sql: """
+            if let id = try Int64.fetchOne(db.cachedStatement(sql: """
                 SELECT id FROM events WHERE kind = ? AND namespace = ? AND name = ? AND type = ? AND reason = ? AND message = ?
                 AND last_at >= ? ORDER BY last_at DESC LIMIT 1
-                """, arguments: args + [t - rules.aggregationWindow]) {
-                try db.execute(sql: "UPDATE events SET count = count + 1, last_at = ?, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM events) WHERE id = ?",
-                               arguments: [t, id])
+                """), arguments: args + [t - rules.aggregationWindow]) {
+                try db.cachedStatement(sql: "UPDATE events SET count = count + 1, last_at = ?, seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM events) WHERE id = ?")
+                    .execute(arguments: [t, id])
             } else {
-                try db.execute(sql: """
+                try db.cachedStatement(sql: """
                     INSERT INTO events (kind, namespace, name, type, reason, message, count, first_at, last_at, seq)
                     VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events))
-                    """, arguments: args + [t, t])
-                try db.execute(sql: """
+                    """).execute(arguments: args + [t, t])
+                try db.cachedStatement(sql: """
                     DELETE FROM events WHERE kind = ? AND namespace = ? AND name = ? AND id NOT IN (
                       SELECT id FROM events WHERE kind = ? AND namespace = ? AND name = ? ORDER BY last_at DESC, id DESC LIMIT ?)
-                    """, arguments: [key.kind.rawValue, key.namespace, key.name, key.kind.rawValue, key.namespace, key.name, rules.perObjectLimit])
+                    """).execute(arguments: [key.kind.rawValue, key.namespace, key.name, key.kind.rawValue, key.namespace, key.name, rules.perObjectLimit])
             }
-            try db.execute(sql: "DELETE FROM events WHERE last_at < ?", arguments: [t - rules.retention])
-            let row = try Row.fetchOne(db, sql: """
+            try db.cachedStatement(sql: "DELETE FROM events WHERE last_at < ?").execute(arguments: [t - rules.retention])
+            let row = try Row.fetchOne(db.cachedStatement(sql: """
                 SELECT * FROM events WHERE kind = ? AND namespace = ? AND name = ? AND type = ? AND reason = ? AND message = ?
                 ORDER BY last_at DESC, id DESC LIMIT 1
-                """, arguments: args)!
+                """), arguments: args)!
             return StateStore.event(from: row)
         }
     }
