@@ -81,22 +81,22 @@ def cold_start(count):
                                    "--metrics-addr", f"127.0.0.1:{port}", "--resync", "1h"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = start + 600
+
+        def wait_for(name, interval):
+            value = 0
+            while time.perf_counter() < deadline:
+                value = metric(port, name) or 0
+                if value >= count:
+                    break
+                time.sleep(interval)
+            return value
+
         # Every Application reconciled to Ready once: the success counter moves at each
         # reconcile (the readiness gauge is refreshed only every 3 s, too coarse to time).
-        done = 0
-        while time.perf_counter() < deadline:
-            done = metric(port, 'capstan_reconcile_total{kind="application",result="success"}') or 0
-            if done >= count:
-                break
-            time.sleep(0.02)
+        wait_for('capstan_reconcile_total{kind="application",result="success"}', 0.02)
         elapsed = time.perf_counter() - start
         # Then check that the store agrees: all of them Ready at their generation.
-        ready = 0
-        while time.perf_counter() < deadline:
-            ready = metric(port, 'capstan_resources{kind="application",ready="true"}') or 0
-            if ready >= count:
-                break
-            time.sleep(0.1)
+        ready = wait_for('capstan_resources{kind="application",ready="true"}', 0.1)
         rss = peak_rss_mib(daemon.pid)
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
