@@ -44,11 +44,12 @@ func age(since date: Date?, now: Date = Date()) -> String {
     }
 }
 
-/// Prints rows as aligned columns.
-func printTable(_ rows: [[String]]) {
-    guard let header = rows.first else { return }
+/// Prints rows as aligned columns (widths from `widthsFrom`, by default the rows themselves).
+func printTable(_ rows: [[String]], widthsFrom: [[String]]? = nil) {
+    let sizing = widthsFrom ?? rows
+    guard let header = sizing.first else { return }
     var widths = header.map(\.count)
-    for row in rows { for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) } }
+    for row in sizing { for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) } }
     for row in rows {
         var line = ""
         for (i, cell) in row.enumerated() {
@@ -58,7 +59,7 @@ func printTable(_ rows: [[String]]) {
     }
 }
 
-struct Get: ParsableCommand {
+struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List objects of a kind with their state (reads the state store; works with the daemon stopped).")
 
@@ -74,11 +75,62 @@ struct Get: ParsableCommand {
     @Option(name: .shortAndLong, help: "table (default), wide, yaml or json.")
     var output: GetFormat = .table
 
+    @Flag(name: .shortAndLong, help: "Watch: after the list, print an object again whenever it changes (table output).")
+    var watch = false
+
     @OptionGroup var state: StateOptions
 
-    func run() throws {
+    func validate() throws {
+        if watch && (output == .yaml || output == .json) { throw ValidationError("-w prints tables: use -o table or -o wide") }
+    }
+
+    func run() async throws {
         let kind = try parseKind(kind)
         let store = try openStore(state)
+        guard watch else {
+            try printOnce(kind: kind, store: store)
+            return
+        }
+        // Like kubectl get -w: the table once, then a row for every object that changes.
+        var printed: [ObjectKey: [String]] = [:]
+        var header = true
+        while true {
+            let rows = try tableRows(kind: kind, store: store)
+            var changed: [[String]] = []
+            for (key, row) in rows.rows where printed[key] != Array(row.dropLast()) {
+                printed[key] = Array(row.dropLast())
+                changed.append(row)
+            }
+            if header || !changed.isEmpty {
+                printTable(header ? [rows.header] + changed : changed, widthsFrom: [rows.header] + rows.rows.map(\.1))
+                fflush(nil)
+                header = false
+            }
+            try await Task.sleep(for: .milliseconds(300))
+        }
+    }
+
+    /// The table: a header and a row per object (AGE left out of change detection).
+    private func tableRows(kind: ResourceKind, store: StateStore) throws -> (header: [String], rows: [(ObjectKey, [String])]) {
+        var records = try store.objects(kind: kind)
+        if let namespace { records = records.filter { $0.key.namespace == namespace } }
+        if let name { records = records.filter { $0.key.name == name } }
+        let type = kind.type
+        let extra = type.columns.filter { output == .wide || $0.priority == 0 }
+        let header = ["NAMESPACE", "NAME", "READY", "STATUS", "REASON"] + extra.map { $0.name.uppercased() } + ["AGE"]
+        let rows = records.map { record -> (ObjectKey, [String]) in
+            let node = record.resource.encode()
+            return (record.key, [
+                record.key.namespace, record.key.name,
+                JSONPath.text(".status.conditions[?(@.type==\"Ready\")].status", on: node),
+                JSONPath.text(type.statusColumnPath, on: node),
+                JSONPath.text(".status.conditions[?(@.type==\"Ready\")].reason", on: node),
+            ] + extra.map { JSONPath.text($0.jsonPath, on: node) } + [age(since: record.createdAt)])
+        }
+        return (header, rows)
+    }
+
+    private func printOnce(kind: ResourceKind, store: StateStore) throws {
         var records = try store.objects(kind: kind)
         if let namespace { records = records.filter { $0.key.namespace == namespace } }
         if let name { records = records.filter { $0.key.name == name } }
@@ -98,18 +150,8 @@ struct Get: ParsableCommand {
                 printError("No \(kind.plural) found.")
                 return
             }
-            let type = kind.type
-            let extra = type.columns.filter { output == .wide || $0.priority == 0 }
-            var rows = [["NAMESPACE", "NAME", "READY", "STATUS", "REASON"] + extra.map { $0.name.uppercased() } + ["AGE"]]
-            for (record, node) in zip(records, nodes) {
-                rows.append([
-                    record.key.namespace, record.key.name,
-                    JSONPath.text(".status.conditions[?(@.type==\"Ready\")].status", on: node),
-                    JSONPath.text(type.statusColumnPath, on: node),
-                    JSONPath.text(".status.conditions[?(@.type==\"Ready\")].reason", on: node),
-                ] + extra.map { JSONPath.text($0.jsonPath, on: node) } + [age(since: record.createdAt)])
-            }
-            printTable(rows)
+            let table = try tableRows(kind: kind, store: store)
+            printTable([table.header] + table.rows.map(\.1))
         }
     }
 }

@@ -163,6 +163,31 @@ import Testing
         try poll("a new event streamed") { (try String(contentsOfFile: output, encoding: .utf8)).contains("SourceUnavailable") }
     }
 
+    @Test func getWatchPrintsObjectsAsTheyChange() throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try write(Self.app(), to: "web.yaml")
+        let daemon = try startDaemon()
+        defer { kill(daemon.processIdentifier, SIGKILL); daemon.waitUntilExit() }
+        try poll("Ready=True") { condition(try web(), "Ready")?["status"] as? String == "True" }
+
+        let watcher = Process()
+        watcher.executableURL = URL(fileURLWithPath: CLITests.binary)
+        watcher.arguments = ["get", "applications", "-w", "--state-dir", state]
+        let output = root + "/get-watch.out"
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
+        watcher.standardOutput = FileHandle(forWritingAtPath: output)
+        try watcher.run()
+        defer { kill(watcher.processIdentifier, SIGKILL); watcher.waitUntilExit() }
+        func lines() throws -> [String] { try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n").map(String.init) }
+        try poll("the table") { try lines().count == 2 }
+        #expect(try lines()[0].hasPrefix("NAMESPACE"))
+        #expect(try lines()[1].contains("True"))
+        try write(Self.app(command: "\"broken\""), to: "web.yaml")
+        try poll("a row for the change") { try lines().count == 3 && lines()[2].contains("InvalidSpec") }
+        Thread.sleep(forTimeInterval: 1.2)
+        #expect(try lines().count == 3, "an unchanged object is not printed again as it ages")
+    }
+
     @Test func metricsHealthAndReadinessAreServed() throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
         try write(Self.app(), to: "web.yaml")
