@@ -42,7 +42,7 @@ public actor SpecDirectorySource {
     @discardableResult
     public func sync() async throws -> Summary {
         let loaded = loader.load([root]).manifests
-        let previous = Dictionary(try store.objects().map { ($0.key, $0.sourceFile) }, uniquingKeysWith: { first, _ in first })
+        let previous = try store.sourceFiles()
         let plan = DirectorySync.plan(previous: previous, loaded: loaded, allowEmpty: allowEmpty)
         var summary = Summary()
         let time = now()

@@ -13,7 +13,7 @@ struct Capstan: AsyncParsableCommand {
         discussion: """
             Capstan reads resources of six kinds (API group capstan.dev/v1alpha1) from a spec directory or from the Kubernetes API and makes the running system match them.
 
-            Start with:  capstan validate manifests/examples
+            Start with:  capstan run --spec-dir manifests/examples   (and, beside it: capstan get applications)
             """,
         version: "capstan \(version)",
         subcommands: [Run.self, Get.self, Describe.self, Events.self, Reconcile.self, Validate.self, CRDs.self, VersionCommand.self]

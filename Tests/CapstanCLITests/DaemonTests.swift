@@ -46,6 +46,17 @@ import Testing
         return process
     }
 
+    /// Starts a long-running CLI command (`-w`) writing its standard output to `output`.
+    func startWatching(_ arguments: [String], into output: String) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CLITests.binary)
+        process.arguments = arguments
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
+        process.standardOutput = FileHandle(forWritingAtPath: output)
+        try process.run()
+        return process
+    }
+
     /// The application as `capstan get -o json` prints it, or nil when it is not there.
     func web() throws -> [String: Any]? {
         let run = try CLITests.capstan(["get", "application", "web", "-o", "json", "--state-dir", state])
@@ -149,13 +160,8 @@ import Testing
         defer { kill(daemon.processIdentifier, SIGKILL); daemon.waitUntilExit() }
         try poll("Ready=True") { condition(try web(), "Ready")?["status"] as? String == "True" }
 
-        let watcher = Process()
-        watcher.executableURL = URL(fileURLWithPath: CLITests.binary)
-        watcher.arguments = ["events", "-w", "--state-dir", state]
         let output = root + "/watch.out"
-        _ = FileManager.default.createFile(atPath: output, contents: nil)
-        watcher.standardOutput = FileHandle(forWritingAtPath: output)
-        try watcher.run()
+        let watcher = try startWatching(["events", "-w", "--state-dir", state], into: output)
         defer { kill(watcher.processIdentifier, SIGKILL); watcher.waitUntilExit() }
         try poll("the existing event") { (try String(contentsOfFile: output, encoding: .utf8)).contains("Succeeded") }
         try FileManager.default.removeItem(atPath: specs + "/web")
@@ -170,13 +176,8 @@ import Testing
         defer { kill(daemon.processIdentifier, SIGKILL); daemon.waitUntilExit() }
         try poll("Ready=True") { condition(try web(), "Ready")?["status"] as? String == "True" }
 
-        let watcher = Process()
-        watcher.executableURL = URL(fileURLWithPath: CLITests.binary)
-        watcher.arguments = ["get", "applications", "-w", "--state-dir", state]
         let output = root + "/get-watch.out"
-        _ = FileManager.default.createFile(atPath: output, contents: nil)
-        watcher.standardOutput = FileHandle(forWritingAtPath: output)
-        try watcher.run()
+        let watcher = try startWatching(["get", "applications", "-w", "--state-dir", state], into: output)
         defer { kill(watcher.processIdentifier, SIGKILL); watcher.waitUntilExit() }
         func lines() throws -> [String] { try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n").map(String.init) }
         try poll("the table") { try lines().count == 2 }

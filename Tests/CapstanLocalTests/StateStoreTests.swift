@@ -125,6 +125,7 @@ import Testing
         let store = try StateStore(directory: directory)
         let (record, _) = try store.apply(decoded(Self.web), now: t0)
         #expect(record.sourceFile == "specs/web.yaml")
+        #expect(try store.sourceFiles() == [record.key: "specs/web.yaml"])
         #expect(try store.setProblems(record.key, ["specs/web.yaml:5:3: Application/web: spec.command: expected a list"]))
         #expect(try !store.setProblems(record.key, ["specs/web.yaml:5:3: Application/web: spec.command: expected a list"]))
         #expect(try store.object(record.key)?.problems.count == 1)

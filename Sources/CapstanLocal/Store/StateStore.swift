@@ -221,7 +221,9 @@ public final class StateStore: Sendable {
         public var problems: [String]
 
         /// The file the object came from (`source` without `:line:column`).
-        public var sourceFile: String {
+        public var sourceFile: String { Self.sourceFile(of: source) }
+
+        static func sourceFile(of source: String) -> String {
             var parts = source.split(separator: ":", omittingEmptySubsequences: false)
             if parts.count >= 3, Int(parts[parts.count - 1]) != nil, Int(parts[parts.count - 2]) != nil { parts.removeLast(2) }
             return parts.joined(separator: ":")
@@ -347,6 +349,19 @@ public final class StateStore: Sendable {
                 rows = try Row.fetchAll(db, sql: "SELECT * FROM objects ORDER BY kind, namespace, name")
             }
             return try rows.map(StateStore.record(from:))
+        }
+    }
+
+    /// The file each object came from, without decoding any object (the source's view).
+    public func sourceFiles() throws -> [ObjectKey: String] {
+        try pool.read { db in
+            var result: [ObjectKey: String] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT kind, namespace, name, source FROM objects") {
+                guard let kind = ResourceKind(rawValue: row["kind"]) else { continue }
+                let file = ObjectRecord.sourceFile(of: row["source"])
+                result[ObjectKey(kind: kind, namespace: row["namespace"], name: row["name"])] = file
+            }
+            return result
         }
     }
 
