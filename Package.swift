@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // The six kinds, their decoding, defaulting, validation and CRD schemas. Pure: no I/O.
@@ -34,6 +35,7 @@ let package = Package(
             dependencies: [
                 "CapstanModel",
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // The reconcilers, written against platform protocols (no SQLite, processes or HTTP).
@@ -62,6 +64,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .testTarget(
@@ -74,7 +78,11 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanRuntimeTests",
-            dependencies: ["CapstanModel", "CapstanRuntime"]
+            dependencies: [
+                "CapstanModel", "CapstanRuntime",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "CapstanControllersTests",
@@ -82,7 +90,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanLocalTests",
-            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanLocal"]
+            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanControllers", "CapstanLocal"]
         ),
         .testTarget(
             name: "CapstanCLITests",

@@ -32,9 +32,8 @@ public struct ApplicationReconciler: Reconciler {
         var status = application.status
         let before = status.condition(ConditionType.ready)
 
-        let deployments = try await store.objects(kind: .deployment).compactMap { object -> ApplicationDeploymentStatus? in
-            guard case .deployment(let deployment) = object.resource, deployment.metadata.namespace == key.namespace,
-                  deployment.spec.application == key.name else { return nil }
+        let deployments = try await store.objects(kind: .deployment, referencing: key).compactMap { object -> ApplicationDeploymentStatus? in
+            guard case .deployment(let deployment) = object.resource else { return nil }
             var entry = ApplicationDeploymentStatus()
             entry.name = deployment.metadata.name
             entry.namespace = deployment.metadata.namespace

@@ -1,4 +1,5 @@
 import CapstanModel
+import CapstanRuntime
 import Foundation
 
 /// An object as a reconciler sees it: the last good desired state, its generation, where it
@@ -17,12 +18,65 @@ public struct StoredObject: Sendable, Hashable {
     }
 
     public var key: ObjectKey { resource.key }
+
+    /// `Ready=True` observed at the current generation.
+    public var isReady: Bool { resource.resource.status.isReady(generation: generation) }
+}
+
+/// The cache every source fills and every reconciler reads: the last good object per key,
+/// indexed by kind, by the objects it refers to and by label.
+public typealias ObjectCache = Cache<ObjectKey, StoredObject>
+
+extension Cache where Key == ObjectKey, Object == StoredObject {
+    public enum Index {
+        public static let kind = "kind"
+        /// An object is found under the keys (`ObjectKey.description`) of the objects it refers to.
+        public static let references = "references"
+        /// `key=value` for every label.
+        public static let label = "label"
+    }
+
+    public convenience init() {
+        self.init(indexers: [
+            Index.kind: { [$0.key.kind.rawValue] },
+            Index.references: { $0.resource.references.map(\.description) },
+            Index.label: { $0.resource.metadata.labels.values.map { "\($0.key)=\($0.value)" } },
+        ])
+    }
+
+    /// Every object of a kind, sorted by namespace and name.
+    public func objects(kind: ResourceKind) -> [StoredObject] {
+        byIndex(Index.kind, kind.rawValue).sorted { $0.key < $1.key }
+    }
+
+    /// The objects of `kind` that refer to `key` (a Deployment's Application, ...), sorted.
+    public func objects(kind: ResourceKind, referencing key: ObjectKey) -> [StoredObject] {
+        byIndex(Index.references, key.description).filter { $0.key.kind == kind }.sorted { $0.key < $1.key }
+    }
+
+    /// Objects per kind that are ready at their generation, and not (the `capstan_resources` gauge).
+    public func readiness() -> [ResourceKind: (ready: Int, notReady: Int)] {
+        var result: [ResourceKind: (ready: Int, notReady: Int)] = [:]
+        for object in list() {
+            var counts = result[object.key.kind] ?? (0, 0)
+            if object.isReady { counts.ready += 1 } else { counts.notReady += 1 }
+            result[object.key.kind] = counts
+        }
+        return result
+    }
+
+    /// The objects carrying a label, sorted.
+    public func objects(labelled key: String, _ value: String) -> [StoredObject] {
+        byIndex(Index.label, "\(key)=\(value)").sorted { $0.key < $1.key }
+    }
 }
 
 /// Where desired state and status live (the local state store; the Kubernetes API).
 public protocol ObjectStore: Sendable {
     func object(_ key: ObjectKey) async throws -> StoredObject?
     func objects(kind: ResourceKind) async throws -> [StoredObject]
+    /// The objects of `kind` that refer to `key` by name (the Deployments of an Application).
+    func objects(kind: ResourceKind, referencing key: ObjectKey) async throws -> [StoredObject]
     /// Writes the status; returns false when it was unchanged (nothing written).
     func writeStatus(_ key: ObjectKey, _ status: SpecNode) async throws -> Bool
 }

@@ -2,28 +2,43 @@ import CapstanControllers
 import CapstanModel
 import Foundation
 
-/// The state store as the reconcilers' `ObjectStore` and `EventRecorder`.
+/// The reconcilers' `ObjectStore` and `EventRecorder` in directory mode: reads come from the
+/// cache (no I/O), status writes go to the state store and then to the cache.
 public struct LocalObjectStore: ObjectStore, EventRecorder {
     public let store: StateStore
+    public let cache: ObjectCache
     let now: @Sendable () -> Date
     let log: @Sendable (String) -> Void
 
-    public init(store: StateStore, now: @escaping @Sendable () -> Date = Date.init, log: @escaping @Sendable (String) -> Void = { _ in }) {
+    public init(store: StateStore, cache: ObjectCache, now: @escaping @Sendable () -> Date = Date.init, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.store = store
+        self.cache = cache
         self.now = now
         self.log = log
     }
 
+    /// Fills the cache from the store (start-up: every object with its status).
+    public static func load(_ store: StateStore, into cache: ObjectCache) throws {
+        cache.replaceAll(try store.objects().map { ($0.key, stored($0)) })
+    }
+
     public func object(_ key: ObjectKey) async throws -> StoredObject? {
-        try store.object(key).map(Self.stored)
+        cache.get(key)
     }
 
     public func objects(kind: ResourceKind) async throws -> [StoredObject] {
-        try store.objects(kind: kind).map(Self.stored)
+        cache.objects(kind: kind)
+    }
+
+    public func objects(kind: ResourceKind, referencing key: ObjectKey) async throws -> [StoredObject] {
+        cache.objects(kind: kind, referencing: key)
     }
 
     public func writeStatus(_ key: ObjectKey, _ status: SpecNode) async throws -> Bool {
-        try store.writeStatus(key, status: status)
+        let written = try store.writeStatus(key, status: status)
+        let resource = try cache.get(key)?.resource.withStatus(status)
+        if let resource { cache.update(key) { $0.resource = resource } }
+        return written
     }
 
     public func record(_ type: EventType, reason: String, message: String, about key: ObjectKey) async {

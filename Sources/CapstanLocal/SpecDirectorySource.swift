@@ -1,3 +1,4 @@
+import CapstanControllers
 import CapstanModel
 import CapstanRuntime
 import Foundation
@@ -8,6 +9,7 @@ import Foundation
 public actor SpecDirectorySource {
     public let root: String
     private let store: StateStore
+    private let cache: ObjectCache
     private let loader: ManifestLoader
     private let allowEmpty: Bool
     private let now: @Sendable () -> Date
@@ -25,12 +27,13 @@ public actor SpecDirectorySource {
     }
 
     public init(
-        root: String, store: StateStore, allowEmpty: Bool = false, maxFileSize: Int = ManifestDecoder.defaultMaxFileSize,
+        root: String, store: StateStore, cache: ObjectCache, allowEmpty: Bool = false, maxFileSize: Int = ManifestDecoder.defaultMaxFileSize,
         now: @escaping @Sendable () -> Date = Date.init, log: @escaping @Sendable (String) -> Void = { _ in },
         enqueue: @escaping @Sendable (ObjectKey, AnyResource?) async -> Void
     ) {
         self.root = root
         self.store = store
+        self.cache = cache
         self.loader = ManifestLoader(maxFileSize: maxFileSize)
         self.allowEmpty = allowEmpty
         self.now = now
@@ -50,8 +53,11 @@ public actor SpecDirectorySource {
         for applied in try store.applyAll(plan.apply, now: time) {
             summary.applied += 1
             let key = applied.object.key
-            if applied.outcome != .unchanged || applied.problemsCleared {
+            if applied.outcome != .unchanged || applied.problemsCleared || cache.get(key) == nil {
                 summary.changed += 1
+                var resource = applied.resource
+                if let previous = cache.get(key) { resource = resource.withStatus(of: previous.resource) }
+                cache.upsert(key, StoredObject(resource: resource, generation: applied.generation, sourceFile: applied.object.file))
                 if applied.outcome == .specChanged { log("\(key): spec changed, generation \(applied.generation)") }
                 if applied.outcome == .created { log("\(key): created from \(applied.object.location)") }
                 await enqueue(key, applied.object.resource)
@@ -61,13 +67,15 @@ public actor SpecDirectorySource {
             summary.kept += 1
             let lines = problems.map(\.description)
             if try store.setProblems(key, lines) {
+                cache.update(key) { $0.problems = lines }
                 try store.recordEvent(.warning, reason: "InvalidSpec", message: "\(lines[0])" + (lines.count > 1 ? " (and \(lines.count - 1) more)" : "") + "; the last good version is kept", about: key, at: time)
                 log("\(key): \(lines[0]); keeping the last good version")
-                await enqueue(key, try store.object(key)?.resource)
+                await enqueue(key, cache.get(key)?.resource)
             }
         }
         for key in plan.delete {
-            if try store.delete(key) {
+            let removed = cache.remove(key) != nil
+            if try store.delete(key) || removed {
                 summary.deleted += 1
                 try store.recordEvent(.normal, reason: "Deleted", message: "no spec file holds it any more", about: key, at: time)
                 log("\(key): deleted (no spec file holds it any more)")

@@ -66,6 +66,53 @@ public enum AnyResource: Sendable, Hashable {
     }
 }
 
+extension AnyResource {
+    /// The objects this one points at by name, in its own namespace: a Deployment its
+    /// Application, a Canary its Deployment. The cache indexes them, so an owner finds what
+    /// refers to it without a scan.
+    public var references: [ObjectKey] {
+        let namespace = metadata.namespace
+        switch self {
+        case .deployment(let d): return [ObjectKey(kind: .application, namespace: namespace, name: d.spec.application)]
+        case .canary(let c): return [ObjectKey(kind: .deployment, namespace: namespace, name: c.spec.deployment)]
+        case .application, .alertRule, .secretRotation, .backupSchedule: return []
+        }
+    }
+
+    /// The same object with its status replaced by `node` (as written by a reconciler); nil
+    /// with the problems when the node is not a valid status of this kind.
+    public func withStatus(_ node: SpecNode) throws(ValidationError) -> AnyResource {
+        func replace<R: Resource>(_ resource: R) throws(ValidationError) -> AnyResource {
+            var context = DecodeContext()
+            guard let status = R.Status.decode(node, &context), context.problems.isEmpty else {
+                throw ValidationError(problems: context.problems)
+            }
+            var copy = resource
+            copy.status = status
+            return AnyResource(copy)
+        }
+        return try replace(resource)
+    }
+
+    /// The same object carrying `other`'s status (when it is of the same kind).
+    public func withStatus(of other: AnyResource) -> AnyResource {
+        func copy<R: Resource>(_ resource: R) -> AnyResource {
+            guard let source = other.resource as? R else { return self }
+            var copy = resource
+            copy.status = source.status
+            return AnyResource(copy)
+        }
+        return copy(resource)
+    }
+
+    /// Changes the metadata in place.
+    public mutating func modifyMetadata(_ change: (inout ObjectMeta) -> Void) {
+        var value = resource
+        change(&value.metadata)
+        self = AnyResource(value)
+    }
+}
+
 /// The canonical spec hash.
 public enum SpecHash {
     public static func of(_ node: SpecNode) -> String {

@@ -263,6 +263,9 @@ public struct Timestamp: SpecValue, Hashable, Comparable, CustomStringConvertibl
     }
 
     public var description: String { RFC3339.format(date) }
+
+    /// The time as it reads back from its text (microsecond precision): what a stored object holds.
+    public var canonical: Timestamp { Timestamp(RFC3339.parse(description) ?? date) }
 }
 
 /// RFC 3339 parsing and formatting without formatters (which are neither fast nor Sendable).

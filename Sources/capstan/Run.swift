@@ -7,6 +7,8 @@ import Dispatch
 import Foundation
 import Hummingbird
 import Logging
+import ServiceLifecycle
+import UnixSignals
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -66,6 +68,9 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .customLong("allow-empty"), help: "Allow an emptied spec directory to delete every object.")
     var allowEmpty = false
 
+    @Option(name: .customLong("shutdown-grace"), help: ArgumentHelp("On SIGTERM, how long in-flight reconciles may take to finish before they are cancelled.", valueName: "duration"))
+    var shutdownGrace: String = "25s"
+
     @Option(name: .customLong("log-format"), help: "text or json.")
     var logFormat: LogFormat = .text
 
@@ -81,7 +86,7 @@ struct Run: AsyncParsableCommand {
 
     func validate() throws {
         guard concurrency >= 1 && concurrency <= 256 else { throw ValidationError("--concurrency must be between 1 and 256") }
-        for (name, value) in [("--resync", resync), ("--reconcile-timeout", reconcileTimeout)] {
+        for (name, value) in [("--resync", resync), ("--reconcile-timeout", reconcileTimeout), ("--shutdown-grace", shutdownGrace)] {
             guard let duration = try? KubeDuration.parse(value), duration.nanoseconds > 0 else {
                 throw ValidationError("\(name) \"\(value)\" is not a positive duration such as 30s or 5m")
             }
@@ -97,7 +102,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         let log = DaemonLog(format: logFormat)
-        Signals.unblock()
+        unblockSignals()
         let store: StateStore
         do {
             store = try StateStore(directory: state.resolved)
@@ -105,7 +110,14 @@ struct Run: AsyncParsableCommand {
             log("\(error)", level: "error")
             throw ExitCode(2)
         }
-        let objects = LocalObjectStore(store: store, log: { log($0, level: "warning") })
+        let cache = ObjectCache()
+        do {
+            try LocalObjectStore.load(store, into: cache)
+        } catch {
+            log("cannot read the state store: \(error)", level: "error")
+            throw ExitCode(2)
+        }
+        let objects = LocalObjectStore(store: store, cache: cache, log: { log($0, level: "warning") })
         let clock = ContinuousClock()
         let metrics = RuntimeMetrics()
         metrics.leader(true)
@@ -126,7 +138,7 @@ struct Run: AsyncParsableCommand {
                 await objects.record(.warning, reason: "ReconcileTimeout", message: "cancelled after \(reconcileTimeout)", about: key)
             }
         }
-        let source = SpecDirectorySource(root: specDirectory, store: store, allowEmpty: allowEmpty, log: { log($0) }) { key, resource in
+        let source = SpecDirectorySource(root: specDirectory, store: store, cache: cache, allowEmpty: allowEmpty, log: { log($0) }) { key, resource in
             switch key.kind {
             case .application:
                 await applications.queue.add(key)
@@ -144,15 +156,14 @@ struct Run: AsyncParsableCommand {
         log("read \(summary.applied) objects (\(summary.problems) problems)")
         if summary.problems > 0 { metrics.sourceError(source: "directory") }
         // Everything known is reconciled once at start-up (level-based: a restart loses nothing).
-        for record in try store.objects(kind: .application) { await applications.queue.add(record.key) }
+        for object in cache.objects(kind: .application) { await applications.queue.add(object.key) }
 
         let watcher = try DirectoryWatcher(root: specDirectory)
         let resyncInterval = try KubeDuration.parse(resync).duration
-        let signals = Signals.stream([SIGTERM, SIGINT, SIGHUP])
 
         let (host, port) = metricsHostPort!
-        var httpLogger = Logging.Logger(label: "capstan.http")
-        httpLogger.logLevel = .warning
+        var quietLogger = Logging.Logger(label: "capstan")
+        quietLogger.logLevel = .warning
         let router = Router()
         router.get("metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
@@ -167,36 +178,35 @@ struct Run: AsyncParsableCommand {
             router: router,
             configuration: .init(address: .hostname(host, port: port), serverName: "capstan"),
             onServerRunning: { channel in log("serving /metrics, /healthz and /readyz on \(channel.localAddress.map { "\($0)" } ?? metricsAddress)") },
-            logger: httpLogger)
+            logger: quietLogger)
 
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
+        // Services stop in reverse order on SIGTERM/SIGINT: the controllers first (no new work,
+        // in-flight reconciles finish within --shutdown-grace), then the source loops, then the
+        // HTTP server, so /healthz answers to the end.
+        let services: [any Service] = [
+            LoopService("metrics server") {
                 do {
                     try await server.run()
                 } catch {
+                    if Task.isCancelled { return }  // shutting down
                     log("cannot serve on \(metricsAddress): \(error)", level: "error")
                     Glibc.exit(3)
                 }
-            }
-            group.addTask { await applications.run() }
-            group.addTask {
-                // Queue gauges every second; object readiness every few seconds (it reads every row).
-                var tick = 0
+            },
+            LoopService("gauges") {
+                // Queue gauges and object readiness (from the cache) every second.
                 while !Task.isCancelled {
                     let queue = applications.queue
                     metrics.queue(kind: "application", depth: await queue.depth, adds: await queue.adds, retries: await queue.retries)
-                    if tick % 3 == 0, let readiness = try? store.readiness() {
-                        for kind in ResourceKind.allCases {
-                            let counts = readiness[kind] ?? (0, 0)
-                            metrics.resources(kind: kind.singular, ready: counts.ready, notReady: counts.notReady)
-                        }
+                    let readiness = cache.readiness()
+                    for kind in ResourceKind.allCases {
+                        let counts = readiness[kind] ?? (0, 0)
+                        metrics.resources(kind: kind.singular, ready: counts.ready, notReady: counts.notReady)
                     }
-                    tick += 1
-                    do { try await Task.sleep(for: .seconds(1)) } catch { return }
+                    try await Task.sleep(for: .seconds(1))
                 }
-            }
-            ready.update { $0 = true }
-            group.addTask {
+            },
+            LoopService("directory watch") {
                 for await batch in watcher.changes {
                     do {
                         let summary = try await source.sync()
@@ -206,17 +216,23 @@ struct Run: AsyncParsableCommand {
                         log("sync failed: \(error)", level: "error")
                     }
                 }
-            }
-            group.addTask {
+            },
+            LoopService("resync") {
                 while !Task.isCancelled {
-                    do { try await Task.sleep(for: resyncInterval) } catch { return }
+                    try await Task.sleep(for: resyncInterval)
                     _ = try? await source.sync()
                 }
-            }
-            group.addTask {
+            },
+            LoopService("SIGHUP") {
+                for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                    log("SIGHUP: re-reading \(specDirectory)")
+                    _ = try? await source.sync()
+                }
+            },
+            LoopService("requests") {
                 // Requests from the CLI (`capstan reconcile`), checked twice a second.
                 while !Task.isCancelled {
-                    do { try await Task.sleep(for: .milliseconds(500)) } catch { return }
+                    try await Task.sleep(for: .milliseconds(500))
                     guard let requests = try? store.pendingRequests() else { continue }
                     for request in requests {
                         if request.type == "reconcile" {
@@ -227,53 +243,33 @@ struct Run: AsyncParsableCommand {
                         try? store.markHandled(request.id, at: Date())
                     }
                 }
-            }
-            for await signal in signals {
-                if signal == SIGHUP {
-                    log("SIGHUP: re-reading \(specDirectory)")
-                    _ = try? await source.sync()
-                    continue
-                }
-                log("signal \(signal): stopping (in-flight reconciles finish)")
-                break
-            }
+            },
+            applications,
+        ]
+        var configuration = ServiceGroupConfiguration(
+            services: services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: quietLogger)
+        configuration.maximumGracefulShutdownDuration = try KubeDuration.parse(shutdownGrace).duration
+        configuration.maximumCancellationDuration = .seconds(10)
+        ready.update { $0 = true }
+        do {
+            try await ServiceGroup(configuration: configuration).run()
+        } catch {
+            log("stopped on error: \(error)", level: "error")
             watcher.stop()
-            await applications.shutDown()
-            group.cancelAll()
+            throw ExitCode(1)
         }
+        watcher.stop()
         log("stopped")
     }
 }
 
-/// Signal handling for the daemon, as an async stream.
-enum Signals {
-    /// Children started from async code can inherit a blocked mask (swift-corelibs-foundation
-    /// #4772): make sure the signals we handle are deliverable.
-    static func unblock() {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for signal in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, signal) }
-        pthread_sigmask(SIG_UNBLOCK, &set, nil)
-    }
-
-    static func stream(_ signals: [Int32]) -> AsyncStream<Int32> {
-        AsyncStream { continuation in
-            var sources: [any DispatchSourceSignal] = []
-            for signal in signals {
-                Glibc.signal(signal, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
-                source.setEventHandler { continuation.yield(signal) }
-                source.resume()
-                sources.append(source)
-            }
-            let keep = UncheckedBox(sources)
-            continuation.onTermination = { _ in keep.value.forEach { $0.cancel() } }
-        }
-    }
-}
-
-/// Holds dispatch sources for the stream's lifetime (they are thread-safe to cancel).
-final class UncheckedBox<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
+/// Children started from async code can inherit a blocked mask (swift-corelibs-foundation
+/// #4772): make sure the signals we handle are deliverable.
+func unblockSignals() {
+    var set = sigset_t()
+    sigemptyset(&set)
+    for signal in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, signal) }
+    pthread_sigmask(SIG_UNBLOCK, &set, nil)
 }

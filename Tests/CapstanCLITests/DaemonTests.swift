@@ -147,10 +147,16 @@ import Testing
         try FileManager.default.removeItem(atPath: specs + "/web.yaml")
         try poll("web deleted") { try web() == nil }
 
+        // SIGHUP: a full re-read now; the daemon keeps running.
+        kill(daemon.processIdentifier, SIGHUP)
+        try poll("SIGHUP handled") { (try String(contentsOfFile: root + "/daemon.log", encoding: .utf8)).contains("SIGHUP: re-reading") }
+        #expect(daemon.isRunning)
+
         // SIGTERM: graceful stop, exit status 0.
         kill(daemon.processIdentifier, SIGTERM)
         daemon.waitUntilExit()
         #expect(daemon.terminationReason == .exit && daemon.terminationStatus == 0)
+        #expect(try String(contentsOfFile: root + "/daemon.log", encoding: .utf8).hasSuffix("stopped\n"))
     }
 
     @Test func eventsWatchStreamsNewEvents() throws {

@@ -42,6 +42,9 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
     func objects(kind: ResourceKind) async throws -> [StoredObject] {
         state.withLock { $0.objects.values.filter { $0.key.kind == kind }.sorted { $0.key < $1.key } }
     }
+    func objects(kind: ResourceKind, referencing key: ObjectKey) async throws -> [StoredObject] {
+        try await objects(kind: kind).filter { $0.resource.references.contains(key) }
+    }
     func writeStatus(_ key: ObjectKey, _ status: SpecNode) async throws -> Bool {
         try state.withLock { state in
             guard var stored = state.objects[key], case .application(var app) = stored.resource else { return false }

@@ -83,19 +83,6 @@ import Testing
         #expect(app.status.condition("Ready")?.lastTransitionTime.date == t0)
     }
 
-    @Test func readinessCountsReadyObjectsAtTheirGeneration() throws {
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let store = try StateStore(directory: directory)
-        let (record, _) = try store.apply(decoded(Self.web), now: t0)
-        #expect(try store.readiness()[.application]! == (0, 1))
-        var status = ApplicationStatus()
-        status.markReady(reason: "Succeeded", message: "a \"quoted\" message", generation: 1, now: Timestamp(t0))
-        try store.writeStatus(record.key, status: status.encode())
-        #expect(try store.readiness()[.application]! == (1, 0))
-        try store.apply(decoded(Self.web.replacingOccurrences(of: "server.py", with: "app.py")), now: t0)
-        #expect(try store.readiness()[.application]! == (0, 1), "generation 2 is not observed yet")
-    }
-
     @Test func applyAllIsOneTransactionAndClearsProblems() throws {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try StateStore(directory: directory)
@@ -152,7 +139,7 @@ import Testing
         let (record, _) = try store.apply(decoded(Self.web), now: t0)
         #expect(try store.setProblems(record.key, ["broken"]))
         let applied = try DatabaseQueue(path: path).read { try String.fetchAll($0, sql: "SELECT identifier FROM grdb_migrations ORDER BY identifier") }
-        #expect(applied == ["v1-objects-events", "v2-object-problems", "v3-requests"])
+        #expect(applied == StateStore.migrationNames)
     }
 
     @Test func requestsWaitUntilHandled() throws {
@@ -283,5 +270,68 @@ import Testing
             try daemon.recordEvent(.normal, reason: "Reconciled", message: "ok", about: ObjectKey(kind: .application, namespace: "default", name: "web"), at: t0)
             #expect(Date().timeIntervalSince(start) < 1)
         }
+    }
+}
+
+/// Inventory and revision history (migration v4).
+@Suite struct InventoryRevisionTests {
+    let directory: String = NSTemporaryDirectory() + "capstan-inventory-" + UUID().uuidString
+    let t0 = Date(timeIntervalSince1970: 1_800_000_000)
+    let owner = ObjectKey(kind: .deployment, namespace: "default", name: "web-prod")
+
+    @Test func inventoryIsPerOwnerAndFindsOrphans() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let decoded = ManifestDecoder().decode(Array("""
+            apiVersion: capstan.dev/v1alpha1
+            kind: Deployment
+            metadata: {name: web-prod}
+            spec: {application: web, version: v1}
+            """.utf8), file: "d.yaml").objects[0]
+        try store.apply(decoded, now: t0)
+        let other = ObjectKey(kind: .deployment, namespace: "default", name: "gone")
+        try store.recordInventory(.init(type: "process", id: "4242:99", owner: owner, data: ["revision": "1", "pid": "4242"], createdAt: t0))
+        try store.recordInventory(.init(type: "listener", id: "127.0.0.1:18080", owner: owner, createdAt: t0))
+        try store.recordInventory(.init(type: "release", id: "/srv/gone/1", owner: other, data: ["path": "/srv/gone/1"], createdAt: t0))
+        #expect(try store.inventory(of: owner).map(\.type) == ["listener", "process"])
+        #expect(try store.inventory(of: owner, type: "process").first?.data == ["pid": "4242", "revision": "1"])
+        #expect(try store.inventory().count == 3)
+        #expect(try store.orphanedInventory().map(\.owner) == [other])
+
+        // Re-recording updates in place (one row per thing).
+        try store.recordInventory(.init(type: "process", id: "4242:99", owner: owner, data: ["revision": "2"], createdAt: t0, updatedAt: t0 + 5))
+        let process = try store.inventory(type: "process")
+        #expect(process.count == 1)
+        #expect(process.first?.data == ["revision": "2"])
+        #expect(process.first?.updatedAt == t0 + 5)
+        #expect(try store.removeInventory(type: "release", id: "/srv/gone/1"))
+        #expect(try !store.removeInventory(type: "release", id: "/srv/gone/1"))
+        #expect(try store.orphanedInventory().isEmpty)
+        try store.delete(decoded.key)
+        #expect(try store.orphanedInventory().count == 2, "the owner's spec is gone: its things are garbage")
+    }
+
+    @Test func revisionsNumberRollbacksAsNewAndPruneBeyondTheLimit() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        func template(_ version: String) -> SpecNode { .mapping([("version", .string(version))]) }
+        let r1 = try store.recordRevision(of: owner, hash: "h1", template: template("v1"), at: t0)
+        let again = try store.recordRevision(of: owner, hash: "h1", template: template("v1"), at: t0 + 1)
+        #expect(r1.number == 1)
+        #expect(again == r1, "the same template is the same revision")
+        let r2 = try store.recordRevision(of: owner, hash: "h2", template: template("v2"), at: t0 + 2)
+        #expect(r2.number == 2)
+        // Rolling back to h1 makes it revision 3; revision 1 is gone (it moved).
+        let r3 = try store.recordRevision(of: owner, hash: "h1", template: template("v1"), at: t0 + 3)
+        #expect(r3.number == 3)
+        #expect(try store.revisions(of: owner).map(\.number) == [2, 3])
+        #expect(try store.revision(of: owner, number: 3)?.template["version"]?.scalarText == "v1")
+        for (i, hash) in ["h4", "h5", "h6"].enumerated() {
+            _ = try store.recordRevision(of: owner, hash: hash, template: template(hash), at: t0 + Double(10 + i))
+        }
+        #expect(try store.pruneRevisions(of: owner, keep: 2, inUse: [3]) == [2, 4])
+        #expect(try store.revisions(of: owner).map(\.number) == [3, 5, 6])
+        try store.removeRevisions(of: owner)
+        #expect(try store.revisions(of: owner).isEmpty)
     }
 }

@@ -17,7 +17,7 @@ public final class StateStore: Sendable {
     public static let fileName = "capstan.db"
 
     public let path: String
-    private let pool: DatabasePool
+    let pool: DatabasePool
 
     public enum OpenError: Error, CustomStringConvertible {
         case newerSchema(path: String, unknown: [String])
@@ -110,7 +110,7 @@ public final class StateStore: Sendable {
     // MARK: - Schema
 
     /// Migrations in order. Never edit a shipped one: add a new one.
-    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests"]
+    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests", "v4-inventory-revisions"]
 
     static let migrator: DatabaseMigrator = {
         var migrator = DatabaseMigrator()
@@ -154,6 +154,30 @@ public final class StateStore: Sendable {
                     created_at REAL NOT NULL, handled_at REAL
                 );
                 CREATE INDEX requests_pending ON requests (handled_at);
+                """)
+        }
+        migrator.registerMigration("v4-inventory-revisions") { db in
+            // Inventory: everything Capstan created on this host, per owner (orphan cleanup is
+            // inventory-driven: a label or a path alone never makes something garbage).
+            // Revisions: a Deployment's history of effective templates (rollback targets).
+            try db.execute(sql: """
+                CREATE TABLE inventory (
+                    type TEXT NOT NULL,            -- process, listener, release, artifact, ...
+                    id TEXT NOT NULL,              -- unique within its type (a path, a port, pid:start)
+                    owner_kind TEXT NOT NULL, owner_namespace TEXT NOT NULL, owner_name TEXT NOT NULL,
+                    data TEXT NOT NULL DEFAULT '{}',
+                    created_at REAL NOT NULL, updated_at REAL NOT NULL,
+                    PRIMARY KEY (type, id)
+                );
+                CREATE INDEX inventory_by_owner ON inventory (owner_kind, owner_namespace, owner_name);
+                CREATE TABLE revisions (
+                    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+                    revision INTEGER NOT NULL,
+                    hash TEXT NOT NULL,            -- of the effective template
+                    template TEXT NOT NULL,        -- JSON
+                    created_at REAL NOT NULL,
+                    PRIMARY KEY (kind, namespace, name, revision)
+                );
                 """)
         }
         return migrator
@@ -252,7 +276,7 @@ public final class StateStore: Sendable {
     @discardableResult
     public func apply(_ object: DecodedObject, now: Date) throws -> (ObjectRecord, ApplyOutcome) {
         try pool.write { db in
-            let (_, outcome, _) = try StateStore.applyRow(db, object, now: now)
+            let (_, outcome, _, _) = try StateStore.applyRow(db, object, now: now)
             return (try StateStore.record(db, key: object.key)!, outcome)
         }
     }
@@ -264,6 +288,19 @@ public final class StateStore: Sendable {
         public var outcome: ApplyOutcome
         /// The object had problems recorded, and they are cleared now (its document reads again).
         public var problemsCleared: Bool
+        /// When the object was first stored.
+        public var createdAt: Date
+
+        /// The object as `object(_:)` returns it (generation and creation time in its
+        /// metadata), without status.
+        public var resource: AnyResource {
+            var resource = object.resource
+            resource.modifyMetadata {
+                $0.generation = generation
+                $0.creationTimestamp = Timestamp(createdAt).canonical
+            }
+            return resource
+        }
     }
 
     /// Applies many objects in one transaction (a whole read of the spec directory), clearing
@@ -271,13 +308,13 @@ public final class StateStore: Sendable {
     public func applyAll(_ objects: [DecodedObject], now: Date) throws -> [Applied] {
         try pool.write { db in
             try objects.map { object in
-                let (generation, outcome, cleared) = try StateStore.applyRow(db, object, now: now)
-                return Applied(object: object, generation: generation, outcome: outcome, problemsCleared: cleared)
+                let (generation, outcome, cleared, createdAt) = try StateStore.applyRow(db, object, now: now)
+                return Applied(object: object, generation: generation, outcome: outcome, problemsCleared: cleared, createdAt: createdAt)
             }
         }
     }
 
-    private static func applyRow(_ db: Database, _ object: DecodedObject, now: Date) throws -> (Int, ApplyOutcome, Bool) {
+    private static func applyRow(_ db: Database, _ object: DecodedObject, now: Date) throws -> (Int, ApplyOutcome, Bool, Date) {
         let key = object.key
         let hash = object.specHash
         let row = try Row.fetchOne(
@@ -300,28 +337,7 @@ public final class StateStore: Sendable {
               source = excluded.source, updated_at = excluded.updated_at, problems = ''
             """).execute(arguments: [key.kind.rawValue, key.namespace, key.name, json, hash, generation, object.location,
                              createdAt, now.timeIntervalSince1970])
-        return (generation, outcome, hadProblems)
-    }
-
-    /// Objects per kind that are ready at their generation, and not, from the status column.
-    public func readiness() throws -> [ResourceKind: (ready: Int, notReady: Int)] {
-        try pool.read { db in
-            var result: [ResourceKind: (ready: Int, notReady: Int)] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT kind, generation, status FROM objects") {
-                guard let kind = ResourceKind(rawValue: row["kind"]) else { continue }
-                let generation: Int = row["generation"]
-                let status: String = row["status"]
-                // Only the status is parsed (not the whole object): a cheap look at Ready.
-                let node = (try? YAMLReader().documents(status).first?.root) ?? nil
-                let observed = node?["observedGeneration"]?.scalarText.flatMap(Int.init)
-                let readyStatus = node.map { JSONPath.text(".conditions[?(@.type==\"Ready\")].status", on: $0) }
-                let ready = observed == generation && readyStatus == "True"
-                var counts = result[kind] ?? (0, 0)
-                if ready { counts.ready += 1 } else { counts.notReady += 1 }
-                result[kind] = counts
-            }
-            return result
-        }
+        return (generation, outcome, hadProblems, Date(timeIntervalSince1970: createdAt))
     }
 
     /// Removes an object (its file was deleted); its events stay until they expire.

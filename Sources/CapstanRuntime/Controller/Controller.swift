@@ -1,3 +1,5 @@
+import ServiceLifecycle
+
 /// What a reconcile asks for next: nothing (wait for the next change), or to run again after
 /// a delay (timers: windows, schedules, pauses, evaluation intervals).
 public struct ReconcileResult: Sendable, Equatable {
@@ -30,7 +32,7 @@ public enum ReconcileOutcome: Sendable, Equatable {
 /// Runs `concurrency` workers that take keys from a work queue and reconcile them: success
 /// resets the key's backoff (and honours `requeueAfter`), an error or a timeout retries it with
 /// per-key exponential backoff. Never two workers on one key (the queue guarantees it).
-public final class Controller<R: Reconciler, C: Clock>: Sendable where C.Duration == Duration {
+public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where C.Duration == Duration {
     public let name: String
     public let queue: WorkQueue<R.Key, C>
     private let reconciler: R
@@ -58,11 +60,17 @@ public final class Controller<R: Reconciler, C: Clock>: Sendable where C.Duratio
     }
 
     /// Runs the workers until the queue shuts down and in-flight reconciles have finished.
+    /// In a service group, graceful shutdown stops taking work and lets in-flight reconciles
+    /// finish (the group cancels them if its grace period runs out).
     public func run() async {
-        await withTaskGroup(of: Void.self) { group in
-            for _ in 0..<concurrency {
-                group.addTask { await self.work() }
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<concurrency {
+                    group.addTask { await self.work() }
+                }
             }
+        } onGracefulShutdown: {
+            Task { await self.queue.shutDown() }
         }
     }
 
