@@ -22,6 +22,8 @@ from datetime import datetime
 BIN = os.environ["CAPSTAN_BIN"]
 COUNTS = [int(c) for c in os.environ.get("COUNTS", "1000,10000").split(",")]
 EDITS = int(os.environ.get("EDITS", "200"))
+# Spec-directory sizes for the reaction benchmark: one file alone, and one among many.
+REACTION_FILES = [int(c) for c in os.environ.get("REACTION_FILES", "1,10000").split(",")]
 
 
 def free_port():
@@ -107,19 +109,26 @@ def cold_start(count):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def reaction():
+def reaction(files):
     root = tempfile.mkdtemp(prefix="capstan-bench-")
     try:
         os.makedirs(f"{root}/src")
         os.makedirs(f"{root}/specs")
         spec = f"{root}/specs/app-0.yaml"
-        with open(spec, "w") as f:
-            f.write(app(0))
+        for i in range(files):
+            with open(f"{root}/specs/app-{i}.yaml", "w") as f:
+                f.write(app(i))
         log = open(f"{root}/daemon.log", "w+")
         daemon = subprocess.Popen([BIN, "run", "--spec-dir", f"{root}/specs", "--state-dir", f"{root}/state",
                                    "--metrics-addr", f"127.0.0.1:{free_port()}", "--resync", "1h"],
                                   stdout=subprocess.DEVNULL, stderr=log)
-        time.sleep(1.5)
+        wait_until = time.time() + 120
+        while time.time() < wait_until:
+            log.seek(0)
+            if f"read {files} objects" in log.read():
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
         latencies = []
         pattern = re.compile(r"^(\S+) info Application/team-0/app-0: spec changed, generation (\d+)$", re.M)
         for edit in range(EDITS):
@@ -156,8 +165,10 @@ def main():
             print(f"{n:>8} Applications      did not converge within 600 s (peak RSS {rss:.1f} MiB)")
         else:
             print(f"{n:>8} Applications  {elapsed:>10.2f}{rate:>15.0f}{rss:>15.1f}")
-    p50, p99, worst = reaction()
-    print(f"reaction (file write -> reconcile queued), {EDITS} edits: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
+    for files in REACTION_FILES:
+        p50, p99, worst = reaction(files)
+        print(f"reaction (file write -> reconcile queued), {EDITS} edits, {files} spec files: "
+              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -41,12 +41,48 @@ public actor SpecDirectorySource {
         self.enqueue = enqueue
     }
 
-    /// Reads the whole directory once and applies what changed.
+    /// Whether the last read found an object defined twice: while it lasts, every change is a
+    /// full read (which copy wins depends on files a partial read would not see).
+    private var sawDuplicates = false
+
+    /// Reads the directory and applies what changed: only the files among `changed` when that
+    /// is enough to know (an edited, added or removed spec file), else the whole directory.
     @discardableResult
-    public func sync() async throws -> Summary {
-        let loaded = loader.load([root]).manifests
-        let previous = try store.sourceFiles()
-        let plan = DirectorySync.plan(previous: previous, loaded: loaded, allowEmpty: allowEmpty)
+    public func sync(changed: Set<String>? = nil) async throws -> Summary {
+        var plan: SyncPlan? = nil
+        var loaded = ManifestResult()
+        if let changed, !sawDuplicates, let files = SpecFileCollector.changedFiles(root: root, paths: changed) {
+            (plan, loaded) = partialPlan(files)
+        }
+        if plan == nil {
+            loaded = loader.load([root]).manifests
+            plan = DirectorySync.plan(previous: try store.sourceFiles(), loaded: loaded, allowEmpty: allowEmpty)
+        }
+        return try await apply(plan!, loaded: loaded)
+    }
+
+    /// Plans from the changed files alone, plus the files that hold any object they define (so
+    /// that duplicates are seen). Nil when the change would delete every object (the
+    /// `--allow-empty` guard needs the whole directory).
+    private func partialPlan(_ files: [String]) -> (SyncPlan?, ManifestResult) {
+        let held = Dictionary(cache.list().map { ($0.key, $0.sourceFile) }, uniquingKeysWith: { first, _ in first })
+        var scope = Set(files)
+        // A removed file is in scope (what it held goes) but not read (it would be "cannot read").
+        let existing = files.filter { FileManager.default.fileExists(atPath: $0) }
+        var loaded = loader.load(existing).manifests
+        let others = Set((loaded.objects.map(\.key) + loaded.invalidObjects.map(\.key)).compactMap { held[$0] }).subtracting(scope)
+        if !others.isEmpty {
+            scope.formUnion(others)
+            loaded = loader.load(scope.filter { FileManager.default.fileExists(atPath: $0) }.sorted { $0.split(separator: "/").lexicographicallyPrecedes($1.split(separator: "/")) }).manifests
+        }
+        let previous = held.filter { scope.contains($0.value) }
+        let plan = DirectorySync.plan(previous: previous, loaded: loaded, allowEmpty: true)
+        if !held.isEmpty && plan.delete.count == held.count { return (nil, loaded) }
+        return (plan, loaded)
+    }
+
+    private func apply(_ plan: SyncPlan, loaded: ManifestResult) async throws -> Summary {
+        sawDuplicates = !plan.duplicates.isEmpty
         var summary = Summary()
         let time = now()
 

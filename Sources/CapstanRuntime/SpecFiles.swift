@@ -148,8 +148,37 @@ public struct SpecFileCollector: Sendable {
         }
     }
 
-    private func isManifestName(_ name: String) -> Bool {
-        SpecFileCollector.extensions.contains { name.lowercased().hasSuffix($0) }
+    static func isManifestName(_ name: String) -> Bool {
+        extensions.contains { name.lowercased().hasSuffix($0) }
+    }
+
+    private func isManifestName(_ name: String) -> Bool { Self.isManifestName(name) }
+
+    /// The spec files a batch of changed paths under `root` touches, named as a walk of `root`
+    /// names them and in the walk's order; nil when only a full read can tell what changed (a
+    /// directory, a symlink or a removed path that may have been a directory). Paths a walk
+    /// skips (hidden names, other extensions: editors' swap and backup files) are ignored.
+    public static func changedFiles(root: String, paths: some Sequence<String>) -> [String]? {
+        let prefix = root.hasSuffix("/") ? root : root + "/"
+        var files: [[String]] = []
+        for path in paths {
+            guard path.hasPrefix(prefix) || path + "/" == prefix else { return nil }
+            let components = path.dropFirst(prefix.count).split(separator: "/").map(String.init)
+            guard let name = components.last else { return nil }  // the root itself
+            if components.contains(where: { $0.hasPrefix(".") }) { continue }
+            var info = stat()
+            if lstat(path, &info) == 0 {
+                let type = info.st_mode & S_IFMT
+                if type == S_IFDIR || type == S_IFLNK { return nil }
+                if !isManifestName(name) { continue }
+            } else if !isManifestName(name) {
+                return nil  // gone, and perhaps a directory of specs
+            }
+            files.append(components)
+        }
+        var seen = Set<[String]>()
+        return files.filter { seen.insert($0).inserted }.sorted { $0.lexicographicallyPrecedes($1) }
+            .map { prefix + $0.joined(separator: "/") }
     }
 
     private func read(_ path: String, display: String, info: stat, seenFiles: inout Set<FileID>, into collection: inout Collection) {

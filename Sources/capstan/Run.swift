@@ -209,7 +209,7 @@ struct Run: AsyncParsableCommand {
             LoopService("directory watch") {
                 for await batch in watcher.changes {
                     do {
-                        let summary = try await source.sync()
+                        let summary = try await source.sync(changed: batch.overflowed ? nil : batch.paths)
                         if summary.problems > 0 { metrics.sourceError(source: "directory") }
                         log("change in \(batch.paths.count) path(s): \(summary.changed) object(s) changed, \(summary.deleted) deleted, \(summary.kept) kept at their last good version")
                     } catch {

@@ -2,6 +2,7 @@ import CapstanControllers
 import CapstanModel
 import CapstanRuntime
 import Foundation
+import Synchronization
 import Testing
 @testable import CapstanLocal
 
@@ -95,5 +96,73 @@ import Testing
         let reloaded = ObjectCache()
         try LocalObjectStore.load(store, into: reloaded)
         try compare(reloaded, store)
+    }
+
+    /// A partial read (the changed files only) ends where a full read would: after it, a full
+    /// read finds nothing to change.
+    @Test func partialReadsAgreeWithFullReads() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let store = try StateStore(directory: root + "/state")
+        let cache = ObjectCache()
+        let events = Mutex<[ObjectKey]>([])
+        let source = SpecDirectorySource(root: root + "/specs", store: store, cache: cache) { key, _ in events.withLock { $0.append(key) } }
+        for i in 0..<5 { try write("app-\(i).yaml", Self.app("app-\(i)")) }
+        try await source.sync()
+        let specs = root + "/specs/"
+        func expectFullReadIsNoOp(_ comment: Comment) async throws {
+            let full = try await source.sync()
+            #expect(full.changed == 0 && full.deleted == 0, comment)
+            try compare(cache, store)
+        }
+
+        // An edit: one object changes, and only it is enqueued.
+        events.withLock { $0 = [] }
+        try write("app-1.yaml", Self.app("app-1", command: "other.py"))
+        var summary = try await source.sync(changed: [specs + "app-1.yaml", specs + ".app-1.yaml.swp"])
+        #expect(summary.changed == 1 && summary.applied == 1, "only the changed file is read")
+        #expect(events.withLock { $0 }.map(\.name) == ["app-1"])
+        try await expectFullReadIsNoOp("after an edit")
+
+        // A new file, a removed file and a broken file in one batch.
+        try write("new.yaml", Self.app("new"))
+        try FileManager.default.removeItem(atPath: specs + "app-2.yaml")
+        try write("app-3.yaml", "kind: Application\nmetadata: {name: app-3}\nspec: {command: 5}\n")
+        summary = try await source.sync(changed: [specs + "new.yaml", specs + "app-2.yaml", specs + "app-3.yaml"])
+        #expect(summary.deleted == 1 && summary.kept == 1 && summary.changed == 1)
+        try await expectFullReadIsNoOp("after add, remove and break")
+
+        // A file that defines an object another file holds: the other file is read too, and
+        // the copy a full read would use (the first in walk order) stays.
+        try write("zz-copy.yaml", Self.app("app-0", command: "copy.py"))
+        summary = try await source.sync(changed: [specs + "zz-copy.yaml"])
+        guard case .application(let app0)? = cache.get(ObjectKey(kind: .application, namespace: "default", name: "app-0"))?.resource else {
+            Issue.record("app-0 missing"); return
+        }
+        #expect(app0.spec.command == ["python3", "server.py"], "the first definition wins, as in a full read")
+        try await expectFullReadIsNoOp("after a duplicate")
+        try FileManager.default.removeItem(atPath: specs + "zz-copy.yaml")
+        try await source.sync(changed: [specs + "zz-copy.yaml"])
+        try await expectFullReadIsNoOp("after the duplicate is gone")
+
+        // A directory change is a full read.
+        try FileManager.default.createDirectory(atPath: specs + "team", withIntermediateDirectories: true)
+        try Self.app("in-team").write(toFile: specs + "team/t.yaml", atomically: true, encoding: .utf8)
+        summary = try await source.sync(changed: [specs + "team"])
+        #expect(summary.changed == 1)
+        #expect(cache.get(ObjectKey(kind: .application, namespace: "default", name: "in-team")) != nil)
+    }
+
+    /// Removing every file is never done from a partial read: the full read's guard applies.
+    @Test func emptyingTheDirectoryInAPartialReadIsWithheld() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let store = try StateStore(directory: root + "/state")
+        let cache = ObjectCache()
+        let source = SpecDirectorySource(root: root + "/specs", store: store, cache: cache) { _, _ in }
+        try write("only.yaml", Self.app("only"))
+        try await source.sync()
+        try FileManager.default.removeItem(atPath: root + "/specs/only.yaml")
+        let summary = try await source.sync(changed: [root + "/specs/only.yaml"])
+        #expect(summary.withheld == 1 && summary.deleted == 0)
+        #expect(cache.count == 1)
     }
 }

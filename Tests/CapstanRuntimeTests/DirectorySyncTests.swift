@@ -130,3 +130,35 @@ import Testing
         #expect(found.pending.map(\.display) == [root + "/a.yaml", root + "/sub/b.json"])
     }
 }
+
+/// Which changes a partial read can handle.
+@Suite struct ChangedFilesTests {
+    let root = NSTemporaryDirectory() + "capstan-changed-" + UUID().uuidString
+
+    @Test func specFilesInWalkOrderAndEverythingElseIgnoredOrFull() throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try FileManager.default.createDirectory(atPath: root + "/team/sub", withIntermediateDirectories: true)
+        for file in ["b.yaml", "team/a.yml", "team/sub/z.json", "team-x.yaml", "notes.txt"] {
+            try "x".write(toFile: root + "/" + file, atomically: true, encoding: .utf8)
+        }
+        let changed = SpecFileCollector.changedFiles(root: root, paths: [
+            root + "/team-x.yaml", root + "/team/sub/z.json", root + "/b.yaml", root + "/team/a.yml",
+            root + "/b.yaml", root + "/notes.txt", root + "/.b.yaml.swp", root + "/.git/index", root + "/gone.yaml",
+        ])
+        // The walk reads "b.yaml", then directory "team" (a.yml, then sub/z.json), then "team-x.yaml".
+        #expect(changed == ["b.yaml", "team/a.yml", "team/sub/z.json", "team-x.yaml", "gone.yaml"].map { root + "/" + $0 }.sorted {
+            $0.split(separator: "/").lexicographicallyPrecedes($1.split(separator: "/"))
+        })
+        #expect(changed?.first == root + "/b.yaml")
+        #expect(SpecFileCollector.changedFiles(root: root + "/", paths: [root + "/b.yaml"]) == [root + "/b.yaml"])
+
+        // Only a full read can tell: a directory, a symlink, a removed non-spec path, the root, outside paths.
+        #expect(SpecFileCollector.changedFiles(root: root, paths: [root + "/team"]) == nil)
+        try FileManager.default.createSymbolicLink(atPath: root + "/link.yaml", withDestinationPath: root + "/team")
+        #expect(SpecFileCollector.changedFiles(root: root, paths: [root + "/link.yaml"]) == nil)
+        #expect(SpecFileCollector.changedFiles(root: root, paths: [root + "/removed-dir"]) == nil)
+        #expect(SpecFileCollector.changedFiles(root: root, paths: [root]) == nil)
+        #expect(SpecFileCollector.changedFiles(root: root, paths: ["/elsewhere/x.yaml"]) == nil)
+        #expect(SpecFileCollector.changedFiles(root: root, paths: [root + "/notes.txt"]) == [])
+    }
+}
