@@ -20,10 +20,10 @@ import time
 from datetime import datetime
 
 BIN = os.environ["CAPSTAN_BIN"]
-COUNTS = [int(c) for c in os.environ.get("COUNTS", "1000,10000").split(",")]
+COUNTS = [int(c) for c in os.environ.get("COUNTS", "1000,10000").split(",") if c]
 EDITS = int(os.environ.get("EDITS", "200"))
 # Spec-directory sizes for the reaction benchmark: one file alone, and one among many.
-REACTION_FILES = [int(c) for c in os.environ.get("REACTION_FILES", "1,10000").split(",")]
+REACTION_FILES = [int(c) for c in os.environ.get("REACTION_FILES", "1,10000").split(",") if c]
 
 
 def free_port():

@@ -24,6 +24,8 @@ public actor SpecDirectorySource {
         public var deleted = 0
         public var withheld = 0
         public var problems = 0
+        /// Whether only changed files were read (not the whole directory).
+        public var partial = false
     }
 
     public init(
@@ -44,6 +46,10 @@ public actor SpecDirectorySource {
     /// Whether the last read found an object defined twice: while it lasts, every change is a
     /// full read (which copy wins depends on files a partial read would not see).
     private var sawDuplicates = false
+    /// The file each known object came from, and the directories holding them (kept up to
+    /// date by every sync, so a partial read costs what the change costs).
+    private var heldFiles: [ObjectKey: String]? = nil
+    private var directories: Set<String>? = nil
 
     /// Reads the directory and applies what changed: only the files among `changed` when that
     /// is enough to know (an edited, added or removed spec file), else the whole directory.
@@ -51,21 +57,53 @@ public actor SpecDirectorySource {
     public func sync(changed: Set<String>? = nil) async throws -> Summary {
         var plan: SyncPlan? = nil
         var loaded = ManifestResult()
-        if let changed, !sawDuplicates, let files = SpecFileCollector.changedFiles(root: root, paths: changed) {
+        if let changed, !sawDuplicates,
+           let files = SpecFileCollector.changedFiles(root: root, paths: changed, knownDirectories: knownDirectories()) {
             (plan, loaded) = partialPlan(files)
         }
+        let partial = plan != nil
         if plan == nil {
             loaded = loader.load([root]).manifests
             plan = DirectorySync.plan(previous: try store.sourceFiles(), loaded: loaded, allowEmpty: allowEmpty)
         }
-        return try await apply(plan!, loaded: loaded)
+        var summary = try await apply(plan!, loaded: loaded)
+        summary.partial = partial
+        return summary
+    }
+
+    /// Every directory that holds a known object's file, up to the root.
+    private func knownDirectories() -> Set<String> {
+        if let directories { return directories }
+        var directories = Set<String>()
+        for file in Set(held().values) {
+            var path = file
+            while let slash = path.lastIndex(of: "/"), path.count > root.count {
+                path = String(path[..<slash])
+                if !directories.insert(path).inserted { break }
+            }
+        }
+        self.directories = directories
+        return directories
+    }
+
+    private func held() -> [ObjectKey: String] {
+        if let heldFiles { return heldFiles }
+        let files = Dictionary(cache.list().map { ($0.key, $0.sourceFile) }, uniquingKeysWith: { first, _ in first })
+        heldFiles = files
+        return files
+    }
+
+    private func hold(_ key: ObjectKey, in file: String?) {
+        guard heldFiles != nil, heldFiles?[key] != file else { return }
+        heldFiles?[key] = file
+        directories = nil
     }
 
     /// Plans from the changed files alone, plus the files that hold any object they define (so
     /// that duplicates are seen). Nil when the change would delete every object (the
     /// `--allow-empty` guard needs the whole directory).
     private func partialPlan(_ files: [String]) -> (SyncPlan?, ManifestResult) {
-        let held = Dictionary(cache.list().map { ($0.key, $0.sourceFile) }, uniquingKeysWith: { first, _ in first })
+        let held = held()
         var scope = Set(files)
         // A removed file is in scope (what it held goes) but not read (it would be "cannot read").
         let existing = files.filter { FileManager.default.fileExists(atPath: $0) }
@@ -89,11 +127,18 @@ public actor SpecDirectorySource {
         for applied in try store.applyAll(plan.apply, now: time) {
             summary.applied += 1
             let key = applied.object.key
-            if applied.outcome != .unchanged || applied.problemsCleared || cache.get(key) == nil {
+            // The cache follows the store: labels, annotations or the file may change without
+            // a new generation (nothing to reconcile, but the indexes must know).
+            let previous = cache.get(key)
+            var resource = applied.resource
+            if let previous { resource = resource.withStatus(of: previous.resource) }
+            let stored = StoredObject(resource: resource, generation: applied.generation, sourceFile: applied.object.file)
+            if previous != stored {
+                cache.upsert(key, stored)
+                hold(key, in: applied.object.file)
+            }
+            if applied.outcome != .unchanged || applied.problemsCleared || previous == nil {
                 summary.changed += 1
-                var resource = applied.resource
-                if let previous = cache.get(key) { resource = resource.withStatus(of: previous.resource) }
-                cache.upsert(key, StoredObject(resource: resource, generation: applied.generation, sourceFile: applied.object.file))
                 if applied.outcome == .specChanged { log("\(key): spec changed, generation \(applied.generation)") }
                 if applied.outcome == .created { log("\(key): created from \(applied.object.location)") }
                 await enqueue(key, applied.object.resource)
@@ -111,6 +156,7 @@ public actor SpecDirectorySource {
         }
         for key in plan.delete {
             let removed = cache.remove(key) != nil
+            hold(key, in: nil)
             if try store.delete(key) || removed {
                 summary.deleted += 1
                 try store.recordEvent(.normal, reason: "Deleted", message: "no spec file holds it any more", about: key, at: time)

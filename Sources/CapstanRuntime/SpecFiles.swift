@@ -156,9 +156,11 @@ public struct SpecFileCollector: Sendable {
 
     /// The spec files a batch of changed paths under `root` touches, named as a walk of `root`
     /// names them and in the walk's order; nil when only a full read can tell what changed (a
-    /// directory, a symlink or a removed path that may have been a directory). Paths a walk
+    /// directory, a symlink or a removed directory that held specs). Paths a walk
     /// skips (hidden names, other extensions: editors' swap and backup files) are ignored.
-    public static func changedFiles(root: String, paths: some Sequence<String>) -> [String]? {
+    /// `knownDirectories` are the directories that hold known objects' files: a removed path
+    /// among them was a directory of specs.
+    public static func changedFiles(root: String, paths: some Sequence<String>, knownDirectories: Set<String> = []) -> [String]? {
         let prefix = root.hasSuffix("/") ? root : root + "/"
         var files: [[String]] = []
         for path in paths {
@@ -172,7 +174,10 @@ public struct SpecFileCollector: Sendable {
                 if type == S_IFDIR || type == S_IFLNK { return nil }
                 if !isManifestName(name) { continue }
             } else if !isManifestName(name) {
-                return nil  // gone, and perhaps a directory of specs
+                if knownDirectories.contains(path) || knownDirectories.contains(prefix + components.joined(separator: "/")) {
+                    return nil  // a directory of specs went away
+                }
+                continue  // a temporary file renamed over a spec, an editor's backup
             }
             files.append(components)
         }

@@ -211,7 +211,7 @@ struct Run: AsyncParsableCommand {
                     do {
                         let summary = try await source.sync(changed: batch.overflowed ? nil : batch.paths)
                         if summary.problems > 0 { metrics.sourceError(source: "directory") }
-                        log("change in \(batch.paths.count) path(s): \(summary.changed) object(s) changed, \(summary.deleted) deleted, \(summary.kept) kept at their last good version")
+                        log("change in \(batch.paths.count) path(s)\(summary.partial ? "" : " (full read)"): \(summary.changed) object(s) changed, \(summary.deleted) deleted, \(summary.kept) kept at their last good version")
                     } catch {
                         log("sync failed: \(error)", level: "error")
                     }

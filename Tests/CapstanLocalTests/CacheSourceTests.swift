@@ -83,6 +83,13 @@ import Testing
         try await source.sync()
         try compare(cache, store)
 
+        // A label-only edit is no new generation, but the cache (and its label index) follows.
+        try write("web.yaml", Self.app("web").replacingOccurrences(of: "team: blue", with: "team: red"))
+        try await source.sync()
+        try compare(cache, store)
+        #expect(cache.objects(labelled: "team", "red").map(\.key.name) == ["web"])
+        #expect(cache.get(ObjectKey(kind: .application, namespace: "default", name: "web"))?.generation == 1)
+
         // Moving the Deployment to another Application moves it in the index.
         try write("api.yaml", Self.app("api", command: "app.py") + "\n---\n" + Self.deployment("api-prod", app: "web"))
         try await source.sync()
@@ -119,7 +126,7 @@ import Testing
         events.withLock { $0 = [] }
         try write("app-1.yaml", Self.app("app-1", command: "other.py"))
         var summary = try await source.sync(changed: [specs + "app-1.yaml", specs + ".app-1.yaml.swp"])
-        #expect(summary.changed == 1 && summary.applied == 1, "only the changed file is read")
+        #expect(summary.partial && summary.changed == 1 && summary.applied == 1, "only the changed file is read")
         #expect(events.withLock { $0 }.map(\.name) == ["app-1"])
         try await expectFullReadIsNoOp("after an edit")
 
@@ -150,6 +157,19 @@ import Testing
         summary = try await source.sync(changed: [specs + "team"])
         #expect(summary.changed == 1)
         #expect(cache.get(ObjectKey(kind: .application, namespace: "default", name: "in-team")) != nil)
+
+        // A removed directory that held specs is a full read too: its objects go.
+        try FileManager.default.removeItem(atPath: specs + "team")
+        summary = try await source.sync(changed: [specs + "team"])
+        #expect(summary.deleted == 1 && !summary.partial)
+
+        // An editor's save (write a temporary file, rename it over the spec) is a partial read.
+        try Self.app("app-4", command: "saved.py").write(toFile: specs + "app-4.yaml.tmp", atomically: false, encoding: .utf8)
+        try FileManager.default.moveItem(atPath: specs + "app-4.yaml.tmp", toPath: specs + "app-4.yaml.new")
+        _ = rename(specs + "app-4.yaml.new", specs + "app-4.yaml")
+        summary = try await source.sync(changed: [specs + "app-4.yaml.tmp", specs + "app-4.yaml.new", specs + "app-4.yaml"])
+        #expect(summary.partial && summary.changed == 1)
+        try await expectFullReadIsNoOp("after an editor's save")
     }
 
     /// Removing every file is never done from a partial read: the full read's guard applies.

@@ -156,7 +156,9 @@ import Testing
         #expect(SpecFileCollector.changedFiles(root: root, paths: [root + "/team"]) == nil)
         try FileManager.default.createSymbolicLink(atPath: root + "/link.yaml", withDestinationPath: root + "/team")
         #expect(SpecFileCollector.changedFiles(root: root, paths: [root + "/link.yaml"]) == nil)
-        #expect(SpecFileCollector.changedFiles(root: root, paths: [root + "/removed-dir"]) == nil)
+        #expect(SpecFileCollector.changedFiles(root: root, paths: [root + "/removed-dir"], knownDirectories: [root + "/removed-dir"]) == nil)
+        #expect(SpecFileCollector.changedFiles(root: root, paths: [root + "/b.yaml.tmp", root + "/b.yaml"]) == [root + "/b.yaml"],
+                "a temporary file renamed over a spec is no reason for a full read")
         #expect(SpecFileCollector.changedFiles(root: root, paths: [root]) == nil)
         #expect(SpecFileCollector.changedFiles(root: root, paths: ["/elsewhere/x.yaml"]) == nil)
         #expect(SpecFileCollector.changedFiles(root: root, paths: [root + "/notes.txt"]) == [])
