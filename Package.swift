@@ -43,10 +43,14 @@ let package = Package(
             name: "CapstanControllers",
             dependencies: ["CapstanModel", "CapstanRuntime"]
         ),
-        // The local platform: the SQLite state store (more to come: supervisor, router, ...).
+        // Linux calls Swift cannot import (variadic syscall): pidfd_open, prlimit.
+        .target(name: "CSystemShims"),
+        // The local platform: the SQLite state store, the process supervisor (more to come:
+        // health prober, router, ...).
         .target(
             name: "CapstanLocal",
             dependencies: [
+                "CSystemShims",
                 "CapstanModel",
                 "CapstanRuntime",
                 "CapstanControllers",

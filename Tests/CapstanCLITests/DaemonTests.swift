@@ -156,7 +156,7 @@ import Testing
         kill(daemon.processIdentifier, SIGTERM)
         daemon.waitUntilExit()
         #expect(daemon.terminationReason == .exit && daemon.terminationStatus == 0)
-        #expect(try String(contentsOfFile: root + "/daemon.log", encoding: .utf8).hasSuffix("stopped\n"))
+        #expect(try String(contentsOfFile: root + "/daemon.log", encoding: .utf8).contains(" info stopped\n"))
     }
 
     @Test func eventsWatchStreamsNewEvents() throws {

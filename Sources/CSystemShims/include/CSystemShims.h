@@ -1,0 +1,22 @@
+#ifndef CSYSTEMSHIMS_H
+#define CSYSTEMSHIMS_H
+
+// Linux calls Swift cannot reach through its Glibc module: pidfd_open (a descriptor that
+// becomes readable when any process exits, child or not: how adopted instances are watched),
+// prlimit on another process (an instance's memory limit), posix_spawn's chdir action, and
+// epoll/eventfd (the epoll_event struct is packed on x86_64, so it stays on the C side).
+#include <spawn.h>
+#include <sys/types.h>
+
+int capstan_pidfd_open(pid_t pid);
+int capstan_set_memory_limit(pid_t pid, unsigned long long bytes);
+int capstan_spawn_add_chdir(posix_spawn_file_actions_t *actions, const char *path);
+
+int capstan_epoll_create(void);
+int capstan_epoll_add(int epoll, int fd);
+int capstan_epoll_remove(int epoll, int fd);
+/// Waits for readable descriptors; fills `fds` with up to `max` of them; returns the count or -1.
+int capstan_epoll_wait(int epoll, int *fds, int max, int timeout_ms);
+int capstan_eventfd(void);
+
+#endif

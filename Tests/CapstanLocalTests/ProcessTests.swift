@@ -1,0 +1,132 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import CapstanLocal
+
+/// The supervisor's process primitives against real processes.
+@Suite struct ProcessTests {
+    let directory = NSTemporaryDirectory() + "capstan-proc-" + UUID().uuidString
+
+    func spec(_ script: String, env: [String: String] = [:], memory: UInt64? = nil) throws -> ProcessSpec {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return ProcessSpec(command: ["sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"].merging(env) { $1 },
+                           workingDirectory: directory, logPath: directory + "/instance.log", memoryLimit: memory)
+    }
+
+    func log() -> String { (try? String(contentsOfFile: directory + "/instance.log", encoding: .utf8)) ?? "" }
+
+    /// Waits for an exit reported by the watcher; returns it with the time it took.
+    func exit(of identity: ProcessIdentity, _ watcher: ProcessWatcher, after action: () -> Void) async throws -> (ProcessExit, Duration) {
+        let seen = Mutex<ProcessExit?>(nil)
+        watcher.watch(identity) { exit in seen.withLock { $0 = exit } }
+        let start = ContinuousClock.now
+        action()
+        for _ in 0..<1000 where seen.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(2)) }
+        let exit = seen.withLock { $0 }
+        return (try #require(exit), ContinuousClock.now - start)
+    }
+
+    @Test func startsInItsOwnGroupWithTheGivenEnvironmentDirectoryAndLog() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let identity = try Spawner.spawn(try spec("echo port=$PORT dir=$(pwd) home=${HOME:-none}; echo oops >&2; exec sleep 30", env: ["PORT": "18123"]))
+        defer { kill(-identity.pid, SIGKILL) }
+        #expect(identity.isAlive)
+        #expect(getpgid(identity.pid) == identity.pid, "its own process group")
+        for _ in 0..<200 where !log().contains("oops") { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(log().contains("port=18123 dir=\(directory) home=none"), "only the given environment")
+        #expect(log().contains("oops"), "stderr goes to the log too")
+        // SIGTERM is deliverable (not blocked, not ignored) in the child.
+        let watcher = try ProcessWatcher()
+        let (exit, _) = try await self.exit(of: identity, watcher) { kill(identity.pid, SIGTERM) }
+        #expect(exit == .signalled(SIGTERM))
+        #expect(!identity.isAlive)
+    }
+
+    @Test func exitsAreSeenAtOnce() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let watcher = try ProcessWatcher()
+        let identity = try Spawner.spawn(try spec("exec sleep 30"))
+        try await Task.sleep(for: .milliseconds(50))
+        let (exit, took) = try await self.exit(of: identity, watcher) { kill(identity.pid, SIGKILL) }
+        #expect(exit == .signalled(SIGKILL))
+        #expect(took < .seconds(1), "noticed in \(took)")
+
+        let quick = try Spawner.spawn(try spec("exit 7"))
+        try await Task.sleep(for: .milliseconds(100))
+        let (status, _) = try await self.exit(of: quick, watcher) {}
+        #expect(status == .exited(7), "an already exited child is reported with its status")
+    }
+
+    @Test func aProcessThatIsNotOurChildIsWatchedToo() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // A grandchild (its parent exits at once): as an instance left by a previous daemon.
+        let pidFile = directory + "/pid"
+        let parent = try Spawner.spawn(try spec("sleep 30 & echo $! > \(pidFile)"))
+        var pid: Int32? = nil
+        for _ in 0..<200 {
+            if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let value = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) { pid = value; break }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let found = try #require(pid)
+        let orphan = try #require(ProcessIdentity.of(pid: found))
+        defer { kill(orphan.pid, SIGKILL) }
+        _ = parent
+        let watcher = try ProcessWatcher()
+        let (exit, took) = try await self.exit(of: orphan, watcher) { kill(orphan.pid, SIGKILL) }
+        #expect(exit == .unknown || exit == .signalled(SIGKILL))
+        #expect(took < .seconds(1))
+        // A recorded identity whose pid now belongs to another process is not alive.
+        let reused = ProcessIdentity(pid: getpid(), startTime: 1)
+        #expect(!reused.isAlive)
+    }
+
+    @Test func stopSendsTermToTheGroupThenKillsAfterTheGrace() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // A well-behaved process and its child: both go on SIGTERM.
+        let polite = try Spawner.spawn(try spec("sleep 30 & wait"))
+        try await Task.sleep(for: .milliseconds(100))
+        let killed = await Spawner.stop(polite, grace: .seconds(5))
+        #expect(!killed)
+        var status: Int32 = 0
+        #expect(waitpid(polite.pid, &status, 0) == polite.pid)  // the watcher's job in the daemon
+        for _ in 0..<200 where kill(-polite.pid, 0) == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(kill(-polite.pid, 0) != 0, "nothing of the group is left")
+
+        // One that ignores SIGTERM is killed after the grace period.
+        let stubborn = try Spawner.spawn(try spec("trap '' TERM; while true; do sleep 0.05; done"))
+        try await Task.sleep(for: .milliseconds(100))
+        let start = ContinuousClock.now
+        #expect(await Spawner.stop(stubborn, grace: .milliseconds(300)))
+        #expect(ContinuousClock.now - start >= .milliseconds(300))
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(!stubborn.isAlive)
+    }
+
+    @Test func badInputIsAClearError() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var missing = try spec("true")
+        missing.command = ["no-such-command-capstan", "--flag"]
+        #expect(throws: SpawnError.self) { try Spawner.spawn(missing) }
+        do {
+            _ = try Spawner.spawn(missing)
+        } catch {
+            #expect(error.description.contains("command \"no-such-command-capstan\" not found"))
+        }
+        var nowhere = try spec("true")
+        nowhere.workingDirectory = directory + "/absent"
+        #expect(throws: SpawnError(description: "working directory \(directory)/absent does not exist")) { try Spawner.spawn(nowhere) }
+    }
+
+    @Test func theMemoryLimitStopsAnAppThatExceedsIt() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let watcher = try ProcessWatcher()
+        var hungry = try spec("")
+        hungry.command = ["python3", "-c", "import time; time.sleep(0.2); b = bytearray(300 * 1024 * 1024); print('allocated')"]
+        hungry.memoryLimit = 64 * 1024 * 1024
+        let identity = try Spawner.spawn(hungry)
+        let (exit, _) = try await self.exit(of: identity, watcher) {}
+        #expect(exit == .exited(1))
+        #expect(log().contains("MemoryError"))
+        #expect(!log().contains("allocated"))
+    }
+}
