@@ -18,13 +18,18 @@ public struct ProcessIdentity: Sendable, Hashable, CustomStringConvertible {
 
     /// The identity of a running process; nil when there is none with this pid.
     public static func of(pid: Int32) -> ProcessIdentity? {
+        guard let (state, start) = stat(pid), state != "Z" else { return nil }
+        return ProcessIdentity(pid: pid, startTime: start)
+    }
+
+    /// State (field 3) and start time (field 22) from `/proc/PID/stat`, zombies included.
+    static func stat(_ pid: Int32) -> (state: Substring, startTime: UInt64)? {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = stat.lastIndex(of: ")") else { return nil }
-        // Fields after the command name (which may hold spaces and parentheses): state is
-        // field 3, start time field 22.
+        // Fields after the command name (which may hold spaces and parentheses).
         let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count > 19, fields[0] != "Z", let start = UInt64(fields[19]) else { return nil }
-        return ProcessIdentity(pid: pid, startTime: start)
+        guard fields.count > 19, let start = UInt64(fields[19]) else { return nil }
+        return (fields[0], start)
     }
 
     /// Whether this very process still runs (not a zombie, not another process with the pid).
@@ -132,15 +137,7 @@ public enum Spawner {
         }
         // The start time is read at once; a process that already exited still is a zombie
         // (our child), so /proc has it until it is reaped.
-        let startTime = Self.startTime(of: pid) ?? 0
-        return ProcessIdentity(pid: pid, startTime: startTime)
-    }
-
-    private static func startTime(of pid: pid_t) -> UInt64? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 19 ? UInt64(fields[19]) : nil
+        return ProcessIdentity(pid: pid, startTime: ProcessIdentity.stat(pid)?.startTime ?? 0)
     }
 }
 
