@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
         // The six kinds, their decoding, defaulting, validation and CRD schemas. Pure: no I/O.
@@ -45,8 +46,8 @@ let package = Package(
         ),
         // Linux calls Swift cannot import (variadic syscall): pidfd_open, prlimit.
         .target(name: "CSystemShims"),
-        // The local platform: the SQLite state store, the process supervisor (more to come:
-        // health prober, router, ...).
+        // The local platform: the SQLite state store, artifacts, the process supervisor, the
+        // health prober and the TCP router.
         .target(
             name: "CapstanLocal",
             dependencies: [
@@ -55,6 +56,9 @@ let package = Package(
                 "CapstanRuntime",
                 "CapstanControllers",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         // The command-line interface: thin.

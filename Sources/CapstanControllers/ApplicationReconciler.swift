@@ -2,8 +2,9 @@ import CapstanModel
 import CapstanRuntime
 import Foundation
 
-/// Reconciles Applications: the template is valid (it decoded), its source can be reached, and
-/// the status lists the Deployments that run it. Building artifacts comes with Deployments.
+/// Reconciles Applications: the template is valid (it decoded), the artifact of every version a
+/// Deployment asks for is prepared (unused ones pruned), and the status lists the Deployments
+/// that run it.
 public struct ApplicationReconciler: Reconciler {
     public typealias Key = ObjectKey
 
@@ -12,8 +13,11 @@ public struct ApplicationReconciler: Reconciler {
     let artifacts: any ArtifactPlatform
     let now: @Sendable () -> Date
 
-    /// How soon to look again at an Application whose source is missing (it may appear).
+    /// How soon to look again at an Application whose source is missing (it may appear) or
+    /// whose build failed.
     public static let sourceRetry: Duration = .seconds(60)
+    /// Artifacts kept per Application beyond those in use.
+    public static let artifactsKept = 5
 
     public init(store: any ObjectStore, events: any EventRecorder, artifacts: any ArtifactPlatform, now: @escaping @Sendable () -> Date = Date.init) {
         self.store = store
@@ -25,15 +29,20 @@ public struct ApplicationReconciler: Reconciler {
     public func reconcile(_ key: ObjectKey) async throws -> ReconcileResult {
         // Observe.
         guard let stored = try await store.object(key), case .application(let application) = stored.resource else {
-            return .done  // deleted: nothing of an Application's own to clean up yet
+            // Deleted: artifacts no release points at go.
+            _ = await artifacts.prune(key, keep: 0, inUse: [])
+            return .done
         }
         let generation = stored.generation
         let time = Timestamp(now())
         var status = application.status
         let before = status.condition(ConditionType.ready)
 
-        let deployments = try await store.objects(kind: .deployment, referencing: key).compactMap { object -> ApplicationDeploymentStatus? in
+        let referencing = try await store.objects(kind: .deployment, referencing: key).compactMap { object -> (Deployment, StoredObject)? in
             guard case .deployment(let deployment) = object.resource else { return nil }
+            return (deployment, object)
+        }
+        let deployments = referencing.map { deployment, object in
             var entry = ApplicationDeploymentStatus()
             entry.name = deployment.metadata.name
             entry.namespace = deployment.metadata.namespace
@@ -48,13 +57,40 @@ public struct ApplicationReconciler: Reconciler {
         var requeue: ReconcileResult = .done
         if let problem = stored.problems.first {
             changed = status.markStalled(reason: "InvalidSpec", message: "\(problem) (the last good version is kept)", generation: generation, now: time) || changed
-        } else {
+        } else if referencing.isEmpty {
             switch await artifacts.checkSource(of: application, specFile: stored.sourceFile) {
             case .ready(let description):
                 changed = status.markReady(reason: "Succeeded", message: "template valid; \(description)", generation: generation, now: time) || changed
             case .unavailable(let message):
                 changed = status.markStalled(reason: "SourceUnavailable", message: message, generation: generation, now: time) || changed
                 requeue = .requeue(after: Self.sourceRetry)
+            }
+        } else {
+            // Every version a Deployment asks for is prepared (built once, then reused).
+            var failure: WorkloadError?
+            var versions: [String] = []
+            for (deployment, _) in referencing where !versions.contains(deployment.spec.version) {
+                versions.append(deployment.spec.version)
+                let template = WorkloadTemplate(deployment: deployment, application: application, applicationFile: stored.sourceFile)
+                do {
+                    _ = try await artifacts.prepare(template, namespace: key.namespace)
+                } catch {
+                    if failure == nil { failure = error }
+                }
+            }
+            let removed = await artifacts.prune(key, keep: Self.artifactsKept, inUse: Set(versions))
+            let prepared = await artifacts.artifacts(of: key)
+            changed = status.artifacts != prepared || changed
+            status.artifacts = prepared
+            if let failure {
+                changed = status.markStalled(reason: failure.reason, message: failure.message, generation: generation, now: time) || changed
+                requeue = .requeue(after: Self.sourceRetry)
+            } else {
+                let list = versions.joined(separator: ", ")
+                changed = status.markReady(reason: "Succeeded", message: "template valid; artifact\(versions.count == 1 ? "" : "s") prepared for \(list)", generation: generation, now: time) || changed
+            }
+            if !removed.isEmpty {
+                await events.record(.normal, reason: "ArtifactsPruned", message: "removed unused artifacts of version(s) \(removed.joined(separator: ", "))", about: key)
             }
         }
         guard changed else { return requeue }

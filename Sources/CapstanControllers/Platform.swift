@@ -97,4 +97,10 @@ public enum SourceCheck: Sendable, Equatable {
 public protocol ArtifactPlatform: Sendable {
     /// Checks that the Application's source exists and can be read.
     func checkSource(of application: Application, specFile: String) async -> SourceCheck
+    /// Prepares (or reuses) the artifact of a version.
+    func prepare(_ template: WorkloadTemplate, namespace: String) async throws(WorkloadError) -> ArtifactStatus
+    /// The prepared artifacts of an Application, newest first.
+    func artifacts(of application: ObjectKey) async -> [ArtifactStatus]
+    /// Removes artifacts beyond the newest `keep` not in use; returns the versions removed.
+    func prune(_ application: ObjectKey, keep: Int, inUse: Set<String>) async -> [String]
 }

@@ -54,14 +54,11 @@ public struct LocalObjectStore: ObjectStore, EventRecorder {
     }
 }
 
-/// Artifacts on this host. For now it checks that an Application's source can be reached;
-/// copying, checking out and building come with Deployments.
-public struct LocalArtifactPlatform: ArtifactPlatform {
-    public init() {}
-
-    public func checkSource(of application: Application, specFile: String) async -> SourceCheck {
+/// Whether an Application's source can be reached from this host.
+enum SourceReachability {
+    static func check(_ application: Application, specFile: String) -> SourceCheck {
         guard let source = application.spec.source else {
-            return .ready("image \(application.spec.image ?? "")")
+            return .ready(application.spec.command.isEmpty ? "image \(application.spec.image ?? "")" : "no source: runs from an empty directory")
         }
         if let git = source.git {
             return .ready("git \(git.url)")
@@ -76,5 +73,24 @@ public struct LocalArtifactPlatform: ArtifactPlatform {
             return .unavailable("source path \(resolved) is not a directory")
         }
         return .ready("source \(resolved)")
+    }
+}
+
+extension LocalObjectStore: RevisionStore {
+    public func recordRevision(of owner: ObjectKey, hash: String, template: SpecNode) async throws -> (number: Int, template: SpecNode) {
+        let revision = try store.recordRevision(of: owner, hash: hash, template: template, at: now())
+        return (revision.number, revision.template)
+    }
+
+    public func revisions(of owner: ObjectKey) async throws -> [(number: Int, hash: String, template: SpecNode)] {
+        try store.revisions(of: owner).map { ($0.number, $0.hash, $0.template) }
+    }
+
+    public func pruneRevisions(of owner: ObjectKey, keep: Int, inUse: Set<Int>) async throws {
+        try store.pruneRevisions(of: owner, keep: keep, inUse: inUse)
+    }
+
+    public func removeRevisions(of owner: ObjectKey) async throws {
+        try store.removeRevisions(of: owner)
     }
 }

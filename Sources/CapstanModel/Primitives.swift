@@ -244,6 +244,12 @@ public struct Timestamp: SpecValue, Hashable, Comparable, CustomStringConvertibl
 
     public init(_ date: Date) { self.date = date }
 
+    /// Parses RFC 3339 text; nil when it is not.
+    public init?(rfc3339 text: String) {
+        guard let date = RFC3339.parse(text) else { return nil }
+        self.date = date
+    }
+
     public static func < (lhs: Timestamp, rhs: Timestamp) -> Bool { lhs.date < rhs.date }
 
     public static func decode(_ node: SpecNode, _ context: inout DecodeContext) -> Timestamp? {

@@ -48,7 +48,9 @@ struct Run: AsyncParsableCommand {
         discussion: """
             Reads every spec below --spec-dir, keeps status and events in the state directory, reacts to file changes at once (inotify) and re-reads everything every --resync. SIGHUP re-reads now; SIGTERM or SIGINT stop gracefully (in-flight reconciles finish) with exit status 0.
 
-            Reconciled so far: Application. The other kinds are read, validated and stored; their reconcilers come in later releases.
+            Reconciled so far: Application and Deployment (artifacts, supervised instances, health checks, a router port per Deployment, rollouts and rollbacks). The other kinds are read, validated and stored; their reconcilers come in later releases.
+
+            Instances belong to the state directory, not to the daemon: they keep running when the daemon stops or dies, and the next daemon adopts them. Routers (the Deployments' ports) only listen while a daemon runs. `capstan down` stops every instance; --down-on-exit does it when the daemon stops.
             """)
 
     @Option(name: .customLong("spec-dir"), help: ArgumentHelp("The directory of specs.", valueName: "dir"))
@@ -73,6 +75,12 @@ struct Run: AsyncParsableCommand {
 
     @Option(name: .customLong("log-format"), help: "text or json.")
     var logFormat: LogFormat = .text
+
+    @Option(name: .customLong("router-addr"), help: ArgumentHelp("The address Deployments' router ports listen on.", valueName: "host"))
+    var routerAddress: String = "127.0.0.1"
+
+    @Flag(name: .customLong("down-on-exit"), help: "On a graceful stop, stop every instance too (for interactive use).")
+    var downOnExit = false
 
     @Option(name: .customLong("metrics-addr"), help: ArgumentHelp("Where /metrics, /healthz and /readyz are served (port 0: any free port).", valueName: "host:port"))
     var metricsAddress: String = "127.0.0.1:9464"
@@ -122,11 +130,8 @@ struct Run: AsyncParsableCommand {
         let metrics = RuntimeMetrics()
         metrics.leader(true)
         let ready = Synchronized(false)
-        let applications = Controller(
-            name: "application",
-            reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: LocalArtifactPlatform()),
-            clock: clock, concurrency: concurrency, timeout: try KubeDuration.parse(reconcileTimeout).duration
-        ) { key, outcome, duration in
+        let timeout = try KubeDuration.parse(reconcileTimeout).duration
+        let onOutcome: @Sendable (ObjectKey, ReconcileOutcome, Duration) async -> Void = { key, outcome, duration in
             metrics.reconciled(kind: key.kind.singular, outcome: outcome, duration: duration)
             switch outcome {
             case .success, .requeueAfter: log("reconciled \(key) in \(duration.formatted(.units(allowed: [.milliseconds])))")
@@ -138,12 +143,37 @@ struct Run: AsyncParsableCommand {
                 await objects.record(.warning, reason: "ReconcileTimeout", message: "cancelled after \(reconcileTimeout)", about: key)
             }
         }
-        let source = SpecDirectorySource(root: specDirectory, store: store, cache: cache, allowEmpty: allowEmpty, log: { log($0) }) { key, resource in
+        // The platform tells the Deployment controller when an instance's readiness changes;
+        // the controller exists only after the platform, hence the late binding.
+        let enqueueDeployment = Synchronized<(@Sendable (ObjectKey) async -> Void)?>(nil)
+        let platform: LocalWorkloadPlatform
+        do {
+            platform = try LocalWorkloadPlatform(
+                stateDirectory: state.resolved, store: store, events: objects, routerHost: routerAddress,
+                enqueue: { key in await enqueueDeployment.value?(key) }, restarted: { metrics.instanceRestarted() })
+        } catch {
+            log("cannot start the process supervisor: \(error)", level: "error")
+            throw ExitCode(2)
+        }
+        let applications = Controller(
+            name: "application",
+            reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: platform),
+            clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
+        let deploymentReconciler = DeploymentReconciler(store: objects, events: objects, workload: platform, revisions: objects)
+        let deployments = Controller(
+            name: "deployment", reconciler: deploymentReconciler,
+            clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
+        enqueueDeployment.update { $0 = { key in await deployments.queue.add(key) } }
+
+        /// Queues an object and what depends on it: an Application's Deployments run its
+        /// template; a Deployment is listed in its Application's status.
+        @Sendable func enqueue(_ key: ObjectKey, _ resource: AnyResource?) async {
             switch key.kind {
             case .application:
                 await applications.queue.add(key)
+                for deployment in cache.objects(kind: .deployment, referencing: key) { await deployments.queue.add(deployment.key) }
             case .deployment:
-                // An Application lists its Deployments: a Deployment's change is its Application's.
+                await deployments.queue.add(key)
                 if case .deployment(let deployment)? = resource {
                     await applications.queue.add(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application))
                 }
@@ -151,12 +181,25 @@ struct Run: AsyncParsableCommand {
                 break
             }
         }
+        /// Everything known, and every owner of something in the inventory (deleted while no
+        /// daemon ran: its reconcile removes what it left).
+        @Sendable func enqueueAll() async {
+            for object in cache.objects(kind: .application) { await applications.queue.add(object.key) }
+            for object in cache.objects(kind: .deployment) { await deployments.queue.add(object.key) }
+            for owner in platform.owners() where cache.get(owner) == nil { await deployments.queue.add(owner) }
+        }
+        let source = SpecDirectorySource(root: specDirectory, store: store, cache: cache, allowEmpty: allowEmpty, log: { log($0) }) { key, resource in
+            await enqueue(key, resource)
+        }
         log("capstan \(Capstan.version) reading \(specDirectory), state in \(state.resolved)")
         let summary = try await source.sync()
         log("read \(summary.applied) objects (\(summary.problems) problems)")
         if summary.problems > 0 { metrics.sourceError(source: "directory") }
+        // Instances a previous daemon left running are adopted, not started again.
+        let (adopted, restarted) = await platform.adopt()
+        if adopted + restarted > 0 { log("adopted \(adopted) running instance(s), restarted \(restarted) that had exited") }
         // Everything known is reconciled once at start-up (level-based: a restart loses nothing).
-        for object in cache.objects(kind: .application) { await applications.queue.add(object.key) }
+        await enqueueAll()
 
         let watcher = try DirectoryWatcher(root: specDirectory)
         let resyncInterval = try KubeDuration.parse(resync).duration
@@ -196,8 +239,9 @@ struct Run: AsyncParsableCommand {
             LoopService("gauges") {
                 // Queue gauges and object readiness (from the cache) every second.
                 while !Task.isCancelled {
-                    let queue = applications.queue
-                    metrics.queue(kind: "application", depth: await queue.depth, adds: await queue.adds, retries: await queue.retries)
+                    for (kind, queue) in [("application", applications.queue), ("deployment", deployments.queue)] {
+                        metrics.queue(kind: kind, depth: await queue.depth, adds: await queue.adds, retries: await queue.retries)
+                    }
                     let readiness = cache.readiness()
                     for kind in ResourceKind.allCases {
                         let counts = readiness[kind] ?? (0, 0)
@@ -221,6 +265,7 @@ struct Run: AsyncParsableCommand {
                 while !Task.isCancelled {
                     try await Task.sleep(for: resyncInterval)
                     _ = try? await source.sync()
+                    await enqueueAll()  // drift behind Capstan's back is found here at the latest
                 }
             },
             LoopService("SIGHUP") {
@@ -235,16 +280,29 @@ struct Run: AsyncParsableCommand {
                     try await Task.sleep(for: .milliseconds(500))
                     guard let requests = try? store.pendingRequests() else { continue }
                     for request in requests {
-                        if request.type == "reconcile" {
+                        switch request.type {
+                        case "reconcile":
                             log("reconcile of \(request.key) requested")
                             await objects.record(.normal, reason: "ReconcileRequested", message: "requested at \(request.value)", about: request.key)
-                            if request.key.kind == .application { await applications.queue.add(request.key) }
+                            await enqueue(request.key, cache.get(request.key)?.resource)
+                        case "rollback":
+                            do {
+                                let message = try await deploymentReconciler.requestRollback(request.key, toRevision: Int(request.value))
+                                log("\(request.key): \(message)")
+                            } catch {
+                                log("rollback of \(request.key) refused: \(error)", level: "warning")
+                                await objects.record(.warning, reason: "RollbackRefused", message: "\(error)", about: request.key)
+                            }
+                            await deployments.queue.add(request.key)
+                        default:
+                            break
                         }
                         try? store.markHandled(request.id, at: Date())
                     }
                 }
             },
             applications,
+            deployments,
         ]
         var configuration = ServiceGroupConfiguration(
             services: services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
@@ -261,6 +319,16 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(1)
         }
         watcher.stop()
+        if downOnExit {
+            let stopped = await platform.down()
+            log("stopped \(stopped.count) instance(s) (--down-on-exit)")
+        } else {
+            let running = platform.owners().count
+            if running > 0 {
+                log("instances of \(running) deployment(s) keep running (their router ports are closed until a daemon runs); stop them with: capstan down --state-dir \(state.resolved)")
+            }
+        }
+        await platform.shutdown()
         log("stopped")
     }
 }

@@ -12,6 +12,9 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
         var statusWrites = 0
         var events: [(EventType, String, String)] = []
         var sourceCheck = SourceCheck.ready("source ./web")
+        var artifacts: [String: ArtifactStatus] = [:]
+        var buildFailure: WorkloadError?
+        var revisions: [(owner: ObjectKey, number: Int, hash: String, template: SpecNode)] = []
     }
     let state = Mutex(State())
 
@@ -47,11 +50,10 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
     }
     func writeStatus(_ key: ObjectKey, _ status: SpecNode) async throws -> Bool {
         try state.withLock { state in
-            guard var stored = state.objects[key], case .application(var app) = stored.resource else { return false }
-            let decoded = try ApplicationStatus.decoded(from: status)
-            guard decoded != app.status else { return false }
-            app.status = decoded
-            stored.resource = .application(app)
+            guard var stored = state.objects[key] else { return false }
+            let updated = try stored.resource.withStatus(status)
+            guard updated != stored.resource else { return false }
+            stored.resource = updated
             state.objects[key] = stored
             state.statusWrites += 1
             return true
@@ -61,6 +63,20 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
         state.withLock { $0.events.append((type, reason, message)) }
     }
     func checkSource(of application: Application, specFile: String) async -> SourceCheck { state.withLock { $0.sourceCheck } }
+    func prepare(_ template: WorkloadTemplate, namespace: String) async throws(WorkloadError) -> ArtifactStatus {
+        try state.withLock { state throws(WorkloadError) in
+            if let failure = state.buildFailure { throw failure }
+            var artifact = ArtifactStatus()
+            artifact.version = template.version
+            artifact.digest = "sha256:" + template.version
+            state.artifacts[template.version] = artifact
+            return artifact
+        }
+    }
+    func artifacts(of application: ObjectKey) async -> [ArtifactStatus] {
+        state.withLock { $0.artifacts.values.sorted { $0.version > $1.version } }
+    }
+    func prune(_ application: ObjectKey, keep: Int, inUse: Set<String>) async -> [String] { [] }
 
     var application: Application? {
         state.withLock { state in
@@ -153,6 +169,21 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
         _ = try await reconciler(fake).reconcile(Self.key)
         #expect(fake.application?.status.deployments.map(\.name) == ["web-prod"])
         #expect(fake.application?.status.deployments.first?.version == "1.2")
+        #expect(fake.application?.status.artifacts.map(\.version) == ["1.2"], "the version a Deployment asks for is prepared")
+        #expect(fake.application?.status.condition("Ready")?.message.contains("prepared for 1.2") == true)
+    }
+
+    @Test func aFailedBuildStallsWithItsReason() async throws {
+        let fake = FakeStore()
+        try fake.put(Self.web)
+        try fake.put("apiVersion: capstan.dev/v1alpha1\nkind: Deployment\nmetadata: {name: web-prod}\nspec: {application: web, version: \"1.2\"}\n")
+        fake.state.withLock { $0.buildFailure = WorkloadError("BuildFailed", "build of web 1.2 failed with exit status 2; last lines: make: *** no rule") }
+        let result = try await reconciler(fake).reconcile(Self.key)
+        #expect(result == .requeue(after: ApplicationReconciler.sourceRetry))
+        let stalled = try #require(fake.application?.status.condition("Stalled"))
+        #expect(stalled.reason == "BuildFailed")
+        #expect(stalled.message.contains("no rule"))
+        #expect(fake.eventReasons == ["BuildFailed"])
     }
 
     @Test func aDeletedApplicationIsDone() async throws {

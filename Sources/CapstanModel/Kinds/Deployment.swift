@@ -132,6 +132,9 @@ public struct RevisionRecord: SpecObject, Hashable {
     public var startedAt: Timestamp?
     public var finishedAt: Timestamp?
     public var outcome: String?
+    /// The last time the rollout of this revision made progress (an instance started, became
+    /// ready or was replaced); `progressDeadline` counts from here.
+    public var progressedAt: Timestamp?
 
     public init() {}
 
@@ -142,6 +145,26 @@ public struct RevisionRecord: SpecObject, Hashable {
         .optional("startedAt", \.startedAt),
         .optional("finishedAt", \.finishedAt),
         .optional("outcome", \.outcome, "Succeeded, Failed, RolledBack or Superseded."),
+        .optional("progressedAt", \.progressedAt, "Last progress of this revision's rollout."),
+    ]
+}
+
+/// A revision that runs instead of the one the spec describes: after an automatic rollback
+/// (reason `RolledBack`) or a requested one (`RollbackRequested`). It holds until the spec's
+/// template changes away from `specTemplateHash`.
+public struct DeploymentRollback: SpecObject, Hashable {
+    public var toRevision = 0
+    public var specTemplateHash = ""
+    public var reason = ""
+    public var message: String?
+
+    public init() {}
+
+    public static let fields: [Field<DeploymentRollback>] = [
+        .required("toRevision", \.toRevision, "The revision that runs.", .minimum(1)),
+        .required("specTemplateHash", \.specTemplateHash, "The template hash of the spec when the rollback happened."),
+        .required("reason", \.reason, "RolledBack or RollbackRequested."),
+        .optional("message", \.message),
     ]
 }
 
@@ -158,6 +181,7 @@ public struct DeploymentStatus: CommonStatus, Hashable {
     public var availableReplicas: Int?
     public var nextWindowTime: Timestamp?
     public var history: [RevisionRecord] = []
+    public var rollback: DeploymentRollback?
 
     public init() {}
 
@@ -165,12 +189,13 @@ public struct DeploymentStatus: CommonStatus, Hashable {
         .optional("phase", \.phase),
         .optional("version", \.version, "The version the current revision runs."),
         .optional("currentRevision", \.currentRevision),
-        .optional("replicas", \.replicas, "Desired instances."),
+        .optional("replicas", \.replicas, "Instances running, of every revision."),
         .optional("updatedReplicas", \.updatedReplicas, "Instances of the current revision."),
         .optional("readyReplicas", \.readyReplicas, "Instances passing their health check."),
         .optional("availableReplicas", \.availableReplicas, "Ready instances receiving traffic."),
         .optional("nextWindowTime", \.nextWindowTime, "When the deployment window opens next."),
         .defaulted("history", \.history, [], "Revisions, oldest first."),
+        .optional("rollback", \.rollback, "Set while a rolled-back revision runs instead of the spec's."),
     ]
 }
 
@@ -189,6 +214,6 @@ public struct Deployment: Resource, Hashable {
         PrinterColumn("Ready-Replicas", "string", ".status.readyReplicas", "Ready instances"),
         PrinterColumn("Replicas", "integer", ".spec.replicas", "Desired instances"),
         PrinterColumn("Revision", "integer", ".status.currentRevision", "Current revision"),
-        PrinterColumn("Phase", "string", ".status.phase", "Rollout phase", priority: 1),
+        PrinterColumn("Phase", "string", ".status.phase", "Rollout phase"),
     ]
 }

@@ -47,6 +47,11 @@ public final class RuntimeMetrics: Sendable {
         registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "source_errors", unitName: "total", helpText: "Source reads with problems."), labels: [("source", source)]).increment()
     }
 
+    /// Counts an instance restarted by the supervisor.
+    public func instanceRestarted() {
+        registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "instance_restarts", unitName: "total", helpText: "Instances restarted after they exited.")).increment()
+    }
+
     /// 1 while this daemon leads (every daemon leads until leader election arrives).
     public func leader(_ isLeader: Bool) {
         registry.makeGauge(descriptor: .init(namespace: "capstan", metricName: "leader", unitName: "", helpText: "1 when this daemon is the leader.")).set(isLeader ? 1.0 : 0.0)

@@ -1,0 +1,278 @@
+import CapstanControllers
+import CapstanModel
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The routers of every Deployment, by owner; backends may arrive before the port is bound.
+actor RouterSet {
+    private var routers: [ObjectKey: TCPRouter] = [:]
+    private var backends: [ObjectKey: [Backend]] = [:]
+
+    func expose(_ key: ObjectKey, host: String, port: Int?) async throws(WorkloadError) {
+        if let existing = routers[key], existing.port == port, existing.host == host { return }
+        if let existing = routers.removeValue(forKey: key) { await existing.close() }
+        guard let port else { return }
+        do {
+            routers[key] = try await TCPRouter(host: host, port: port, backends: backends[key] ?? [])
+        } catch {
+            throw WorkloadError("PortUnavailable", "cannot listen on \(host):\(port): \(Prober.describe(error))")
+        }
+    }
+
+    func setBackends(_ key: ObjectKey, _ list: [Backend]) {
+        backends[key] = list
+        routers[key]?.setBackends(list)
+    }
+
+    /// Waits until no connection to the backend port is open, at most `timeout`.
+    func drain(_ key: ObjectKey, port: Int, timeout: Duration) async {
+        guard let router = routers[key] else { return }
+        let deadline = ContinuousClock.now + timeout
+        while router.activeConnections(to: port) > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    func close(_ key: ObjectKey) async -> String? {
+        backends[key] = nil
+        guard let router = routers.removeValue(forKey: key) else { return nil }
+        await router.close()
+        return "listener \(router.host):\(router.port)"
+    }
+
+    func closeAll() async {
+        for key in Array(routers.keys) { _ = await close(key) }
+    }
+
+    func listening(_ key: ObjectKey) -> (host: String, port: Int)? {
+        routers[key].map { ($0.host, $0.port) }
+    }
+}
+
+/// The local platform for Applications and Deployments: artifacts, releases, supervised
+/// instances and the router, all under the state directory.
+public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
+    public static let releaseType = "release"
+
+    public let stateDirectory: String
+    public let routerHost: String
+    public let artifacts: Artifacts
+    public let supervisor: Supervisor
+    let routers = RouterSet()
+    let store: StateStore
+    /// How long a stopped instance's connections may drain before it gets SIGTERM.
+    let drainTimeout: Duration
+
+    /// `enqueue` is called when an instance's readiness changes (its Deployment's reconcile).
+    public init(stateDirectory: String, store: StateStore, events: any EventRecorder, routerHost: String = "127.0.0.1",
+                grace: Duration = .seconds(10), drainTimeout: Duration = .seconds(2),
+                enqueue: @escaping @Sendable (ObjectKey) async -> Void, restarted: @escaping @Sendable () -> Void = {}) throws(SpawnError) {
+        self.stateDirectory = stateDirectory
+        self.routerHost = routerHost
+        self.store = store
+        self.drainTimeout = drainTimeout
+        artifacts = Artifacts(stateDirectory: stateDirectory, store: store)
+        let routers = routers
+        supervisor = try Supervisor(store: store, events: events, grace: grace,
+                                    onReady: { key, backends in await routers.setBackends(key, backends) },
+                                    onChange: enqueue, restarted: restarted)
+    }
+
+    func deploymentDirectory(_ key: ObjectKey) -> String { "\(stateDirectory)/deployments/\(key.namespace)/\(key.name)" }
+
+    // MARK: - ArtifactPlatform
+
+    public func checkSource(of application: Application, specFile: String) async -> SourceCheck {
+        SourceReachability.check(application, specFile: specFile)
+    }
+
+    public func prepare(_ template: WorkloadTemplate, namespace: String) async throws(WorkloadError) -> ArtifactStatus {
+        try await artifacts.prepare(template, namespace: namespace).artifact
+    }
+
+    public func artifacts(of application: ObjectKey) async -> [ArtifactStatus] {
+        await artifacts.artifacts(of: application)
+    }
+
+    public func prune(_ application: ObjectKey, keep: Int, inUse: Set<String>) async -> [String] {
+        // Versions a release still points at are in use too (rollbacks need them).
+        let prefix = "\(stateDirectory)/artifacts/\(application.namespace)/\(application.name)/"
+        var used = inUse
+        for entry in (try? store.inventory(type: Self.releaseType)) ?? [] where entry.data["artifact"]?.hasPrefix(prefix) ?? false {
+            used.insert(String(entry.data["artifact"]!.dropFirst(prefix.count)))
+        }
+        return await artifacts.prune(application, keep: keep, inUse: used)
+    }
+
+    // MARK: - WorkloadPlatform
+
+    public func prepare(_ revision: WorkloadRevision, for deployment: ObjectKey, current: Bool) async throws(WorkloadError) -> [String] {
+        let (_, artifact) = try await artifacts.prepare(revision.template, namespace: deployment.namespace)
+        let directory = deploymentDirectory(deployment)
+        let releases = directory + "/releases"
+        var repairs: [String] = []
+        do {
+            try FileManager.default.createDirectory(atPath: releases, withIntermediateDirectories: true)
+        } catch {
+            throw WorkloadError("StartFailed", "cannot create \(releases): \(error.localizedDescription)")
+        }
+        let release = "\(releases)/\(revision.number)"
+        let id = "\(deployment.namespace)/\(deployment.name)/\(revision.number)"
+        let known = ((try? store.inventory(of: deployment, type: Self.releaseType)) ?? []).first { $0.id == id }
+        if Self.link(release, to: artifact), known?.data["artifact"] == artifact {
+            repairs.append("release \(revision.number) restored")
+        }
+        if known?.data["artifact"] != artifact {
+            try? store.recordInventory(.init(type: Self.releaseType, id: id, owner: deployment, data: ["artifact": artifact, "path": release], createdAt: Date()))
+        }
+        // The current link changes with a new revision; for a known one it changes only when
+        // someone removed or moved it.
+        if current, Self.link(directory + "/current", to: "releases/\(revision.number)"), known != nil {
+            repairs.append("current symlink restored")
+        }
+        return repairs
+    }
+
+    /// Points `path` at `target` (a new symlink renamed over the old one: atomic); returns
+    /// whether it had to change.
+    @discardableResult
+    static func link(_ path: String, to target: String) -> Bool {
+        if (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) == target { return false }
+        let temporary = path + ".tmp-\(UUID().uuidString.prefix(8))"
+        guard symlink(target, temporary) == 0 else { return false }
+        if rename(temporary, path) != 0 {
+            // A directory in the way (someone replaced the link): remove it and retry.
+            Artifacts.removeTree(path)
+            if rename(temporary, path) != 0 { unlink(temporary) }
+        }
+        return true
+    }
+
+    public func instances(of deployment: ObjectKey) async -> [InstanceState] {
+        await supervisor.instances(of: deployment)
+    }
+
+    public func start(_ revision: WorkloadRevision, for deployment: ObjectKey, memoryLimit: Int64?) async throws(WorkloadError) -> String {
+        let template = revision.template
+        guard !template.spec.command.isEmpty else {
+            throw WorkloadError("StartFailed", "application \(template.application) has no command to run on the local platform")
+        }
+        let directory = "\(deploymentDirectory(deployment))/releases/\(revision.number)"
+        let id = "\(deployment.name)-\(revision.hash.prefix(8))-\(Self.randomSuffix())"
+        guard let port = Self.freePort() else { throw WorkloadError("StartFailed", "no free port on 127.0.0.1 for instance \(id)") }
+        let daemon = ProcessInfo.processInfo.environment
+        var base: [(String, String)] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "TMPDIR"].compactMap { name in daemon[name].map { (name, $0) } }
+        if daemon["PATH"] == nil { base.append(("PATH", "/usr/local/bin:/usr/bin:/bin")) }
+        base += [
+            ("PORT", String(port)), ("CAPSTAN_INSTANCE", id), ("CAPSTAN_REVISION", String(revision.number)),
+            ("CAPSTAN_VERSION", template.version), ("CAPSTAN_DEPLOYMENT", deployment.name),
+            ("CAPSTAN_APPLICATION", template.application), ("CAPSTAN_NAMESPACE", deployment.namespace),
+        ]
+        let (environment, secret) = EnvExpansion.environment(base: base, variables: template.env)
+        if let secret {
+            throw WorkloadError("SecretUnavailable", "env \(secret) takes its value from a secret; secrets come with SecretRotation and are not available yet")
+        }
+        let command = template.spec.command.map { EnvExpansion.expand($0) { environment[$0] } }
+        guard Spawner.resolve(command[0], path: environment["PATH"], workingDirectory: directory) != nil else {
+            throw WorkloadError("StartFailed", "command \"\(command[0])\" not found (PATH=\(environment["PATH"] ?? "")) or not executable")
+        }
+        let logDirectory = "\(stateDirectory)/logs/\(deployment.namespace)/\(deployment.name)"
+        try? FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
+        let launch = InstanceLaunch(
+            id: id, revision: revision.number, templateHash: revision.hash, version: template.version, port: port,
+            command: command, environment: environment, workingDirectory: directory, logPath: "\(logDirectory)/\(id).log",
+            memoryLimit: memoryLimit.map { UInt64(max(0, $0)) },
+            probe: ProbeSpec(template.spec.healthCheck, ports: template.spec.ports, instancePort: port))
+        do {
+            try await supervisor.start(launch, owner: deployment)
+        } catch {
+            throw WorkloadError("StartFailed", error.description)
+        }
+        return id
+    }
+
+    public func stop(instance: String, of deployment: ObjectKey) async {
+        let routers = routers
+        let timeout = drainTimeout
+        await supervisor.stop(instance) { port in await routers.drain(deployment, port: port, timeout: timeout) }
+    }
+
+    public func expose(_ deployment: ObjectKey, port: Int?) async throws(WorkloadError) {
+        try await routers.expose(deployment, host: routerHost, port: port)
+    }
+
+    public func pruneReleases(of deployment: ObjectKey, keeping revisions: Set<Int>) async {
+        let inUse = Set(await supervisor.instances(of: deployment).map(\.revision))
+        for entry in (try? store.inventory(of: deployment, type: Self.releaseType)) ?? [] {
+            guard let number = Int(entry.id.split(separator: "/").last ?? ""), !revisions.contains(number), !inUse.contains(number) else { continue }
+            if let path = entry.data["path"] { unlink(path) }
+            _ = try? store.removeInventory(type: Self.releaseType, id: entry.id)
+        }
+    }
+
+    public func remove(_ deployment: ObjectKey) async -> [String] {
+        var removed: [String] = []
+        if let listener = await routers.close(deployment) { removed.append(listener) }
+        let routers = routers
+        let timeout = drainTimeout
+        let stopped = await supervisor.stopAll(of: deployment) { port in await routers.drain(deployment, port: port, timeout: timeout) }
+        removed += stopped.map { "instance \($0)" }
+        let directory = deploymentDirectory(deployment)
+        let releases = (try? store.inventory(of: deployment, type: Self.releaseType)) ?? []
+        for entry in releases { _ = try? store.removeInventory(type: Self.releaseType, id: entry.id) }
+        if FileManager.default.fileExists(atPath: directory) {
+            Artifacts.removeTree(directory)
+            removed.append("releases in \(directory)")
+        }
+        return removed
+    }
+
+    /// Adopts the instances a previous daemon left running (restarts the dead ones).
+    public func adopt() async -> (adopted: Int, restarted: Int) {
+        await supervisor.adopt()
+    }
+
+    /// The owners that have something in the inventory (for the orphan sweep).
+    public func owners() -> Set<ObjectKey> {
+        Set(((try? store.inventory()) ?? []).map(\.owner).filter { $0.kind == .deployment })
+    }
+
+    /// Stops every instance and router (`capstan run --down-on-exit`).
+    public func down() async -> [String] {
+        await routers.closeAll()
+        return await supervisor.stopAll(of: nil)
+    }
+
+    public func shutdown() async {
+        await routers.closeAll()
+        await supervisor.shutdown()
+    }
+
+    /// Where a Deployment's router listens.
+    public func listening(_ deployment: ObjectKey) async -> (host: String, port: Int)? {
+        await routers.listening(deployment)
+    }
+
+    static func randomSuffix() -> String {
+        let alphabet = Array("bcdfghjklmnpqrstvwxz2456789")
+        return String((0..<5).map { _ in alphabet.randomElement()! })
+    }
+
+    /// An ephemeral port nothing listens on now (the instance binds it right after).
+    static func freePort() -> Int? {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard socket >= 0 else { return nil }
+        defer { close(socket) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
+        }
+        return bound ? Int(UInt16(bigEndian: address.sin_port)) : nil
+    }
+}

@@ -1,0 +1,294 @@
+import CapstanModel
+import CapstanRuntime
+import Foundation
+import Synchronization
+import Testing
+@testable import CapstanControllers
+
+extension FakeStore: RevisionStore {
+    func recordRevision(of owner: ObjectKey, hash: String, template: SpecNode) async throws -> (number: Int, template: SpecNode) {
+        state.withLock { state in
+            let mine = state.revisions.filter { $0.owner == owner }
+            if let newest = mine.max(by: { $0.number < $1.number }), newest.hash == hash { return (newest.number, newest.template) }
+            let number = (mine.map(\.number).max() ?? 0) + 1
+            state.revisions.removeAll { $0.owner == owner && $0.hash == hash }
+            state.revisions.append((owner, number, hash, template))
+            return (number, template)
+        }
+    }
+    func revisions(of owner: ObjectKey) async throws -> [(number: Int, hash: String, template: SpecNode)] {
+        state.withLock { $0.revisions.filter { $0.owner == owner }.sorted { $0.number < $1.number }.map { ($0.number, $0.hash, $0.template) } }
+    }
+    func pruneRevisions(of owner: ObjectKey, keep: Int, inUse: Set<Int>) async throws {}
+    func removeRevisions(of owner: ObjectKey) async throws {
+        state.withLock { $0.revisions.removeAll { $0.owner == owner } }
+    }
+
+    var deployment: Deployment? {
+        state.withLock { state in
+            if case .deployment(let deployment)? = state.objects[DeploymentReconcilerTests.key]?.resource { return deployment }
+            return nil
+        }
+    }
+}
+
+/// Instances in memory: started unready; the test decides when they become ready.
+final class FakeWorkload: WorkloadPlatform, Sendable {
+    struct State {
+        var instances: [InstanceState] = []
+        var started = 0
+        var stopped: [String] = []
+        var startFailure: WorkloadError?
+        var port: Int?
+        var removed = false
+    }
+    let state = Mutex(State())
+
+    func prepare(_ revision: WorkloadRevision, for deployment: ObjectKey, current: Bool) async throws(WorkloadError) -> [String] { [] }
+    func instances(of deployment: ObjectKey) async -> [InstanceState] { state.withLock { $0.instances } }
+    func start(_ revision: WorkloadRevision, for deployment: ObjectKey, memoryLimit: Int64?) async throws(WorkloadError) -> String {
+        try state.withLock { state throws(WorkloadError) in
+            if let failure = state.startFailure { throw failure }
+            state.started += 1
+            let id = "i\(state.started)"
+            state.instances.append(InstanceState(id: id, templateHash: revision.hash, revision: revision.number, ready: false))
+            return id
+        }
+    }
+    func stop(instance: String, of deployment: ObjectKey) async {
+        state.withLock { state in
+            state.instances.removeAll { $0.id == instance }
+            state.stopped.append(instance)
+        }
+    }
+    func expose(_ deployment: ObjectKey, port: Int?) async throws(WorkloadError) { state.withLock { $0.port = port } }
+    func pruneReleases(of deployment: ObjectKey, keeping revisions: Set<Int>) async {}
+    func remove(_ deployment: ObjectKey) async -> [String] {
+        state.withLock { state in
+            state.removed = true
+            defer { state.instances = [] }
+            return state.instances.map { "instance \($0.id)" }
+        }
+    }
+
+    /// Marks every instance (of a hash, or all) ready.
+    func makeReady(_ hash: String? = nil) {
+        state.withLock { state in
+            for index in state.instances.indices where hash == nil || state.instances[index].templateHash == hash { state.instances[index].ready = true }
+        }
+    }
+    var instances: [InstanceState] { state.withLock { $0.instances } }
+}
+
+@Suite struct DeploymentReconcilerTests {
+    static let key = ObjectKey(kind: .deployment, namespace: "default", name: "web")
+    static let app = "apiVersion: capstan.dev/v1alpha1\nkind: Application\nmetadata: {name: web}\nspec: {source: {path: ./web}, command: [./web]}\n"
+    static func deployment(version: String, replicas: Int = 3, extra: String = "strategy: {maxSurge: 1, maxUnavailable: 0}") -> String {
+        "apiVersion: capstan.dev/v1alpha1\nkind: Deployment\nmetadata: {name: web}\nspec: {application: web, version: \"\(version)\", replicas: \(replicas), port: 18080, progressDeadline: 60s, \(extra)}\n"
+    }
+
+    final class Clock: Sendable {
+        let time = Mutex(Date(timeIntervalSince1970: 1_800_000_000))
+        func advance(_ seconds: Double) { time.withLock { $0 = $0.addingTimeInterval(seconds) } }
+        var now: Date { time.withLock { $0 } }
+    }
+
+    func reconciler(_ fake: FakeStore, _ workload: FakeWorkload, _ clock: Clock) -> DeploymentReconciler {
+        DeploymentReconciler(store: fake, events: fake, workload: workload, revisions: fake, now: { clock.now })
+    }
+
+    /// Reconciles until nothing changes (the queue would do the same on each event).
+    @discardableResult
+    func settle(_ reconciler: DeploymentReconciler, times: Int = 4) async throws -> ReconcileResult {
+        var result = ReconcileResult.done
+        for _ in 0..<times { result = try await reconciler.reconcile(Self.key) }
+        return result
+    }
+
+    @Test func aFirstRolloutStartsReplicasAndSucceedsWhenTheyAreReady() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        try fake.put(Self.app)
+        try fake.put(Self.deployment(version: "1.0"))
+        let reconciler = reconciler(fake, workload, clock)
+        try await settle(reconciler)
+        // maxSurge 1 over 0 running: Kubernetes' rule allows replicas + surge at once.
+        #expect(workload.instances.count == 3)
+        #expect(fake.deployment?.status.phase == .progressing)
+        #expect(workload.state.withLock { $0.port } == 18080)
+        workload.makeReady()
+        try await settle(reconciler)
+        let status = try #require(fake.deployment?.status)
+        #expect(status.phase == .succeeded)
+        #expect(status.readyReplicas == 3)
+        #expect(status.currentRevision == 1)
+        #expect(status.isReady(generation: 1))
+        #expect(status.history.map(\.outcome) == ["Succeeded"])
+        #expect(fake.eventReasons.contains("RolloutStarted") && fake.eventReasons.contains("RolloutSucceeded"))
+    }
+
+    @Test func aRollingUpdateNeverDropsBelowReplicasMinusMaxUnavailable() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        try fake.put(Self.app)
+        try fake.put(Self.deployment(version: "1.0"))
+        let reconciler = reconciler(fake, workload, clock)
+        try await settle(reconciler)
+        workload.makeReady()
+        try await settle(reconciler)
+        try fake.put(Self.deployment(version: "2.0"), generation: 2)
+        var steps = 0
+        repeat {
+            _ = try await reconciler.reconcile(Self.key)
+            let instances = workload.instances
+            #expect(instances.filter(\.ready).count >= 3, "maxUnavailable 0: three ready at every step")
+            #expect(instances.count <= 4, "maxSurge 1: at most four instances")
+            workload.makeReady()  // the new instance passes its health check
+            steps += 1
+        } while fake.deployment?.status.phase != .succeeded && steps < 20
+        let status = try #require(fake.deployment?.status)
+        #expect(status.phase == .succeeded)
+        #expect(status.currentRevision == 2)
+        #expect(status.version == "2.0")
+        #expect(workload.instances.count == 3)
+        #expect(Set(workload.instances.map(\.revision)) == [2])
+        #expect(status.history.map(\.outcome) == ["Succeeded", "Succeeded"])
+    }
+
+    @Test func aRevisionThatNeverGetsReadyIsRolledBackAtItsDeadline() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        try fake.put(Self.app)
+        try fake.put(Self.deployment(version: "1.0"))
+        let reconciler = reconciler(fake, workload, clock)
+        try await settle(reconciler)
+        workload.makeReady()
+        try await settle(reconciler)
+        let goodHash = try #require(workload.instances.first?.templateHash)
+        try fake.put(Self.deployment(version: "2.0-broken"), generation: 2)
+        try await settle(reconciler)
+        // One surge instance that never gets ready; the three old ones keep serving.
+        #expect(workload.instances.count == 4)
+        #expect(workload.instances.filter { $0.templateHash == goodHash && $0.ready }.count == 3)
+        clock.advance(61)
+        try await settle(reconciler)
+        let status = try #require(fake.deployment?.status)
+        #expect(fake.eventReasons.contains("ProgressDeadlineExceeded"))
+        #expect(fake.eventReasons.contains("RolledBack"))
+        #expect(workload.instances.allSatisfy { $0.templateHash == goodHash }, "the broken instance is stopped")
+        #expect(workload.instances.count == 3)
+        #expect(status.phase == .rolledBack)
+        #expect(status.currentRevision == 3, "the rollback is a new revision")
+        #expect(status.version == "1.0")
+        #expect(status.condition("Stalled")?.reason == "RollbackActive")
+        #expect(status.history.map(\.outcome) == ["Succeeded", "RolledBack", "Succeeded"])
+        // It holds until the spec changes.
+        try await settle(reconciler)
+        #expect(fake.deployment?.status.currentRevision == 3)
+        try fake.put(Self.deployment(version: "2.1"), generation: 3)
+        _ = try await reconciler.reconcile(Self.key)
+        #expect(fake.deployment?.status.rollback == nil)
+        #expect(fake.deployment?.status.version == "2.1")
+        #expect(fake.deployment?.status.currentRevision == 4)
+    }
+
+    @Test func withoutAutoRollbackADeadlineFails() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        try fake.put(Self.app)
+        try fake.put(Self.deployment(version: "1.0", replicas: 1, extra: "autoRollback: false"))
+        let reconciler = reconciler(fake, workload, clock)
+        try await settle(reconciler)
+        clock.advance(61)
+        try await settle(reconciler)
+        let status = try #require(fake.deployment?.status)
+        #expect(status.phase == .failed)
+        #expect(status.condition("Stalled")?.reason == "ProgressDeadlineExceeded")
+    }
+
+    @Test func recreateStopsEverythingBeforeStarting() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        try fake.put(Self.app)
+        try fake.put(Self.deployment(version: "1.0", replicas: 2, extra: "strategy: {type: Recreate}"))
+        let reconciler = reconciler(fake, workload, clock)
+        try await settle(reconciler)
+        workload.makeReady()
+        try await settle(reconciler)
+        try fake.put(Self.deployment(version: "2.0", replicas: 2, extra: "strategy: {type: Recreate}"), generation: 2)
+        _ = try await reconciler.reconcile(Self.key)
+        #expect(workload.instances.isEmpty, "old ones stopped first")
+        _ = try await reconciler.reconcile(Self.key)
+        #expect(workload.instances.count == 2)
+        #expect(Set(workload.instances.map(\.revision)) == [2])
+    }
+
+    @Test func aRequestedRollbackIsANewRevisionThatHoldsUntilTheSpecChanges() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        try fake.put(Self.app)
+        try fake.put(Self.deployment(version: "1.0", replicas: 1))
+        let reconciler = reconciler(fake, workload, clock)
+        for version in ["1.0", "2.0"] {
+            try fake.put(Self.deployment(version: version, replicas: 1), generation: version == "1.0" ? 1 : 2)
+            for _ in 0..<4 {
+                _ = try await reconciler.reconcile(Self.key)
+                workload.makeReady()
+            }
+        }
+        #expect(fake.deployment?.status.currentRevision == 2)
+        let message = try await reconciler.requestRollback(Self.key, toRevision: 1)
+        #expect(message.contains("revision 1"))
+        for _ in 0..<4 {
+            _ = try await reconciler.reconcile(Self.key)
+            workload.makeReady()
+        }
+        let status = try #require(fake.deployment?.status)
+        #expect(status.currentRevision == 3)
+        #expect(status.version == "1.0")
+        #expect(status.rollback?.reason == "RollbackRequested")
+        #expect(status.isReady(generation: 2))
+        await #expect(throws: WorkloadError.self) { try await reconciler.requestRollback(Self.key, toRevision: 42) }
+    }
+
+    @Test func unsupportedStrategiesAndMissingApplicationsSayWhy() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        try fake.put(Self.deployment(version: "1.0"))
+        let reconciler = reconciler(fake, workload, clock)
+        _ = try await reconciler.reconcile(Self.key)
+        #expect(fake.deployment?.status.condition("Stalled")?.reason == "ApplicationNotFound")
+        try fake.put(Self.app)
+        try fake.put(Self.deployment(version: "1.0", extra: "strategy: {type: BlueGreen}"), generation: 2)
+        _ = try await reconciler.reconcile(Self.key)
+        let stalled = try #require(fake.deployment?.status.condition("Stalled"))
+        #expect(stalled.reason == "NotSupported")
+        #expect(stalled.message.contains("not supported yet"))
+        #expect(workload.instances.isEmpty)
+    }
+
+    @Test func aStartFailureIsReportedAndTheDeadlineStillApplies() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        workload.state.withLock { $0.startFailure = WorkloadError("StartFailed", "command \"nope\" not found") }
+        try fake.put(Self.app)
+        try fake.put(Self.deployment(version: "1.0", replicas: 1))
+        let reconciler = reconciler(fake, workload, clock)
+        _ = try await reconciler.reconcile(Self.key)
+        #expect(fake.eventReasons.contains("StartFailed"))
+        #expect(fake.deployment?.status.condition("Ready")?.message.contains("command \"nope\" not found") == true)
+    }
+
+    @Test func aDeletedDeploymentIsRemoved() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        workload.state.withLock { $0.instances = [InstanceState(id: "i1", templateHash: "h", revision: 1, ready: true)] }
+        _ = try await reconciler(fake, workload, clock).reconcile(Self.key)
+        #expect(workload.state.withLock { $0.removed })
+        #expect(fake.eventReasons == ["OrphanDeleted"])
+    }
+
+    @Test func envIsMergedByNameAndExpandedLikeKubernetes() {
+        let environment = EnvExpansion.environment(base: [("PORT", "8080")], variables: [
+            EnvVar(name: "URL", value: "http://127.0.0.1:$(PORT)/"),
+            EnvVar(name: "LITERAL", value: "$$(PORT) and $(MISSING)"),
+            EnvVar(name: "LATER", value: "$(URL)x"),
+        ])
+        #expect(environment.environment["URL"] == "http://127.0.0.1:8080/")
+        #expect(environment.environment["LITERAL"] == "$(PORT) and $(MISSING)")
+        #expect(environment.environment["LATER"] == "http://127.0.0.1:8080/x")
+        #expect(environment.unresolved == nil)
+        #expect(EnvExpansion.expand("a$b$(", { _ in "x" }) == "a$b$(")
+    }
+}
