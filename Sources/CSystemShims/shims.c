@@ -22,6 +22,10 @@ int capstan_spawn_add_chdir(posix_spawn_file_actions_t *actions, const char *pat
     return posix_spawn_file_actions_addchdir_np(actions, path);
 }
 
+int capstan_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
 int capstan_epoll_create(void) {
     return epoll_create1(EPOLL_CLOEXEC);
 }

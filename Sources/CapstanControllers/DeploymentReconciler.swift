@@ -58,6 +58,8 @@ public struct DeploymentReconciler: Reconciler {
         var events: [(EventType, String, String)] = []
         /// The template hash of what the spec asks for.
         var specHash = ""
+        /// Instances were stopped: the next step of the rollout can follow at once.
+        var stoppedSome = false
 
         init(key: ObjectKey, stored: StoredObject, deployment: Deployment, time: Timestamp) {
             self.key = key
@@ -92,7 +94,7 @@ public struct DeploymentReconciler: Reconciler {
         for (type, reason, message) in step.events {
             await events.record(type, reason: reason, message: message, about: step.key)
         }
-        if let after, before?.status != after.status || before?.reason != after.reason, after.reason != "InvalidSpec",
+        if let after, after.status != .unknown, before?.status != after.status || before?.reason != after.reason, after.reason != "InvalidSpec",
            !recorded.contains(after.reason) {
             recorded.insert(after.reason)
             await events.record(after.status == .true ? .normal : .warning, reason: after.reason, message: after.message, about: step.key)
@@ -217,6 +219,7 @@ public struct DeploymentReconciler: Reconciler {
         }
         func stop(_ victims: some Sequence<InstanceState>, _ why: String) async {
             for instance in victims {
+                step.stoppedSome = true
                 await workload.stop(instance: instance.id, of: step.key)
                 step.event(.normal, "InstanceStopped", "stopped instance \(instance.id) (\(why))")
             }
@@ -350,6 +353,7 @@ public struct DeploymentReconciler: Reconciler {
         let reason = step.status.rollback == nil ? "RollingOut" : "RollingBack"
         step.status.markReconciling(reason: reason, message: message, generation: step.generation, now: step.time)
         step.status.conditions.set(DeploymentConditions.progressing, .true, reason: "ReplicaSetUpdated", message: message, observedGeneration: step.generation, now: step.time)
+        if step.stoppedSome { return .requeue(after: .milliseconds(10)) }  // room for the next new instance
         let remaining = deadlineSeconds - elapsed
         return .requeue(after: min(Self.progressCheck, .milliseconds(Int64(max(remaining, 0.01) * 1000))))
     }

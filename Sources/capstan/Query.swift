@@ -116,18 +116,26 @@ struct Get: AsyncParsableCommand {
         if let namespace { records = records.filter { $0.key.namespace == namespace } }
         if let name { records = records.filter { $0.key.name == name } }
         let type = kind.type
-        let extra = type.columns.filter { output == .wide || $0.priority == 0 }
+        // Deployments read as kubectl's do: READY is ready/desired instances.
+        let ratio = kind == .deployment
+        let extra = type.columns.filter { (output == .wide || $0.priority == 0) && !(ratio && ["Ready-Replicas", "Replicas"].contains($0.name)) }
         let header = ["NAMESPACE", "NAME", "READY", "STATUS", "REASON"] + extra.map { $0.name.uppercased() } + ["AGE"]
         let rows = records.map { record -> (ObjectKey, [String]) in
             let node = record.resource.encode()
             return (record.key, [
                 record.key.namespace, record.key.name,
-                JSONPath.text(".status.conditions[?(@.type==\"Ready\")].status", on: node),
+                ratio ? Self.readyRatio(record.resource) : JSONPath.text(".status.conditions[?(@.type==\"Ready\")].status", on: node),
                 JSONPath.text(type.statusColumnPath, on: node),
                 JSONPath.text(".status.conditions[?(@.type==\"Ready\")].reason", on: node),
             ] + extra.map { JSONPath.text($0.jsonPath, on: node) } + [age(since: record.createdAt)])
         }
         return (header, rows)
+    }
+
+    /// `2/3`: ready instances of the desired.
+    static func readyRatio(_ resource: AnyResource) -> String {
+        guard case .deployment(let deployment) = resource else { return "" }
+        return "\(deployment.status.readyReplicas ?? 0)/\(deployment.spec.replicas)"
     }
 
     private func printOnce(kind: ResourceKind, store: StateStore) throws {
@@ -238,18 +246,18 @@ struct Events: AsyncParsableCommand {
         let key = try object.map { try parseReference($0, namespace: namespace) }
         let store = try openStore(state)
         var cursor: Int64 = 0
-        print(["LAST SEEN".padding(toLength: 21, withPad: " ", startingAt: 0), "TYPE    ", "REASON".padding(toLength: 18, withPad: " ", startingAt: 0), "OBJECT".padding(toLength: 32, withPad: " ", startingAt: 0), "COUNT", " MESSAGE"].joined())
+        print(["LAST SEEN".column(21), "TYPE    ", "REASON".column(26), "OBJECT".column(32), "COUNT", " MESSAGE"].joined())
         while true {
             for stored in try store.events(for: key, after: cursor) {
                 cursor = stored.seq
                 let event = stored.event
                 let object = "\(event.involvedObject.kind.lowercased())/\(event.involvedObject.name)"
                 let seen = Timestamp(Date(timeIntervalSince1970: event.lastTimestamp.date.timeIntervalSince1970.rounded(.down)))
-                print([seen.description.padding(toLength: 21, withPad: " ", startingAt: 0),
-                       event.type.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0),
-                       event.reason.padding(toLength: 18, withPad: " ", startingAt: 0),
-                       object.padding(toLength: 32, withPad: " ", startingAt: 0),
-                       String(event.count).padding(toLength: 5, withPad: " ", startingAt: 0), " " + event.message].joined())
+                print([seen.description.column(21),
+                       event.type.rawValue.column(8),
+                       event.reason.column(26),
+                       object.column(32),
+                       String(event.count).column(5), " " + event.message].joined())
                 fflush(nil)
             }
             guard watch else { return }
@@ -263,5 +271,13 @@ enum RFC3339Text {
     static func parse(_ text: String) -> Date? {
         var context = DecodeContext()
         return Timestamp.decode(.string(text), &context)?.date
+    }
+}
+
+extension String {
+    /// Padded to `width` for a fixed-width column; a longer value is kept whole, followed by
+    /// one space (never cut: a reason or name must stay readable and greppable).
+    func column(_ width: Int) -> String {
+        count < width ? padding(toLength: width, withPad: " ", startingAt: 0) : self + " "
     }
 }

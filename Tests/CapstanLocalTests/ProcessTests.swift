@@ -42,6 +42,19 @@ import Testing
         #expect(!identity.isAlive)
     }
 
+    @Test func theDaemonsDescriptorsDoNotLeakIntoInstances() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // A descriptor without CLOEXEC, as a listening socket of a library might be.
+        let leaky = open("/dev/null", O_RDONLY)
+        defer { close(leaky) }
+        let identity = try Spawner.spawn(try spec("ls /proc/$$/fd | tr '\\n' ' '; echo; echo done"))
+        defer { kill(-identity.pid, SIGKILL) }
+        for _ in 0..<400 where !log().contains("done") { try await Task.sleep(for: .milliseconds(5)) }
+        let descriptors = log().split(separator: "\n").first.map { $0.split(separator: " ").map(String.init) } ?? []
+        #expect(descriptors.contains("1"))
+        #expect(!descriptors.contains(String(leaky)), "descriptor \(leaky) must not be inherited: \(descriptors)")
+    }
+
     @Test func exitsAreSeenAtOnce() async throws {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let watcher = try ProcessWatcher()
@@ -74,7 +87,7 @@ import Testing
         let watcher = try ProcessWatcher()
         let (exit, took) = try await self.exit(of: orphan, watcher) { kill(orphan.pid, SIGKILL) }
         #expect(exit == .unknown || exit == .signalled(SIGKILL))
-        #expect(took < .seconds(1))
+        #expect(took < .seconds(5), "seen when the process ends, not at a poll (latency is measured by hack/bench)")
         // A recorded identity whose pid now belongs to another process is not alive.
         let reused = ProcessIdentity(pid: getpid(), startTime: 1)
         #expect(!reused.isAlive)

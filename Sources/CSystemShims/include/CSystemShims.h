@@ -11,6 +11,9 @@
 int capstan_pidfd_open(pid_t pid);
 int capstan_set_memory_limit(pid_t pid, unsigned long long bytes);
 int capstan_spawn_add_chdir(posix_spawn_file_actions_t *actions, const char *path);
+/// Closes every descriptor from `from` up in the child (the daemon's sockets, the store, the
+/// router's listeners must not leak into instances, whatever their CLOEXEC flag).
+int capstan_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
 
 int capstan_epoll_create(void);
 int capstan_epoll_add(int epoll, int fd);

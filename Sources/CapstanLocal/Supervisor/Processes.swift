@@ -105,6 +105,7 @@ public enum Spawner {
         posix_spawn_file_actions_adddup2(&actions, log, 1)
         posix_spawn_file_actions_adddup2(&actions, log, 2)
         capstan_spawn_add_chdir(&actions, spec.workingDirectory)
+        capstan_spawn_add_closefrom(&actions, 3)
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
