@@ -239,6 +239,28 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
         Set(((try? store.inventory()) ?? []).map(\.owner).filter { $0.kind == .deployment })
     }
 
+    /// Removes the logs of Deployments that no longer exist once nothing was written to them
+    /// for `age` (a deleted Deployment's logs stay a day, for the post-mortem).
+    public func pruneLogs(keeping existing: Set<ObjectKey>, olderThan age: TimeInterval = 86_400) -> [String] {
+        let manager = FileManager.default
+        let logs = stateDirectory + "/logs"
+        var removed: [String] = []
+        for namespace in (try? manager.contentsOfDirectory(atPath: logs)) ?? [] {
+            for name in (try? manager.contentsOfDirectory(atPath: "\(logs)/\(namespace)")) ?? [] {
+                let key = ObjectKey(kind: .deployment, namespace: namespace, name: name)
+                let directory = "\(logs)/\(namespace)/\(name)"
+                guard !existing.contains(key), !owners().contains(key) else { continue }
+                let files = [""] + ((try? manager.contentsOfDirectory(atPath: directory)) ?? [])
+                let newest = files.compactMap { (try? manager.attributesOfItem(atPath: "\(directory)/\($0)"))?[.modificationDate] as? Date }.max()
+                if Date().timeIntervalSince(newest ?? .distantPast) > age {
+                    try? manager.removeItem(atPath: directory)
+                    removed.append(directory)
+                }
+            }
+        }
+        return removed
+    }
+
     /// Stops every instance and router (`capstan run --down-on-exit`).
     public func down() async -> [String] {
         await routers.closeAll()

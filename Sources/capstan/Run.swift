@@ -187,6 +187,9 @@ struct Run: AsyncParsableCommand {
             for object in cache.objects(kind: .application) { await applications.queue.add(object.key) }
             for object in cache.objects(kind: .deployment) { await deployments.queue.add(object.key) }
             for owner in platform.owners() where cache.get(owner) == nil { await deployments.queue.add(owner) }
+            for directory in platform.pruneLogs(keeping: Set(cache.objects(kind: .deployment).map(\.key))) {
+                log("removed the logs of a Deployment deleted more than a day ago: \(directory)")
+            }
         }
         let source = SpecDirectorySource(root: specDirectory, store: store, cache: cache, allowEmpty: allowEmpty, log: { log($0) }) { key, resource in
             await enqueue(key, resource)

@@ -231,6 +231,19 @@ import Glibc
         #expect(bad.status == 0, "the request is taken; the daemon refuses it with an event")
         try poll("the refused rollback is an event") { try events().contains("RollbackRefused") }
 
+        // A current link and a release removed behind Capstan's back are restored (at the next
+        // reconcile: a resync, an event, or as here a request).
+        let releases = state + "/deployments/default/web"
+        let current = try FileManager.default.destinationOfSymbolicLink(atPath: releases + "/current")
+        try FileManager.default.removeItem(atPath: releases + "/current")
+        try FileManager.default.removeItem(atPath: releases + "/" + current)
+        #expect(try CLITests.capstan(["reconcile", "deployment/web", "--state-dir", state]).status == 0)
+        try poll("drift corrected") {
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: releases + "/current")) == current
+                && FileManager.default.fileExists(atPath: releases + "/" + current + "/server.py")
+        }
+        #expect(try events().contains("DriftCorrected"))
+
         // Deleting the spec file leaves no process, no listener and no release behind.
         try FileManager.default.removeItem(atPath: specs + "/web.yaml")
         try poll("everything removed") {

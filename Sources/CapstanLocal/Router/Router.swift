@@ -185,8 +185,15 @@ final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        onPartner { _, partnerContext in partnerContext.close(promise: nil) }
+        // What this side sent still reaches the other before it is closed.
+        onPartner { partner, partnerContext in partner.afterWrites(partnerContext) { $0.close(promise: nil) } }
         context.fireChannelInactive()
+    }
+
+    /// Runs `body` once every write queued so far has gone out (an empty write completes in order).
+    private func afterWrites(_ context: ChannelHandlerContext, _ body: @escaping @Sendable (ChannelHandlerContext) -> Void) {
+        let box = UnsafeTransfer(context)
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in body(box.value) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -201,10 +208,9 @@ final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     private func closeOutput(_ context: ChannelHandlerContext) {
         outputClosed = true
-        if inputClosed {
-            context.close(promise: nil)
-        } else {
-            context.close(mode: .output, promise: nil)
+        let both = inputClosed
+        afterWrites(context) { context in
+            if both { context.close(promise: nil) } else { context.close(mode: .output, promise: nil) }
         }
     }
 
