@@ -243,14 +243,16 @@ public actor Supervisor {
         let directory = instance.launch.workingDirectory
         instance.tasks.append(Task {
             if probe.initialDelay > .zero { try? await Task.sleep(for: probe.initialDelay) }
-            // Until the first success, probe quickly (25 ms doubling up to the interval), so a
-            // restarted instance is back in the router as soon as it answers.
-            var pause = Duration.milliseconds(25)
+            // Until the first success, probe quickly: every 10 ms for the first second (most
+            // apps start within it), then doubling up to the interval; so a restarted instance
+            // is back in the router as soon as it answers.
+            let started = ContinuousClock.now
+            var pause = Duration.milliseconds(10)
             while !Task.isCancelled {
                 let failure = await Prober.run(probe, environment: environment, workingDirectory: directory)
                 guard let ready = await self.probed(id, run: run, failure) else { return }
-                pause = ready ? probe.interval : min(pause * 2, probe.interval)
-                try? await Task.sleep(for: ready ? probe.interval : pause)
+                if !ready && ContinuousClock.now - started > .seconds(1) { pause = min(pause * 2, probe.interval) }
+                try? await Task.sleep(for: ready ? probe.interval : min(pause, probe.interval))
             }
         })
         instances[id] = instance
