@@ -335,3 +335,29 @@ import Testing
         #expect(try store.revisions(of: owner).isEmpty)
     }
 }
+
+/// The lease row (migration v5): compare-and-swap against a real SQLite file, two stores on it.
+@Suite struct LeaseStoreTests {
+    @Test func compareAndSwapLetsOneOfTwoDaemonsWin() async throws {
+        let directory = NSTemporaryDirectory() + "capstan-lease-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let first = try StateStore(directory: directory), second = try StateStore(directory: directory)
+        let time = Date(timeIntervalSince1970: 1_800_000_000)
+        let record = LeaseRecord(holderIdentity: "a", leaseDurationSeconds: 15, acquireTime: time, renewTime: time, leaseTransitions: 0)
+        #expect(try await first.get("capstan") == nil)
+        #expect(try await first.create("capstan", record))
+        #expect(try await !second.create("capstan", LeaseRecord(holderIdentity: "b", leaseDurationSeconds: 15, acquireTime: time, renewTime: time, leaseTransitions: 0)))
+        let seen = try #require(try await second.get("capstan"))
+        #expect(seen.record == record)
+        var takeover = record
+        takeover.holderIdentity = "b"
+        takeover.leaseTransitions = 1
+        // Both try to update from the same version: exactly one wins.
+        async let one = first.update("capstan", record, expecting: seen.version)
+        async let two = second.update("capstan", takeover, expecting: seen.version)
+        let results = try await [one, two]
+        #expect(results.filter { $0 }.count == 1, "\(results)")
+        #expect(try await first.update("capstan", record, expecting: seen.version) == false, "a stale version never wins")
+        #expect(try first.leases().count == 1)
+    }
+}

@@ -110,7 +110,7 @@ public final class StateStore: Sendable {
     // MARK: - Schema
 
     /// Migrations in order. Never edit a shipped one: add a new one.
-    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests", "v4-inventory-revisions"]
+    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests", "v4-inventory-revisions", "v5-leases"]
 
     static let migrator: DatabaseMigrator = {
         var migrator = DatabaseMigrator()
@@ -177,6 +177,21 @@ public final class StateStore: Sendable {
                     template TEXT NOT NULL,        -- JSON
                     created_at REAL NOT NULL,
                     PRIMARY KEY (kind, namespace, name, revision)
+                );
+                """)
+        }
+        migrator.registerMigration("v5-leases") { db in
+            // Leader election among daemons on one state directory: Kubernetes Lease fields
+            // plus a version for compare-and-swap.
+            try db.execute(sql: """
+                CREATE TABLE leases (
+                    name TEXT PRIMARY KEY,
+                    holder TEXT NOT NULL,
+                    duration_seconds INTEGER NOT NULL,
+                    acquire_time REAL NOT NULL,
+                    renew_time REAL NOT NULL,
+                    transitions INTEGER NOT NULL,
+                    version INTEGER NOT NULL
                 );
                 """)
         }

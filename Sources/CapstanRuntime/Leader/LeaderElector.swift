@@ -1,0 +1,190 @@
+import Foundation
+
+/// A lease as Kubernetes' `coordination.k8s.io/v1` Lease spec has it.
+public struct LeaseRecord: Sendable, Hashable {
+    /// Empty when nobody holds it (released).
+    public var holderIdentity: String
+    public var leaseDurationSeconds: Int
+    public var acquireTime: Date
+    public var renewTime: Date
+    public var leaseTransitions: Int
+
+    public init(holderIdentity: String, leaseDurationSeconds: Int, acquireTime: Date, renewTime: Date, leaseTransitions: Int) {
+        self.holderIdentity = holderIdentity
+        self.leaseDurationSeconds = leaseDurationSeconds
+        self.acquireTime = acquireTime
+        self.renewTime = renewTime
+        self.leaseTransitions = leaseTransitions
+    }
+}
+
+/// Where leases live, with compare-and-swap: the local state store (a row, CAS in a
+/// transaction) or the Kubernetes API (a Lease object, CAS by resourceVersion).
+public protocol LeaseStore: Sendable {
+    /// The lease and an opaque version for `update`; nil when there is none yet.
+    func get(_ name: String) async throws -> (record: LeaseRecord, version: String)?
+    /// Creates the lease; false when it exists already (someone else was quicker).
+    func create(_ name: String, _ record: LeaseRecord) async throws -> Bool
+    /// Replaces the lease if it is still at `version`; false when it changed meanwhile.
+    func update(_ name: String, _ record: LeaseRecord, expecting version: String) async throws -> Bool
+}
+
+/// Timing of an election (client-go's defaults: 15 s, 10 s, 2 s).
+public struct LeaderElectionConfig: Sendable {
+    public var leaseName: String
+    public var identity: String
+    /// How long a lease holds without renewal, before another may take it.
+    public var leaseDuration: Duration
+    /// A leader that could not renew for this long steps down (before the lease can expire).
+    public var renewDeadline: Duration
+    /// How often to try to acquire or renew.
+    public var retryPeriod: Duration
+
+    public init(leaseName: String, identity: String, leaseDuration: Duration = .seconds(15), renewDeadline: Duration = .seconds(10),
+                retryPeriod: Duration = .seconds(2)) {
+        self.leaseName = leaseName
+        self.identity = identity
+        self.leaseDuration = leaseDuration
+        self.renewDeadline = renewDeadline
+        self.retryPeriod = retryPeriod
+    }
+
+    /// Why the timings cannot work, or nil (the same rules as client-go).
+    public var problem: String? {
+        if leaseDuration <= renewDeadline { return "the lease duration must be longer than the renew deadline" }
+        if renewDeadline <= retryPeriod { return "the renew deadline must be longer than the retry period" }
+        if retryPeriod <= .zero { return "the retry period must be positive" }
+        if identity.isEmpty { return "the identity must not be empty" }
+        return nil
+    }
+}
+
+/// Leader election with Kubernetes Lease semantics over any `LeaseStore` (client-go's
+/// algorithm). Expiry is judged on this process's clock, from when it last saw the lease
+/// change, never from the holder's timestamps, so clocks that disagree between hosts do not
+/// matter. A leader renews every `retryPeriod`; one that cannot renew within `renewDeadline`
+/// calls `onStoppedLeading` before the lease can expire for anyone else.
+public final class LeaderElector<C: Clock>: Sendable where C.Duration == Duration {
+    public let config: LeaderElectionConfig
+    let store: any LeaseStore
+    let clock: C
+    let now: @Sendable () -> Date
+    let log: @Sendable (String) -> Void
+
+    private struct Observed: Sendable {
+        var record: LeaseRecord?
+        var version: String?
+        var at: C.Instant?
+    }
+    private let observed: Synchronized<Observed>
+
+    public init(config: LeaderElectionConfig, store: any LeaseStore, clock: C, now: @escaping @Sendable () -> Date = Date.init,
+                log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.now = now
+        self.log = log
+        observed = Synchronized(Observed())
+    }
+
+    /// Whether this elector holds the lease as far as it last saw.
+    public var isLeader: Bool { observed.value.record?.holderIdentity == config.identity }
+
+    /// The lease as last seen.
+    public var lastObserved: LeaseRecord? { observed.value.record }
+
+    /// Campaigns until elected (retrying every `retryPeriod`), then renews until cancelled or
+    /// until renewal fails past the deadline. Returns normally after `onStoppedLeading` ran;
+    /// on cancellation while leading, the lease is released first.
+    public func run(onStartedLeading: @escaping @Sendable () async -> Void, onStoppedLeading: @escaping @Sendable (_ lost: Bool) async -> Void) async {
+        // Acquire.
+        while !Task.isCancelled {
+            if await tryAcquireOrRenew() { break }
+            try? await clock.sleep(for: config.retryPeriod)
+        }
+        guard !Task.isCancelled else { return }
+        log("elected: \(config.identity) holds lease \(config.leaseName)")
+        await onStartedLeading()
+
+        // Renew.
+        var lastRenew = clock.now
+        while true {
+            do {
+                try await clock.sleep(for: config.retryPeriod)
+            } catch {
+                await release()
+                await onStoppedLeading(false)
+                return
+            }
+            if await tryAcquireOrRenew() {
+                lastRenew = clock.now
+                continue
+            }
+            // Someone else holds it now (we were too slow), or renewals failed too long: step
+            // down. renewDeadline < leaseDuration, so this happens before it can expire.
+            if isHeldByOther() || lastRenew.duration(to: clock.now) >= config.renewDeadline {
+                log("lost lease \(config.leaseName): no renewal for \(lastRenew.duration(to: clock.now))")
+                await onStoppedLeading(true)
+                return
+            }
+        }
+    }
+
+    private func isHeldByOther() -> Bool {
+        guard let holder = observed.value.record?.holderIdentity else { return false }
+        return !holder.isEmpty && holder != config.identity
+    }
+
+    /// One attempt: creates the lease, renews our own, or takes an expired or released one.
+    public func tryAcquireOrRenew() async -> Bool {
+        let time = now()
+        do {
+            guard let (current, version) = try await store.get(config.leaseName) else {
+                let record = LeaseRecord(holderIdentity: config.identity, leaseDurationSeconds: leaseSeconds, acquireTime: time, renewTime: time, leaseTransitions: 0)
+                guard try await store.create(config.leaseName, record) else { return false }
+                remember(record, version: nil)
+                return true
+            }
+            // Expiry by our own clock: from when we saw this record change.
+            let seen = observed.value
+            if seen.record != current || seen.version != version {
+                observed.update { $0 = Observed(record: current, version: version, at: clock.now) }
+            }
+            let observedAt = observed.value.at ?? clock.now
+            let expired = observedAt.advanced(by: .seconds(current.leaseDurationSeconds)) <= clock.now
+            let mine = current.holderIdentity == config.identity
+            if !current.holderIdentity.isEmpty && !mine && !expired { return false }
+            let record = LeaseRecord(
+                holderIdentity: config.identity, leaseDurationSeconds: leaseSeconds,
+                acquireTime: mine ? current.acquireTime : time, renewTime: time,
+                leaseTransitions: mine ? current.leaseTransitions : current.leaseTransitions + 1)
+            guard try await store.update(config.leaseName, record, expecting: version) else { return false }
+            remember(record, version: nil)
+            return true
+        } catch {
+            log("lease \(config.leaseName): \(error)")
+            return false
+        }
+    }
+
+    /// Gives the lease up at once (graceful stop): holder empty, so a follower takes it on its
+    /// next try instead of waiting for expiry.
+    public func release() async {
+        guard isLeader, let (current, version) = try? await store.get(config.leaseName), current.holderIdentity == config.identity else { return }
+        var record = current
+        record.holderIdentity = ""
+        record.leaseDurationSeconds = 1
+        record.renewTime = now()
+        if (try? await store.update(config.leaseName, record, expecting: version)) == true {
+            remember(record, version: nil)
+            log("released lease \(config.leaseName)")
+        }
+    }
+
+    private var leaseSeconds: Int { max(1, Int(config.leaseDuration.components.seconds)) }
+
+    private func remember(_ record: LeaseRecord, version: String?) {
+        observed.update { $0 = Observed(record: record, version: version, at: clock.now) }
+    }
+}
