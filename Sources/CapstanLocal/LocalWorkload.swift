@@ -15,7 +15,11 @@ actor RouterSet {
         if let existing = routers.removeValue(forKey: key) { await existing.close() }
         guard let port else { return }
         do {
-            routers[key] = try await TCPRouter(host: host, port: port, backends: backends[key] ?? [])
+            let router = try await TCPRouter(host: host, port: port, backends: backends[key] ?? [])
+            // Readiness may have changed while the port was being bound (this actor is
+            // re-entered at the await): the router gets what is current now.
+            router.setBackends(backends[key] ?? [])
+            routers[key] = router
         } catch {
             throw WorkloadError("PortUnavailable", "cannot listen on \(host):\(port): \(Prober.describe(error))")
         }

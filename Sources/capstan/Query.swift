@@ -85,6 +85,10 @@ struct Get: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if ["lease", "leases"].contains(kind.lowercased()) {
+            try printLeases(try openStore(state))
+            return
+        }
         let kind = try parseKind(kind)
         let store = try openStore(state)
         guard watch else {
@@ -130,6 +134,23 @@ struct Get: AsyncParsableCommand {
             ] + extra.map { JSONPath.text($0.jsonPath, on: node) } + [age(since: record.createdAt)])
         }
         return (header, rows)
+    }
+
+    /// Who leads the daemons of this state directory, and since when (`capstan get leases`).
+    private func printLeases(_ store: StateStore) throws {
+        let leases = try store.leases()
+        guard !leases.isEmpty else {
+            print("No leases found (no daemon ran with --leader-elect).")
+            return
+        }
+        let now = Date()
+        let rows = leases.map { name, record -> [String] in
+            let expires = record.renewTime.addingTimeInterval(Double(record.leaseDurationSeconds))
+            return [name, record.holderIdentity.isEmpty ? "<released>" : record.holderIdentity, Timestamp(record.acquireTime).description,
+                    Timestamp(record.renewTime).description, "\(record.leaseDurationSeconds)s", String(record.leaseTransitions),
+                    expires > now ? "valid" : "expired"]
+        }
+        printTable([["NAME", "HOLDER", "ACQUIRED", "RENEWED", "DURATION", "TRANSITIONS", "STATE"]] + rows)
     }
 
     /// `2/3`: ready instances of the desired.

@@ -82,6 +82,28 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .customLong("down-on-exit"), help: "On a graceful stop, stop every instance too (for interactive use).")
     var downOnExit = false
 
+    @Flag(name: .customLong("leader-elect"), help: "Elect one leader among the daemons of this state directory; only the leader acts.")
+    var leaderElect = false
+
+    @Option(name: .customLong("lease-duration"), help: ArgumentHelp("Leader election: how long a lease holds without renewal.", valueName: "duration"))
+    var leaseDuration: String = "15s"
+
+    @Option(name: .customLong("renew-deadline"), help: ArgumentHelp("Leader election: a leader that cannot renew this long steps down and exits.", valueName: "duration"))
+    var renewDeadline: String = "10s"
+
+    @Option(name: .customLong("retry-period"), help: ArgumentHelp("Leader election: how often to try to acquire or renew.", valueName: "duration"))
+    var retryPeriod: String = "2s"
+
+    @Option(name: .customLong("identity"), help: ArgumentHelp("Leader election: this daemon's name (default: host name and pid).", valueName: "name"))
+    var identity: String?
+
+    var electionConfig: LeaderElectionConfig? {
+        guard let lease = try? KubeDuration.parse(leaseDuration), let renew = try? KubeDuration.parse(renewDeadline),
+              let retry = try? KubeDuration.parse(retryPeriod) else { return nil }
+        return LeaderElectionConfig(leaseName: "capstan-controller", identity: identity ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())",
+                                    leaseDuration: lease.duration, renewDeadline: renew.duration, retryPeriod: retry.duration)
+    }
+
     @Option(name: .customLong("metrics-addr"), help: ArgumentHelp("Where /metrics, /healthz and /readyz are served (port 0: any free port).", valueName: "host:port"))
     var metricsAddress: String = "127.0.0.1:9464"
 
@@ -99,6 +121,10 @@ struct Run: AsyncParsableCommand {
                 throw ValidationError("\(name) \"\(value)\" is not a positive duration such as 30s or 5m")
             }
         }
+        guard let election = electionConfig else {
+            throw ValidationError("--lease-duration, --renew-deadline and --retry-period must be durations such as 15s")
+        }
+        if leaderElect, let problem = election.problem { throw ValidationError("leader election: \(problem)") }
         guard metricsHostPort != nil else {
             throw ValidationError("--metrics-addr \"\(metricsAddress)\" is not host:port, such as 127.0.0.1:9464")
         }
@@ -128,7 +154,6 @@ struct Run: AsyncParsableCommand {
         let objects = LocalObjectStore(store: store, cache: cache, log: { log($0, level: "warning") })
         let clock = ContinuousClock()
         let metrics = RuntimeMetrics()
-        metrics.leader(true)
         let ready = Synchronized(false)
         let timeout = try KubeDuration.parse(reconcileTimeout).duration
         let onOutcome: @Sendable (ObjectKey, ReconcileOutcome, Duration) async -> Void = { key, outcome, duration in
@@ -195,14 +220,28 @@ struct Run: AsyncParsableCommand {
             await enqueue(key, resource)
         }
         log("capstan \(Capstan.version) reading \(specDirectory), state in \(state.resolved)")
-        let summary = try await source.sync()
-        log("read \(summary.applied) objects (\(summary.problems) problems)")
-        if summary.problems > 0 { metrics.sourceError(source: "directory") }
-        // Instances a previous daemon left running are adopted, not started again.
-        let (adopted, restarted) = await platform.adopt()
-        if adopted + restarted > 0 { log("adopted \(adopted) running instance(s), restarted \(restarted) that had exited") }
-        // Everything known is reconciled once at start-up (level-based: a restart loses nothing).
-        await enqueueAll()
+        // Everything that acts (the source writing the store, adoption, reconciles, requests)
+        // waits behind this gate: open at once without leader election, on election with it.
+        let leading = Gate(open: false)
+        let lead: @Sendable () async throws -> Void = {
+            let summary = try await source.sync()
+            log("read \(summary.applied) objects (\(summary.problems) problems)")
+            if summary.problems > 0 { metrics.sourceError(source: "directory") }
+            // Instances a previous daemon left running are adopted, not started again.
+            let (adopted, restarted) = await platform.adopt()
+            if adopted + restarted > 0 { log("adopted \(adopted) running instance(s), restarted \(restarted) that had exited") }
+            // Everything known is reconciled once at start-up (level-based: a restart loses nothing).
+            await enqueueAll()
+            await leading.open()
+        }
+        let elector = leaderElect ? LeaderElector(config: electionConfig!, store: store, clock: clock, log: { log($0) }) : nil
+        if elector == nil {
+            try await lead()
+            metrics.leader(true)
+        } else {
+            metrics.leader(false)
+            log("leader election on: waiting to lead as \(electionConfig!.identity)")
+        }
 
         let watcher = try DirectoryWatcher(root: specDirectory)
         let resyncInterval = try KubeDuration.parse(resync).duration
@@ -217,7 +256,7 @@ struct Run: AsyncParsableCommand {
         }
         router.get("healthz") { _, _ in "ok\n" }
         router.get("readyz") { _, _ in
-            ready.value ? Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ok\n")))
+            ready.value ? Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: elector.map { $0.isLeader ? "ok: leader\n" : "ok: follower\n" } ?? "ok\n")))
                 : Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "starting\n")))
         }
         let server = Hummingbird.Application(
@@ -229,7 +268,36 @@ struct Run: AsyncParsableCommand {
         // Services stop in reverse order on SIGTERM/SIGINT: the controllers first (no new work,
         // in-flight reconciles finish within --shutdown-grace), then the source loops, then the
         // HTTP server, so /healthz answers to the end.
-        let services: [any Service] = [
+        // The election stops last (it is first): the lease is released only after the
+        // controllers finished their in-flight work.
+        let election: [any Service] = elector.map { elector in
+            [LoopService("leader election") {
+                let cacheRefresh = Task {
+                    // A follower keeps its cache warm from the store the leader writes.
+                    while !Task.isCancelled, !(await leading.opened) {
+                        try? await Task.sleep(for: .seconds(5))
+                        if !(await leading.opened) { try? LocalObjectStore.load(store, into: cache) }
+                    }
+                }
+                defer { cacheRefresh.cancel() }
+                await elector.run(onStartedLeading: {
+                    log("leading: this daemon acts now")
+                    metrics.leader(true)
+                    do { try await lead() } catch {
+                        log("cannot start leading: \(error)", level: "error")
+                        Glibc.exit(1)
+                    }
+                }, onStoppedLeading: { lost in
+                    metrics.leader(false)
+                    guard lost else { return }
+                    // No split brain: stop every reconcile now, before the lease can expire for
+                    // another daemon, by exiting; a supervisor restarts this one as a follower.
+                    log("lost the lease: stopping every reconcile and exiting", level: "error")
+                    Glibc.exit(1)
+                })
+            }]
+        } ?? []
+        let services: [any Service] = election + [
             LoopService("metrics server") {
                 do {
                     try await server.run()
@@ -254,6 +322,7 @@ struct Run: AsyncParsableCommand {
                 }
             },
             LoopService("directory watch") {
+                await leading.wait()
                 for await batch in watcher.changes {
                     do {
                         let summary = try await source.sync(changed: batch.overflowed ? nil : batch.paths)
@@ -265,6 +334,7 @@ struct Run: AsyncParsableCommand {
                 }
             },
             LoopService("resync") {
+                await leading.wait()
                 while !Task.isCancelled {
                     try await Task.sleep(for: resyncInterval)
                     _ = try? await source.sync()
@@ -273,12 +343,14 @@ struct Run: AsyncParsableCommand {
             },
             LoopService("SIGHUP") {
                 for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                    guard await leading.opened else { continue }
                     log("SIGHUP: re-reading \(specDirectory)")
                     _ = try? await source.sync()
                 }
             },
             LoopService("requests") {
                 // Requests from the CLI (`capstan reconcile`), checked twice a second.
+                await leading.wait()
                 while !Task.isCancelled {
                     try await Task.sleep(for: .milliseconds(500))
                     guard let requests = try? store.pendingRequests() else { continue }
@@ -322,7 +394,7 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(1)
         }
         watcher.stop()
-        if downOnExit {
+        if downOnExit, await leading.opened {
             let stopped = await platform.down()
             log("stopped \(stopped.count) instance(s) (--down-on-exit)")
         } else {

@@ -66,12 +66,12 @@ import Glibc
         try text.write(toFile: specs + "/" + name, atomically: true, encoding: .utf8)
     }
 
-    func startDaemon() throws -> Process {
+    func startDaemon(_ extra: [String] = [], log name: String = "daemon.log") throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CLITests.binary)
-        process.arguments = ["run", "--spec-dir", specs, "--state-dir", state, "--resync", "1h", "--metrics-addr", "127.0.0.1:0"]
+        process.arguments = ["run", "--spec-dir", specs, "--state-dir", state, "--resync", "1h", "--metrics-addr", "127.0.0.1:0"] + extra
         process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-        let log = root + "/daemon.log"
+        let log = root + "/" + name
         if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
         let handle = FileHandle(forWritingAtPath: log)!
         handle.seekToEndOfFile()
@@ -281,6 +281,54 @@ import Glibc
         #expect(daemonLog.contains("adopted 1 running instance(s), restarted 1"))
         try poll("2/2 ready") { try status()["readyReplicas"] as? Int == 2 }
         #expect(instancePIDs().count == 2, "no duplicates")
+    }
+
+    @Test func twoDaemonsOnOneStateDirectoryElectOneLeaderAndHandOver() throws {
+        let port = LoopbackHTTP.freePort()
+        var daemons: [String: Process] = [:]
+        defer {
+            for daemon in daemons.values where daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) }
+            cleanUp(nil)
+        }
+        try write(Self.app() + "---\n" + Self.deployment(version: "1", port: port), to: "web.yaml")
+        let election = ["--leader-elect", "--lease-duration", "3s", "--renew-deadline", "2s", "--retry-period", "500ms"]
+        func log(_ name: String) -> String { (try? String(contentsOfFile: root + "/\(name).log", encoding: .utf8)) ?? "" }
+        func leaders() -> [String] { ["a", "b", "c"].filter { log($0).contains("leading: this daemon acts now") } }
+        for name in ["a", "b"] { daemons[name] = try startDaemon(election + ["--identity", name], log: "\(name).log") }
+        try poll("one leader") { leaders().count == 1 }
+        try poll("the app answers") { body(port) == "1" }
+        Thread.sleep(forTimeInterval: 1.5)
+        #expect(leaders().count == 1, "exactly one leader: \(leaders())")
+        let first = leaders()[0], second = first == "a" ? "b" : "a"
+        let leases = try CLITests.capstan(["get", "leases", "--state-dir", state]).stdout
+        #expect(leases.contains(first) && leases.contains("valid"), "\(leases)")
+        let pids = instancePIDs()
+        #expect(pids.count == 2, "the follower started nothing: \(pids)")
+
+        // kill -9 the leader: the follower leads within the lease duration (plus a retry).
+        let killed = Date()
+        kill(daemons[first]!.processIdentifier, SIGKILL)
+        daemons[first]!.waitUntilExit()
+        try poll("the follower leads", seconds: 10) { log(second).contains("leading: this daemon acts now") }
+        let failover = Date().timeIntervalSince(killed)
+        #expect(failover < 3 + 0.5 + 1, "failover took \(failover) s")
+        try poll("serving again") { body(port) == "1" }
+        #expect(instancePIDs() == pids, "the instances were adopted, not duplicated")
+
+        // SIGTERM the leader while another follows: it releases the lease; the handoff is quick.
+        daemons["c"] = try startDaemon(election + ["--identity", "c"], log: "c.log")
+        try poll("c follows") { log("c").contains("waiting to lead as c") }
+        Thread.sleep(forTimeInterval: 1)
+        let stopped = Date()
+        kill(daemons[second]!.processIdentifier, SIGTERM)
+        try poll("c leads", seconds: 10) { log("c").contains("leading: this daemon acts now") }
+        let handoff = Date().timeIntervalSince(stopped)
+        daemons[second]!.waitUntilExit()
+        #expect(daemons[second]!.terminationStatus == 0)
+        #expect(log(second).contains("released lease"))
+        #expect(handoff < 1.5, "graceful handoff took \(handoff) s")
+        try poll("serving under c") { body(port) == "1" }
+        #expect(instancePIDs() == pids)
     }
 
     @Test func aGitSourceChecksOutAndBuildsEachTag() throws {

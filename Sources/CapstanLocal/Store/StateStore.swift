@@ -59,6 +59,14 @@ public final class StateStore: Sendable {
                 }
             }
         }
+        // Daemons starting together on one state directory (leader election) open, check and
+        // migrate the store one at a time: a lock file, held until the store is ready.
+        var lock: Int32 = -1
+        if !readOnly {
+            lock = open(directory + "/capstan.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            if lock >= 0 { flock(lock, LOCK_EX) }
+        }
+        defer { if lock >= 0 { flock(lock, LOCK_UN); close(lock) } }
         // Check before anything writes, on a plain connection that only reads: a damaged file
         // or a newer schema is reported, never "repaired" or migrated by us.
         if fm.fileExists(atPath: path), (try? fm.attributesOfItem(atPath: path)[.size] as? Int) ?? 0 > 0 {

@@ -171,6 +171,12 @@ public final class LeaderElector<C: Clock>: Sendable where C.Duration == Duratio
     /// Gives the lease up at once (graceful stop): holder empty, so a follower takes it on its
     /// next try instead of waiting for expiry.
     public func release() async {
+        // Often called from a cancelled task (a graceful stop): the store calls must not see
+        // that cancellation, so they run in a task of their own.
+        await Task { await self.releaseNow() }.value
+    }
+
+    private func releaseNow() async {
         guard isLeader, let (current, version) = try? await store.get(config.leaseName), current.holderIdentity == config.identity else { return }
         var record = current
         record.holderIdentity = ""
