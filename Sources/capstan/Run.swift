@@ -101,7 +101,8 @@ struct Run: AsyncParsableCommand {
         guard let lease = try? KubeDuration.parse(leaseDuration), let renew = try? KubeDuration.parse(renewDeadline),
               let retry = try? KubeDuration.parse(retryPeriod) else { return nil }
         return LeaderElectionConfig(leaseName: "capstan-controller", identity: identity ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())",
-                                    leaseDuration: lease.duration, renewDeadline: renew.duration, retryPeriod: retry.duration)
+                                    leaseDuration: lease.duration, renewDeadline: renew.duration, retryPeriod: retry.duration,
+                                    releaseCheck: .milliseconds(100))
     }
 
     @Option(name: .customLong("metrics-addr"), help: ArgumentHelp("Where /metrics, /healthz and /readyz are served (port 0: any free port).", valueName: "host:port"))

@@ -148,6 +148,27 @@ final class MemoryLeaseStore: LeaseStore, Sendable {
         #expect(store.record?.holderIdentity == "")
     }
 
+    @Test func aFollowerCheckingForReleasesTakesAReleasedLeaseBeforeItsRetry() async throws {
+        let a = elector("a")
+        let clock = clock
+        let b = LeaderElector(config: LeaderElectionConfig(leaseName: "capstan", identity: "b", releaseCheck: .milliseconds(100)),
+                              store: store, clock: clock, now: { Self.base })
+        #expect(await a.tryAcquireOrRenew())
+        let led = Mutex<Duration?>(nil)
+        let task = Task { await b.run(onStartedLeading: { led.withLock { $0 = clock.now.offset } }, onStoppedLeading: { _ in }) }
+        defer { task.cancel() }
+        for _ in 0..<1000 where clock.sleeperCount == 0 { try await Task.sleep(for: .milliseconds(1)) }
+        await a.release()
+        let releasedAt = clock.now.offset
+        for _ in 0..<30 {
+            for _ in 0..<1000 where clock.sleeperCount == 0 && led.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(1)) }
+            if led.withLock({ $0 }) != nil { break }
+            clock.advance(by: .milliseconds(100))
+        }
+        let at = try #require(led.withLock { $0 })
+        #expect(at - releasedAt <= .milliseconds(200), "taken within a release check, not a 2 s retry: \(at - releasedAt)")
+    }
+
     @Test func impossibleTimingsAreRefused() {
         #expect(LeaderElectionConfig(leaseName: "l", identity: "a", leaseDuration: .seconds(10), renewDeadline: .seconds(10)).problem != nil)
         #expect(LeaderElectionConfig(leaseName: "l", identity: "a", renewDeadline: .seconds(2), retryPeriod: .seconds(2)).problem != nil)

@@ -39,14 +39,18 @@ public struct LeaderElectionConfig: Sendable {
     public var renewDeadline: Duration
     /// How often to try to acquire or renew.
     public var retryPeriod: Duration
+    /// A follower also looks this often whether the lease was released, to take it at once
+    /// (a cheap read on the local store; nil: only every retryPeriod, as client-go).
+    public var releaseCheck: Duration?
 
     public init(leaseName: String, identity: String, leaseDuration: Duration = .seconds(15), renewDeadline: Duration = .seconds(10),
-                retryPeriod: Duration = .seconds(2)) {
+                retryPeriod: Duration = .seconds(2), releaseCheck: Duration? = nil) {
         self.leaseName = leaseName
         self.identity = identity
         self.leaseDuration = leaseDuration
         self.renewDeadline = renewDeadline
         self.retryPeriod = retryPeriod
+        self.releaseCheck = releaseCheck
     }
 
     /// Why the timings cannot work, or nil (the same rules as client-go).
@@ -101,7 +105,7 @@ public final class LeaderElector<C: Clock>: Sendable where C.Duration == Duratio
         // Acquire.
         while !Task.isCancelled {
             if await tryAcquireOrRenew() { break }
-            try? await clock.sleep(for: config.retryPeriod)
+            await waitForNextTry()
         }
         guard !Task.isCancelled else { return }
         log("elected: \(config.identity) holds lease \(config.leaseName)")
@@ -128,6 +132,19 @@ public final class LeaderElector<C: Clock>: Sendable where C.Duration == Duratio
                 await onStoppedLeading(true)
                 return
             }
+        }
+    }
+
+    /// Sleeps a retryPeriod, or less when the lease is seen released meanwhile.
+    private func waitForNextTry() async {
+        guard let check = config.releaseCheck, check < config.retryPeriod else {
+            try? await clock.sleep(for: config.retryPeriod)
+            return
+        }
+        let until = clock.now.advanced(by: config.retryPeriod)
+        while clock.now < until, !Task.isCancelled {
+            try? await clock.sleep(for: check)
+            if let current = try? await store.get(config.leaseName), current.record.holderIdentity.isEmpty { return }
         }
     }
 
