@@ -85,6 +85,9 @@ public final class TCPRouter: Sendable {
                 if best == nil || state.current[backend.port]! > state.current[best!.port]! { best = backend }
             }
             state.current[best!.port]! -= total
+            // Counted from the pick, not the connect: a drain that starts while this connect is
+            // in flight waits for it, so the instance is not stopped under a request.
+            state.active[best!.port, default: 0] += 1
             return best!.port
         }
     }
@@ -106,9 +109,9 @@ public final class TCPRouter: Sendable {
             .whenComplete { [self] result in
                 switch result {
                 case .failure:
+                    state.withLock { $0.active[port, default: 1] -= 1 }
                     connect(inbound, tried: tried.union([port]))
                 case .success(let outbound):
-                    state.withLock { $0.active[port, default: 0] += 1 }
                     outbound.closeFuture.whenComplete { [self] _ in
                         state.withLock { $0.active[port, default: 1] -= 1 }
                     }
