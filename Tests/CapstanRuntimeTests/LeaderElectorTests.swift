@@ -169,6 +169,32 @@ final class MemoryLeaseStore: LeaseStore, Sendable {
         #expect(at - releasedAt <= .milliseconds(200), "taken within a release check, not a 2 s retry: \(at - releasedAt)")
     }
 
+    /// A leader renews at t=1 s and dies. A follower that polls every 2 s (client-go) would first
+    /// see that renewal at t=2 and take the lease at t=17 or later; reading it every 100 ms and
+    /// waking at the observed expiry, it takes it at t=16, plus at most one check.
+    @Test(arguments: [Duration.milliseconds(100), nil])
+    func aDeadLeadersLeaseIsTakenSoonAfterItExpires(releaseCheck: Duration?) async throws {
+        let a = elector("a")
+        let clock = clock
+        let b = LeaderElector(config: LeaderElectionConfig(leaseName: "capstan", identity: "b", releaseCheck: releaseCheck),
+                              store: store, clock: clock, now: { Self.base })
+        #expect(await a.tryAcquireOrRenew())
+        let led = Mutex<Duration?>(nil)
+        let task = Task { await b.run(onStartedLeading: { led.withLock { $0 = clock.now.offset } }, onStoppedLeading: { _ in }) }
+        defer { task.cancel() }
+        for step in 1...200 {
+            for _ in 0..<1000 where clock.sleeperCount == 0 && led.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(1)) }
+            if led.withLock({ $0 }) != nil { break }
+            clock.advance(by: .milliseconds(100))
+            if step == 10 { #expect(await a.tryAcquireOrRenew(), "a renews at t=1 s, then dies") }
+        }
+        let at = try #require(led.withLock { $0 })
+        // Polling every 2 s, b sees the renewal at t=2 and so judges expiry from there (17 s);
+        // what it saves is the wait for its next retry after that.
+        let expected: Duration = releaseCheck == nil ? .seconds(17) : .seconds(16)
+        #expect(at >= expected && at <= expected + .milliseconds(200), "taken at \(at)")
+    }
+
     @Test func impossibleTimingsAreRefused() {
         #expect(LeaderElectionConfig(leaseName: "l", identity: "a", leaseDuration: .seconds(10), renewDeadline: .seconds(10)).problem != nil)
         #expect(LeaderElectionConfig(leaseName: "l", identity: "a", renewDeadline: .seconds(2), retryPeriod: .seconds(2)).problem != nil)

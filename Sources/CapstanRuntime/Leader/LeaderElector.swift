@@ -135,16 +135,41 @@ public final class LeaderElector<C: Clock>: Sendable where C.Duration == Duratio
         }
     }
 
-    /// Sleeps a retryPeriod, or less when the lease is seen released meanwhile.
+    /// Sleeps a retryPeriod, or less: until the lease as observed expires, or (with
+    /// `releaseCheck`) until it is seen released. Reading it every `releaseCheck` also dates
+    /// each renewal closely, so a dead leader's lease is taken soon after it really expires
+    /// rather than up to a retryPeriod later.
     private func waitForNextTry() async {
-        guard let check = config.releaseCheck, check < config.retryPeriod else {
-            try? await clock.sleep(for: config.retryPeriod)
-            return
-        }
         let until = clock.now.advanced(by: config.retryPeriod)
-        while clock.now < until, !Task.isCancelled {
-            try? await clock.sleep(for: check)
-            if let current = try? await store.get(config.leaseName), current.record.holderIdentity.isEmpty { return }
+        while !Task.isCancelled {
+            var wake = until
+            if let expiry = observedExpiry(), expiry < wake { wake = expiry }
+            if let check = config.releaseCheck, clock.now.advanced(by: check) < wake { wake = clock.now.advanced(by: check) }
+            guard clock.now < wake else { return }
+            try? await clock.sleep(until: wake, tolerance: nil)
+            if clock.now >= until { return }
+            guard config.releaseCheck != nil, let (current, version) = try? await store.get(config.leaseName) else {
+                if let expiry = observedExpiry(), clock.now >= expiry { return }
+                continue
+            }
+            observe(current, version: version)
+            if current.holderIdentity.isEmpty { return }
+            if let expiry = observedExpiry(), clock.now >= expiry { return }
+        }
+    }
+
+    /// When the lease as last observed expires on our clock (nil: not observed, or ours).
+    private func observedExpiry() -> C.Instant? {
+        let seen = observed.value
+        guard let record = seen.record, let at = seen.at, record.holderIdentity != config.identity else { return nil }
+        return at.advanced(by: .seconds(record.leaseDurationSeconds))
+    }
+
+    /// Notes the record; the expiry clock restarts only when it changed.
+    private func observe(_ current: LeaseRecord, version: String) {
+        let now = clock.now
+        observed.update { seen in
+            if seen.record != current || seen.version != version { seen = Observed(record: current, version: version, at: now) }
         }
     }
 
@@ -164,10 +189,7 @@ public final class LeaderElector<C: Clock>: Sendable where C.Duration == Duratio
                 return true
             }
             // Expiry by our own clock: from when we saw this record change.
-            let seen = observed.value
-            if seen.record != current || seen.version != version {
-                observed.update { $0 = Observed(record: current, version: version, at: clock.now) }
-            }
+            observe(current, version: version)
             let observedAt = observed.value.at ?? clock.now
             let expired = observedAt.advanced(by: .seconds(current.leaseDurationSeconds)) <= clock.now
             let mine = current.holderIdentity == config.identity
