@@ -12,6 +12,8 @@ public struct ApplicationReconciler: Reconciler {
     let events: any EventRecorder
     let artifacts: any ArtifactPlatform
     let now: @Sendable () -> Date
+    /// Whether a deleted Application's artifacts are removed (`--prune`).
+    let prune: Bool
 
     /// How soon to look again at an Application whose source is missing (it may appear) or
     /// whose build failed.
@@ -19,7 +21,9 @@ public struct ApplicationReconciler: Reconciler {
     /// Artifacts kept per Application beyond those in use.
     public static let artifactsKept = 5
 
-    public init(store: any ObjectStore, events: any EventRecorder, artifacts: any ArtifactPlatform, now: @escaping @Sendable () -> Date = Date.init) {
+    public init(store: any ObjectStore, events: any EventRecorder, artifacts: any ArtifactPlatform, prune: Bool = true,
+                now: @escaping @Sendable () -> Date = Date.init) {
+        self.prune = prune
         self.store = store
         self.events = events
         self.artifacts = artifacts
@@ -29,8 +33,20 @@ public struct ApplicationReconciler: Reconciler {
     public func reconcile(_ key: ObjectKey) async throws -> ReconcileResult {
         // Observe.
         guard let stored = try await store.object(key), case .application(let application) = stored.resource else {
-            // Deleted: artifacts no release points at go.
-            _ = await artifacts.prune(key, keep: 0, inUse: [])
+            // Deleted: artifacts no release points at go, unless pruning is off for it.
+            let decision = Prune.decide(enabled: prune, annotated: await store.pruneDisabled(key))
+            guard decision == .delete else {
+                let would = await artifacts.artifacts(of: key).map { "artifact \($0.version)" }
+                if !would.isEmpty {
+                    let (type, reason, message) = Prune.skipped(decision, kind: "application", would: would)
+                    await events.record(type, reason: reason, message: message, about: key)
+                }
+                return .done
+            }
+            let removed = await artifacts.prune(key, keep: 0, inUse: [])
+            if !removed.isEmpty {
+                await events.record(.normal, reason: "OrphanDeleted", message: "application deleted; removed artifacts " + removed.joined(separator: ", "), about: key)
+            }
             return .done
         }
         let generation = stored.generation

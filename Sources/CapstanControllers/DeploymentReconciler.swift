@@ -13,6 +13,8 @@ public struct DeploymentReconciler: Reconciler {
     let workload: any WorkloadPlatform
     let revisions: any RevisionStore
     let now: @Sendable () -> Date
+    /// Whether a deleted Deployment's leftovers are removed (`--prune`).
+    let prune: Bool
 
     /// How often a rollout in progress is looked at without an event (instances report their
     /// readiness changes at once; this is the safety net and the deadline clock).
@@ -21,7 +23,8 @@ public struct DeploymentReconciler: Reconciler {
     public static let retry: Duration = .seconds(30)
 
     public init(store: any ObjectStore, events: any EventRecorder, workload: any WorkloadPlatform, revisions: any RevisionStore,
-                now: @escaping @Sendable () -> Date = Date.init) {
+                prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
+        self.prune = prune
         self.store = store
         self.events = events
         self.workload = workload
@@ -31,8 +34,18 @@ public struct DeploymentReconciler: Reconciler {
 
     public func reconcile(_ key: ObjectKey) async throws -> ReconcileResult {
         guard let stored = try await store.object(key), case .deployment(let deployment) = stored.resource else {
-            // Deleted: everything it had goes (inventory-driven), its history too.
-            let removed = await workload.remove(key)
+            // Deleted: everything it had goes (inventory-driven), its history too, unless
+            // pruning is off for it.
+            let decision = Prune.decide(enabled: prune, annotated: await store.pruneDisabled(key))
+            guard decision == .delete else {
+                let would = await workload.remove(key, dryRun: true)
+                if !would.isEmpty {
+                    let (type, reason, message) = Prune.skipped(decision, kind: "deployment", would: would)
+                    await events.record(type, reason: reason, message: message, about: key)
+                }
+                return .done
+            }
+            let removed = await workload.remove(key, dryRun: false)
             try await revisions.removeRevisions(of: key)
             if !removed.isEmpty {
                 await events.record(.normal, reason: "OrphanDeleted", message: "deployment deleted; removed " + removed.joined(separator: ", "), about: key)

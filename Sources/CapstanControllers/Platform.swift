@@ -79,6 +79,45 @@ public protocol ObjectStore: Sendable {
     func objects(kind: ResourceKind, referencing key: ObjectKey) async throws -> [StoredObject]
     /// Writes the status; returns false when it was unchanged (nothing written).
     func writeStatus(_ key: ObjectKey, _ status: SpecNode) async throws -> Bool
+    /// Whether a deleted object's last version carried `capstan.dev/prune: disabled` (what it
+    /// had is kept). Local: recorded when the object was read; Kubernetes: the annotation on
+    /// the object being deleted.
+    func pruneDisabled(_ key: ObjectKey) async -> Bool
+}
+
+/// Orphan cleanup settings (runtime.md). What a deleted object had (instances, ports,
+/// releases, artifacts) is removed unless the object asked otherwise with the annotation
+/// `capstan.dev/prune: disabled`, or the daemon runs with `--prune=false` (a dry run: Warning
+/// events say what would go).
+public enum Prune {
+    public static let annotation = "capstan.dev/prune"
+
+    public static func isDisabled(_ metadata: ObjectMeta) -> Bool {
+        metadata.annotations[annotation]?.lowercased() == "disabled"
+    }
+
+    /// What to do with the leftovers of a deleted object.
+    public enum Decision: Sendable, Equatable {
+        /// Remove them.
+        case delete
+        /// Keep them: the object carried the annotation (a Normal event says so).
+        case keepAnnotated
+        /// Keep them and warn: `--prune=false`.
+        case dryRun
+    }
+
+    public static func decide(enabled: Bool, annotated: Bool) -> Decision {
+        annotated ? .keepAnnotated : (enabled ? .delete : .dryRun)
+    }
+
+    /// The event for leftovers that were not removed.
+    public static func skipped(_ decision: Decision, kind: String, would lines: [String]) -> (EventType, String, String) {
+        let what = lines.joined(separator: ", ")
+        switch decision {
+        case .keepAnnotated: return (.normal, "PruneSkipped", "\(kind) deleted; kept (\(annotation): disabled): \(what)")
+        default: return (.warning, "PruneSkipped", "\(kind) deleted; --prune=false, so not removed: \(what)")
+        }
+    }
 }
 
 /// Records reconcile events (aggregated by the implementation).

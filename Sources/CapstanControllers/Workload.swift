@@ -133,8 +133,8 @@ public protocol WorkloadPlatform: Sendable {
     /// Keeps only these revisions' releases (the history) for the Deployment.
     func pruneReleases(of deployment: ObjectKey, keeping revisions: Set<Int>) async
     /// Removes everything of a deleted Deployment: instances, port, releases. Returns what
-    /// was removed, one line each (for the `OrphanDeleted` event).
-    func remove(_ deployment: ObjectKey) async -> [String]
+    /// was removed, one line each (for the `OrphanDeleted` event); with `dryRun`, what would be.
+    func remove(_ deployment: ObjectKey, dryRun: Bool) async -> [String]
 }
 
 /// Revision history of an object (the local state store; Kubernetes: kept by Capstan too).

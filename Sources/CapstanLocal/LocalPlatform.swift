@@ -41,6 +41,10 @@ public struct LocalObjectStore: ObjectStore, EventRecorder {
         return written
     }
 
+    public func pruneDisabled(_ key: ObjectKey) async -> Bool {
+        (try? store.isPruneDisabled(key)) ?? false
+    }
+
     public func record(_ type: EventType, reason: String, message: String, about key: ObjectKey) async {
         do {
             try store.recordEvent(type, reason: reason, message: message, about: key, at: now())

@@ -125,11 +125,13 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
         let release = "\(releases)/\(revision.number)"
         let id = "\(deployment.namespace)/\(deployment.name)/\(revision.number)"
         let known = ((try? store.inventory(of: deployment, type: Self.releaseType)) ?? []).first { $0.id == id }
-        if Self.link(release, to: artifact), known?.data["artifact"] == artifact {
-            repairs.append("release \(revision.number) restored")
-        }
+        // Recorded before it is made: a daemon killed in between leaves a record of nothing
+        // (made again, or removed with the Deployment), never a release nobody knows about.
         if known?.data["artifact"] != artifact {
             try? store.recordInventory(.init(type: Self.releaseType, id: id, owner: deployment, data: ["artifact": artifact, "path": release], createdAt: Date()))
+        }
+        if Self.link(release, to: artifact), known?.data["artifact"] == artifact {
+            repairs.append("release \(revision.number) restored")
         }
         // The current link changes with a new revision; for a known one it changes only when
         // someone removed or moved it.
@@ -205,6 +207,22 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
 
     public func expose(_ deployment: ObjectKey, port: Int?) async throws(WorkloadError) {
         try await routers.expose(deployment, host: routerHost, port: port)
+        recordListener(deployment, port: port)
+    }
+
+    /// Listeners are in the inventory too, so that a restarted daemon serves a Deployment
+    /// whose spec is gone but whose instances were kept (prune disabled).
+    public static let listenerType = "listener"
+
+    private func recordListener(_ deployment: ObjectKey, port: Int?) {
+        let id = port.map { "\(routerHost):\($0)" }
+        let existing = (try? store.inventory(of: deployment, type: Self.listenerType)) ?? []
+        guard existing.map(\.id) != (id.map { [$0] } ?? []) else { return }
+        for entry in existing { _ = try? store.removeInventory(type: Self.listenerType, id: entry.id) }
+        if let id, let port {
+            _ = try? store.recordInventory(.init(type: Self.listenerType, id: id, owner: deployment,
+                                                 data: ["host": routerHost, "port": String(port)], createdAt: Date()))
+        }
     }
 
     public func pruneReleases(of deployment: ObjectKey, keeping revisions: Set<Int>) async {
@@ -216,31 +234,78 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
         }
     }
 
-    public func remove(_ deployment: ObjectKey) async -> [String] {
+    public func remove(_ deployment: ObjectKey, dryRun: Bool) async -> [String] {
+        if dryRun {
+            var would: [String] = []
+            if let (host, port) = await routers.listening(deployment) { would.append("listener \(host):\(port)") }
+            would += await supervisor.instances(of: deployment).map { "instance \($0.id)" }
+            if FileManager.default.fileExists(atPath: deploymentDirectory(deployment)) { would.append("releases in \(deploymentDirectory(deployment))") }
+            return would
+        }
         var removed: [String] = []
         if let listener = await routers.close(deployment) { removed.append(listener) }
+        recordListener(deployment, port: nil)
         let routers = routers
         let timeout = drainTimeout
         let stopped = await supervisor.stopAll(of: deployment) { port in await routers.drain(deployment, port: port, timeout: timeout) }
         removed += stopped.map { "instance \($0)" }
+        // The files first, then their records: a daemon killed in between finds the records
+        // at its sweep and finishes the job.
         let directory = deploymentDirectory(deployment)
-        let releases = (try? store.inventory(of: deployment, type: Self.releaseType)) ?? []
-        for entry in releases { _ = try? store.removeInventory(type: Self.releaseType, id: entry.id) }
         if FileManager.default.fileExists(atPath: directory) {
             Artifacts.removeTree(directory)
             removed.append("releases in \(directory)")
         }
+        let releases = (try? store.inventory(of: deployment, type: Self.releaseType)) ?? []
+        for entry in releases { _ = try? store.removeInventory(type: Self.releaseType, id: entry.id) }
         return removed
     }
 
-    /// Adopts the instances a previous daemon left running (restarts the dead ones).
-    public func adopt() async -> (adopted: Int, restarted: Int) {
-        await supervisor.adopt()
+    /// Adopts the instances a previous daemon left running (restarts the dead ones) and opens
+    /// their Deployments' router ports again. Returns the ports it could not open.
+    public func adopt() async -> (adopted: Int, restarted: Int, unavailable: [String]) {
+        removeInterrupted()
+        let (adopted, restarted) = await supervisor.adopt()
+        var unavailable: [String] = []
+        for entry in (try? store.inventory(type: Self.listenerType)) ?? [] {
+            guard let port = Int(entry.data["port"] ?? ""), entry.data["host"] == routerHost else { continue }
+            do {
+                try await routers.expose(entry.owner, host: routerHost, port: port)
+            } catch {
+                unavailable.append("\(entry.owner): \(error.message)")
+            }
+        }
+        return (adopted, restarted, unavailable)
     }
 
-    /// The owners that have something in the inventory (for the orphan sweep).
+    /// Removes what a daemon killed mid-step left half-made: temporary links beside `current`
+    /// and releases, and artifacts whose copy or build did not finish. (Only the acting daemon
+    /// calls this, before it reconciles anything: nothing of its own is in progress.)
+    @discardableResult
+    func removeInterrupted() -> [String] {
+        let manager = FileManager.default
+        var removed: [String] = []
+        func sweep(_ directory: String, depth: Int) {
+            for name in (try? manager.contentsOfDirectory(atPath: directory)) ?? [] {
+                let path = directory + "/" + name
+                // Temporary names end in ".tmp-" and 8 characters (Artifacts.build, link).
+                if let marker = name.range(of: ".tmp-", options: .backwards), name[marker.upperBound...].count == 8 {
+                    Artifacts.removeTree(path)
+                    removed.append(path)
+                } else if depth > 0, (try? manager.destinationOfSymbolicLink(atPath: path)) == nil {
+                    sweep(path, depth: depth - 1)
+                }
+            }
+        }
+        sweep(stateDirectory + "/artifacts", depth: 2)    // artifacts/NS/APP/.VERSION.tmp-*
+        sweep(stateDirectory + "/deployments", depth: 3)  // deployments/NS/NAME/{current,releases/N}.tmp-*
+        return removed
+    }
+
+    /// The owners that have something in the inventory (for the orphan sweep): Deployments
+    /// (instances, releases) and Applications (artifacts).
     public func owners() -> Set<ObjectKey> {
-        Set(((try? store.inventory()) ?? []).map(\.owner).filter { $0.kind == .deployment })
+        Set(((try? store.inventory()) ?? []).filter { $0.type != StateStore.pruneDisabledType }.map(\.owner))
     }
 
     /// Removes the logs of Deployments that no longer exist once nothing was written to them

@@ -46,6 +46,10 @@ public actor SpecDirectorySource {
     /// Whether the last read found an object defined twice: while it lasts, every change is a
     /// full read (which copy wins depends on files a partial read would not see).
     private var sawDuplicates = false
+    /// Whether the last read was an emptied directory, its deletions withheld: the next change
+    /// is a full read, so that what was withheld is deleted once the directory holds
+    /// something again.
+    private var withheldDeletions = false
     /// The file each known object came from, and the directories holding them (kept up to
     /// date by every sync, so a partial read costs what the change costs).
     private var heldFiles: [ObjectKey: String]? = nil
@@ -57,7 +61,7 @@ public actor SpecDirectorySource {
     public func sync(changed: Set<String>? = nil) async throws -> Summary {
         var plan: SyncPlan? = nil
         var loaded = ManifestResult()
-        if let changed, !sawDuplicates,
+        if let changed, !sawDuplicates, !withheldDeletions,
            let files = SpecFileCollector.changedFiles(root: root, paths: changed, knownDirectories: knownDirectories()) {
             (plan, loaded) = partialPlan(files)
         }
@@ -121,12 +125,14 @@ public actor SpecDirectorySource {
 
     private func apply(_ plan: SyncPlan, loaded: ManifestResult) async throws -> Summary {
         sawDuplicates = !plan.duplicates.isEmpty
+        withheldDeletions = !plan.withheld.isEmpty
         var summary = Summary()
         let time = now()
 
         for applied in try store.applyAll(plan.apply, now: time) {
             summary.applied += 1
             let key = applied.object.key
+            try store.setPruneDisabled(key, Prune.isDisabled(applied.resource.metadata), at: time)
             // The cache follows the store: labels, annotations or the file may change without
             // a new generation (nothing to reconcile, but the indexes must know).
             let previous = cache.get(key)

@@ -264,12 +264,19 @@ struct Events: AsyncParsableCommand {
     @OptionGroup var state: StateOptions
 
     func run() async throws {
-        let key = try object.map { try parseReference($0, namespace: namespace) }
+        // The daemon's own lease has events too (LeaderElected, LeaderLost): lease/NAME.
+        let key = try object.map { text -> ObjectReference in
+            if text.lowercased().hasPrefix("lease/") || text.lowercased().hasPrefix("leases/") {
+                return ObjectReference(kind: "Lease", namespace: namespace, name: String(text[text.index(after: text.firstIndex(of: "/")!)...]))
+            }
+            let key = try parseReference(text, namespace: namespace)
+            return ObjectReference(kind: key.kind.rawValue, namespace: key.namespace, name: key.name)
+        }
         let store = try openStore(state)
         var cursor: Int64 = 0
         print(["LAST SEEN".column(21), "TYPE    ", "REASON".column(26), "OBJECT".column(32), "COUNT", " MESSAGE"].joined())
         while true {
-            for stored in try store.events(for: key, after: cursor) {
+            for stored in try store.events(about: key, after: cursor) {
                 cursor = stored.seq
                 let event = stored.event
                 let object = "\(event.involvedObject.kind.lowercased())/\(event.involvedObject.name)"

@@ -70,6 +70,9 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .customLong("allow-empty"), help: "Allow an emptied spec directory to delete every object.")
     var allowEmpty = false
 
+    @Option(name: .customLong("prune"), help: ArgumentHelp("Remove what deleted objects had (instances, ports, releases, artifacts); false: only Warning events say what would go.", valueName: "true|false"))
+    var prune: Bool = true
+
     @Option(name: .customLong("shutdown-grace"), help: ArgumentHelp("On SIGTERM, how long in-flight reconciles may take to finish before they are cancelled.", valueName: "duration"))
     var shutdownGrace: String = "25s"
 
@@ -183,9 +186,9 @@ struct Run: AsyncParsableCommand {
         }
         let applications = Controller(
             name: "application",
-            reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: platform),
+            reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: platform, prune: prune),
             clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
-        let deploymentReconciler = DeploymentReconciler(store: objects, events: objects, workload: platform, revisions: objects)
+        let deploymentReconciler = DeploymentReconciler(store: objects, events: objects, workload: platform, revisions: objects, prune: prune)
         let deployments = Controller(
             name: "deployment", reconciler: deploymentReconciler,
             clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
@@ -212,7 +215,13 @@ struct Run: AsyncParsableCommand {
         @Sendable func enqueueAll() async {
             for object in cache.objects(kind: .application) { await applications.queue.add(object.key) }
             for object in cache.objects(kind: .deployment) { await deployments.queue.add(object.key) }
-            for owner in platform.owners() where cache.get(owner) == nil { await deployments.queue.add(owner) }
+            for owner in platform.owners() where cache.get(owner) == nil {
+                switch owner.kind {
+                case .application: await applications.queue.add(owner)
+                case .deployment: await deployments.queue.add(owner)
+                default: break
+                }
+            }
             for directory in platform.pruneLogs(keeping: Set(cache.objects(kind: .deployment).map(\.key))) {
                 log("removed the logs of a Deployment deleted more than a day ago: \(directory)")
             }
@@ -229,8 +238,9 @@ struct Run: AsyncParsableCommand {
             log("read \(summary.applied) objects (\(summary.problems) problems)")
             if summary.problems > 0 { metrics.sourceError(source: "directory") }
             // Instances a previous daemon left running are adopted, not started again.
-            let (adopted, restarted) = await platform.adopt()
+            let (adopted, restarted, unavailable) = await platform.adopt()
             if adopted + restarted > 0 { log("adopted \(adopted) running instance(s), restarted \(restarted) that had exited") }
+            for problem in unavailable { log("cannot open a router port again: \(problem)", level: "warning") }
             // Everything known is reconciled once at start-up (level-based: a restart loses nothing).
             await enqueueAll()
             await leading.open()
@@ -271,6 +281,10 @@ struct Run: AsyncParsableCommand {
         // HTTP server, so /healthz answers to the end.
         // The election stops last (it is first): the lease is released only after the
         // controllers finished their in-flight work.
+        let leaseEvent: @Sendable (EventType, String, String) -> Void = { type, reason, message in
+            let lease = ObjectReference(kind: "Lease", namespace: "default", name: electionConfig!.leaseName)
+            _ = try? store.recordEvent(type, reason: reason, message: message, about: lease, at: Date())
+        }
         let election: [any Service] = elector.map { elector in
             [LoopService("leader election") {
                 let cacheRefresh = Task {
@@ -284,13 +298,19 @@ struct Run: AsyncParsableCommand {
                 await elector.run(onStartedLeading: {
                     log("leading: this daemon acts now")
                     metrics.leader(true)
+                    let transitions = elector.lastObserved?.leaseTransitions ?? 0
+                    leaseEvent(.normal, "LeaderElected", "\(elector.config.identity) became leader (transition \(transitions))")
                     do { try await lead() } catch {
                         log("cannot start leading: \(error)", level: "error")
                         Glibc.exit(1)
                     }
                 }, onStoppedLeading: { lost in
                     metrics.leader(false)
-                    guard lost else { return }
+                    guard lost else {
+                        leaseEvent(.normal, "LeaderReleased", "\(elector.config.identity) stopped and released the lease")
+                        return
+                    }
+                    leaseEvent(.warning, "LeaderLost", "\(elector.config.identity) could not renew within \(renewDeadline): stopped every reconcile and exited")
                     // No split brain: stop every reconcile now, before the lease can expire for
                     // another daemon, by exiting; a supervisor restarts this one as a follower.
                     log("lost the lease: stopping every reconcile and exiting", level: "error")
@@ -399,7 +419,7 @@ struct Run: AsyncParsableCommand {
             let stopped = await platform.down()
             log("stopped \(stopped.count) instance(s) (--down-on-exit)")
         } else {
-            let running = platform.owners().count
+            let running = platform.owners().filter { $0.kind == .deployment }.count
             if running > 0 {
                 log("instances of \(running) deployment(s) keep running (their router ports are closed until a daemon runs); stop them with: capstan down --state-dir \(state.resolved)")
             }

@@ -331,6 +331,58 @@ import Glibc
         #expect(instancePIDs() == pids)
     }
 
+    /// What a deleted object had is kept when it carried `capstan.dev/prune: disabled` (always)
+    /// or the daemon runs with `--prune=false` (until a daemon that prunes sweeps at start-up).
+    @Test func pruningCanBeTurnedOffPerObjectAndForTheDaemon() throws {
+        let kept = LoopbackHTTP.freePort(), web = LoopbackHTTP.freePort()
+        var daemon: Process?
+        defer { cleanUp(daemon) }
+        try write(Self.app(), to: "app.yaml")
+        try write(Self.deployment(name: "kept", version: "1", port: kept, replicas: 1)
+            .replacingOccurrences(of: "metadata: {name: kept}", with: "metadata: {name: kept, annotations: {capstan.dev/prune: disabled}}"), to: "kept.yaml")
+        try write(Self.deployment(name: "web", version: "1", port: web, replicas: 1), to: "web.yaml")
+        daemon = try startDaemon()
+        try poll("both answer") { body(kept) == "1" && body(web) == "1" }
+
+        // The annotated Deployment's spec goes: its instance and port stay (a Normal event).
+        try FileManager.default.removeItem(atPath: specs + "/kept.yaml")
+        try poll("the deletion is reconciled") { try events().contains("PruneSkipped") }
+        #expect(try events().contains("capstan.dev/prune: disabled"))
+        #expect(body(kept) == "1", "still served")
+        #expect(instancePIDs().count == 2)
+
+        // With --prune=false, a deleted Deployment and Application stay, with Warning events.
+        kill(daemon!.processIdentifier, SIGTERM)
+        daemon!.waitUntilExit()
+        daemon = try startDaemon(["--prune=false"])
+        try poll("serving again") { body(web) == "1" && body(kept) == "1" }
+        try FileManager.default.removeItem(atPath: specs + "/web.yaml")
+        try FileManager.default.removeItem(atPath: specs + "/app.yaml")
+        // An emptied spec directory deletes nothing without --allow-empty.
+        try poll("the empty directory is refused") { daemonLog.contains("start with --allow-empty") }
+        #expect(try object("application") != nil)
+        try write(Self.app(name: "other"), to: "other.yaml")
+        try poll("dry-run events") {
+            let log = try events()
+            return log.contains("deployment deleted; --prune=false") && log.contains("application deleted; --prune=false")
+        }
+        #expect(body(web) == "1" && body(kept) == "1", "nothing removed")
+        #expect(FileManager.default.fileExists(atPath: state + "/deployments/default/web"))
+
+        // A daemon that prunes sweeps at start-up: web goes, the annotated one stays, and so does
+        // the artifact its release runs.
+        kill(daemon!.processIdentifier, SIGTERM)
+        daemon!.waitUntilExit()
+        daemon = try startDaemon()
+        try poll("web removed by the start-up sweep") {
+            !FileManager.default.fileExists(atPath: state + "/deployments/default/web") && body(kept) == "1"
+        }
+        #expect(instancePIDs().count == 1)
+        #expect(try events().contains("OrphanDeleted"))
+        #expect(FileManager.default.fileExists(atPath: state + "/deployments/default/kept"))
+        #expect(body(kept) == "1")
+    }
+
     @Test func aGitSourceChecksOutAndBuildsEachTag() throws {
         // A real bare repository with two tagged versions.
         let work = root + "/repo-work", bare = root + "/repo.git"

@@ -15,6 +15,7 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
         var artifacts: [String: ArtifactStatus] = [:]
         var buildFailure: WorkloadError?
         var revisions: [(owner: ObjectKey, number: Int, hash: String, template: SpecNode)] = []
+        var pruneDisabled: Set<ObjectKey> = []
     }
     let state = Mutex(State())
 
@@ -42,6 +43,7 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
     struct FakeError: Error, CustomStringConvertible { var description: String }
 
     func object(_ key: ObjectKey) async throws -> StoredObject? { state.withLock { $0.objects[key] } }
+    func pruneDisabled(_ key: ObjectKey) async -> Bool { state.withLock { $0.pruneDisabled.contains(key) } }
     func objects(kind: ResourceKind) async throws -> [StoredObject] {
         state.withLock { $0.objects.values.filter { $0.key.kind == kind }.sorted { $0.key < $1.key } }
     }

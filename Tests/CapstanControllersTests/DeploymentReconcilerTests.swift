@@ -63,8 +63,9 @@ final class FakeWorkload: WorkloadPlatform, Sendable {
     }
     func expose(_ deployment: ObjectKey, port: Int?) async throws(WorkloadError) { state.withLock { $0.port = port } }
     func pruneReleases(of deployment: ObjectKey, keeping revisions: Set<Int>) async {}
-    func remove(_ deployment: ObjectKey) async -> [String] {
+    func remove(_ deployment: ObjectKey, dryRun: Bool) async -> [String] {
         state.withLock { state in
+            if dryRun { return state.instances.map { "instance \($0.id)" } }
             state.removed = true
             defer { state.instances = [] }
             return state.instances.map { "instance \($0.id)" }
@@ -93,8 +94,8 @@ final class FakeWorkload: WorkloadPlatform, Sendable {
         var now: Date { time.withLock { $0 } }
     }
 
-    func reconciler(_ fake: FakeStore, _ workload: FakeWorkload, _ clock: Clock) -> DeploymentReconciler {
-        DeploymentReconciler(store: fake, events: fake, workload: workload, revisions: fake, now: { clock.now })
+    func reconciler(_ fake: FakeStore, _ workload: FakeWorkload, _ clock: Clock, prune: Bool = true) -> DeploymentReconciler {
+        DeploymentReconciler(store: fake, events: fake, workload: workload, revisions: fake, prune: prune, now: { clock.now })
     }
 
     /// Reconciles until nothing changes (the queue would do the same on each event).
@@ -277,6 +278,22 @@ final class FakeWorkload: WorkloadPlatform, Sendable {
         _ = try await reconciler(fake, workload, clock).reconcile(Self.key)
         #expect(workload.state.withLock { $0.removed })
         #expect(fake.eventReasons == ["OrphanDeleted"])
+    }
+
+    /// `capstan.dev/prune: disabled` keeps a deleted Deployment's instances (a Normal event);
+    /// `--prune=false` keeps them too, with a Warning saying what would go.
+    @Test(arguments: [(annotated: true, prune: true), (annotated: false, prune: false), (annotated: true, prune: false)])
+    func aDeletedDeploymentIsKeptWhenPruningIsOff(annotated: Bool, prune: Bool) async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        workload.state.withLock { $0.instances = [InstanceState(id: "i1", templateHash: "h", revision: 1, ready: true)] }
+        if annotated { fake.state.withLock { _ = $0.pruneDisabled.insert(Self.key) } }
+        _ = try await reconciler(fake, workload, clock, prune: prune).reconcile(Self.key)
+        #expect(!workload.state.withLock { $0.removed })
+        #expect(workload.state.withLock { $0.instances.count } == 1)
+        let event = try #require(fake.state.withLock { $0.events.last })
+        #expect(event.1 == "PruneSkipped")
+        #expect(event.0 == (annotated ? .normal : .warning))
+        #expect(event.2.contains("instance i1"))
     }
 
     @Test func envIsMergedByNameAndExpandedLikeKubernetes() {

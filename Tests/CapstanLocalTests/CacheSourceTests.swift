@@ -184,5 +184,12 @@ import Testing
         let summary = try await source.sync(changed: [root + "/specs/only.yaml"])
         #expect(summary.withheld == 1 && summary.deleted == 0)
         #expect(cache.count == 1)
+
+        // Once the directory holds something again, the withheld deletion happens (the next
+        // change is read in full, not only the new file).
+        try write("next.yaml", Self.app("next"))
+        let next = try await source.sync(changed: [root + "/specs/next.yaml"])
+        #expect(!next.partial && next.deleted == 1 && next.changed == 1)
+        #expect(cache.list().map(\.key.name) == ["next"])
     }
 }

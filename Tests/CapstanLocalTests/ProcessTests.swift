@@ -1,3 +1,5 @@
+import CapstanControllers
+import CapstanModel
 import Foundation
 import Synchronization
 import Testing
@@ -144,5 +146,37 @@ import Testing
         #expect(exit == .exited(1))
         #expect(log().contains("MemoryError"))
         #expect(!log().contains("allocated"))
+    }
+    struct NoEvents: EventRecorder {
+        func record(_ type: EventType, reason: String, message: String, about key: ObjectKey) async {}
+    }
+
+    /// A daemon killed between spawning an instance and recording its pid: the next one finds
+    /// the process by its environment and adopts it instead of starting a second one.
+    @Test func anInstanceStartedButNotRecordedIsAdoptedNotDuplicated() async throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory + "/state")
+        let owner = ObjectKey(kind: .deployment, namespace: "default", name: "web")
+        let launch = InstanceLaunch(id: "web-\(UUID().uuidString.prefix(8))", revision: 1, templateHash: "h", version: "1", port: 0,
+                                    command: ["sh", "-c", "sleep 60"], environment: ["PATH": "/usr/bin:/bin"],
+                                    workingDirectory: directory, logPath: directory + "/i.log", memoryLimit: nil, probe: nil)
+        let first = try Supervisor(store: store, events: NoEvents(), onReady: { _, _ in }, onChange: { _ in })
+        try await first.start(launch, owner: owner)
+        let started = try #require(await first.identity(of: launch.id))
+        defer { kill(-started.pid, SIGKILL) }
+        await first.shutdown()
+        // What the store holds if the daemon died before recording the pid.
+        var entry = try #require(try store.inventory(type: Supervisor.inventoryType).first)
+        entry.data["pid"] = nil
+        entry.data["startTime"] = nil
+        try store.recordInventory(entry)
+
+        let second = try Supervisor(store: store, events: NoEvents(), onReady: { _, _ in }, onChange: { _ in })
+        let (adopted, restarted) = await second.adopt()
+        #expect(adopted == 1 && restarted == 0)
+        #expect(await second.identity(of: launch.id) == started, "the same process, not a second one")
+        #expect(try store.inventory(type: Supervisor.inventoryType).first?.data["pid"] == String(started.pid), "recorded now")
+        await second.shutdown()
     }
 }

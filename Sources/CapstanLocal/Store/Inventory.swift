@@ -71,13 +71,32 @@ extension StateStore {
         }
     }
 
+    /// The mark of an object annotated `capstan.dev/prune: disabled`: it outlives the object,
+    /// so the cleanup after a deletion knows to keep what the object had. Not garbage itself.
+    public static let pruneDisabledType = "prune-disabled"
+
+    /// Records or clears the mark (the source, as it reads each object).
+    public func setPruneDisabled(_ key: ObjectKey, _ disabled: Bool, at now: Date) throws {
+        let id = "\(key.kind.rawValue)/\(key.namespace)/\(key.name)"
+        if disabled {
+            guard try inventory(of: key, type: Self.pruneDisabledType).isEmpty else { return }
+            try recordInventory(InventoryEntry(type: Self.pruneDisabledType, id: id, owner: key, createdAt: now))
+        } else {
+            try removeInventory(type: Self.pruneDisabledType, id: id)
+        }
+    }
+
+    public func isPruneDisabled(_ key: ObjectKey) throws -> Bool {
+        try !inventory(of: key, type: Self.pruneDisabledType).isEmpty
+    }
+
     /// Entries whose owner is no longer among the objects: garbage for the orphan sweep.
     public func orphanedInventory() throws -> [InventoryEntry] {
         try pool.read { db in
             try Row.fetchAll(db, sql: """
                 SELECT i.* FROM inventory i LEFT JOIN objects o
                   ON o.kind = i.owner_kind AND o.namespace = i.owner_namespace AND o.name = i.owner_name
-                WHERE o.kind IS NULL ORDER BY i.type, i.id
+                WHERE o.kind IS NULL AND i.type != '\(Self.pruneDisabledType)' ORDER BY i.type, i.id
                 """).compactMap(Self.inventoryEntry)
         }
     }

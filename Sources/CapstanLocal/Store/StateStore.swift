@@ -476,9 +476,19 @@ public final class StateStore: Sendable {
         _ type: EventType, reason: String, message: String, about key: ObjectKey, at now: Date,
         rules: EventLog = EventLog()
     ) throws -> Event {
+        try recordEvent(type, reason: reason, message: message,
+                        about: ObjectReference(kind: key.kind.rawValue, namespace: key.namespace, name: key.name), at: now, rules: rules)
+    }
+
+    /// Records an event about something other than a resource (the daemon's Lease).
+    @discardableResult
+    public func recordEvent(
+        _ type: EventType, reason: String, message: String, about key: ObjectReference, at now: Date,
+        rules: EventLog = EventLog()
+    ) throws -> Event {
         try pool.write { db in
             let t = now.timeIntervalSince1970
-            let args: StatementArguments = [key.kind.rawValue, key.namespace, key.name, type.rawValue, reason, message]
+            let args: StatementArguments = [key.kind, key.namespace, key.name, type.rawValue, reason, message]
             if let id = try Int64.fetchOne(db.cachedStatement(sql: """
                 SELECT id FROM events WHERE kind = ? AND namespace = ? AND name = ? AND type = ? AND reason = ? AND message = ?
                 AND last_at >= ? ORDER BY last_at DESC LIMIT 1
@@ -493,7 +503,7 @@ public final class StateStore: Sendable {
                 try db.cachedStatement(sql: """
                     DELETE FROM events WHERE kind = ? AND namespace = ? AND name = ? AND id NOT IN (
                       SELECT id FROM events WHERE kind = ? AND namespace = ? AND name = ? ORDER BY last_at DESC, id DESC LIMIT ?)
-                    """).execute(arguments: [key.kind.rawValue, key.namespace, key.name, key.kind.rawValue, key.namespace, key.name, rules.perObjectLimit])
+                    """).execute(arguments: [key.kind, key.namespace, key.name, key.kind, key.namespace, key.name, rules.perObjectLimit])
             }
             try db.cachedStatement(sql: "DELETE FROM events WHERE last_at < ?").execute(arguments: [t - rules.retention])
             let row = try Row.fetchOne(db.cachedStatement(sql: """
@@ -513,13 +523,18 @@ public final class StateStore: Sendable {
 
     /// Events of one object (all objects when nil), in the order they last happened;
     /// `after` continues a stream from a previous `seq`.
-    public func events(for key: ObjectKey? = nil, after seq: Int64 = 0, limit: Int = 1_000) throws -> [StoredEvent] {
+    public func events(for key: ObjectKey?, after seq: Int64 = 0, limit: Int = 1_000) throws -> [StoredEvent] {
+        try events(about: key.map { ObjectReference(kind: $0.kind.rawValue, namespace: $0.namespace, name: $0.name) }, after: seq, limit: limit)
+    }
+
+    /// Events about one object, resource or not (all when nil).
+    public func events(about key: ObjectReference? = nil, after seq: Int64 = 0, limit: Int = 1_000) throws -> [StoredEvent] {
         try pool.read { db in
             var sql = "SELECT * FROM events WHERE seq > ?"
             var arguments: StatementArguments = [seq]
             if let key {
                 sql += " AND kind = ? AND namespace = ? AND name = ?"
-                arguments += [key.kind.rawValue, key.namespace, key.name]
+                arguments += [key.kind, key.namespace, key.name]
             }
             sql += " ORDER BY seq LIMIT ?"
             arguments += [limit]

@@ -32,6 +32,28 @@ public struct ProcessIdentity: Sendable, Hashable, CustomStringConvertible {
         return (fields[0], start)
     }
 
+    /// Live process group leaders started as Capstan instances, by their `CAPSTAN_INSTANCE`.
+    /// A daemon killed between spawning an instance and recording its pid leaves one that only
+    /// its environment names; the next daemon adopts it instead of starting a duplicate.
+    public static func instanceProcesses() -> [String: ProcessIdentity] {
+        var found: [String: ProcessIdentity] = [:]
+        let marker = Array("CAPSTAN_INSTANCE=".utf8)
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), let environ = FileManager.default.contents(atPath: "/proc/\(entry)/environ") else { continue }
+            for variable in environ.split(separator: 0) where variable.starts(with: marker) {
+                let id = String(decoding: variable.dropFirst(marker.count), as: UTF8.self)
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { break }
+                let fields = stat[stat.index(after: close)...].split(separator: " ")
+                // The spawned process leads its own group; its children inherit the variable.
+                guard fields.count > 19, fields[0] != "Z", Int32(fields[2]) == pid, let start = UInt64(fields[19]) else { break }
+                found[id] = ProcessIdentity(pid: pid, startTime: start)
+                break
+            }
+        }
+        return found
+    }
+
     /// Whether this very process still runs (not a zombie, not another process with the pid).
     public var isAlive: Bool { ProcessIdentity.of(pid: pid) == self }
 

@@ -19,8 +19,11 @@ public struct InstanceLaunch: Sendable, Hashable, Codable {
     public var memoryLimit: UInt64?
     public var probe: ProbeSpec?
 
+    /// The process; `CAPSTAN_INSTANCE` is always set: it names the instance to a daemon that
+    /// must find it without a recorded pid.
     var process: ProcessSpec {
-        ProcessSpec(command: command, environment: environment, workingDirectory: workingDirectory, logPath: logPath, memoryLimit: memoryLimit)
+        ProcessSpec(command: command, environment: environment.merging(["CAPSTAN_INSTANCE": id]) { $1 },
+                    workingDirectory: workingDirectory, logPath: logPath, memoryLimit: memoryLimit)
     }
 }
 
@@ -150,15 +153,25 @@ public actor Supervisor {
         var adopted = 0
         var restartedCount = 0
         let entries = (try? store.inventory(type: Self.inventoryType)) ?? []
+        // Found once, if needed: processes started but not recorded (a daemon killed between).
+        var unrecorded: [String: ProcessIdentity]?
         for entry in entries where instances[entry.id] == nil {
             guard let json = entry.data["launch"], let launch = try? JSONDecoder().decode(InstanceLaunch.self, from: Data(json.utf8)) else {
                 _ = try? store.removeInventory(type: Self.inventoryType, id: entry.id)
                 continue
             }
             var instance = Instance(owner: entry.owner, launch: launch)
+            var identity: ProcessIdentity?
             if let pid = entry.data["pid"].flatMap(Int32.init), let start = entry.data["startTime"].flatMap(UInt64.init),
                ProcessIdentity(pid: pid, startTime: start).isAlive {
-                instance.identity = ProcessIdentity(pid: pid, startTime: start)
+                identity = ProcessIdentity(pid: pid, startTime: start)
+            } else {
+                if unrecorded == nil { unrecorded = ProcessIdentity.instanceProcesses() }
+                identity = unrecorded?[launch.id]
+                if identity != nil { try? record(launch, owner: entry.owner, identity: identity) }
+            }
+            if let identity {
+                instance.identity = identity
                 instance.run = 1
                 instance.ready = launch.probe == nil
                 instance.readySince = instance.ready ? clock.now : nil
