@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""The fault loop (issue 5): two daemons with --leader-elect on one state directory; each
+iteration edits the specs (version, replicas, a Deployment added or removed), kills one daemon
+with SIGKILL at a random moment (mid-rollout as often as not, leader or follower) and starts
+it again. After every iteration it waits for the world to match the specs and checks:
+
+- every Deployment in the specs is Ready at its version with `replicas` instances, observed at
+  its generation, and its router port answers with that version;
+- no instance is duplicated (one process per instance id, `replicas` per Deployment) and no
+  process, release directory or inventory entry of a removed Deployment is left;
+- at no moment did two daemons act at once: each daemon's leadership lasts from its
+  "leading" line to its kill (or its exit), these intervals never overlap, and every
+  "reconciled" line of a daemon falls inside one of its own intervals.
+
+    hack/faultloop.py [ITERATIONS]      # default 50; hack/test runs a few
+
+Environment: CAPSTAN_BIN (default .build/debug/capstan), SEED (random seed, printed).
+"""
+import datetime
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BIN = os.environ.get("CAPSTAN_BIN", ".build/debug/capstan")
+ELECTION = ["--leader-elect", "--lease-duration", "2s", "--renew-deadline", "1500ms", "--retry-period", "500ms"]
+CONVERGE_SECONDS = 60
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stamp(line):
+    """The wall-clock time at the start of a daemon log line, as seconds since the epoch."""
+    try:
+        return datetime.datetime.fromisoformat(line.split(" ", 1)[0].replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class Loop:
+    def __init__(self, iterations, seed):
+        self.iterations = iterations
+        self.random = random.Random(seed)
+        self.root = tempfile.mkdtemp(prefix="capstan-faultloop-")
+        self.specs, self.state = f"{self.root}/specs", f"{self.root}/state"
+        os.makedirs(f"{self.specs}/apps")
+        shutil.copytree("manifests/examples/apps/hello", f"{self.specs}/apps/hello")
+        self.ports = {"web": free_port(), "extra": free_port()}
+        self.daemons = {}       # name -> (process, incarnation)
+        self.incarnations = []  # (identity, log path, killed at (wall clock) or None)
+        self.wanted = {}
+
+    # -- specs ---------------------------------------------------------------------------
+
+    def write_specs(self):
+        app = """apiVersion: capstan.dev/v1alpha1
+kind: Application
+metadata: {name: hello}
+spec:
+  source: {path: apps/hello}
+  command: [python3, server.py]
+  ports: [{name: http, containerPort: 8080}]
+  healthCheck: {http: {path: /healthz, port: http}, interval: 1s, timeout: 1s, failureThreshold: 2}
+"""
+        with open(f"{self.specs}/app.yaml", "w") as f:
+            f.write(app)
+        for name in ("web", "extra"):
+            path = f"{self.specs}/{name}.yaml"
+            if name not in self.wanted:
+                if os.path.exists(path):
+                    os.remove(path)
+                continue
+            version, replicas = self.wanted[name]
+            with open(path + ".tmp", "w") as f:
+                f.write(f"""apiVersion: capstan.dev/v1alpha1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  application: hello
+  version: "{version}"
+  replicas: {replicas}
+  port: {self.ports[name]}
+  progressDeadline: 30s
+""")
+            os.rename(path + ".tmp", path)
+
+    def edit(self):
+        self.wanted["web"] = (str(self.random.randint(1, 3)), self.random.randint(1, 3))
+        if self.random.random() < 0.4:
+            if "extra" in self.wanted:
+                del self.wanted["extra"]
+            else:
+                self.wanted["extra"] = (str(self.random.randint(1, 3)), self.random.randint(1, 2))
+        elif "extra" in self.wanted:
+            self.wanted["extra"] = (str(self.random.randint(1, 3)), self.wanted["extra"][1])
+        self.write_specs()
+
+    # -- daemons -------------------------------------------------------------------------
+
+    def start(self, name):
+        identity = f"{name}-{len(self.incarnations) + 1}"
+        log = f"{self.root}/{identity}.log"
+        process = subprocess.Popen(
+            [BIN, "run", "--spec-dir", self.specs, "--state-dir", self.state, "--metrics-addr", "127.0.0.1:0",
+             "--resync", "10s", "--identity", identity] + ELECTION,
+            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+        self.daemons[name] = (process, len(self.incarnations))
+        self.incarnations.append([identity, log, None])
+
+    def kill(self, name):
+        process, index = self.daemons[name]
+        process.send_signal(signal.SIGKILL)
+        self.incarnations[index][2] = time.time()
+        process.wait()
+
+    def leader(self):
+        out = subprocess.run([BIN, "get", "leases", "--state-dir", self.state], capture_output=True, text=True).stdout
+        for name, (_, index) in self.daemons.items():
+            if f" {self.incarnations[index][0]} " in out:
+                return name
+        return None
+
+    # -- checks --------------------------------------------------------------------------
+
+    def instance_processes(self):
+        """CAPSTAN_INSTANCE -> pids of live process group leaders started from this state dir."""
+        found = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    environ = f.read().split(b"\0")
+            except OSError:
+                continue
+            if not cwd.startswith(self.state) or fields[0] == "Z" or fields[2] != entry:
+                continue
+            for variable in environ:
+                if variable.startswith(b"CAPSTAN_INSTANCE="):
+                    found.setdefault(variable.split(b"=", 1)[1].decode(), []).append(int(entry))
+        return found
+
+    def deployment(self, name):
+        run = subprocess.run([BIN, "get", "deployment", name, "-o", "json", "--state-dir", self.state], capture_output=True, text=True)
+        return json.loads(run.stdout) if run.returncode == 0 else None
+
+    def answer(self, port):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=2) as response:
+                return response.read().decode().strip()
+        except OSError:
+            return None
+
+    def problems(self):
+        """What differs from the specs now (empty when converged)."""
+        found = []
+        processes = self.instance_processes()
+        for instance, pids in processes.items():
+            if len(pids) > 1:
+                found.append(f"instance {instance} runs {len(pids)} times: {pids}")
+        for name in ("web", "extra"):
+            mine = [i for i in processes if i.startswith(name + "-")]
+            if name not in self.wanted:
+                if mine:
+                    found.append(f"{name} was removed but {len(mine)} instance(s) run")
+                if os.path.exists(f"{self.state}/deployments/default/{name}"):
+                    found.append(f"{name} was removed but its releases are left")
+                continue
+            version, replicas = self.wanted[name]
+            if len(mine) != replicas:
+                found.append(f"{name}: {len(mine)} instance processes, want {replicas}")
+            object = self.deployment(name)
+            if object is None:
+                found.append(f"{name}: not in the store")
+                continue
+            status, generation = object.get("status", {}), object["metadata"].get("generation")
+            ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+            if status.get("observedGeneration") != generation or ready.get("status") != "True":
+                found.append(f"{name}: not Ready at generation {generation}: {ready.get('reason')} {ready.get('message')}")
+            if status.get("version") != version or status.get("readyReplicas") != replicas or status.get("replicas") != replicas:
+                found.append(f"{name}: status says version {status.get('version')}, {status.get('readyReplicas')}/{status.get('replicas')} ready; want {version}, {replicas}")
+            if self.answer(self.ports[name]) != version:
+                found.append(f"{name}: port {self.ports[name]} does not answer {version}")
+        database = sqlite3.connect(f"file:{self.state}/capstan.db?mode=ro", uri=True)
+        try:
+            owners = database.execute("SELECT DISTINCT type, owner_kind, owner_name FROM inventory").fetchall()
+        finally:
+            database.close()
+        for type, kind, owner in owners:
+            if kind == "Deployment" and owner not in self.wanted:
+                found.append(f"inventory still holds a {type} of removed Deployment {owner}")
+        return found
+
+    def converge(self, iteration):
+        deadline = time.monotonic() + CONVERGE_SECONDS
+        started = time.monotonic()
+        while True:
+            problems = self.problems()
+            if not problems:
+                return time.monotonic() - started
+            if time.monotonic() > deadline:
+                raise SystemExit(f"iteration {iteration}: not converged after {CONVERGE_SECONDS} s:\n  " + "\n  ".join(problems)
+                                 + f"\nlogs in {self.root}")
+            time.sleep(0.2)
+
+    def check_no_overlap(self):
+        """Leadership intervals from the logs never overlap; reconciles happen inside them."""
+        intervals = []  # (start, end, identity)
+        for identity, log, killed in self.incarnations:
+            with open(log) as f:
+                lines = f.read().splitlines()
+            start = None
+            spans = []
+            for line in lines:
+                at = stamp(line)
+                if at is None:
+                    continue
+                if "leading: this daemon acts now" in line:
+                    start = at
+                elif start is not None and ("released lease" in line or "lost the lease" in line or line.endswith(" info stopped")):
+                    spans.append((start, at))
+                    start = None
+                elif "reconciled " in line or "reconcile of " in line:
+                    if start is None:
+                        raise SystemExit(f"{identity} reconciled while not leading: {line}")
+            if start is not None:
+                spans.append((start, killed if killed is not None else time.time()))
+            intervals += [(s, e, identity) for s, e in spans]
+        intervals.sort()
+        for (s1, e1, a), (s2, e2, b) in zip(intervals, intervals[1:]):
+            if s2 < e1:
+                raise SystemExit(f"{a} and {b} acted at once: {a} led until {e1:.3f}, {b} from {s2:.3f}")
+        return len(intervals)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self):
+        self.wanted = {"web": ("1", 2)}
+        self.write_specs()
+        self.start("a")
+        self.start("b")
+        durations = []
+        for iteration in range(1, self.iterations + 1):
+            self.edit()
+            time.sleep(self.random.uniform(0, 2.5))
+            leader = self.leader()
+            victim = leader if (leader and self.random.random() < 0.7) else self.random.choice(["a", "b"])
+            self.kill(victim)
+            if self.random.random() < 0.5:
+                time.sleep(self.random.uniform(0, 1.5))
+            self.start(victim)
+            durations.append(self.converge(iteration))
+            print(f"iteration {iteration}: killed {victim}{' (leader)' if victim == leader else ''}, "
+                  f"specs {self.wanted}, converged in {durations[-1]:.1f} s", flush=True)
+        leaderships = self.check_no_overlap()
+        durations.sort()
+        print(f"faultloop: {self.iterations} iterations passed; {leaderships} leaderships, none overlapping; "
+              f"convergence p50 {durations[len(durations) // 2]:.1f} s, max {durations[-1]:.1f} s")
+
+    def close(self, keep):
+        for process, _ in self.daemons.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        subprocess.run([BIN, "down", "--grace", "2s", "--state-dir", self.state], capture_output=True)
+        if not keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def main():
+    iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    seed = int(os.environ.get("SEED", str(random.randrange(1 << 30))))
+    print(f"faultloop: {iterations} iterations, SEED={seed}", flush=True)
+    loop = Loop(iterations, seed)
+    passed = False
+    try:
+        loop.run()
+        passed = True
+    finally:
+        loop.close(keep=not passed)
+
+
+if __name__ == "__main__":
+    main()
