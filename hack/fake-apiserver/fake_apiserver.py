@@ -639,8 +639,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def read_body(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self.raw_body
         if not raw:
             return None
         content_type = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
@@ -683,6 +682,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def dispatch(self, method):
         url = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
+        # Read whatever is refused too: an unread body would be taken for the next request.
+        length = int(self.headers.get("Content-Length") or 0)
+        self.raw_body = self.rfile.read(length) if length else b""
         try:
             if not self.authenticated():
                 raise APIError(401, "Unauthorized", "Unauthorized")
@@ -1410,6 +1412,9 @@ def main():
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # A parent may start us with these blocked (Foundation.Process from a Dispatch thread does):
+    # a fake that ignores SIGTERM outlives its test.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     print(f"listening on https://127.0.0.1:{port}", flush=True)
     server.serve_forever(poll_interval=0.2)
 
