@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // The six kinds, their decoding, defaulting, validation and CRD schemas. Pure: no I/O.
@@ -61,6 +63,21 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // The Kubernetes platform: the API client (kubeconfig, TLS, list/watch, patches, the
+        // rate limiter and retries), the Lease store.
+        .target(
+            name: "CapstanKube",
+            dependencies: [
+                "CapstanModel",
+                "CapstanRuntime",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         // The command-line interface: thin.
         .executableTarget(
             name: "capstan",
@@ -99,6 +116,10 @@ let package = Package(
         .testTarget(
             name: "CapstanLocalTests",
             dependencies: ["CapstanModel", "CapstanRuntime", "CapstanControllers", "CapstanLocal"]
+        ),
+        .testTarget(
+            name: "CapstanKubeTests",
+            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanKube"]
         ),
         .testTarget(
             name: "CapstanCLITests",

@@ -168,6 +168,8 @@ import CapstanModel
             let text = try String(contentsOfFile: dir + "/" + CRDGenerator.fileName(for: kind), encoding: .utf8)
             #expect(text == CRDGenerator.yaml(for: kind))
         }
+        let kustomization = try String(contentsOfFile: dir + "/kustomization.yaml", encoding: .utf8)
+        for kind in ResourceKind.allCases { #expect(kustomization.contains("- \(CRDGenerator.fileName(for: kind))\n")) }
     }
 
     @Test func commandsOnAMissingStateDirectorySaySoAndCreateNothing() throws {
