@@ -70,6 +70,7 @@ let package = Package(
             dependencies: [
                 "CapstanModel",
                 "CapstanRuntime",
+                "CapstanControllers",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -86,6 +87,7 @@ let package = Package(
                 "CapstanRuntime",
                 "CapstanControllers",
                 "CapstanLocal",
+                "CapstanKube",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -119,7 +121,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanKubeTests",
-            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanKube"]
+            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanControllers", "CapstanKube"]
         ),
         .testTarget(
             name: "CapstanCLITests",

@@ -118,6 +118,7 @@ public final class KubeClient: Sendable {
     public let maxRetries: Int
     private let tokenCache = Mutex<(token: String, read: ContinuousClock.Instant)?>(nil)
     private let requestCount = Atomic<Int>(0)
+    private let isShutDown = Atomic<Bool>(false)
 
     /// `qps` 0 turns the client-side limiter off (the server's priority and fairness still applies).
     public init(config: KubeConfig, qps: Double = 50, burst: Int = 100, userAgent: String = "capstan", maxRetries: Int = 5) throws(KubeConfig.Problem) {
@@ -146,7 +147,14 @@ public final class KubeClient: Sendable {
     }
 
     public func shutdown() async {
+        guard !isShutDown.exchange(true, ordering: .relaxed) else { return }
         try? await http.shutdown()
+    }
+
+    /// A client dropped without `shutdown()` (a test that failed half-way, an error path)
+    /// still closes its connections.
+    deinit {
+        if !isShutDown.load(ordering: .relaxed) { _ = http.shutdown() }
     }
 
     /// Requests sent so far (tests, metrics).

@@ -44,17 +44,23 @@ struct DaemonLog: Sendable {
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the daemon: watch a spec directory and reconcile what it declares.",
+        abstract: "Run the daemon: watch a spec directory (or, with --kube, a cluster's custom resources) and reconcile what it declares.",
         discussion: """
             Reads every spec below --spec-dir, keeps status and events in the state directory, reacts to file changes at once (inotify) and re-reads everything every --resync. SIGHUP re-reads now; SIGTERM or SIGINT stop gracefully (in-flight reconciles finish) with exit status 0.
 
             Reconciled so far: Application and Deployment (artifacts, supervised instances, health checks, a router port per Deployment, rollouts and rollbacks). The other kinds are read, validated and stored; their reconcilers come in later releases.
 
+            With --kube, the six custom resources are listed and watched through the Kubernetes API (--kubeconfig, --context, or the pod's service account); each Capstan Deployment becomes an owned apps/v1 Deployment, Service and (for routes) Ingress; status goes to /status and events are core/v1 Events; --leader-elect uses a coordination.k8s.io/v1 Lease.
+
             Instances belong to the state directory, not to the daemon: they keep running when the daemon stops or dies, and the next daemon adopts them. Routers (the Deployments' ports) only listen while a daemon runs. `capstan down` stops every instance; --down-on-exit does it when the daemon stops.
             """)
 
     @Option(name: .customLong("spec-dir"), help: ArgumentHelp("The directory of specs.", valueName: "dir"))
-    var specDirectory: String
+    var specDirectoryOption: String?
+
+    var specDirectory: String { specDirectoryOption ?? "" }
+
+    @OptionGroup var kube: KubeOptions
 
     @OptionGroup var state: StateOptions
 
@@ -132,6 +138,12 @@ struct Run: AsyncParsableCommand {
         guard metricsHostPort != nil else {
             throw ValidationError("--metrics-addr \"\(metricsAddress)\" is not host:port, such as 127.0.0.1:9464")
         }
+        if kube.enabled {
+            guard specDirectoryOption == nil else { throw ValidationError("--kube reads the cluster's custom resources: leave out --spec-dir") }
+            try kube.check()
+            return
+        }
+        guard specDirectoryOption != nil else { throw ValidationError("give --spec-dir DIR (a directory of specs) or --kube (the cluster's custom resources)") }
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: specDirectory, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw ValidationError("--spec-dir \(specDirectory) is not a directory")
@@ -141,6 +153,10 @@ struct Run: AsyncParsableCommand {
     func run() async throws {
         let log = DaemonLog(format: logFormat)
         unblockSignals()
+        if kube.enabled {
+            try await runKube(log: log)
+            return
+        }
         let store: StateStore
         do {
             store = try StateStore(directory: state.resolved)
@@ -160,18 +176,7 @@ struct Run: AsyncParsableCommand {
         let metrics = RuntimeMetrics()
         let ready = Synchronized(false)
         let timeout = try KubeDuration.parse(reconcileTimeout).duration
-        let onOutcome: @Sendable (ObjectKey, ReconcileOutcome, Duration) async -> Void = { key, outcome, duration in
-            metrics.reconciled(kind: key.kind.singular, outcome: outcome, duration: duration)
-            switch outcome {
-            case .success, .requeueAfter: log("reconciled \(key) in \(duration.formatted(.units(allowed: [.milliseconds])))")
-            case .error(let message):
-                log("reconcile of \(key) failed: \(message)", level: "error")
-                await objects.record(.warning, reason: "ReconcileError", message: message, about: key)
-            case .timedOut:
-                log("reconcile of \(key) timed out", level: "error")
-                await objects.record(.warning, reason: "ReconcileTimeout", message: "cancelled after \(reconcileTimeout)", about: key)
-            }
-        }
+        let onOutcome = Daemon.outcomeObserver(metrics: metrics, events: objects, timeout: reconcileTimeout, log: log)
         // The platform tells the Deployment controller when an instance's readiness changes;
         // the controller exists only after the platform, hence the late binding.
         let enqueueDeployment = Synchronized<(@Sendable (ObjectKey) async -> Void)?>(nil)
@@ -194,21 +199,8 @@ struct Run: AsyncParsableCommand {
             clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
         enqueueDeployment.update { $0 = { key in await deployments.queue.add(key) } }
 
-        /// Queues an object and what depends on it: an Application's Deployments run its
-        /// template; a Deployment is listed in its Application's status.
         @Sendable func enqueue(_ key: ObjectKey, _ resource: AnyResource?) async {
-            switch key.kind {
-            case .application:
-                await applications.queue.add(key)
-                for deployment in cache.objects(kind: .deployment, referencing: key) { await deployments.queue.add(deployment.key) }
-            case .deployment:
-                await deployments.queue.add(key)
-                if case .deployment(let deployment)? = resource {
-                    await applications.queue.add(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application))
-                }
-            default:
-                break
-            }
+            await Daemon.enqueue(key, resource, cache: cache, applications: applications.queue, deployments: deployments.queue)
         }
         /// Everything known, and every owner of something in the inventory (deleted while no
         /// daemon ran: its reconcile removes what it left).
@@ -258,23 +250,8 @@ struct Run: AsyncParsableCommand {
         let resyncInterval = try KubeDuration.parse(resync).duration
 
         let (host, port) = metricsHostPort!
-        var quietLogger = Logging.Logger(label: "capstan")
-        quietLogger.logLevel = .warning
-        let router = Router()
-        router.get("metrics") { _, _ in
-            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                     body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
-        }
-        router.get("healthz") { _, _ in "ok\n" }
-        router.get("readyz") { _, _ in
-            ready.value ? Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: elector.map { $0.isLeader ? "ok: leader\n" : "ok: follower\n" } ?? "ok\n")))
-                : Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "starting\n")))
-        }
-        let server = Hummingbird.Application(
-            router: router,
-            configuration: .init(address: .hostname(host, port: port), serverName: "capstan"),
-            onServerRunning: { channel in log("serving /metrics, /healthz and /readyz on \(channel.localAddress.map { "\($0)" } ?? metricsAddress)") },
-            logger: quietLogger)
+        let server = Daemon.httpServer(host: host, port: port, address: metricsAddress, metrics: metrics, ready: { ready.value },
+                                       leader: { elector.map { $0.isLeader } }, log: log)
 
         // Services stop in reverse order on SIGTERM/SIGINT: the controllers first (no new work,
         // in-flight reconciles finish within --shutdown-grace), then the source loops, then the
@@ -286,62 +263,17 @@ struct Run: AsyncParsableCommand {
             _ = try? store.recordEvent(type, reason: reason, message: message, about: lease, at: Date())
         }
         let election: [any Service] = elector.map { elector in
-            [LoopService("leader election") {
-                let cacheRefresh = Task {
-                    // A follower keeps its cache warm from the store the leader writes.
-                    while !Task.isCancelled, !(await leading.opened) {
-                        try? await Task.sleep(for: .seconds(5))
-                        if !(await leading.opened) { try? LocalObjectStore.load(store, into: cache) }
-                    }
+            [Daemon.election(elector, renewDeadline: renewDeadline, metrics: metrics, log: log, whileFollowing: {
+                // A follower keeps its cache warm from the store the leader writes.
+                while !Task.isCancelled, !(await leading.opened) {
+                    try? await Task.sleep(for: .seconds(5))
+                    if !Task.isCancelled, !(await leading.opened) { try? LocalObjectStore.load(store, into: cache) }
                 }
-                defer { cacheRefresh.cancel() }
-                await elector.run(onStartedLeading: {
-                    log("leading: this daemon acts now")
-                    metrics.leader(true)
-                    let transitions = elector.lastObserved?.leaseTransitions ?? 0
-                    leaseEvent(.normal, "LeaderElected", "\(elector.config.identity) became leader (transition \(transitions))")
-                    do { try await lead() } catch {
-                        log("cannot start leading: \(error)", level: "error")
-                        Glibc.exit(1)
-                    }
-                }, onStoppedLeading: { lost in
-                    metrics.leader(false)
-                    guard lost else {
-                        leaseEvent(.normal, "LeaderReleased", "\(elector.config.identity) stopped and released the lease")
-                        return
-                    }
-                    leaseEvent(.warning, "LeaderLost", "\(elector.config.identity) could not renew within \(renewDeadline): stopped every reconcile and exited")
-                    // No split brain: stop every reconcile now, before the lease can expire for
-                    // another daemon, by exiting; a supervisor restarts this one as a follower.
-                    log("lost the lease: stopping every reconcile and exiting", level: "error")
-                    Glibc.exit(1)
-                })
-            }]
+            }, leaseEvent: leaseEvent, lead: lead)]
         } ?? []
         let services: [any Service] = election + [
-            LoopService("metrics server") {
-                do {
-                    try await server.run()
-                } catch {
-                    if Task.isCancelled { return }  // shutting down
-                    log("cannot serve on \(metricsAddress): \(error)", level: "error")
-                    Glibc.exit(3)
-                }
-            },
-            LoopService("gauges") {
-                // Queue gauges and object readiness (from the cache) every second.
-                while !Task.isCancelled {
-                    for (kind, queue) in [("application", applications.queue), ("deployment", deployments.queue)] {
-                        metrics.queue(kind: kind, depth: await queue.depth, adds: await queue.adds, retries: await queue.retries)
-                    }
-                    let readiness = cache.readiness()
-                    for kind in ResourceKind.allCases {
-                        let counts = readiness[kind] ?? (0, 0)
-                        metrics.resources(kind: kind.singular, ready: counts.ready, notReady: counts.notReady)
-                    }
-                    try await Task.sleep(for: .seconds(1))
-                }
-            },
+            server,
+            Daemon.gauges(metrics: metrics, cache: cache, applications: applications.queue, deployments: deployments.queue),
             LoopService("directory watch") {
                 await leading.wait()
                 for await batch in watcher.changes {
@@ -400,15 +332,10 @@ struct Run: AsyncParsableCommand {
             applications,
             deployments,
         ]
-        var configuration = ServiceGroupConfiguration(
-            services: services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: quietLogger)
-        configuration.maximumGracefulShutdownDuration = try KubeDuration.parse(shutdownGrace).duration
-        configuration.maximumCancellationDuration = .seconds(10)
+        let group = try Daemon.serviceGroup(services, shutdownGrace: shutdownGrace)
         ready.update { $0 = true }
         do {
-            try await ServiceGroup(configuration: configuration).run()
+            try await group.run()
         } catch {
             log("stopped on error: \(error)", level: "error")
             watcher.stop()

@@ -74,7 +74,7 @@ final class FakeAPIServer: @unchecked Sendable {
     /// The CRDs from crds/, as the API takes them.
     static func crds() throws -> [SpecNode] {
         let directory = root + "/crds"
-        return try FileManager.default.contentsOfDirectory(atPath: directory).sorted().filter { $0.hasSuffix(".yaml") }.map { file in
+        return try FileManager.default.contentsOfDirectory(atPath: directory).sorted().filter { $0.hasPrefix(capstanGroup + "_") && $0.hasSuffix(".yaml") }.map { file in
             let text = try String(contentsOfFile: directory + "/" + file, encoding: .utf8)
             guard let root = try YAMLReader().documents(text).first?.root else { throw StartError(description: "\(file) is empty") }
             return root

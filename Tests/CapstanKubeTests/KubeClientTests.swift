@@ -215,20 +215,6 @@ import Testing
     }
 }
 
-extension SpecNode {
-    /// A copy with the value at `path` (mappings created as needed) replaced.
-    func setting(_ path: [String], _ value: SpecNode) -> SpecNode {
-        guard let key = path.first else { return value }
-        var entries = entries ?? []
-        if let index = entries.firstIndex(where: { $0.key == key }) {
-            entries[index].value = entries[index].value.setting(Array(path.dropFirst()), value)
-        } else {
-            entries.append(.init(key, SpecNode.mapping([]).setting(Array(path.dropFirst()), value)))
-        }
-        return SpecNode(.mapping(entries))
-    }
-}
-
 @Suite struct KubeLeaseStoreTests {
     @Test func leasesAreComparedAndSwappedByResourceVersion() async throws {
         let server = try FakeAPIServer()

@@ -1,0 +1,241 @@
+import CapstanControllers
+import CapstanModel
+import Foundation
+
+/// The objects a Capstan Deployment owns on Kubernetes: an `apps/v1` Deployment running the
+/// Application's image at the Deployment's version, a `v1` Service over its ports and a
+/// `networking.k8s.io/v1` Ingress for its routes. Each carries the Capstan labels and a
+/// controller ownerReference to the Capstan Deployment.
+public enum Children {
+    public static let managedBy = "app.kubernetes.io/managed-by"
+    public static let ownerLabel = "capstan.dev/deployment"
+    /// The label selector of everything Capstan creates (the child watches use it).
+    public static let selector = "\(managedBy)=capstan"
+
+    /// `image` with the version as its tag; an image pinned by digest is used as it is.
+    public static func imageReference(_ image: String, version: String) -> Result<String, WorkloadError> {
+        if image.contains("@") { return .success(image) }
+        let lastComponent = image.split(separator: "/").last.map(String.init) ?? image
+        if lastComponent.contains(":") {
+            return .failure(WorkloadError("InvalidImage", "image \(image) carries a tag; the tag is the Deployment's version, so give the repository only"))
+        }
+        guard !version.isEmpty, version.count <= 128, version.allSatisfy({ $0.isLetter || $0.isNumber || "._-".contains($0) }),
+              version.first.map({ $0 != "." && $0 != "-" }) ?? false else {
+            return .failure(WorkloadError("InvalidImage", "version \"\(version)\" is not a valid image tag (letters, digits, _ . -; at most 128)"))
+        }
+        return .success("\(image):\(version)")
+    }
+
+    static func labels(_ deployment: Deployment, application: String) -> [(String, SpecNode)] {
+        [
+            ("app.kubernetes.io/name", .string(application)),
+            ("app.kubernetes.io/instance", .string(deployment.metadata.name)),
+            (managedBy, .string("capstan")),
+            (ownerLabel, .string(deployment.metadata.name)),
+        ]
+    }
+
+    static func metadata(_ deployment: Deployment, application: String, extraLabels: [(String, SpecNode)] = []) -> SpecNode {
+        var owner: [(String, SpecNode)] = [
+            ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("Deployment")), ("name", .string(deployment.metadata.name)),
+        ]
+        owner.append(("uid", .string(deployment.metadata.uid ?? "")))
+        owner += [("controller", .bool(true)), ("blockOwnerDeletion", .bool(true))]
+        return .mapping([
+            ("name", .string(deployment.metadata.name)),
+            ("namespace", .string(deployment.metadata.namespace)),
+            ("labels", .mapping(labels(deployment, application: application) + extraLabels)),
+            ("ownerReferences", .sequence([.mapping(owner)])),
+        ])
+    }
+
+    /// The `apps/v1` Deployment of a template.
+    public static func deployment(_ deployment: Deployment, template: WorkloadTemplate, image: String, revision: Int) -> SpecNode {
+        let spec = deployment.spec
+        let app = template.spec
+        let selector: [(String, SpecNode)] = [(ownerLabel, .string(deployment.metadata.name))]
+        var container: [(String, SpecNode)] = [("name", .string("app")), ("image", .string(image))]
+        if !app.command.isEmpty { container.append(("command", .sequence(app.command.map { .string($0) }))) }
+        if !template.env.isEmpty { container.append(("env", .sequence(template.env.map { $0.encode() }))) }
+        if !app.ports.isEmpty {
+            container.append(("ports", .sequence(app.ports.map { port in
+                var entries: [(String, SpecNode)] = []
+                if let name = port.name { entries.append(("name", .string(name))) }
+                entries += [("containerPort", .int(port.containerPort)), ("protocol", .string(port.protocol.rawValue))]
+                return .mapping(entries)
+            })))
+        }
+        var amounts: [(String, SpecNode)] = []
+        if let cpu = app.resources.cpu { amounts.append(("cpu", cpu.encode())) }
+        if let memory = app.resources.memory { amounts.append(("memory", memory.encode())) }
+        if !amounts.isEmpty {
+            container.append(("resources", .mapping([("requests", .mapping(amounts)), ("limits", .mapping(amounts))])))
+        }
+        if let check = app.healthCheck, let probe = probe(check) {
+            container.append(("readinessProbe", probe))
+        }
+        var strategy: [(String, SpecNode)]
+        switch spec.strategy.type {
+        case .recreate:
+            strategy = [("type", .string("Recreate"))]
+        default:
+            strategy = [("type", .string("RollingUpdate")), ("rollingUpdate", .mapping([
+                ("maxSurge", spec.strategy.effectiveMaxSurge.encode()),
+                ("maxUnavailable", spec.strategy.effectiveMaxUnavailable.encode()),
+            ]))]
+        }
+        var appsSpec: [(String, SpecNode)] = [
+            ("replicas", .int(spec.replicas)),
+            ("selector", .mapping([("matchLabels", .mapping(selector))])),
+            ("strategy", .mapping(strategy)),
+            ("revisionHistoryLimit", .int(spec.revisionHistoryLimit)),
+            ("progressDeadlineSeconds", .int(max(1, Int(spec.progressDeadline.seconds.rounded(.up))))),
+        ]
+        if spec.paused { appsSpec.append(("paused", .bool(true))) }
+        appsSpec.append(("template", .mapping([
+            ("metadata", .mapping([
+                ("labels", .mapping(labels(deployment, application: template.application) + [("app.kubernetes.io/version", .string(labelValue(template.version)))])),
+                ("annotations", .mapping([("capstan.dev/revision", .string(String(revision))), ("capstan.dev/template-hash", .string(template.hash))])),
+            ])),
+            ("spec", .mapping([("containers", .sequence([.mapping(container)]))])),
+        ])))
+        return .mapping([
+            ("apiVersion", .string("apps/v1")), ("kind", .string("Deployment")),
+            ("metadata", metadata(deployment, application: template.application)),
+            ("spec", .mapping(appsSpec)),
+        ])
+    }
+
+    /// A label value from a version (63 characters of [A-Za-z0-9._-], alphanumeric at both ends).
+    static func labelValue(_ text: String) -> String {
+        var value = String(text.filter { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }.prefix(63))
+        while let last = value.last, !(last.isLetter || last.isNumber) { value.removeLast() }
+        while let first = value.first, !(first.isLetter || first.isNumber) { value.removeFirst() }
+        return value
+    }
+
+    /// The kubelet probe of a health check.
+    static func probe(_ check: HealthCheck) -> SpecNode? {
+        var entries: [(String, SpecNode)]
+        if let http = check.http {
+            entries = [("httpGet", .mapping([("path", .string(http.path)), ("port", http.port.encode()), ("scheme", .string(http.scheme))]))]
+        } else if let tcp = check.tcp {
+            entries = [("tcpSocket", .mapping([("port", tcp.port.encode())]))]
+        } else if let exec = check.exec {
+            entries = [("exec", .mapping([("command", .sequence(exec.command.map { .string($0) }))]))]
+        } else {
+            return nil
+        }
+        func seconds(_ duration: KubeDuration, minimum: Int) -> SpecNode { .int(max(minimum, Int(duration.seconds.rounded(.up)))) }
+        entries += [
+            ("initialDelaySeconds", seconds(check.initialDelay, minimum: 0)),
+            ("periodSeconds", seconds(check.interval, minimum: 1)),
+            ("timeoutSeconds", seconds(check.timeout, minimum: 1)),
+            ("failureThreshold", .int(check.failureThreshold)),
+            ("successThreshold", .int(check.successThreshold)),
+        ]
+        return .mapping(entries)
+    }
+
+    /// The Service over the Application's ports (nil without ports). The first port is
+    /// served on the Deployment's `port` when it has one.
+    public static func service(_ deployment: Deployment, application: Application) -> SpecNode? {
+        let ports = application.spec.ports
+        guard !ports.isEmpty else { return nil }
+        let entries: [SpecNode] = ports.enumerated().map { index, port in
+            var entry: [(String, SpecNode)] = []
+            entry.append(("name", .string(port.name ?? "port-\(port.containerPort)")))
+            entry.append(("port", .int(index == 0 ? deployment.spec.port ?? port.containerPort : port.containerPort)))
+            entry.append(("targetPort", port.name.map { .string($0) } ?? .int(port.containerPort)))
+            entry.append(("protocol", .string(port.protocol.rawValue)))
+            return .mapping(entry)
+        }
+        return .mapping([
+            ("apiVersion", .string("v1")), ("kind", .string("Service")),
+            ("metadata", metadata(deployment, application: application.metadata.name)),
+            ("spec", .mapping([
+                ("selector", .mapping([(ownerLabel, .string(deployment.metadata.name))])),
+                ("ports", .sequence(entries)),
+            ])),
+        ])
+    }
+
+    /// The Ingress for the Application's routes (nil without routes). A route's port names a
+    /// container port (by name or number); the Ingress points at the Service port serving it.
+    public static func ingress(_ deployment: Deployment, application: Application) -> Result<SpecNode?, WorkloadError> {
+        let routes = application.spec.routes
+        guard !routes.isEmpty else { return .success(nil) }
+        var rules: [(host: String, paths: [SpecNode])] = []
+        for route in routes {
+            let index: Int?
+            switch route.port {
+            case .string(let name): index = application.spec.ports.firstIndex { $0.name == name }
+            case .int(let number): index = application.spec.ports.firstIndex { $0.containerPort == number }
+            }
+            guard let index else {
+                return .failure(WorkloadError("InvalidRoute", "route \(route.host)\(route.path): port \(route.port) is not one of the application's ports"))
+            }
+            let port = application.spec.ports[index]
+            let backendPort: SpecNode = port.name.map { .mapping([("name", .string($0))]) }
+                ?? .mapping([("number", .int(index == 0 ? deployment.spec.port ?? port.containerPort : port.containerPort))])
+            let path = SpecNode.mapping([
+                ("path", .string(route.path)), ("pathType", .string("Prefix")),
+                ("backend", .mapping([("service", .mapping([("name", .string(deployment.metadata.name)), ("port", backendPort)]))])),
+            ])
+            if let existing = rules.firstIndex(where: { $0.host == route.host }) {
+                rules[existing].paths.append(path)
+            } else {
+                rules.append((route.host, [path]))
+            }
+        }
+        return .success(.mapping([
+            ("apiVersion", .string("networking.k8s.io/v1")), ("kind", .string("Ingress")),
+            ("metadata", metadata(deployment, application: application.metadata.name)),
+            ("spec", .mapping([("rules", .sequence(rules.map { rule in
+                .mapping([("host", .string(rule.host)), ("http", .mapping([("paths", .sequence(rule.paths))]))])
+            }))])),
+        ]))
+    }
+
+    /// Whether `observed` holds everything `desired` says (the API server adds defaults and
+    /// other writers may add fields; neither is drift). Lists must match item by item.
+    public static func contains(_ observed: SpecNode?, _ desired: SpecNode) -> Bool {
+        guard let observed else { return false }
+        switch (observed.value, desired.value) {
+        case (.mapping, .mapping(let wanted)):
+            return wanted.allSatisfy { contains(observed[$0.key], $0.value) }
+        case (.sequence(let have), .sequence(let want)):
+            return have.count == want.count && zip(have, want).allSatisfy { contains($0, $1) }
+        case (.scalar(let a, _), .scalar(let b, _)):
+            return a == b
+        case (.null, .null):
+            return true
+        default:
+            return desired.isEmptyCollection && observed.isEmptyCollection
+        }
+    }
+
+    /// The uid of the Capstan Deployment controlling a child, if any.
+    public static func controller(of child: SpecNode) -> (name: String, uid: String)? {
+        guard case .sequence(let references)? = child["metadata"]?["ownerReferences"]?.value else { return nil }
+        for reference in references where reference["controller"]?.scalarText == "true"
+            && reference["apiVersion"]?.scalarText == capstanAPIVersion && reference["kind"]?.scalarText == "Deployment" {
+            if let name = reference["name"]?.scalarText, let uid = reference["uid"]?.scalarText { return (name, uid) }
+        }
+        return nil
+    }
+}
+
+extension SpecNode {
+    /// A copy with the value at `path` (mappings created as needed) replaced.
+    public func setting(_ path: [String], _ value: SpecNode) -> SpecNode {
+        guard let key = path.first else { return value }
+        var entries = entries ?? []
+        if let index = entries.firstIndex(where: { $0.key == key }) {
+            entries[index].value = entries[index].value.setting(Array(path.dropFirst()), value)
+        } else {
+            entries.append(.init(key, SpecNode.mapping([]).setting(Array(path.dropFirst()), value)))
+        }
+        return SpecNode(.mapping(entries))
+    }
+}

@@ -1,0 +1,397 @@
+import CapstanControllers
+import CapstanModel
+import CapstanRuntime
+import Foundation
+import Synchronization
+
+/// The children Capstan created, as the child watches see them (label
+/// `app.kubernetes.io/managed-by=capstan`), by resource, namespace and name.
+public final class ChildCache: Sendable {
+    private let objects = Mutex<[String: SpecNode]>([:])
+    /// Children seen deleted (a reconcile that makes one again says `Recreated`).
+    private let deleted = Mutex<Set<String>>([])
+
+    public init() {}
+
+    static func key(_ resource: KubeResource, _ namespace: String, _ name: String) -> String {
+        "\(resource.group)/\(resource.plural)/\(namespace)/\(name)"
+    }
+
+    static func key(_ resource: KubeResource, _ node: SpecNode) -> String {
+        key(resource, node["metadata"]?["namespace"]?.scalarText ?? "", node["metadata"]?["name"]?.scalarText ?? "")
+    }
+
+    /// Takes a child watch's change; returns the Capstan Deployment to reconcile.
+    public func apply(_ change: Reflector.Change, resource: KubeResource) -> ObjectKey? {
+        switch change {
+        case .synced: return nil
+        case .upsert(let node):
+            objects.withLock { $0[Self.key(resource, node)] = node }
+            return Self.owner(of: node)
+        case .delete(let node):
+            let key = Self.key(resource, node)
+            objects.withLock { $0[key] = nil }
+            deleted.withLock { _ = $0.insert(key) }
+            return Self.owner(of: node)
+        }
+    }
+
+    static func owner(of node: SpecNode) -> ObjectKey? {
+        guard let controller = Children.controller(of: node) else { return nil }
+        return ObjectKey(kind: .deployment, namespace: node["metadata"]?["namespace"]?.scalarText ?? "default", name: controller.name)
+    }
+
+    public func get(_ resource: KubeResource, namespace: String, name: String) -> SpecNode? {
+        objects.withLock { $0[Self.key(resource, namespace, name)] }
+    }
+
+    func set(_ resource: KubeResource, _ node: SpecNode) {
+        objects.withLock { $0[Self.key(resource, node)] = node }
+    }
+
+    func remove(_ resource: KubeResource, namespace: String, name: String) {
+        _ = objects.withLock { $0.removeValue(forKey: Self.key(resource, namespace, name)) }
+    }
+
+    /// Whether the child was seen deleted since it was last made (and forgets it).
+    func wasDeleted(_ resource: KubeResource, namespace: String, name: String) -> Bool {
+        deleted.withLock { $0.remove(Self.key(resource, namespace, name)) != nil }
+    }
+
+    public var count: Int { objects.withLock { $0.count } }
+}
+
+/// Reconciles Capstan Deployments on Kubernetes: the owned `apps/v1` Deployment, Service and
+/// Ingress are applied (server-side apply, field manager `capstan`) when they differ from what
+/// the spec asks, which also reverts edits made behind Capstan's back and recreates deleted
+/// children; the status is read back from the `apps/v1` Deployment. The finalizer
+/// `capstan.dev/cleanup` deletes the children before the owner goes (ownerReferences are the
+/// second safety net, for a cluster whose garbage collector does not run).
+public struct KubeDeploymentReconciler: Reconciler {
+    public typealias Key = ObjectKey
+
+    public static let finalizer = "capstan.dev/cleanup"
+    static let appliedHash = "capstan.dev/applied-hash"
+    /// How often a rollout in progress is looked at without a child event (a safety net).
+    public static let progressCheck: Duration = .seconds(30)
+    static let childResources: [KubeResource] = [.deployments, .services, .ingresses]
+
+    let store: KubeObjectStore
+    let children: ChildCache
+    let prune: Bool
+    let now: @Sendable () -> Date
+
+    public init(store: KubeObjectStore, children: ChildCache, prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
+        self.store = store
+        self.children = children
+        self.prune = prune
+        self.now = now
+    }
+
+    var client: KubeClient { store.client }
+
+    public func reconcile(_ key: ObjectKey) async throws -> ReconcileResult {
+        guard let stored = store.cache.get(key), case .deployment(let deployment) = stored.resource else {
+            // Gone without our finalizer (it was removed by hand, or the object went before we
+            // added it): what it owned goes here too, not only by the garbage collector.
+            try await cleanUp(key, uid: nil)
+            return .done
+        }
+        if deployment.metadata.deletionTimestamp != nil {
+            if deployment.metadata.finalizers.contains(Self.finalizer) {
+                try await cleanUp(key, uid: deployment.metadata.uid)
+                try await setFinalizer(present: false, on: deployment)
+            }
+            return .done
+        }
+        if !deployment.metadata.finalizers.contains(Self.finalizer) {
+            try await setFinalizer(present: true, on: deployment)
+        }
+
+        let time = Timestamp(now())
+        let generation = stored.generation
+        var status = deployment.status
+        var events: [(EventType, String, String)] = []
+        var result: ReconcileResult
+        do {
+            result = try await converge(deployment, generation: generation, time: time, status: &status, events: &events)
+        } catch let error as WorkloadError {
+            status.markStalled(reason: error.reason, message: error.message, generation: generation, now: time)
+            status.conditions.set(DeploymentConditions.progressing, .false, reason: error.reason, message: error.message, observedGeneration: generation, now: time)
+            result = .done
+        }
+        if let problem = stored.problems.first {
+            status.markStalled(reason: "InvalidSpec", message: "\(problem) (the last good version is kept)", generation: generation, now: time)
+        }
+        if status != deployment.status {
+            status.lastReconcileTime = time
+            _ = try await store.writeStatus(key, status.encode())
+        }
+        let before = deployment.status.conditions[type: ConditionType.ready]
+        let after = status.conditions[type: ConditionType.ready]
+        var recorded = Set(events.map(\.1))
+        for (type, reason, message) in events { await store.record(type, reason: reason, message: message, about: key) }
+        if let after, after.status != .unknown, before?.status != after.status || before?.reason != after.reason, after.reason != "InvalidSpec",
+           !recorded.contains(after.reason) {
+            recorded.insert(after.reason)
+            await store.record(after.status == .true ? .normal : .warning, reason: after.reason, message: after.message, about: key)
+        }
+        return result
+    }
+
+    /// Applies the children and reads the rollout back into `status`.
+    private func converge(_ deployment: Deployment, generation: Int, time: Timestamp, status: inout DeploymentStatus,
+                          events: inout [(EventType, String, String)]) async throws -> ReconcileResult {
+        let spec = deployment.spec
+        let namespace = deployment.metadata.namespace
+        if spec.strategy.type == .blueGreen {
+            throw WorkloadError("NotSupported", "strategy BlueGreen is not supported yet; the running revision is kept")
+        }
+        if spec.window != nil {
+            throw WorkloadError("NotSupported", "deployment windows are not supported yet; the running revision is kept")
+        }
+        let applicationKey = ObjectKey(kind: .application, namespace: namespace, name: spec.application)
+        guard case .application(let application)? = store.cache.get(applicationKey)?.resource else {
+            throw WorkloadError("ApplicationNotFound", "application \(spec.application) does not exist in namespace \(namespace)")
+        }
+        guard let repository = application.spec.image else {
+            throw WorkloadError("ImageMissing", "application \(spec.application) has no image: the Kubernetes platform runs images (spec.image)")
+        }
+        let image = try Children.imageReference(repository, version: spec.version).get()
+        let template = WorkloadTemplate(deployment: deployment, application: application, applicationFile: "")
+
+        // The revision: the same template keeps its number; a new one (or a return to an old
+        // one, as Kubernetes numbers ReplicaSets) is the next number.
+        var revision: Int
+        if let last = status.history.last, last.templateHash == template.hash {
+            revision = last.revision
+        } else {
+            revision = (status.history.map(\.revision).max() ?? 0) + 1
+            if let index = status.history.indices.last, status.history[index].finishedAt == nil {
+                status.history[index].outcome = "Superseded"
+                status.history[index].finishedAt = time
+            }
+            var record = RevisionRecord()
+            record.revision = revision
+            record.version = template.version
+            record.templateHash = template.hash
+            record.startedAt = time
+            status.history.append(record)
+            while status.history.count > spec.revisionHistoryLimit + 1 { status.history.removeFirst() }
+            events.append((.normal, "RolloutStarted", "revision \(revision): version \(template.version), image \(image)"))
+        }
+
+        let desired: [(KubeResource, SpecNode?)] = [
+            (.deployments, Children.deployment(deployment, template: template, image: image, revision: revision)),
+            (.services, Children.service(deployment, application: application)),
+            (.ingresses, try Children.ingress(deployment, application: application).get()),
+        ]
+        var apps: SpecNode?
+        for (resource, wanted) in desired {
+            let child = try await ensure(resource, wanted, owner: deployment, events: &events)
+            if resource.plural == "deployments" { apps = child }
+        }
+        guard let apps else { return .requeue(after: Self.progressCheck) }
+        return observe(apps, deployment: deployment, template: template, revision: revision, generation: generation, time: time, status: &status)
+    }
+
+    /// Makes one child what the spec asks (or removes it when nothing is asked); returns it.
+    private func ensure(_ resource: KubeResource, _ wanted: SpecNode?, owner: Deployment,
+                        events: inout [(EventType, String, String)]) async throws -> SpecNode? {
+        let namespace = owner.metadata.namespace, name = owner.metadata.name
+        let what = "\(resource.kind) \(name)"
+        var observed = children.get(resource, namespace: namespace, name: name)
+        if observed == nil, wanted != nil {
+            // Not among the children we watch: it may still exist, made by someone else.
+            observed = try await client.get(resource, namespace: namespace, name: name)
+        }
+        if let observed, Children.controller(of: observed)?.uid != owner.metadata.uid {
+            guard wanted != nil else { return nil }  // not ours, not wanted: none of our business
+            throw WorkloadError("ChildConflict", "\(what) exists and is not owned by this Deployment; Capstan leaves it alone (delete it or rename the Deployment)")
+        }
+        guard let wanted else {
+            if observed != nil {
+                try await client.delete(resource, namespace: namespace, name: name, uid: observed?["metadata"]?["uid"]?.scalarText)
+                children.remove(resource, namespace: namespace, name: name)
+                events.append((.normal, "OrphanDeleted", "\(what) is no longer wanted (the application changed); deleted"))
+            }
+            return nil
+        }
+        let hash = String(SpecHash.of(wanted).prefix(16))
+        let desired = wanted.setting(["metadata", "annotations", Self.appliedHash], .string(hash))
+        if Children.contains(observed, desired) { return observed }
+        let applied = try await client.patch(resource, namespace: namespace, name: name, desired, type: .apply, force: true)
+        children.set(resource, applied)
+        if let observed {
+            // The same spec applied before: someone changed the child.
+            if observed["metadata"]?["annotations"]?[Self.appliedHash]?.scalarText == hash {
+                events.append((.normal, "DriftCorrected", "\(what) was changed behind Capstan's back; reverted"))
+            }
+        } else if children.wasDeleted(resource, namespace: namespace, name: name) {
+            events.append((.normal, "Recreated", "\(what) was deleted behind Capstan's back; created again"))
+        }
+        return applied
+    }
+
+    /// Reads the `apps/v1` Deployment's rollout into the status.
+    private func observe(_ apps: SpecNode, deployment: Deployment, template: WorkloadTemplate, revision: Int, generation: Int,
+                         time: Timestamp, status: inout DeploymentStatus) -> ReconcileResult {
+        let spec = deployment.spec
+        let observed = apps["status"]
+        func count(_ field: String) -> Int { observed?[field]?.scalarText.flatMap { Int($0) } ?? 0 }
+        let replicas = count("replicas"), updated = count("updatedReplicas"), ready = count("readyReplicas"), available = count("availableReplicas")
+        let childGeneration = apps["metadata"]?["generation"]?.scalarText.flatMap { Int($0) } ?? 1
+        let seenGeneration = observed?["observedGeneration"]?.scalarText.flatMap { Int($0) } ?? 0
+        func condition(_ type: String) -> SpecNode? {
+            guard case .sequence(let items)? = observed?["conditions"]?.value else { return nil }
+            return items.first { $0["type"]?.scalarText == type }
+        }
+        status.replicas = replicas
+        status.updatedReplicas = updated
+        status.readyReplicas = ready
+        status.availableReplicas = available
+        status.version = template.version
+        status.currentRevision = revision
+        for type in [DeploymentConditions.available, DeploymentConditions.progressing] {
+            if let mirrored = condition(type) {
+                let value = ConditionStatus(rawValue: mirrored["status"]?.scalarText ?? "") ?? .unknown
+                status.conditions.set(type, value, reason: mirrored["reason"]?.scalarText ?? "", message: mirrored["message"]?.scalarText ?? "",
+                                      observedGeneration: generation, now: time)
+            }
+        }
+        let index = status.history.lastIndex { $0.revision == revision }
+        let description = "revision \(revision) (version \(template.version))"
+        let progressing = condition(DeploymentConditions.progressing)
+        if seenGeneration >= childGeneration, progressing?["reason"]?.scalarText == "ProgressDeadlineExceeded" {
+            status.phase = .failed
+            status.markStalled(reason: "ProgressDeadlineExceeded",
+                               message: "\(description) made no progress within \(spec.progressDeadline): \(ready)/\(spec.replicas) ready",
+                               generation: generation, now: time)
+            if let index, status.history[index].finishedAt == nil {
+                status.history[index].outcome = "Failed"
+                status.history[index].finishedAt = time
+            }
+            return .requeue(after: Self.progressCheck)
+        }
+        let done = seenGeneration >= childGeneration && updated == spec.replicas && ready >= spec.replicas
+            && available >= spec.replicas && replicas == spec.replicas
+        if done {
+            status.phase = spec.paused ? .paused : .succeeded
+            status.markReady(reason: "Succeeded", message: "\(description): \(ready)/\(spec.replicas) ready", generation: generation, now: time)
+            if let index {
+                if status.history[index].finishedAt == nil {
+                    status.history[index].outcome = "Succeeded"
+                    status.history[index].finishedAt = time
+                }
+                status.history[index].progressedAt = status.history[index].progressedAt ?? time
+            }
+            return .done
+        }
+        if spec.paused {
+            status.phase = .paused
+            status.markReconciling(reason: "Paused", message: "\(description): paused at \(updated)/\(spec.replicas) updated", generation: generation, now: time)
+            return .done
+        }
+        status.phase = .progressing
+        status.markReconciling(reason: "RollingOut", message: "\(description): \(ready)/\(spec.replicas) ready, \(updated) updated, \(replicas) running",
+                               generation: generation, now: time)
+        return .requeue(after: Self.progressCheck)
+    }
+
+    /// Adds or removes our finalizer (a merge patch conditioned on the resourceVersion: a
+    /// conflict is retried with the newer object).
+    private func setFinalizer(present: Bool, on deployment: Deployment) async throws {
+        var finalizers = deployment.metadata.finalizers.filter { $0 != Self.finalizer }
+        if present { finalizers.append(Self.finalizer) }
+        var metadata: [(String, SpecNode)] = [("finalizers", .sequence(finalizers.map { .string($0) }))]
+        if let version = deployment.metadata.resourceVersion { metadata.append(("resourceVersion", .string(version))) }
+        do {
+            let patched = try await client.patch(.capstan(.deployment), namespace: deployment.metadata.namespace, name: deployment.metadata.name,
+                                                 .mapping([("metadata", .mapping(metadata))]))
+            _ = store.apply(.upsert(patched), kind: .deployment)
+        } catch {
+            if error.isNotFound { return }
+            throw error
+        }
+    }
+
+    /// Deletes what a deleted Deployment owned (or, with pruning off for it, lets it go: the
+    /// ownerReference is removed so the garbage collector keeps it too).
+    private func cleanUp(_ key: ObjectKey, uid: String?) async throws {
+        var owned: [(KubeResource, SpecNode)] = []
+        for resource in Self.childResources {
+            guard let child = children.get(resource, namespace: key.namespace, name: key.name),
+                  let controller = Children.controller(of: child), controller.name == key.name, uid == nil || controller.uid == uid else { continue }
+            owned.append((resource, child))
+        }
+        guard !owned.isEmpty else { return }
+        let lines = owned.map { "\($0.0.kind) \(key.name)" }
+        let decision = Prune.decide(enabled: prune, annotated: await store.pruneDisabled(key))
+        for (resource, child) in owned {
+            let childUID = child["metadata"]?["uid"]?.scalarText
+            if decision == .delete {
+                try await client.delete(resource, namespace: key.namespace, name: key.name, uid: childUID)
+                children.remove(resource, namespace: key.namespace, name: key.name)
+            } else {
+                var metadata: [(String, SpecNode)] = [("ownerReferences", SpecNode(.null))]
+                if let version = child["metadata"]?["resourceVersion"]?.scalarText { metadata.append(("resourceVersion", .string(version))) }
+                do {
+                    _ = try await client.patch(resource, namespace: key.namespace, name: key.name, .mapping([("metadata", .mapping(metadata))]))
+                } catch {
+                    if !error.isNotFound { throw error }
+                }
+            }
+        }
+        if decision == .delete {
+            await store.record(.normal, reason: "OrphanDeleted", message: "deployment deleted; removed " + lines.joined(separator: ", "), about: key)
+        } else {
+            let (type, reason, message) = Prune.skipped(decision, kind: "deployment", would: lines)
+            await store.record(type, reason: reason, message: message, about: key)
+        }
+    }
+}
+
+/// Applications on Kubernetes: nothing to build; the artifact of a version is the image
+/// reference it runs.
+public final class KubeArtifacts: ArtifactPlatform, Sendable {
+    private let prepared = Mutex<[ObjectKey: [ArtifactStatus]]>([:])
+
+    public init() {}
+
+    public func checkSource(of application: Application, specFile: String) async -> SourceCheck {
+        guard let image = application.spec.image else {
+            return .unavailable("the Kubernetes platform runs images: spec.image is not set")
+        }
+        return .ready("image \(image)")
+    }
+
+    public func prepare(_ template: WorkloadTemplate, namespace: String) async throws(WorkloadError) -> ArtifactStatus {
+        guard let image = template.spec.image else {
+            throw WorkloadError("ImageMissing", "the Kubernetes platform runs images: spec.image is not set")
+        }
+        let reference = try Children.imageReference(image, version: template.version).get()
+        var artifact = ArtifactStatus()
+        artifact.version = template.version
+        artifact.digest = reference
+        let key = ObjectKey(kind: .application, namespace: namespace, name: template.application)
+        prepared.withLock { prepared in
+            var list = prepared[key] ?? []
+            if !list.contains(artifact) { list.insert(artifact, at: 0) }
+            prepared[key] = list
+        }
+        return artifact
+    }
+
+    public func artifacts(of application: ObjectKey) async -> [ArtifactStatus] {
+        prepared.withLock { $0[application] ?? [] }
+    }
+
+    /// Images are the registry's: nothing is deleted; versions no longer used leave the list.
+    public func prune(_ application: ObjectKey, keep: Int, inUse: Set<String>) async -> [String] {
+        prepared.withLock { prepared in
+            prepared[application] = (prepared[application] ?? []).filter { inUse.contains($0.version) }
+            if prepared[application]?.isEmpty ?? false { prepared[application] = nil }
+        }
+        return []
+    }
+}

@@ -1,0 +1,225 @@
+import CapstanControllers
+import CapstanModel
+import CapstanRuntime
+import Foundation
+import Synchronization
+
+extension KubeResource {
+    /// The custom resource of one of Capstan's kinds.
+    public static func capstan(_ kind: ResourceKind) -> KubeResource {
+        KubeResource(group: capstanGroup, version: capstanVersion, plural: kind.plural, kind: kind.rawValue)
+    }
+}
+
+/// Capstan's custom resources as the reconcilers see them in Kubernetes mode: the cache the
+/// reflectors fill, status written through the `/status` subresource, and reconcile events
+/// written as `core/v1` Events (aggregated like the API server's own recorder).
+public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
+    public let client: KubeClient
+    public let cache: ObjectCache
+    /// `reportingInstance` of our Events (the operator's identity).
+    let instance: String
+    let log: @Sendable (String) -> Void
+    /// Deleted objects whose last version carried `capstan.dev/prune: disabled`.
+    private let keptOnDelete = Mutex<[ObjectKey: Bool]>([:])
+    /// Events written in the last 10 minutes, by what makes them the same event.
+    private let recent = Mutex<[String: (name: String, namespace: String, count: Int, first: Date, last: Date)]>([:])
+    public static let aggregationWindow: TimeInterval = 600
+
+    public init(client: KubeClient, cache: ObjectCache = ObjectCache(), instance: String, log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.client = client
+        self.cache = cache
+        self.instance = instance
+        self.log = log
+    }
+
+    // MARK: - From the reflectors
+
+    /// What a reflector's change means for the reconcilers.
+    public enum Effect: Sendable, Equatable {
+        /// Reconcile it: it is new, its spec, labels, annotations, finalizers or deletion changed,
+        /// or it went away.
+        case reconcile(ObjectKey)
+        /// Only its status changed (often our own write): nothing to do.
+        case none
+    }
+
+    /// Takes a reflector's change of one of Capstan's kinds into the cache.
+    public func apply(_ change: Reflector.Change, kind: ResourceKind) -> Effect {
+        switch change {
+        case .synced:
+            return .none
+        case .delete(let node):
+            guard let key = Self.key(of: node, kind: kind) else { return .none }
+            let old = cache.get(key)
+            _ = cache.remove(key)
+            let metadata = old?.resource.metadata
+            keptOnDelete.withLock { $0[key] = metadata.map(Prune.isDisabled) ?? Self.pruneAnnotated(node) }
+            return .reconcile(key)
+        case .upsert(let node):
+            guard let key = Self.key(of: node, kind: kind) else { return .none }
+            let old = cache.get(key)
+            var context = DecodeContext()
+            guard let resource = AnyResource.decode(kind: kind, node, &context) else {
+                // The API's schema let it through but our rules did not (cross-field checks):
+                // the last good version is kept and the object is Stalled (principle 2).
+                let problems = context.problems.map(\.description)
+                log("\(key): invalid: \(problems.joined(separator: "; "))")
+                guard var kept = old else {
+                    Task { await self.record(.warning, reason: "InvalidSpec", message: problems.joined(separator: "; "), about: key) }
+                    return .none
+                }
+                if kept.problems == problems { return .none }
+                kept.problems = problems
+                _ = cache.upsert(key, kept)
+                return .reconcile(key)
+            }
+            keptOnDelete.withLock { $0[key] = nil }
+            let stored = StoredObject(resource: resource, generation: resource.metadata.generation ?? 1, sourceFile: "kubernetes:\(key)")
+            _ = cache.upsert(key, stored)
+            guard let old, old.problems.isEmpty else { return .reconcile(key) }
+            return Self.onlyStatusChanged(old.resource, resource) ? .none : .reconcile(key)
+        }
+    }
+
+    public static func key(of node: SpecNode, kind: ResourceKind) -> ObjectKey? {
+        guard let name = node["metadata"]?["name"]?.scalarText else { return nil }
+        return ObjectKey(kind: kind, namespace: node["metadata"]?["namespace"]?.scalarText ?? "default", name: name)
+    }
+
+    static func pruneAnnotated(_ node: SpecNode) -> Bool {
+        node["metadata"]?["annotations"]?[Prune.annotation]?.scalarText?.lowercased() == "disabled"
+    }
+
+    /// Whether everything a reconciler acts on is the same (the status is what it writes).
+    static func onlyStatusChanged(_ old: AnyResource, _ new: AnyResource) -> Bool {
+        let a = old.metadata, b = new.metadata
+        return old.specNode == new.specNode && a.generation == b.generation && a.labels == b.labels && a.annotations == b.annotations
+            && a.deletionTimestamp == b.deletionTimestamp && a.finalizers == b.finalizers && a.uid == b.uid
+    }
+
+    // MARK: - ObjectStore
+
+    public func object(_ key: ObjectKey) async throws -> StoredObject? { cache.get(key) }
+
+    public func objects(kind: ResourceKind) async throws -> [StoredObject] { cache.objects(kind: kind) }
+
+    public func objects(kind: ResourceKind, referencing key: ObjectKey) async throws -> [StoredObject] {
+        cache.objects(kind: kind, referencing: key)
+    }
+
+    public func pruneDisabled(_ key: ObjectKey) async -> Bool {
+        if let object = cache.get(key) { return Prune.isDisabled(object.resource.metadata) }
+        return keptOnDelete.withLock { $0[key] ?? false }
+    }
+
+    /// Writes the status through `/status` as a JSON merge patch of what changed (removed
+    /// fields as null), so fields of other writers are left alone.
+    public func writeStatus(_ key: ObjectKey, _ status: SpecNode) async throws -> Bool {
+        guard let stored = cache.get(key) else { return false }
+        let old = stored.resource.encode()["status"] ?? .mapping([])
+        guard let diff = Self.mergePatch(from: old, to: status) else { return false }
+        let patched: SpecNode
+        do {
+            patched = try await client.patch(.capstan(key.kind), namespace: key.namespace, name: key.name,
+                                             .mapping([("status", diff)]), subresource: "status")
+        } catch {
+            if error.isNotFound { return false }
+            throw error
+        }
+        // The cache takes what was written (the watch brings the same a moment later).
+        var context = DecodeContext()
+        if let resource = AnyResource.decode(kind: key.kind, patched, &context), var current = cache.get(key) {
+            current.resource = current.resource.withStatus(of: resource)
+            current.resource.modifyMetadata { $0.resourceVersion = resource.metadata.resourceVersion }
+            _ = cache.upsert(key, current)
+        }
+        return true
+    }
+
+    /// RFC 7386: the patch turning `old` into `new`; nil when they are equal. Lists are
+    /// replaced whole, as merge patches do.
+    public static func mergePatch(from old: SpecNode, to new: SpecNode) -> SpecNode? {
+        guard let oldEntries = old.entries, let newEntries = new.entries else {
+            return old == new ? nil : new
+        }
+        var patch: [(String, SpecNode)] = []
+        for entry in newEntries {
+            if let previous = oldEntries.first(where: { $0.key == entry.key }) {
+                if let sub = mergePatch(from: previous.value, to: entry.value) { patch.append((entry.key, sub)) }
+            } else {
+                patch.append((entry.key, entry.value))
+            }
+        }
+        for entry in oldEntries where !newEntries.contains(where: { $0.key == entry.key }) {
+            patch.append((entry.key, SpecNode(.null)))
+        }
+        return patch.isEmpty ? nil : .mapping(patch)
+    }
+
+    // MARK: - Events
+
+    public func record(_ type: EventType, reason: String, message: String, about key: ObjectKey) async {
+        let uid = cache.get(key)?.resource.metadata.uid
+        var involved: [(String, SpecNode)] = [
+            ("apiVersion", .string(capstanAPIVersion)), ("kind", .string(key.kind.rawValue)),
+            ("namespace", .string(key.namespace)), ("name", .string(key.name)),
+        ]
+        if let uid { involved.append(("uid", .string(uid))) }
+        await record(type, reason: reason, message: message, involved: .mapping(involved), namespace: key.namespace)
+    }
+
+    /// A `core/v1` Event about any object; the same type, reason and message about the same
+    /// object within 10 minutes is one Event whose `count` grows.
+    public func record(_ type: EventType, reason: String, message: String, involved: SpecNode, namespace: String) async {
+        let message = message.count > 1024 ? String(message.prefix(1021)) + "..." : message
+        let aggregate = [involved["kind"]?.scalarText, involved["namespace"]?.scalarText, involved["name"]?.scalarText,
+                         involved["uid"]?.scalarText, type.rawValue, reason, message].map { $0 ?? "" }.joined(separator: "\u{1}")
+        let now = Date()
+        let seen = recent.withLock { recent -> (name: String, namespace: String, count: Int, first: Date, last: Date)? in
+            recent = recent.filter { now.timeIntervalSince($0.value.last) < Self.aggregationWindow }
+            guard var entry = recent[aggregate] else { return nil }
+            entry.count += 1
+            entry.last = now
+            recent[aggregate] = entry
+            return entry
+        }
+        let time = SpecNode.string(Timestamp(now).description)
+        if let seen {
+            let patch = SpecNode.mapping([("count", .int(seen.count)), ("lastTimestamp", time)])
+            do {
+                _ = try await client.patch(.events, namespace: seen.namespace, name: seen.name, patch)
+                return
+            } catch {
+                if !error.isNotFound {
+                    log("cannot update event \(seen.name): \(error)")
+                    return
+                }
+                // Expired on the server (events live an hour): write it anew.
+            }
+        }
+        let objectName = involved["name"]?.scalarText ?? "object"
+        let name = "\(objectName.prefix(200)).\(Self.suffix())"
+        let event = SpecNode.mapping([
+            ("apiVersion", .string("v1")), ("kind", .string("Event")),
+            ("metadata", .mapping([("name", .string(name)), ("namespace", .string(namespace))])),
+            ("involvedObject", involved),
+            ("reason", .string(reason)), ("message", .string(message)), ("type", .string(type.rawValue)),
+            ("source", .mapping([("component", .string("capstan"))])),
+            ("reportingComponent", .string("capstan.dev/operator")), ("reportingInstance", .string(String(instance.prefix(128)))),
+            ("action", .string(reason)),
+            ("firstTimestamp", time), ("lastTimestamp", time), ("count", .int(1)),
+        ])
+        do {
+            _ = try await client.create(.events, namespace: namespace, event)
+            recent.withLock { $0[aggregate] = (name, namespace, 1, now, now) }
+        } catch {
+            log("cannot record event \(reason) for \(objectName): \(error)")
+        }
+    }
+
+    /// 16 hex digits, as client-go names Events `<object>.<hex>`.
+    static func suffix() -> String {
+        String(format: "%016llx", UInt64.random(in: 0...UInt64.max))
+    }
+}

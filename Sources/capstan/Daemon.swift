@@ -1,0 +1,149 @@
+import CapstanControllers
+import CapstanModel
+import CapstanRuntime
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What both daemons (spec directory, Kubernetes) share: reconcile outcome reporting, the
+/// two controllers and how an object's change reaches them, the HTTP endpoints, the leader
+/// election service.
+enum Daemon {
+    /// Metrics, a log line and, for failures, a Warning event per reconcile.
+    static func outcomeObserver(metrics: RuntimeMetrics, events: any EventRecorder, timeout: String, log: DaemonLog)
+        -> @Sendable (ObjectKey, ReconcileOutcome, Duration) async -> Void {
+        { key, outcome, duration in
+            metrics.reconciled(kind: key.kind.singular, outcome: outcome, duration: duration)
+            switch outcome {
+            case .success, .requeueAfter: log("reconciled \(key) in \(duration.formatted(.units(allowed: [.milliseconds])))")
+            case .error(let message):
+                log("reconcile of \(key) failed: \(message)", level: "error")
+                await events.record(.warning, reason: "ReconcileError", message: message, about: key)
+            case .timedOut:
+                log("reconcile of \(key) timed out", level: "error")
+                await events.record(.warning, reason: "ReconcileTimeout", message: "cancelled after \(timeout)", about: key)
+            }
+        }
+    }
+
+    /// Queues an object and what depends on it: an Application's Deployments run its
+    /// template; a Deployment is listed in its Application's status.
+    static func enqueue(_ key: ObjectKey, _ resource: AnyResource?, cache: ObjectCache,
+                        applications: WorkQueue<ObjectKey, ContinuousClock>, deployments: WorkQueue<ObjectKey, ContinuousClock>) async {
+        switch key.kind {
+        case .application:
+            await applications.add(key)
+            for deployment in cache.objects(kind: .deployment, referencing: key) { await deployments.add(deployment.key) }
+        case .deployment:
+            await deployments.add(key)
+            if case .deployment(let deployment)? = resource {
+                await applications.add(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application))
+            }
+        default:
+            break
+        }
+    }
+
+    /// `/metrics`, `/healthz` and `/readyz` (ready once `ready` says so; the body says
+    /// whether this daemon leads).
+    static func httpServer(host: String, port: Int, address: String, metrics: RuntimeMetrics, ready: @escaping @Sendable () -> Bool,
+                           leader: @escaping @Sendable () -> Bool?, log: DaemonLog) -> LoopService {
+        var quietLogger = Logging.Logger(label: "capstan")
+        quietLogger.logLevel = .warning
+        let router = Router()
+        router.get("metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
+        }
+        router.get("healthz") { _, _ in "ok\n" }
+        router.get("readyz") { _, _ in
+            ready() ? Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: leader().map { $0 ? "ok: leader\n" : "ok: follower\n" } ?? "ok\n")))
+                : Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "starting\n")))
+        }
+        let server = Hummingbird.Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: "capstan"),
+            onServerRunning: { channel in log("serving /metrics, /healthz and /readyz on \(channel.localAddress.map { "\($0)" } ?? address)") },
+            logger: quietLogger)
+        return LoopService("metrics server") {
+            do {
+                try await server.run()
+            } catch {
+                if Task.isCancelled { return }  // shutting down
+                log("cannot serve on \(address): \(error)", level: "error")
+                Glibc.exit(3)
+            }
+        }
+    }
+
+    /// Runs the election: `lead` when this daemon wins; on a lost lease, every reconcile stops
+    /// at once by exiting (no split brain; a supervisor restarts it as a follower).
+    /// `leaseEvent` records LeaderElected, LeaderReleased and LeaderLost.
+    static func election<C: Clock>(_ elector: LeaderElector<C>, renewDeadline: String, metrics: RuntimeMetrics, log: DaemonLog,
+                                   whileFollowing: (@Sendable () async -> Void)? = nil,
+                                   leaseEvent: @escaping @Sendable (EventType, String, String) async -> Void,
+                                   lead: @escaping @Sendable () async throws -> Void) -> LoopService where C.Duration == Duration {
+        LoopService("leader election") {
+            let following = Task { await whileFollowing?() }
+            defer { following.cancel() }
+            await elector.run(onStartedLeading: {
+                following.cancel()
+                log("leading: this daemon acts now")
+                metrics.leader(true)
+                let transitions = elector.lastObserved?.leaseTransitions ?? 0
+                await leaseEvent(.normal, "LeaderElected", "\(elector.config.identity) became leader (transition \(transitions))")
+                do { try await lead() } catch {
+                    log("cannot start leading: \(error)", level: "error")
+                    Glibc.exit(1)
+                }
+            }, onStoppedLeading: { lost in
+                metrics.leader(false)
+                guard lost else {
+                    await leaseEvent(.normal, "LeaderReleased", "\(elector.config.identity) stopped and released the lease")
+                    return
+                }
+                await leaseEvent(.warning, "LeaderLost", "\(elector.config.identity) could not renew within \(renewDeadline): stopped every reconcile and exited")
+                log("lost the lease: stopping every reconcile and exiting", level: "error")
+                Glibc.exit(1)
+            })
+        }
+    }
+
+    /// Queue gauges and object readiness (from the cache), every second.
+    static func gauges(metrics: RuntimeMetrics, cache: ObjectCache, applications: WorkQueue<ObjectKey, ContinuousClock>,
+                       deployments: WorkQueue<ObjectKey, ContinuousClock>) -> LoopService {
+        LoopService("gauges") {
+            while !Task.isCancelled {
+                for (kind, queue) in [("application", applications), ("deployment", deployments)] {
+                    metrics.queue(kind: kind, depth: await queue.depth, adds: await queue.adds, retries: await queue.retries)
+                }
+                let readiness = cache.readiness()
+                for kind in ResourceKind.allCases {
+                    let counts = readiness[kind] ?? (0, 0)
+                    metrics.resources(kind: kind.singular, ready: counts.ready, notReady: counts.notReady)
+                }
+                try await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    /// The services in one group. They stop in reverse order on SIGTERM/SIGINT: the
+    /// controllers first (no new work; in-flight reconciles finish within `shutdownGrace`),
+    /// then the loops, then the HTTP server (so /healthz answers to the end); the election,
+    /// first in the list, stops last, releasing the lease after the in-flight work finished.
+    static func serviceGroup(_ services: [any Service], shutdownGrace: String) throws -> ServiceGroup {
+        var quietLogger = Logging.Logger(label: "capstan")
+        quietLogger.logLevel = .warning
+        var configuration = ServiceGroupConfiguration(
+            services: services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: quietLogger)
+        configuration.maximumGracefulShutdownDuration = try KubeDuration.parse(shutdownGrace).duration
+        configuration.maximumCancellationDuration = .seconds(10)
+        return ServiceGroup(configuration: configuration)
+    }
+}

@@ -1,0 +1,201 @@
+import ArgumentParser
+import CapstanControllers
+import CapstanKube
+import CapstanModel
+import CapstanRuntime
+import Foundation
+import ServiceLifecycle
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How `capstan run --kube` reaches the cluster.
+struct KubeOptions: ParsableArguments {
+    @Flag(name: .customLong("kube"), help: "Read Capstan's custom resources from the Kubernetes API and run Deployments as apps/v1 Deployments.")
+    var enabled = false
+
+    @Option(name: .customLong("kubeconfig"), help: ArgumentHelp("The kubeconfig (default: $KUBECONFIG, ~/.kube/config, or the pod's service account).", valueName: "file"))
+    var kubeconfig: String?
+
+    @Option(name: .customLong("context"), help: ArgumentHelp("The kubeconfig context (default: the current one).", valueName: "name"))
+    var context: String?
+
+    @Option(name: .customLong("namespace"), help: ArgumentHelp("Watch one namespace only (default: all).", valueName: "name"))
+    var namespace: String?
+
+    @Option(name: .customLong("lease-namespace"), help: ArgumentHelp("Where the leader-election Lease lives (default: $POD_NAMESPACE, the pod's namespace, or default).", valueName: "name"))
+    var leaseNamespace: String?
+
+    @Option(name: .customLong("kube-qps"), help: ArgumentHelp("Client-side requests per second to the API server (0: no client-side limit).", valueName: "n"))
+    var qps: Double = 50
+
+    @Option(name: .customLong("kube-burst"), help: ArgumentHelp("Client-side burst of requests.", valueName: "n"))
+    var burst: Int = 100
+
+    func check() throws {
+        guard qps >= 0, qps.isFinite else { throw ValidationError("--kube-qps must be 0 or more") }
+        guard burst >= 1 else { throw ValidationError("--kube-burst must be 1 or more") }
+        for (flag, value) in [("--namespace", namespace), ("--lease-namespace", leaseNamespace)] {
+            if let value, let problem = Names.dns1123LabelProblem(value) { throw ValidationError("\(flag) \(value): \(problem)") }
+        }
+    }
+
+    /// The kubeconfig given, or in a pod its service account, or the default kubeconfig.
+    func config() throws(KubeConfig.Problem) -> KubeConfig {
+        let environment = ProcessInfo.processInfo.environment
+        if kubeconfig == nil, context == nil, environment["KUBECONFIG"] == nil, environment["KUBERNETES_SERVICE_HOST"] != nil {
+            return try KubeConfig.inCluster()
+        }
+        return try KubeConfig.load(paths: KubeConfig.defaultPaths(explicit: kubeconfig), context: context)
+    }
+}
+
+extension Run {
+    /// The daemon on a cluster: the six custom resources listed and watched into the cache,
+    /// the children watched to find drift, status and events written to the API, and with
+    /// --leader-elect a Lease.
+    func runKube(log: DaemonLog) async throws {
+        let config: KubeConfig
+        let client: KubeClient
+        do {
+            config = try kube.config()
+            client = try KubeClient(config: config, qps: kube.qps, burst: kube.burst, userAgent: "capstan/\(Capstan.version)")
+        } catch {
+            log("\(error)", level: "error")
+            throw ExitCode(2)
+        }
+        let identity = electionConfig!.identity
+        let objects = KubeObjectStore(client: client, instance: identity, log: { log($0, level: "warning") })
+        let cache = objects.cache
+        let children = ChildCache()
+        let clock = ContinuousClock()
+        let metrics = RuntimeMetrics()
+        let timeout = try KubeDuration.parse(reconcileTimeout).duration
+        let onOutcome = Daemon.outcomeObserver(metrics: metrics, events: objects, timeout: reconcileTimeout, log: log)
+        let applications = Controller(
+            name: "application",
+            reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: KubeArtifacts(), prune: prune),
+            clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
+        let deployments = Controller(
+            name: "deployment", reconciler: KubeDeploymentReconciler(store: objects, children: children, prune: prune),
+            clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
+        let leading = Gate(open: false)
+        @Sendable func enqueue(_ key: ObjectKey, _ resource: AnyResource?) async {
+            guard await leading.opened else { return }  // a follower only keeps its cache warm
+            await Daemon.enqueue(key, resource, cache: cache, applications: applications.queue, deployments: deployments.queue)
+        }
+        @Sendable func enqueueAll() async {
+            for object in cache.objects(kind: .application) { await applications.queue.add(object.key) }
+            for object in cache.objects(kind: .deployment) { await deployments.queue.add(object.key) }
+        }
+
+        // Reflectors: Capstan's kinds, and the children it made (found by its label).
+        let scope = kube.namespace.map { "namespace \($0)" } ?? "all namespaces"
+        log("capstan \(Capstan.version) watching \(scope) on \(config.server)")
+        let synced = Synchronized(Set<String>())
+        let expected = ResourceKind.allCases.count + 3
+        var reflectors: [any Service] = []
+        for kind in ResourceKind.allCases {
+            let reflector = Reflector(client: client, resource: .capstan(kind), namespace: kube.namespace, log: { log("\(kind.plural): \($0)", level: "warning") })
+            reflectors.append(LoopService("\(kind.plural) watch") {
+                await reflector.run { change in
+                    if change == .synced {
+                        synced.update { _ = $0.insert(kind.plural) }
+                        return
+                    }
+                    let previous = KubeObjectStore.key(of: change.object, kind: kind).flatMap { cache.get($0)?.resource }
+                    if case .reconcile(let key) = objects.apply(change, kind: kind) {
+                        await enqueue(key, cache.get(key)?.resource ?? previous)
+                    }
+                }
+            })
+        }
+        for resource in [KubeResource.deployments, .services, .ingresses] {
+            let reflector = Reflector(client: client, resource: resource, namespace: kube.namespace, labelSelector: Children.selector,
+                                      log: { log("\(resource.plural).\(resource.group): \($0)", level: "warning") })
+            reflectors.append(LoopService("\(resource.plural) watch") {
+                await reflector.run { change in
+                    if change == .synced {
+                        synced.update { _ = $0.insert("\(resource.group)/\(resource.plural)") }
+                        return
+                    }
+                    if let owner = children.apply(change, resource: resource), await leading.opened {
+                        await deployments.queue.add(owner)
+                    }
+                }
+            })
+        }
+        let caughtUp: @Sendable () -> Bool = { synced.value.count >= expected }
+        let lead: @Sendable () async throws -> Void = {
+            // Act on complete caches: a reconcile before the children were listed would take
+            // an existing child for a missing one.
+            while !caughtUp() { try await Task.sleep(for: .milliseconds(50)) }
+            await leading.open()
+            await enqueueAll()
+        }
+
+        let leaseNamespace = kube.leaseNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? config.namespace
+        let election = {
+            var config = electionConfig!
+            config.releaseCheck = nil  // an API read: every retry period, as client-go
+            return config
+        }()
+        let elector = leaderElect ? LeaderElector(config: election, store: KubeLeaseStore(client: client, namespace: leaseNamespace), clock: clock, log: { log($0) }) : nil
+        let leaseEvent: @Sendable (EventType, String, String) async -> Void = { type, reason, message in
+            let lease = SpecNode.mapping([
+                ("apiVersion", .string("coordination.k8s.io/v1")), ("kind", .string("Lease")),
+                ("namespace", .string(leaseNamespace)), ("name", .string(election.leaseName)),
+            ])
+            await objects.record(type, reason: reason, message: message, involved: lease, namespace: leaseNamespace)
+        }
+        var services: [any Service] = []
+        if let elector {
+            metrics.leader(false)
+            log("leader election on: waiting to lead as \(identity) (Lease \(leaseNamespace)/\(election.leaseName))")
+            services.append(Daemon.election(elector, renewDeadline: renewDeadline, metrics: metrics, log: log, leaseEvent: leaseEvent, lead: lead))
+        } else {
+            metrics.leader(true)
+            services.append(LoopService("lead") {
+                try await lead()
+                // A service that returns ends the group: this one stays until shutdown.
+                while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
+            })
+        }
+        let (host, port) = metricsHostPort!
+        let resyncInterval = try KubeDuration.parse(resync).duration
+        services += [
+            Daemon.httpServer(host: host, port: port, address: metricsAddress, metrics: metrics, ready: caughtUp,
+                              leader: { elector.map { $0.isLeader } }, log: log),
+            Daemon.gauges(metrics: metrics, cache: cache, applications: applications.queue, deployments: deployments.queue),
+        ] + reflectors + [
+            LoopService("resync") {
+                await leading.wait()
+                while !Task.isCancelled {
+                    try await Task.sleep(for: resyncInterval)
+                    await enqueueAll()  // drift the watches missed is found here at the latest
+                }
+            },
+            applications,
+            deployments,
+        ]
+        do {
+            try await Daemon.serviceGroup(services, shutdownGrace: shutdownGrace).run()
+        } catch {
+            log("stopped on error: \(error)", level: "error")
+            await client.shutdown()
+            throw ExitCode(1)
+        }
+        await client.shutdown()
+        log("stopped")
+    }
+}
+
+extension Reflector.Change {
+    /// The object of an upsert or delete (an empty mapping for `synced`).
+    var object: SpecNode {
+        switch self {
+        case .upsert(let node), .delete(let node): return node
+        case .synced: return .mapping([])
+        }
+    }
+}

@@ -1,0 +1,336 @@
+import CapstanKube
+import CapstanModel
+import Foundation
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `capstan run --kube` end to end: the built binary against hack/fake-apiserver, driven as a
+/// user and the cluster's own controllers would (kubectl-style writes through the API).
+@Suite(.serialized, .timeLimit(.minutes(5))) struct KubeModeTests {
+    static var binary: String {
+        ProcessInfo.processInfo.environment["CAPSTAN_BIN"] ?? FakeAPIServer.root + "/.build/debug/capstan"
+    }
+
+    static let applications = KubeResource.capstan(.application)
+    static let deployments = KubeResource.capstan(.deployment)
+
+    struct Failure: Error, CustomStringConvertible { var description: String }
+
+    /// A daemon process with its log.
+    final class Daemon: @unchecked Sendable {
+        let process = Process()
+        let logPath: String
+
+        init(_ arguments: [String], kubeconfig: String, log: String) throws {
+            logPath = log
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
+            process.executableURL = URL(fileURLWithPath: KubeModeTests.binary)
+            process.arguments = ["run", "--kube", "--kubeconfig", kubeconfig, "--metrics-addr", "127.0.0.1:0", "--resync", "1h"] + arguments
+            process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+            process.standardError = FileHandle(forWritingAtPath: log)
+            try process.run()
+        }
+
+        var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+        func kill() {
+            if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
+    }
+
+    static func poll(_ what: String, seconds: Double = 20, log: () -> String = { "" }, _ condition: () async throws -> Bool) async throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        Issue.record("timed out waiting for \(what); daemon log:\n\(log().suffix(4000))")
+        throw Failure(description: "timed out waiting for \(what)")
+    }
+
+    static func application(_ name: String = "web", routes: Bool = true) -> SpecNode {
+        var spec: [(String, SpecNode)] = [
+            ("image", .string("ghcr.io/example/\(name)")),
+            ("command", .sequence([.string("/app/server")])),
+            ("env", .sequence([.mapping([("name", .string("LOG_LEVEL")), ("value", .string("info"))])])),
+            ("ports", .sequence([.mapping([("name", .string("http")), ("containerPort", .int(8080))])])),
+            ("healthCheck", .mapping([("http", .mapping([("path", .string("/healthz")), ("port", .string("http"))])), ("interval", .string("5s"))])),
+            ("resources", .mapping([("cpu", .string("250m")), ("memory", .string("128Mi"))])),
+        ]
+        if routes {
+            spec.append(("routes", .sequence([.mapping([("host", .string("\(name).example.com")), ("port", .string("http"))])])))
+        }
+        return .mapping([
+            ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("Application")),
+            ("metadata", .mapping([("name", .string(name))])), ("spec", .mapping(spec)),
+        ])
+    }
+
+    static func deployment(_ name: String = "web", application: String = "web", version: String = "1.0.0", replicas: Int = 2) -> SpecNode {
+        .mapping([
+            ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("Deployment")),
+            ("metadata", .mapping([("name", .string(name))])),
+            ("spec", .mapping([
+                ("application", .string(application)), ("version", .string(version)), ("replicas", .int(replicas)), ("port", .int(80)),
+                ("env", .sequence([.mapping([("name", .string("LOG_LEVEL")), ("value", .string("debug"))])])),
+                ("strategy", .mapping([("type", .string("RollingUpdate")), ("maxSurge", .int(1)), ("maxUnavailable", .int(0))])),
+            ])),
+        ])
+    }
+
+    /// What the kube-controller-manager's Deployment controller would report once every pod
+    /// of the current template is ready.
+    static func rolledOut(_ child: SpecNode) -> SpecNode {
+        let replicas = Int(child["spec"]?["replicas"]?.scalarText ?? "1") ?? 1
+        return .mapping([("status", .mapping([
+            ("observedGeneration", .int(Int(child["metadata"]?["generation"]?.scalarText ?? "1") ?? 1)),
+            ("replicas", .int(replicas)), ("updatedReplicas", .int(replicas)), ("readyReplicas", .int(replicas)), ("availableReplicas", .int(replicas)),
+            ("conditions", .sequence([
+                .mapping([("type", .string("Available")), ("status", .string("True")), ("reason", .string("MinimumReplicasAvailable")), ("message", .string("Deployment has minimum availability."))]),
+                .mapping([("type", .string("Progressing")), ("status", .string("True")), ("reason", .string("NewReplicaSetAvailable")), ("message", .string("ReplicaSet has successfully progressed."))]),
+            ])),
+        ]))])
+    }
+
+    static func started(_ arguments: [String] = []) async throws -> (FakeAPIServer, KubeClient) {
+        let server = try FakeAPIServer(arguments: arguments)
+        let client = try server.client()
+        for crd in try FakeAPIServer.crds() {
+            _ = try await client.create(.customResourceDefinitions, namespace: nil, crd)
+        }
+        return (server, client)
+    }
+
+    static func events(_ client: KubeClient, about name: String) async throws -> [String] {
+        let (items, _) = try await client.list(.events, namespace: "default")
+        return items.filter { $0["involvedObject"]?["name"]?.scalarText == name }.compactMap { $0["reason"]?.scalarText }
+    }
+
+    static func condition(_ object: SpecNode?, _ type: String) -> SpecNode? {
+        guard case .sequence(let items)? = object?["status"]?["conditions"]?.value else { return nil }
+        return items.first { $0["type"]?.scalarText == type }
+    }
+
+    @Test func deploymentsBecomeOwnedChildrenThatFollowTheSpecAndLeaveNothingBehind() async throws {
+        let (server, client) = try await Self.started()
+        defer { server.stop() }
+        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        defer { daemon.kill() }
+        let log = { daemon.log }
+
+        _ = try await client.create(Self.applications, namespace: "default", Self.application())
+        let owner = try await client.create(Self.deployments, namespace: "default", Self.deployment())
+        let uid = try #require(owner["metadata"]?["uid"]?.scalarText)
+
+        // The children exist, owned and labelled.
+        var child: SpecNode?
+        try await Self.poll("the apps/v1 Deployment, Service and Ingress", log: log) {
+            child = try await client.get(.deployments, namespace: "default", name: "web")
+            let service = try await client.get(.services, namespace: "default", name: "web")
+            let ingress = try await client.get(.ingresses, namespace: "default", name: "web")
+            return child != nil && service != nil && ingress != nil
+        }
+        for resource in [KubeResource.deployments, .services, .ingresses] {
+            let object = try #require(try await client.get(resource, namespace: "default", name: "web"))
+            #expect(Children.controller(of: object)?.uid == uid, "\(resource.kind) is controlled by the Capstan Deployment")
+            #expect(object["metadata"]?["labels"]?["app.kubernetes.io/managed-by"]?.scalarText == "capstan")
+            #expect(object["metadata"]?["labels"]?["capstan.dev/deployment"]?.scalarText == "web")
+        }
+        let container = child?["spec"]?["template"]?["spec"]?["containers"]?.sequenceItems?.first
+        #expect(container?["image"]?.scalarText == "ghcr.io/example/web:1.0.0")
+        #expect(container?["env"]?.sequenceItems?.first?["value"]?.scalarText == "debug", "the Deployment's env wins over the Application's")
+        #expect(container?["readinessProbe"]?["httpGet"]?["port"]?.scalarText == "http")
+        #expect(container?["resources"]?["limits"]?["memory"]?.scalarText == "128Mi")
+        #expect(child?["spec"]?["replicas"]?.scalarText == "2")
+        #expect(child?["spec"]?["strategy"]?["rollingUpdate"]?["maxUnavailable"]?.scalarText == "0")
+        let service = try await client.get(.services, namespace: "default", name: "web")
+        #expect(service?["spec"]?["ports"]?.sequenceItems?.first?["port"]?.scalarText == "80")
+        #expect(service?["spec"]?["ports"]?.sequenceItems?.first?["targetPort"]?.scalarText == "http")
+        let ingress = try await client.get(.ingresses, namespace: "default", name: "web")
+        #expect(ingress?["spec"]?["rules"]?.sequenceItems?.first?["host"]?.scalarText == "web.example.com")
+
+        // Status on /status: rolling out until the cluster reports the pods ready.
+        try await Self.poll("status Reconciling at generation 1", log: log) {
+            let object = try await client.get(Self.deployments, namespace: "default", name: "web")
+            return object?["status"]?["observedGeneration"]?.scalarText == "1" && Self.condition(object, "Reconciling")?["reason"]?.scalarText == "RollingOut"
+        }
+        let withFinalizer = try await client.get(Self.deployments, namespace: "default", name: "web")
+        #expect(withFinalizer?["metadata"]?["finalizers"]?.sequenceItems?.contains { $0.scalarText == KubeDeploymentReconciler.finalizer } == true)
+        _ = try await client.patch(.deployments, namespace: "default", name: "web", Self.rolledOut(child!), subresource: "status")
+        try await Self.poll("Ready", log: log) {
+            let object = try await client.get(Self.deployments, namespace: "default", name: "web")
+            return Self.condition(object, "Ready")?["status"]?.scalarText == "True" && object?["status"]?["readyReplicas"]?.scalarText == "2"
+                && object?["status"]?["phase"]?.scalarText == "Succeeded"
+        }
+        try await Self.poll("the Application is Ready", log: log) {
+            Self.condition(try await client.get(Self.applications, namespace: "default", name: "web"), "Ready")?["status"]?.scalarText == "True"
+        }
+        try await Self.poll("events", log: log) {
+            let reasons = try await Self.events(client, about: "web")
+            return reasons.contains("RolloutStarted") && reasons.contains("Succeeded")
+        }
+
+        // A new version: the child follows, the status observes generation 2.
+        _ = try await client.patch(Self.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("version", .string("1.1.0"))]))]))
+        try await Self.poll("the new image", log: log) {
+            let object = try await client.get(.deployments, namespace: "default", name: "web")
+            return object?["spec"]?["template"]?["spec"]?["containers"]?.sequenceItems?.first?["image"]?.scalarText == "ghcr.io/example/web:1.1.0"
+        }
+        try await Self.poll("generation 2 observed", log: log) {
+            let object = try await client.get(Self.deployments, namespace: "default", name: "web")
+            return object?["status"]?["observedGeneration"]?.scalarText == "2" && object?["status"]?["currentRevision"]?.scalarText == "2"
+        }
+
+        // Edited behind Capstan's back: reverted.
+        _ = try await client.patch(.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("replicas", .int(7))]))]))
+        try await Self.poll("the edit reverted", log: log) {
+            try await client.get(.deployments, namespace: "default", name: "web")?["spec"]?["replicas"]?.scalarText == "2"
+        }
+        // Deleted behind Capstan's back: created again.
+        try await client.delete(.services, namespace: "default", name: "web")
+        try await Self.poll("the Service recreated", log: log) {
+            try await client.get(.services, namespace: "default", name: "web") != nil
+        }
+        try await Self.poll("DriftCorrected and Recreated events", log: log) {
+            let reasons = try await Self.events(client, about: "web")
+            return reasons.contains("DriftCorrected") && reasons.contains("Recreated")
+        }
+
+        // Routes removed from the Application: the Ingress goes.
+        _ = try await client.patch(Self.applications, namespace: "default", name: "web", .mapping([("spec", .mapping([("routes", SpecNode(.null))]))]))
+        try await Self.poll("the Ingress removed", log: log) {
+            try await client.get(.ingresses, namespace: "default", name: "web") == nil
+        }
+
+        // Deleted: the finalizer removes the children (this fake runs no garbage collector),
+        // then lets the object go.
+        try await client.delete(Self.deployments, namespace: "default", name: "web")
+        try await Self.poll("everything gone", log: log) {
+            let children = [try await client.get(.deployments, namespace: "default", name: "web"),
+                            try await client.get(.services, namespace: "default", name: "web")]
+            let owner = try await client.get(Self.deployments, namespace: "default", name: "web")
+            return children.allSatisfy { $0 == nil } && owner == nil
+        }
+        #expect(try await Self.events(client, about: "web").contains("OrphanDeleted"))
+    }
+
+    @Test func droppedWatchesAndExpiredVersionsLoseNoUpdate() async throws {
+        let (server, client) = try await Self.started(["--history", "20"])
+        defer { server.stop() }
+        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        defer { daemon.kill() }
+        let log = { daemon.log }
+        _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
+        _ = try await client.create(Self.deployments, namespace: "default", Self.deployment())
+        try await Self.poll("the child", log: log) { try await client.get(.deployments, namespace: "default", name: "web") != nil }
+
+        // The watches drop, and while they reconnect the spec changes.
+        try await server.control(client, "drop-watches")
+        _ = try await client.patch(Self.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("replicas", .int(3))]))]))
+        try await Self.poll("replicas 3 after a dropped watch", log: log) {
+            try await client.get(.deployments, namespace: "default", name: "web")?["spec"]?["replicas"]?.scalarText == "3"
+        }
+        // Versions compacted away while the watch is down: a 410 re-lists, the change is seen.
+        try await server.control(client, "faults", .mapping([("code", .int(503)), ("count", .int(4)), ("method", .string("GET")),
+                                                             ("match", .string("/apis/capstan.dev/v1alpha1/deployments"))]))
+        try await server.control(client, "drop-watches")
+        _ = try await client.patch(Self.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("replicas", .int(4))]))]))
+        for index in 0..<25 {
+            _ = try await client.create(Self.applications, namespace: "default", Self.application("filler-\(index)", routes: false))
+        }
+        try await server.control(client, "compact")
+        try await Self.poll("replicas 4 after a 410", seconds: 40, log: log) {
+            try await client.get(.deployments, namespace: "default", name: "web")?["spec"]?["replicas"]?.scalarText == "4"
+        }
+    }
+
+    @Test func twoOperatorsElectOneLeaseHolderAndFailOver() async throws {
+        let (server, client) = try await Self.started()
+        defer { server.stop() }
+        let election = ["--leader-elect", "--lease-duration", "3s", "--renew-deadline", "2s", "--retry-period", "500ms", "--lease-namespace", "default"]
+        let a = try Daemon(election + ["--identity", "a"], kubeconfig: server.kubeconfig, log: server.directory + "/a.log")
+        defer { a.kill() }
+        let b = try Daemon(election + ["--identity", "b"], kubeconfig: server.kubeconfig, log: server.directory + "/b.log")
+        defer { b.kill() }
+        let log = { "a:\n\(a.log.suffix(2000))\nb:\n\(b.log.suffix(2000))" }
+        var holder = ""
+        try await Self.poll("one Lease holder", log: log) {
+            holder = try await client.get(.leases, namespace: "default", name: "capstan-controller")?["spec"]?["holderIdentity"]?.scalarText ?? ""
+            return !holder.isEmpty
+        }
+        _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
+        _ = try await client.create(Self.deployments, namespace: "default", Self.deployment())
+        try await Self.poll("the leader acts", log: log) { try await client.get(.deployments, namespace: "default", name: "web") != nil }
+        let leaders = [a, b].filter { $0.log.contains("leading: this daemon acts now") }
+        #expect(leaders.count == 1, "exactly one leader")
+        #expect((holder == "a" ? a : b).log.contains("leading: this daemon acts now"))
+
+        // The holder dies: the other takes the Lease after it expires and acts.
+        let (dead, survivor) = holder == "a" ? (a, "b") : (b, "a")
+        let killed = Date()
+        dead.kill()
+        try await Self.poll("the Lease taken over", log: log) {
+            try await client.get(.leases, namespace: "default", name: "capstan-controller")?["spec"]?["holderIdentity"]?.scalarText == survivor
+        }
+        let failover = Date().timeIntervalSince(killed)
+        #expect(failover < 8, "failover took \(failover) s with a 3 s lease")
+        _ = try await client.create(Self.deployments, namespace: "default", Self.deployment("api"))
+        try await Self.poll("the new leader acts", log: log) { try await client.get(.deployments, namespace: "default", name: "api") != nil }
+        let (events, _) = try await client.list(.events, namespace: "default")
+        #expect(events.contains { $0["reason"]?.scalarText == "LeaderElected" && $0["involvedObject"]?["kind"]?.scalarText == "Lease" })
+    }
+}
+
+extension SpecNode {
+    var sequenceItems: [SpecNode]? {
+        if case .sequence(let items) = value { return items }
+        return nil
+    }
+}
+
+/// deploy/ as `kubectl apply -k deploy/` sends it: every object is accepted by the API.
+@Suite struct InstallManifestTests {
+    static let resources: [String: KubeResource] = [
+        "v1/Namespace": .namespaces,
+        "v1/ServiceAccount": KubeResource(group: "", version: "v1", plural: "serviceaccounts", kind: "ServiceAccount"),
+        "v1/Service": .services,
+        "apps/v1/Deployment": .deployments,
+        "rbac.authorization.k8s.io/v1/ClusterRole": KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterroles", kind: "ClusterRole", namespaced: false),
+        "rbac.authorization.k8s.io/v1/ClusterRoleBinding": KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterrolebindings", kind: "ClusterRoleBinding", namespaced: false),
+        "rbac.authorization.k8s.io/v1/Role": KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "roles", kind: "Role"),
+        "rbac.authorization.k8s.io/v1/RoleBinding": KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "rolebindings", kind: "RoleBinding"),
+    ]
+
+    @Test func everyObjectOfDeployIsAcceptedAndTheKustomizationListsThemAll() async throws {
+        let (server, client) = try await KubeModeTests.started()
+        defer { server.stop() }
+        let directory = FakeAPIServer.root + "/deploy"
+        let kustomization = try #require(try YAMLReader().documents(String(contentsOfFile: directory + "/kustomization.yaml", encoding: .utf8)).first?.root)
+        let namespace = try #require(kustomization["namespace"]?.scalarText)
+        let files = kustomization["resources"]?.sequenceItems?.compactMap(\.scalarText) ?? []
+        #expect(files.contains("../crds"))
+        var kinds: [String] = []
+        for file in files where file.hasSuffix(".yaml") {
+            for document in try YAMLReader().documents(String(contentsOfFile: directory + "/" + file, encoding: .utf8)) {
+                guard let object = document.root else { continue }
+                let type = "\(object["apiVersion"]?.scalarText ?? "")/\(object["kind"]?.scalarText ?? "")"
+                let resource = try #require(Self.resources[type], "deploy/\(file): \(type) is not expected in the install")
+                kinds.append(type)
+                let created = try await client.create(resource, namespace: resource.namespaced ? namespace : nil, object)
+                #expect(created["metadata"]?["uid"] != nil)
+            }
+        }
+        for expected in ["v1/Namespace", "v1/ServiceAccount", "apps/v1/Deployment", "v1/Service", "rbac.authorization.k8s.io/v1/ClusterRole"] {
+            #expect(kinds.contains(expected), "the install has a \(expected)")
+        }
+        let installed = try #require(try await client.get(.deployments, namespace: namespace, name: "capstan"))
+        let container = installed["spec"]?["template"]?["spec"]?["containers"]?.sequenceItems?.first
+        let arguments = container?["args"]?.sequenceItems?.compactMap(\.scalarText) ?? []
+        #expect(arguments.contains("--kube") && arguments.contains("--leader-elect"))
+        #expect(installed["spec"]?["replicas"]?.scalarText == "2")
+    }
+}
