@@ -8,7 +8,9 @@ import Foundation
 /// controller ownerReference to the Capstan Deployment.
 public enum Children {
     public static let managedBy = "app.kubernetes.io/managed-by"
-    public static let ownerLabel = "capstan.dev/deployment"
+    /// The owner labels of the design (README: labels on everything Capstan creates).
+    public static let ownerKindLabel = "capstan.dev/owner-kind"
+    public static let ownerNameLabel = "capstan.dev/owner-name"
     /// The label selector of everything Capstan creates (the child watches use it).
     public static let selector = "\(managedBy)=capstan"
 
@@ -26,13 +28,17 @@ public enum Children {
         return .success("\(image):\(version)")
     }
 
+    /// The labels selecting a Capstan Deployment's pods (and naming its children's owner).
+    static func selector(_ deployment: Deployment) -> [(String, SpecNode)] {
+        [(ownerKindLabel, .string("Deployment")), (ownerNameLabel, .string(deployment.metadata.name))]
+    }
+
     static func labels(_ deployment: Deployment, application: String) -> [(String, SpecNode)] {
         [
             ("app.kubernetes.io/name", .string(application)),
             ("app.kubernetes.io/instance", .string(deployment.metadata.name)),
             (managedBy, .string("capstan")),
-            (ownerLabel, .string(deployment.metadata.name)),
-        ]
+        ] + selector(deployment)
     }
 
     static func metadata(_ deployment: Deployment, application: String, extraLabels: [(String, SpecNode)] = []) -> SpecNode {
@@ -53,7 +59,7 @@ public enum Children {
     public static func deployment(_ deployment: Deployment, template: WorkloadTemplate, image: String, revision: Int) -> SpecNode {
         let spec = deployment.spec
         let app = template.spec
-        let selector: [(String, SpecNode)] = [(ownerLabel, .string(deployment.metadata.name))]
+        let selector = selector(deployment)
         var container: [(String, SpecNode)] = [("name", .string("app")), ("image", .string(image))]
         if !app.command.isEmpty { container.append(("command", .sequence(app.command.map { .string($0) }))) }
         if !template.env.isEmpty { container.append(("env", .sequence(template.env.map { $0.encode() }))) }
@@ -154,7 +160,7 @@ public enum Children {
             ("apiVersion", .string("v1")), ("kind", .string("Service")),
             ("metadata", metadata(deployment, application: application.metadata.name)),
             ("spec", .mapping([
-                ("selector", .mapping([(ownerLabel, .string(deployment.metadata.name))])),
+                ("selector", .mapping(selector(deployment))),
                 ("ports", .sequence(entries)),
             ])),
         ])

@@ -25,6 +25,8 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
     /// Events written in the last 10 minutes, by what makes them the same event.
     private let recent = Mutex<[String: (name: String, namespace: String, count: Int, first: Date, last: Date)]>([:])
     public static let aggregationWindow: TimeInterval = 600
+    /// The annotation asking for a reconcile now (Flux's `reconcile.fluxcd.io/requestedAt`).
+    public static let reconcileRequest = "capstan.dev/reconcile-requested-at"
 
     public init(client: KubeClient, cache: ObjectCache = ObjectCache(), instance: String, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.client = client
@@ -75,6 +77,12 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
                 return .reconcile(key)
             }
             keptOnDelete.withLock { $0[key] = nil }
+            if let old, let requested = resource.metadata.annotations[Self.reconcileRequest],
+               old.resource.metadata.annotations[Self.reconcileRequest] != requested {
+                // `kubectl annotate ... capstan.dev/reconcile-requested-at=$(date -Iseconds) --overwrite`:
+                // the change of annotation enqueues it; the event says it was seen.
+                Task { await self.record(.normal, reason: "ReconcileRequested", message: "requested at \(requested)", about: key) }
+            }
             let stored = StoredObject(resource: resource, generation: resource.metadata.generation ?? 1, sourceFile: "kubernetes:\(key)")
             _ = cache.upsert(key, stored)
             guard let old, old.problems.isEmpty else { return .reconcile(key) }

@@ -138,7 +138,8 @@ import Glibc
             let object = try #require(try await client.get(resource, namespace: "default", name: "web"))
             #expect(Children.controller(of: object)?.uid == uid, "\(resource.kind) is controlled by the Capstan Deployment")
             #expect(object["metadata"]?["labels"]?["app.kubernetes.io/managed-by"]?.scalarText == "capstan")
-            #expect(object["metadata"]?["labels"]?["capstan.dev/deployment"]?.scalarText == "web")
+            #expect(object["metadata"]?["labels"]?["capstan.dev/owner-name"]?.scalarText == "web")
+            #expect(object["metadata"]?["labels"]?["capstan.dev/owner-kind"]?.scalarText == "Deployment")
         }
         let container = child?["spec"]?["template"]?["spec"]?["containers"]?.sequenceItems?.first
         #expect(container?["image"]?.scalarText == "ghcr.io/example/web:1.0.0")
@@ -173,6 +174,11 @@ import Glibc
             let reasons = try await Self.events(client, about: "web")
             return reasons.contains("RolloutStarted") && reasons.contains("Succeeded")
         }
+
+        // A reconcile asked for with the request annotation is done and said.
+        let request = SpecNode.mapping([("metadata", .mapping([("annotations", .mapping([(KubeObjectStore.reconcileRequest, .string("2026-11-23T10:00:00Z"))]))]))])
+        _ = try await client.patch(Self.deployments, namespace: "default", name: "web", request)
+        try await Self.poll("the requested reconcile", log: log) { try await Self.events(client, about: "web").contains("ReconcileRequested") }
 
         // A new version: the child follows, the status observes generation 2.
         _ = try await client.patch(Self.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("version", .string("1.1.0"))]))]))

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Kubernetes mode against hack/fake-apiserver (issue 6), with kopf as the peer in the same run.
+
+For each operator and run: a fresh fake API server with the CRDs, the operator started, then
+OBJECTS (default 1,000) Capstan Deployments created by 8 client threads; measured: seconds
+from the first create until every apps/v1 child exists (and objects/s), then the latency of
+one more Deployment -> its child existing (SAMPLES sequential, p50/p99), and the operator's
+peak RSS. Capstan runs with --kube-qps 0 (kopf has no client-side limit either).
+
+Environment: CAPSTAN_BIN (hack/bench sets it), RUNS (default 3), OBJECTS, SAMPLES (default 50),
+KOPF_PYTHON (a Python with kopf and kubernetes; hack/bench makes .bench-venv).
+"""
+import json
+import os
+import shutil
+import signal
+import ssl
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import http.client
+
+import yaml
+
+BIN = os.environ.get("CAPSTAN_BIN", ".build/debug/capstan")
+RUNS = int(os.environ.get("RUNS", "3"))
+OBJECTS = int(os.environ.get("OBJECTS", "1000"))
+SAMPLES = int(os.environ.get("SAMPLES", "50"))
+KOPF_PYTHON = os.environ.get("KOPF_PYTHON", ".bench-venv/bin/python3")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class API:
+    def __init__(self, directory, port):
+        self.context = ssl.create_default_context(cafile=f"{directory}/ca.crt")
+        self.context.load_cert_chain(f"{directory}/client.crt", f"{directory}/client.key")
+        self.port = port
+        self.local = threading.local()
+
+    def request(self, method, path, body=None):
+        connection = getattr(self.local, "connection", None)
+        if connection is None:
+            connection = self.local.connection = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context)
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            payload = response.read()
+        except (ConnectionError, http.client.HTTPException):
+            self.local.connection = None
+            raise
+        if response.status >= 300 and response.status != 404:
+            raise RuntimeError(f"{method} {path}: {response.status} {payload[:300]!r}")
+        return response.status, (json.loads(payload) if payload else None)
+
+    def count(self, path):
+        return len(self.request("GET", path)[1]["items"])
+
+
+def start_fake(root):
+    process = subprocess.Popen(["python3", f"{HERE}/fake-apiserver/fake_apiserver.py", "--dir", root, "--history", "10000000"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = process.stdout.readline()
+    port = int(line.rsplit(":", 1)[1])
+    api = API(root, port)
+    for name in sorted(os.listdir("crds")):
+        if name.startswith("capstan.dev_"):
+            with open(f"crds/{name}") as f:
+                api.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", yaml.safe_load(f))
+    return process, api
+
+
+def application():
+    return {"apiVersion": "capstan.dev/v1alpha1", "kind": "Application", "metadata": {"name": "web"},
+            "spec": {"image": "ghcr.io/example/web", "ports": [{"name": "http", "containerPort": 8080}]}}
+
+
+def deployment(name):
+    return {"apiVersion": "capstan.dev/v1alpha1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"application": "web", "version": "1.0.0", "replicas": 1}}
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_once(peer):
+    root = tempfile.mkdtemp(prefix=f"capstan-bench-kube-{peer}-")
+    fake, api = start_fake(root)
+    log = open(f"{root}/operator.log", "w")
+    env = dict(os.environ, KUBECONFIG=f"{root}/kubeconfig")
+    if peer == "capstan":
+        operator = subprocess.Popen([BIN, "run", "--kube", "--kube-qps", "0", "--metrics-addr", "127.0.0.1:0", "--resync", "1h"],
+                                    stdout=subprocess.DEVNULL, stderr=log, env=env)
+    else:
+        operator = subprocess.Popen([KOPF_PYTHON, "-m", "kopf", "run", "--standalone", "--all-namespaces", "--quiet",
+                                     f"{HERE}/bench-kopf/operator.py"], stdout=log, stderr=log, env=env)
+    base = "/apis/capstan.dev/v1alpha1/namespaces/default"
+    try:
+        api.request("POST", f"{base}/applications", application())
+        time.sleep(3)  # the operator is up and watching
+        started = time.monotonic()
+        names = [f"d{i:05d}" for i in range(OBJECTS)]
+
+        def create(chunk):
+            for name in chunk:
+                api.request("POST", f"{base}/deployments", deployment(name))
+        threads = [threading.Thread(target=create, args=(names[i::8],)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        created = time.monotonic() - started
+        while api.count("/apis/apps/v1/namespaces/default/deployments") < OBJECTS:
+            if time.monotonic() - started > 900:
+                raise RuntimeError(f"{peer}: children incomplete after 900 s")
+            time.sleep(0.2)
+        total = time.monotonic() - started
+        latencies = []
+        for i in range(SAMPLES):
+            name = f"lat{i:04d}"
+            t0 = time.monotonic()
+            api.request("POST", f"{base}/deployments", deployment(name))
+            while api.request("GET", f"/apis/apps/v1/namespaces/default/deployments/{name}")[0] == 404:
+                time.sleep(0.002)
+            latencies.append(time.monotonic() - t0)
+        rss = peak_rss_mib(operator.pid)
+        return {"created": created, "total": total, "latencies": latencies, "rss": rss}
+    finally:
+        operator.send_signal(signal.SIGTERM)
+        try:
+            operator.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        fake.terminate()
+        fake.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main():
+    results = {"capstan": [], "kopf": []}
+    for run in range(RUNS):
+        for peer in ("capstan", "kopf"):  # alternated, so both see the same machine
+            result = run_once(peer)
+            results[peer].append(result)
+            print(f"run {run + 1} {peer}: {OBJECTS} children in {result['total']:.2f} s (creates took {result['created']:.2f} s), "
+                  f"latency p50 {percentile(result['latencies'], 0.5) * 1000:.0f} ms, peak RSS {result['rss']:.0f} MiB", flush=True)
+    print()
+    print(f"| operator | {OBJECTS} children, s (median) | objects/s | event -> child p50 / p99, ms | peak RSS, MiB |")
+    print("|---|---|---|---|---|")
+    medians = {}
+    for peer, runs in results.items():
+        total = statistics.median(r["total"] for r in runs)
+        latencies = [x for r in runs for x in r["latencies"]]
+        rss = statistics.median(r["rss"] for r in runs)
+        medians[peer] = (total, rss)
+        print(f"| {peer} | {total:.2f} | {OBJECTS / total:.0f} | {percentile(latencies, 0.5) * 1000:.0f} / {percentile(latencies, 0.99) * 1000:.0f} | {rss:.0f} |")
+    print()
+    print(f"throughput ratio capstan/kopf: {medians['kopf'][0] / medians['capstan'][0]:.2f}x; "
+          f"memory ratio: {medians['capstan'][1] / medians['kopf'][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
