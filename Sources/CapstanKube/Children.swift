@@ -42,17 +42,20 @@ public enum Children {
     }
 
     static func metadata(_ deployment: Deployment, application: String, extraLabels: [(String, SpecNode)] = []) -> SpecNode {
-        var owner: [(String, SpecNode)] = [
-            ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("Deployment")), ("name", .string(deployment.metadata.name)),
-        ]
-        owner.append(("uid", .string(deployment.metadata.uid ?? "")))
-        owner += [("controller", .bool(true)), ("blockOwnerDeletion", .bool(true))]
-        return .mapping([
+        var metadata: [(String, SpecNode)] = [
             ("name", .string(deployment.metadata.name)),
             ("namespace", .string(deployment.metadata.namespace)),
             ("labels", .mapping(labels(deployment, application: application) + extraLabels)),
-            ("ownerReferences", .sequence([.mapping(owner)])),
-        ])
+        ]
+        // A custom resource owns its children; an object from a spec directory is not in the
+        // cluster, so its children are known by labels and the inventory only.
+        if let uid = deployment.metadata.uid {
+            metadata.append(("ownerReferences", .sequence([.mapping([
+                ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("Deployment")), ("name", .string(deployment.metadata.name)),
+                ("uid", .string(uid)), ("controller", .bool(true)), ("blockOwnerDeletion", .bool(true)),
+            ])])))
+        }
+        return .mapping(metadata)
     }
 
     /// The `apps/v1` Deployment of a template.

@@ -36,9 +36,16 @@ public final class ChildCache: Sendable {
         }
     }
 
+    /// The Capstan Deployment a child belongs to: its controller ownerReference, or (children
+    /// of a spec directory's objects have none) its owner labels.
     static func owner(of node: SpecNode) -> ObjectKey? {
-        guard let controller = Children.controller(of: node) else { return nil }
-        return ObjectKey(kind: .deployment, namespace: node["metadata"]?["namespace"]?.scalarText ?? "default", name: controller.name)
+        let namespace = node["metadata"]?["namespace"]?.scalarText ?? "default"
+        if let controller = Children.controller(of: node) {
+            return ObjectKey(kind: .deployment, namespace: namespace, name: controller.name)
+        }
+        let labels = node["metadata"]?["labels"]
+        guard labels?[Children.ownerKindLabel]?.scalarText == "Deployment", let name = labels?[Children.ownerNameLabel]?.scalarText else { return nil }
+        return ObjectKey(kind: .deployment, namespace: namespace, name: name)
     }
 
     public func get(_ resource: KubeResource, namespace: String, name: String) -> SpecNode? {
@@ -61,6 +68,25 @@ public final class ChildCache: Sendable {
     public var count: Int { objects.withLock { $0.count } }
 }
 
+/// What Capstan made on the cluster for owners that are not cluster objects (a spec directory's),
+/// recorded before it is made, as the local platform's inventory: only what is recorded is
+/// ever deleted as garbage.
+public protocol ChildInventory: Sendable {
+    func recordChild(_ id: String, owner: ObjectKey) throws
+    func removeChild(_ id: String) throws
+    func children(of owner: ObjectKey) throws -> [String]
+}
+
+/// How Capstan knows a child is its own.
+public enum ChildOwnership: Sendable {
+    /// The owner is a custom resource: children carry its controller ownerReference, and the
+    /// finalizer `capstan.dev/cleanup` removes them before it goes.
+    case ownerReference
+    /// The owner comes from a spec directory (`--platform kube`): children carry the owner
+    /// labels and are recorded in the state store's inventory.
+    case inventory(any ChildInventory)
+}
+
 /// Reconciles Capstan Deployments on Kubernetes: the owned `apps/v1` Deployment, Service and
 /// Ingress are applied (server-side apply, field manager `capstan`) when they differ from what
 /// the spec asks, which also reverts edits made behind Capstan's back and recreates deleted
@@ -76,36 +102,67 @@ public struct KubeDeploymentReconciler: Reconciler {
     public static let progressCheck: Duration = .seconds(30)
     static let childResources: [KubeResource] = [.deployments, .services, .ingresses]
 
-    let store: KubeObjectStore
+    let store: any ObjectStore
+    let events: any EventRecorder
+    let cache: ObjectCache
+    let client: KubeClient
     let children: ChildCache
+    let ownership: ChildOwnership
     let prune: Bool
     let now: @Sendable () -> Date
+    /// Takes an object we patched (the finalizer) into the cache at once.
+    let patched: @Sendable (SpecNode) -> Void
 
+    /// For the custom resources of the cluster.
     public init(store: KubeObjectStore, children: ChildCache, prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
         self.store = store
+        self.events = store
+        self.cache = store.cache
+        self.client = store.client
         self.children = children
+        self.ownership = .ownerReference
         self.prune = prune
         self.now = now
+        self.patched = { _ = store.apply(.upsert($0), kind: .deployment) }
     }
 
-    var client: KubeClient { store.client }
+    /// For objects of another source (a spec directory) run on the cluster.
+    public init(store: any ObjectStore, events: any EventRecorder, cache: ObjectCache, client: KubeClient, children: ChildCache,
+                inventory: any ChildInventory, prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
+        self.store = store
+        self.events = events
+        self.cache = cache
+        self.client = client
+        self.children = children
+        self.ownership = .inventory(inventory)
+        self.prune = prune
+        self.now = now
+        self.patched = { _ in }
+    }
+
+    var usesOwnerReferences: Bool {
+        if case .ownerReference = ownership { return true }
+        return false
+    }
 
     public func reconcile(_ key: ObjectKey) async throws -> ReconcileResult {
-        guard let stored = store.cache.get(key), case .deployment(let deployment) = stored.resource else {
+        guard let stored = cache.get(key), case .deployment(let deployment) = stored.resource else {
             // Gone without our finalizer (it was removed by hand, or the object went before we
             // added it): what it owned goes here too, not only by the garbage collector.
             try await cleanUp(key, uid: nil)
             return .done
         }
-        if deployment.metadata.deletionTimestamp != nil {
-            if deployment.metadata.finalizers.contains(Self.finalizer) {
-                try await cleanUp(key, uid: deployment.metadata.uid)
-                try await setFinalizer(present: false, on: deployment)
+        if usesOwnerReferences {
+            if deployment.metadata.deletionTimestamp != nil {
+                if deployment.metadata.finalizers.contains(Self.finalizer) {
+                    try await cleanUp(key, uid: deployment.metadata.uid)
+                    try await setFinalizer(present: false, on: deployment)
+                }
+                return .done
             }
-            return .done
-        }
-        if !deployment.metadata.finalizers.contains(Self.finalizer) {
-            try await setFinalizer(present: true, on: deployment)
+            if !deployment.metadata.finalizers.contains(Self.finalizer) {
+                try await setFinalizer(present: true, on: deployment)
+            }
         }
 
         let time = Timestamp(now())
@@ -130,11 +187,11 @@ public struct KubeDeploymentReconciler: Reconciler {
         let before = deployment.status.conditions[type: ConditionType.ready]
         let after = status.conditions[type: ConditionType.ready]
         var recorded = Set(events.map(\.1))
-        for (type, reason, message) in events { await store.record(type, reason: reason, message: message, about: key) }
+        for (type, reason, message) in events { await self.events.record(type, reason: reason, message: message, about: key) }
         if let after, after.status != .unknown, before?.status != after.status || before?.reason != after.reason, after.reason != "InvalidSpec",
            !recorded.contains(after.reason) {
             recorded.insert(after.reason)
-            await store.record(after.status == .true ? .normal : .warning, reason: after.reason, message: after.message, about: key)
+            await self.events.record(after.status == .true ? .normal : .warning, reason: after.reason, message: after.message, about: key)
         }
         return result
     }
@@ -151,7 +208,7 @@ public struct KubeDeploymentReconciler: Reconciler {
             throw WorkloadError("NotSupported", "deployment windows are not supported yet; the running revision is kept")
         }
         let applicationKey = ObjectKey(kind: .application, namespace: namespace, name: spec.application)
-        guard case .application(let application)? = store.cache.get(applicationKey)?.resource else {
+        guard case .application(let application)? = cache.get(applicationKey)?.resource else {
             throw WorkloadError("ApplicationNotFound", "application \(spec.application) does not exist in namespace \(namespace)")
         }
         guard let repository = application.spec.image else {
@@ -205,7 +262,8 @@ public struct KubeDeploymentReconciler: Reconciler {
             // Not among the children we watch: it may still exist, made by someone else.
             observed = try await client.get(resource, namespace: namespace, name: name)
         }
-        if let observed, Children.controller(of: observed)?.uid != owner.metadata.uid {
+        let id = ChildCache.key(resource, namespace, name)
+        if let observed, !isOurs(observed, id: id, owner: owner) {
             guard wanted != nil else { return nil }  // not ours, not wanted: none of our business
             throw WorkloadError("ChildConflict", "\(what) exists and is not owned by this Deployment; Capstan leaves it alone (delete it or rename the Deployment)")
         }
@@ -213,6 +271,7 @@ public struct KubeDeploymentReconciler: Reconciler {
             if observed != nil {
                 try await client.delete(resource, namespace: namespace, name: name, uid: observed?["metadata"]?["uid"]?.scalarText)
                 children.remove(resource, namespace: namespace, name: name)
+                if case .inventory(let inventory) = ownership { try inventory.removeChild(id) }
                 events.append((.normal, "OrphanDeleted", "\(what) is no longer wanted (the application changed); deleted"))
             }
             return nil
@@ -220,6 +279,9 @@ public struct KubeDeploymentReconciler: Reconciler {
         let hash = String(SpecHash.of(wanted).prefix(16))
         let desired = wanted.setting(["metadata", "annotations", Self.appliedHash], .string(hash))
         if Children.contains(observed, desired) { return observed }
+        // Recorded before it is made: a crash in between leaves a record of nothing, never a
+        // child nobody knows about.
+        if case .inventory(let inventory) = ownership { try inventory.recordChild(id, owner: ObjectKey(kind: .deployment, namespace: namespace, name: name)) }
         let applied = try await client.patch(resource, namespace: namespace, name: name, desired, type: .apply, force: true)
         children.set(resource, applied)
         if let observed {
@@ -298,6 +360,22 @@ public struct KubeDeploymentReconciler: Reconciler {
         return .requeue(after: Self.progressCheck)
     }
 
+    /// Whether an existing child is Capstan's for this owner: controlled by it (custom
+    /// resources), or recorded in the inventory, or carrying exactly its owner labels and no
+    /// controller (made from the same spec directory by an earlier state directory).
+    private func isOurs(_ observed: SpecNode, id: String, owner: Deployment) -> Bool {
+        switch ownership {
+        case .ownerReference:
+            return Children.controller(of: observed)?.uid == owner.metadata.uid
+        case .inventory(let inventory):
+            let key = ObjectKey(kind: .deployment, namespace: owner.metadata.namespace, name: owner.metadata.name)
+            if (try? inventory.children(of: key))?.contains(id) == true { return true }
+            let labels = observed["metadata"]?["labels"]
+            return Children.controller(of: observed) == nil && labels?[Children.managedBy]?.scalarText == "capstan"
+                && labels?[Children.ownerKindLabel]?.scalarText == "Deployment" && labels?[Children.ownerNameLabel]?.scalarText == owner.metadata.name
+        }
+    }
+
     /// Adds or removes our finalizer (a merge patch conditioned on the resourceVersion: a
     /// conflict is retried with the newer object).
     private func setFinalizer(present: Bool, on deployment: Deployment) async throws {
@@ -308,7 +386,7 @@ public struct KubeDeploymentReconciler: Reconciler {
         do {
             let patched = try await client.patch(.capstan(.deployment), namespace: deployment.metadata.namespace, name: deployment.metadata.name,
                                                  .mapping([("metadata", .mapping(metadata))]))
-            _ = store.apply(.upsert(patched), kind: .deployment)
+            self.patched(patched)
         } catch {
             if error.isNotFound { return }
             throw error
@@ -319,10 +397,22 @@ public struct KubeDeploymentReconciler: Reconciler {
     /// ownerReference is removed so the garbage collector keeps it too).
     private func cleanUp(_ key: ObjectKey, uid: String?) async throws {
         var owned: [(KubeResource, SpecNode)] = []
-        for resource in Self.childResources {
-            guard let child = children.get(resource, namespace: key.namespace, name: key.name),
-                  let controller = Children.controller(of: child), controller.name == key.name, uid == nil || controller.uid == uid else { continue }
-            owned.append((resource, child))
+        switch ownership {
+        case .ownerReference:
+            for resource in Self.childResources {
+                guard let child = children.get(resource, namespace: key.namespace, name: key.name),
+                      let controller = Children.controller(of: child), controller.name == key.name, uid == nil || controller.uid == uid else { continue }
+                owned.append((resource, child))
+            }
+        case .inventory(let inventory):
+            for id in try inventory.children(of: key) {
+                guard let resource = Self.childResources.first(where: { id.hasPrefix("\($0.group)/\($0.plural)/") }) else { continue }
+                if let child = try await client.get(resource, namespace: key.namespace, name: key.name) {
+                    owned.append((resource, child))
+                } else {
+                    try inventory.removeChild(id)  // gone already
+                }
+            }
         }
         guard !owned.isEmpty else { return }
         let lines = owned.map { "\($0.0.kind) \(key.name)" }
@@ -332,7 +422,8 @@ public struct KubeDeploymentReconciler: Reconciler {
             if decision == .delete {
                 try await client.delete(resource, namespace: key.namespace, name: key.name, uid: childUID)
                 children.remove(resource, namespace: key.namespace, name: key.name)
-            } else {
+                if case .inventory(let inventory) = ownership { try inventory.removeChild(ChildCache.key(resource, key.namespace, key.name)) }
+            } else if usesOwnerReferences {
                 var metadata: [(String, SpecNode)] = [("ownerReferences", SpecNode(.null))]
                 if let version = child["metadata"]?["resourceVersion"]?.scalarText { metadata.append(("resourceVersion", .string(version))) }
                 do {
@@ -343,10 +434,10 @@ public struct KubeDeploymentReconciler: Reconciler {
             }
         }
         if decision == .delete {
-            await store.record(.normal, reason: "OrphanDeleted", message: "deployment deleted; removed " + lines.joined(separator: ", "), about: key)
+            await events.record(.normal, reason: "OrphanDeleted", message: "deployment deleted; removed " + lines.joined(separator: ", "), about: key)
         } else {
             let (type, reason, message) = Prune.skipped(decision, kind: "deployment", would: lines)
-            await store.record(type, reason: reason, message: message, about: key)
+            await events.record(type, reason: reason, message: message, about: key)
         }
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CapstanControllers
+import CapstanKube
 import CapstanLocal
 import CapstanModel
 import CapstanRuntime
@@ -61,6 +62,9 @@ struct Run: AsyncParsableCommand {
     var specDirectory: String { specDirectoryOption ?? "" }
 
     @OptionGroup var kube: KubeOptions
+
+    @Option(name: .customLong("platform"), help: ArgumentHelp("Where a spec directory's Deployments run: local (processes on this host) or kube (apps/v1 Deployments on the cluster of --kubeconfig).", valueName: "local|kube"))
+    var platform: PlatformName = .local
 
     @OptionGroup var state: StateOptions
 
@@ -139,10 +143,13 @@ struct Run: AsyncParsableCommand {
             throw ValidationError("--metrics-addr \"\(metricsAddress)\" is not host:port, such as 127.0.0.1:9464")
         }
         if kube.enabled {
-            guard specDirectoryOption == nil else { throw ValidationError("--kube reads the cluster's custom resources: leave out --spec-dir") }
+            guard specDirectoryOption == nil else {
+                throw ValidationError("--kube reads the cluster's custom resources: leave out --spec-dir (or use --spec-dir with --platform kube)")
+            }
             try kube.check()
             return
         }
+        if platform == .kube { try kube.check() }
         guard specDirectoryOption != nil else { throw ValidationError("give --spec-dir DIR (a directory of specs) or --kube (the cluster's custom resources)") }
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: specDirectory, isDirectory: &isDirectory), isDirectory.boolValue else {
@@ -179,49 +186,75 @@ struct Run: AsyncParsableCommand {
         let onOutcome = Daemon.outcomeObserver(metrics: metrics, events: objects, timeout: reconcileTimeout, log: log)
         // The platform tells the Deployment controller when an instance's readiness changes;
         // the controller exists only after the platform, hence the late binding.
-        let enqueueDeployment = Synchronized<(@Sendable (ObjectKey) async -> Void)?>(nil)
-        let platform: LocalWorkloadPlatform
-        do {
-            platform = try LocalWorkloadPlatform(
-                stateDirectory: state.resolved, store: store, events: objects, routerHost: routerAddress,
-                enqueue: { key in await enqueueDeployment.value?(key) }, restarted: { metrics.instanceRestarted() })
-        } catch {
-            log("cannot start the process supervisor: \(error)", level: "error")
-            throw ExitCode(2)
+        let deploymentQueue = WorkQueue<ObjectKey, ContinuousClock>(clock: clock)
+        // Local: supervised processes. Kube: apps/v1 Deployments on a cluster (GitOps to it).
+        var local: LocalWorkloadPlatform?
+        var cluster: ClusterTarget?
+        let artifacts: any ArtifactPlatform
+        let deploymentService: any Service
+        var localReconciler: DeploymentReconciler?
+        if platform == .kube {
+            do {
+                let target = try ClusterTarget(options: kube, log: log)
+                cluster = target
+                artifacts = KubeArtifacts()
+                deploymentService = Controller(
+                    name: "deployment",
+                    reconciler: KubeDeploymentReconciler(store: objects, events: objects, cache: cache, client: target.client, children: target.children,
+                                                         inventory: StoreChildInventory(store: store), prune: prune),
+                    clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, observe: onOutcome)
+            } catch {
+                log("\(error)", level: "error")
+                throw ExitCode(2)
+            }
+        } else {
+            do {
+                let platform = try LocalWorkloadPlatform(
+                    stateDirectory: state.resolved, store: store, events: objects, routerHost: routerAddress,
+                    enqueue: { key in await deploymentQueue.add(key) }, restarted: { metrics.instanceRestarted() })
+                local = platform
+                artifacts = platform
+                let reconciler = DeploymentReconciler(store: objects, events: objects, workload: platform, revisions: objects, prune: prune)
+                localReconciler = reconciler
+                deploymentService = Controller(
+                    name: "deployment", reconciler: reconciler,
+                    clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, observe: onOutcome)
+            } catch {
+                log("cannot start the process supervisor: \(error)", level: "error")
+                throw ExitCode(2)
+            }
         }
         let applications = Controller(
             name: "application",
-            reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: platform, prune: prune),
+            reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: artifacts, prune: prune),
             clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
-        let deploymentReconciler = DeploymentReconciler(store: objects, events: objects, workload: platform, revisions: objects, prune: prune)
-        let deployments = Controller(
-            name: "deployment", reconciler: deploymentReconciler,
-            clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
-        enqueueDeployment.update { $0 = { key in await deployments.queue.add(key) } }
+        let deploymentReconciler = localReconciler
+        let (platformLocal, platformCluster) = (local, cluster)
 
         @Sendable func enqueue(_ key: ObjectKey, _ resource: AnyResource?) async {
-            await Daemon.enqueue(key, resource, cache: cache, applications: applications.queue, deployments: deployments.queue)
+            await Daemon.enqueue(key, resource, cache: cache, applications: applications.queue, deployments: deploymentQueue)
         }
         /// Everything known, and every owner of something in the inventory (deleted while no
         /// daemon ran: its reconcile removes what it left).
         @Sendable func enqueueAll() async {
             for object in cache.objects(kind: .application) { await applications.queue.add(object.key) }
-            for object in cache.objects(kind: .deployment) { await deployments.queue.add(object.key) }
-            for owner in platform.owners() where cache.get(owner) == nil {
+            for object in cache.objects(kind: .deployment) { await deploymentQueue.add(object.key) }
+            let owners = platformLocal?.owners() ?? Set(((try? store.inventory(type: StoreChildInventory.type)) ?? []).map(\.owner))
+            for owner in owners where cache.get(owner) == nil {
                 switch owner.kind {
                 case .application: await applications.queue.add(owner)
-                case .deployment: await deployments.queue.add(owner)
+                case .deployment: await deploymentQueue.add(owner)
                 default: break
                 }
             }
-            for directory in platform.pruneLogs(keeping: Set(cache.objects(kind: .deployment).map(\.key))) {
+            for directory in platformLocal?.pruneLogs(keeping: Set(cache.objects(kind: .deployment).map(\.key))) ?? [] {
                 log("removed the logs of a Deployment deleted more than a day ago: \(directory)")
             }
         }
         let source = SpecDirectorySource(root: specDirectory, store: store, cache: cache, allowEmpty: allowEmpty, log: { log($0) }) { key, resource in
             await enqueue(key, resource)
         }
-        log("capstan \(Capstan.version) reading \(specDirectory), state in \(state.resolved)")
+        log("capstan \(Capstan.version) reading \(specDirectory), state in \(state.resolved)" + (platformCluster.map { ", running Deployments on \($0.server)" } ?? ""))
         // Everything that acts (the source writing the store, adoption, reconciles, requests)
         // waits behind this gate: open at once without leader election, on election with it.
         let leading = Gate(open: false)
@@ -230,9 +263,11 @@ struct Run: AsyncParsableCommand {
             log("read \(summary.applied) objects (\(summary.problems) problems)")
             if summary.problems > 0 { metrics.sourceError(source: "directory") }
             // Instances a previous daemon left running are adopted, not started again.
-            let (adopted, restarted, unavailable) = await platform.adopt()
-            if adopted + restarted > 0 { log("adopted \(adopted) running instance(s), restarted \(restarted) that had exited") }
-            for problem in unavailable { log("cannot open a router port again: \(problem)", level: "warning") }
+            if let platformLocal {
+                let (adopted, restarted, unavailable) = await platformLocal.adopt()
+                if adopted + restarted > 0 { log("adopted \(adopted) running instance(s), restarted \(restarted) that had exited") }
+                for problem in unavailable { log("cannot open a router port again: \(problem)", level: "warning") }
+            }
             // Everything known is reconciled once at start-up (level-based: a restart loses nothing).
             await enqueueAll()
             await leading.open()
@@ -273,7 +308,7 @@ struct Run: AsyncParsableCommand {
         } ?? []
         let services: [any Service] = election + [
             server,
-            Daemon.gauges(metrics: metrics, cache: cache, applications: applications.queue, deployments: deployments.queue),
+            Daemon.gauges(metrics: metrics, cache: cache, applications: applications.queue, deployments: deploymentQueue),
             LoopService("directory watch") {
                 await leading.wait()
                 for await batch in watcher.changes {
@@ -315,13 +350,16 @@ struct Run: AsyncParsableCommand {
                             await enqueue(request.key, cache.get(request.key)?.resource)
                         case "rollback":
                             do {
+                                guard let deploymentReconciler else {
+                                    throw WorkloadError("NotSupported", "rollback is not supported on the Kubernetes platform yet")
+                                }
                                 let message = try await deploymentReconciler.requestRollback(request.key, toRevision: Int(request.value))
                                 log("\(request.key): \(message)")
                             } catch {
                                 log("rollback of \(request.key) refused: \(error)", level: "warning")
                                 await objects.record(.warning, reason: "RollbackRefused", message: "\(error)", about: request.key)
                             }
-                            await deployments.queue.add(request.key)
+                            await deploymentQueue.add(request.key)
                         default:
                             break
                         }
@@ -330,8 +368,10 @@ struct Run: AsyncParsableCommand {
                 }
             },
             applications,
-            deployments,
-        ]
+            deploymentService,
+        ] + (platformCluster?.watches { owner in
+            if await leading.opened { await deploymentQueue.add(owner) }
+        } ?? [])
         let group = try Daemon.serviceGroup(services, shutdownGrace: shutdownGrace)
         ready.update { $0 = true }
         do {
@@ -342,16 +382,19 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(1)
         }
         watcher.stop()
-        if downOnExit, await leading.opened {
-            let stopped = await platform.down()
-            log("stopped \(stopped.count) instance(s) (--down-on-exit)")
-        } else {
-            let running = platform.owners().filter { $0.kind == .deployment }.count
-            if running > 0 {
-                log("instances of \(running) deployment(s) keep running (their router ports are closed until a daemon runs); stop them with: capstan down --state-dir \(state.resolved)")
+        if let platformLocal {
+            if downOnExit, await leading.opened {
+                let stopped = await platformLocal.down()
+                log("stopped \(stopped.count) instance(s) (--down-on-exit)")
+            } else {
+                let running = platformLocal.owners().filter { $0.kind == .deployment }.count
+                if running > 0 {
+                    log("instances of \(running) deployment(s) keep running (their router ports are closed until a daemon runs); stop them with: capstan down --state-dir \(state.resolved)")
+                }
             }
+            await platformLocal.shutdown()
         }
-        await platform.shutdown()
+        await platformCluster?.client.shutdown()
         log("stopped")
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CapstanControllers
 import CapstanKube
+import CapstanLocal
 import CapstanModel
 import CapstanRuntime
 import Foundation
@@ -50,24 +51,82 @@ struct KubeOptions: ParsableArguments {
     }
 }
 
+enum PlatformName: String, ExpressibleByArgument, CaseIterable {
+    case local, kube
+}
+
+/// The cluster a daemon runs Deployments on: its client, and the watches of the children
+/// Capstan made there (label `app.kubernetes.io/managed-by=capstan`).
+struct ClusterTarget: Sendable {
+    let client: KubeClient
+    let server: String
+    let namespace: String?
+    let children = ChildCache()
+    private let synced = Synchronized(Set<String>())
+    private let log: DaemonLog
+    static let childResources: [KubeResource] = [.deployments, .services, .ingresses]
+
+    init(options: KubeOptions, log: DaemonLog) throws {
+        let config = try options.config()
+        client = try KubeClient(config: config, qps: options.qps, burst: options.burst, userAgent: "capstan/\(Capstan.version)")
+        server = config.server
+        namespace = options.namespace
+        self.log = log
+    }
+
+    /// Every child watch has listed once.
+    var caughtUp: Bool { synced.value.count >= Self.childResources.count }
+
+    /// The child watches as services; a change of a child calls `owner` with its Capstan Deployment.
+    func watches(_ owner: @escaping @Sendable (ObjectKey) async -> Void) -> [any Service] {
+        Self.childResources.map { resource in
+            let reflector = Reflector(client: client, resource: resource, namespace: namespace, labelSelector: Children.selector,
+                                      log: { [log] in log("\(resource.plural).\(resource.group): \($0)", level: "warning") })
+            return LoopService("\(resource.plural) watch") { [children, synced] in
+                await reflector.run { change in
+                    if change == .synced {
+                        synced.update { _ = $0.insert("\(resource.group)/\(resource.plural)") }
+                        return
+                    }
+                    if let key = children.apply(change, resource: resource) { await owner(key) }
+                }
+            }
+        }
+    }
+}
+
+/// Children on a cluster made for a spec directory's objects, in the state store's inventory.
+struct StoreChildInventory: ChildInventory {
+    static let type = "kube-child"
+    let store: StateStore
+
+    func recordChild(_ id: String, owner: ObjectKey) throws {
+        guard try !children(of: owner).contains(id) else { return }
+        try store.recordInventory(.init(type: Self.type, id: id, owner: owner, createdAt: Date()))
+    }
+
+    func removeChild(_ id: String) throws { _ = try store.removeInventory(type: Self.type, id: id) }
+
+    func children(of owner: ObjectKey) throws -> [String] { try store.inventory(of: owner, type: Self.type).map(\.id) }
+}
+
 extension Run {
     /// The daemon on a cluster: the six custom resources listed and watched into the cache,
     /// the children watched to find drift, status and events written to the API, and with
     /// --leader-elect a Lease.
     func runKube(log: DaemonLog) async throws {
-        let config: KubeConfig
-        let client: KubeClient
+        let target: ClusterTarget
         do {
-            config = try kube.config()
-            client = try KubeClient(config: config, qps: kube.qps, burst: kube.burst, userAgent: "capstan/\(Capstan.version)")
+            target = try ClusterTarget(options: kube, log: log)
         } catch {
             log("\(error)", level: "error")
             throw ExitCode(2)
         }
+        let client = target.client
         let identity = electionConfig!.identity
         let objects = KubeObjectStore(client: client, instance: identity, log: { log($0, level: "warning") })
         let cache = objects.cache
-        let children = ChildCache()
+        let children = target.children
         let clock = ContinuousClock()
         let metrics = RuntimeMetrics()
         let timeout = try KubeDuration.parse(reconcileTimeout).duration
@@ -91,9 +150,9 @@ extension Run {
 
         // Reflectors: Capstan's kinds, and the children it made (found by its label).
         let scope = kube.namespace.map { "namespace \($0)" } ?? "all namespaces"
-        log("capstan \(Capstan.version) watching \(scope) on \(config.server)")
+        log("capstan \(Capstan.version) watching \(scope) on \(target.server)")
         let synced = Synchronized(Set<String>())
-        let expected = ResourceKind.allCases.count + 3
+        let expected = ResourceKind.allCases.count
         var reflectors: [any Service] = []
         for kind in ResourceKind.allCases {
             let reflector = Reflector(client: client, resource: .capstan(kind), namespace: kube.namespace, log: { log("\(kind.plural): \($0)", level: "warning") })
@@ -110,22 +169,10 @@ extension Run {
                 }
             })
         }
-        for resource in [KubeResource.deployments, .services, .ingresses] {
-            let reflector = Reflector(client: client, resource: resource, namespace: kube.namespace, labelSelector: Children.selector,
-                                      log: { log("\(resource.plural).\(resource.group): \($0)", level: "warning") })
-            reflectors.append(LoopService("\(resource.plural) watch") {
-                await reflector.run { change in
-                    if change == .synced {
-                        synced.update { _ = $0.insert("\(resource.group)/\(resource.plural)") }
-                        return
-                    }
-                    if let owner = children.apply(change, resource: resource), await leading.opened {
-                        await deployments.queue.add(owner)
-                    }
-                }
-            })
+        reflectors += target.watches { owner in
+            if await leading.opened { await deployments.queue.add(owner) }
         }
-        let caughtUp: @Sendable () -> Bool = { synced.value.count >= expected }
+        let caughtUp: @Sendable () -> Bool = { synced.value.count >= expected && target.caughtUp }
         let lead: @Sendable () async throws -> Void = {
             // Act on complete caches: a reconcile before the children were listed would take
             // an existing child for a missing one.
@@ -134,7 +181,7 @@ extension Run {
             await enqueueAll()
         }
 
-        let leaseNamespace = kube.leaseNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? config.namespace
+        let leaseNamespace = kube.leaseNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? ((try? kube.config().namespace) ?? "default")
         let election = {
             var config = electionConfig!
             config.releaseCheck = nil  // an API read: every retry period, as client-go

@@ -152,6 +152,17 @@ import CapstanModel
         #expect(run.status == 64)
     }
 
+    @Test func runSaysWhereToReadFrom() throws {
+        let neither = try Self.capstan(["run"])
+        #expect(neither.status == 64 && neither.stderr.contains("--spec-dir DIR") && neither.stderr.contains("--kube"), "\(neither.stderr)")
+        let both = try Self.capstan(["run", "--kube", "--spec-dir", "manifests/examples"])
+        #expect(both.status == 64 && both.stderr.contains("--platform kube"), "\(both.stderr)")
+        let badQPS = try Self.capstan(["run", "--kube", "--kube-qps", "-1"])
+        #expect(badQPS.status == 64 && badQPS.stderr.contains("--kube-qps"), "\(badQPS.stderr)")
+        let noConfig = try Self.capstan(["run", "--kube", "--kubeconfig", "/nonexistent/kubeconfig", "--metrics-addr", "127.0.0.1:0"])
+        #expect(noConfig.status == 2 && noConfig.stderr.contains("/nonexistent/kubeconfig"), "\(noConfig.stderr)")
+    }
+
     @Test func crdsPrintsTheGeneratedDefinitions() throws {
         let run = try Self.capstan(["crds"])
         #expect(run.status == 0)

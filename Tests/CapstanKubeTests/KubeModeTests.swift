@@ -224,6 +224,86 @@ import Glibc
         #expect(try await Self.events(client, about: "web").contains("OrphanDeleted"))
     }
 
+    @Test func aSpecDirectoryRunsOnTheClusterWithPlatformKube() async throws {
+        let (server, client) = try await Self.started()
+        defer { server.stop() }
+        let specs = server.directory + "/specs", state = server.directory + "/state"
+        try FileManager.default.createDirectory(atPath: specs, withIntermediateDirectories: true)
+        func write(version: String) throws {
+            try """
+            apiVersion: capstan.dev/v1alpha1
+            kind: Application
+            metadata: {name: web}
+            spec:
+              image: ghcr.io/example/web
+              ports: [{name: http, containerPort: 8080}]
+            ---
+            apiVersion: capstan.dev/v1alpha1
+            kind: Deployment
+            metadata: {name: web}
+            spec: {application: web, version: "\(version)", replicas: 2, port: 80}
+            """.write(toFile: specs + "/web.yaml", atomically: true, encoding: .utf8)
+        }
+        try write(version: "1.0.0")
+        try "apiVersion: capstan.dev/v1alpha1\nkind: Application\nmetadata: {name: other}\nspec: {image: ghcr.io/example/other}\n"
+            .write(toFile: specs + "/other.yaml", atomically: true, encoding: .utf8)
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: Self.binary)
+        daemon.arguments = ["run", "--spec-dir", specs, "--state-dir", state, "--platform", "kube", "--kubeconfig", server.kubeconfig,
+                            "--metrics-addr", "127.0.0.1:0", "--resync", "1h"]
+        let logPath = server.directory + "/daemon.log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        daemon.standardError = FileHandle(forWritingAtPath: logPath)
+        daemon.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        try daemon.run()
+        defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) }; daemon.waitUntilExit() }
+        let log = { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+        func status() throws -> [String: Any] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Self.binary)
+            process.arguments = ["get", "deployment", "web", "-o", "json", "--state-dir", state]
+            let out = Pipe()
+            process.standardOutput = out
+            process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+            try process.run()
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else { return [:] }
+            return ((try JSONSerialization.jsonObject(with: data) as? [String: Any])?["status"] as? [String: Any]) ?? [:]
+        }
+
+        var child: SpecNode?
+        try await Self.poll("the children on the cluster", log: log) {
+            child = try await client.get(.deployments, namespace: "default", name: "web")
+            let service = try await client.get(.services, namespace: "default", name: "web")
+            return child != nil && service != nil
+        }
+        #expect(child?["metadata"]?["ownerReferences"] == nil, "an object of a spec directory is not in the cluster to own anything")
+        #expect(child?["metadata"]?["labels"]?["capstan.dev/owner-name"]?.scalarText == "web")
+        _ = try await client.patch(.deployments, namespace: "default", name: "web", Self.rolledOut(child!), subresource: "status")
+        try await Self.poll("Ready in the state store", log: log) {
+            let current = try status()
+            return current["readyReplicas"] as? Int == 2 && current["phase"] as? String == "Succeeded"
+        }
+        try write(version: "1.1.0")
+        try await Self.poll("the new version on the cluster", log: log) {
+            try await client.get(.deployments, namespace: "default", name: "web")?["spec"]?["template"]?["spec"]?["containers"]?
+                .sequenceItems?.first?["image"]?.scalarText == "ghcr.io/example/web:1.1.0"
+        }
+        // An edit on the cluster is reverted here too.
+        _ = try await client.patch(.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("replicas", .int(9))]))]))
+        try await Self.poll("the edit reverted", log: log) {
+            try await client.get(.deployments, namespace: "default", name: "web")?["spec"]?["replicas"]?.scalarText == "2"
+        }
+        // The file removed: what it made on the cluster goes (the inventory says what).
+        try FileManager.default.removeItem(atPath: specs + "/web.yaml")
+        try await Self.poll("the children removed", log: log) {
+            let apps = try await client.get(.deployments, namespace: "default", name: "web")
+            let service = try await client.get(.services, namespace: "default", name: "web")
+            return apps == nil && service == nil
+        }
+    }
+
     @Test func droppedWatchesAndExpiredVersionsLoseNoUpdate() async throws {
         let (server, client) = try await Self.started(["--history", "20"])
         defer { server.stop() }
