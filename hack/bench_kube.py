@@ -29,6 +29,8 @@ RUNS = int(os.environ.get("RUNS", "3"))
 OBJECTS = int(os.environ.get("OBJECTS", "1000"))
 SAMPLES = int(os.environ.get("SAMPLES", "50"))
 KOPF_PYTHON = os.environ.get("KOPF_PYTHON", ".bench-venv/bin/python3")
+PEERS = os.environ.get("PEERS", "capstan,kopf").split(",")
+CAPSTAN_ARGS = os.environ.get("CAPSTAN_ARGS", "--concurrency 32").split()
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -96,7 +98,7 @@ def run_once(peer):
     log = open(f"{root}/operator.log", "w")
     env = dict(os.environ, KUBECONFIG=f"{root}/kubeconfig")
     if peer == "capstan":
-        operator = subprocess.Popen([BIN, "run", "--kube", "--kube-qps", "0", "--metrics-addr", "127.0.0.1:0", "--resync", "1h"],
+        operator = subprocess.Popen([BIN, "run", "--kube", "--kube-qps", "0", "--metrics-addr", "127.0.0.1:0", "--resync", "1h"] + CAPSTAN_ARGS,
                                     stdout=subprocess.DEVNULL, stderr=log, env=env)
     else:
         operator = subprocess.Popen([KOPF_PYTHON, "-m", "kopf", "run", "--standalone", "--all-namespaces", "--quiet",
@@ -131,7 +133,8 @@ def run_once(peer):
                 time.sleep(0.002)
             latencies.append(time.monotonic() - t0)
         rss = peak_rss_mib(operator.pid)
-        return {"created": created, "total": total, "latencies": latencies, "rss": rss}
+        stats = api.request("GET", "/fake/stats")[1]["requests"]
+        return {"created": created, "total": total, "latencies": latencies, "rss": rss, "requests": stats}
     finally:
         operator.send_signal(signal.SIGTERM)
         try:
@@ -149,13 +152,14 @@ def percentile(values, q):
 
 
 def main():
-    results = {"capstan": [], "kopf": []}
+    results = {peer: [] for peer in PEERS}
     for run in range(RUNS):
-        for peer in ("capstan", "kopf"):  # alternated, so both see the same machine
+        for peer in PEERS:  # alternated, so both see the same machine
             result = run_once(peer)
             results[peer].append(result)
             print(f"run {run + 1} {peer}: {OBJECTS} children in {result['total']:.2f} s (creates took {result['created']:.2f} s), "
-                  f"latency p50 {percentile(result['latencies'], 0.5) * 1000:.0f} ms, peak RSS {result['rss']:.0f} MiB", flush=True)
+                  f"latency p50 {percentile(result['latencies'], 0.5) * 1000:.0f} ms, peak RSS {result['rss']:.0f} MiB, "
+                  f"API requests {result['requests']}", flush=True)
     print()
     print(f"| operator | {OBJECTS} children, s (median) | objects/s | event -> child p50 / p99, ms | peak RSS, MiB |")
     print("|---|---|---|---|---|")
@@ -166,6 +170,8 @@ def main():
         rss = statistics.median(r["rss"] for r in runs)
         medians[peer] = (total, rss)
         print(f"| {peer} | {total:.2f} | {OBJECTS / total:.0f} | {percentile(latencies, 0.5) * 1000:.0f} / {percentile(latencies, 0.99) * 1000:.0f} | {rss:.0f} |")
+    if len(medians) < 2:
+        return
     print()
     print(f"throughput ratio capstan/kopf: {medians['kopf'][0] / medians['capstan'][0]:.2f}x; "
           f"memory ratio: {medians['capstan'][1] / medians['kopf'][1]:.2f}")
