@@ -52,8 +52,14 @@ public final class ChildCache: Sendable {
         objects.withLock { $0[Self.key(resource, namespace, name)] }
     }
 
+    /// Takes the response of our own write, unless the watch already brought a newer version.
     func set(_ resource: KubeResource, _ node: SpecNode) {
-        objects.withLock { $0[Self.key(resource, node)] = node }
+        objects.withLock { objects in
+            let key = Self.key(resource, node)
+            guard KubeObjectStore.isNewer(node["metadata"]?["resourceVersion"]?.scalarText,
+                                          than: objects[key]?["metadata"]?["resourceVersion"]?.scalarText) else { return }
+            objects[key] = node
+        }
     }
 
     func remove(_ resource: KubeResource, namespace: String, name: String) {
@@ -108,6 +114,8 @@ public struct KubeDeploymentReconciler: Reconciler {
     let client: KubeClient
     let children: ChildCache
     let ownership: ChildOwnership
+    /// The templates of past revisions (rollbacks run them again).
+    let revisions: any RevisionStore
     let prune: Bool
     let now: @Sendable () -> Date
     /// Takes an object we patched (the finalizer) into the cache at once.
@@ -121,20 +129,22 @@ public struct KubeDeploymentReconciler: Reconciler {
         self.client = store.client
         self.children = children
         self.ownership = .ownerReference
+        self.revisions = ConfigMapRevisions(client: store.client, cache: store.cache)
         self.prune = prune
         self.now = now
-        self.patched = { _ = store.apply(.upsert($0), kind: .deployment) }
+        self.patched = { store.took($0, kind: .deployment) }
     }
 
     /// For objects of another source (a spec directory) run on the cluster.
     public init(store: any ObjectStore, events: any EventRecorder, cache: ObjectCache, client: KubeClient, children: ChildCache,
-                inventory: any ChildInventory, prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
+                inventory: any ChildInventory, revisions: any RevisionStore, prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
         self.store = store
         self.events = events
         self.cache = cache
         self.client = client
         self.children = children
         self.ownership = .inventory(inventory)
+        self.revisions = revisions
         self.prune = prune
         self.now = now
         self.patched = { _ in }
@@ -214,16 +224,28 @@ public struct KubeDeploymentReconciler: Reconciler {
         guard let repository = application.spec.image else {
             throw WorkloadError("ImageMissing", "application \(spec.application) has no image: the Kubernetes platform runs images (spec.image)")
         }
-        let image = try Children.imageReference(repository, version: spec.version).get()
-        let template = WorkloadTemplate(deployment: deployment, application: application, applicationFile: "")
+        let key = ObjectKey(kind: .deployment, namespace: namespace, name: deployment.metadata.name)
+        _ = try Children.imageReference(repository, version: spec.version).get()
+        let specTemplate = WorkloadTemplate(deployment: deployment, application: application, applicationFile: "")
 
-        // The revision: the same template keeps its number; a new one (or a return to an old
-        // one, as Kubernetes numbers ReplicaSets) is the next number.
-        var revision: Int
-        if let last = status.history.last, last.templateHash == template.hash {
-            revision = last.revision
+        // Which revision runs: the spec's, unless a rollback holds and the spec is unchanged
+        // since. A new template (or a return to an old one, as Kubernetes renumbers
+        // ReplicaSets) is the next revision number.
+        if let rollback = status.rollback, rollback.specTemplateHash != specTemplate.hash {
+            status.rollback = nil  // the spec moved on: roll it out
+        }
+        var template = specTemplate
+        let revision: Int
+        if let rollback = status.rollback,
+           let held = try await revisions.revisions(of: key).first(where: { $0.number == rollback.toRevision }) {
+            template = try WorkloadTemplate.decode(held.template)
+            revision = held.number
         } else {
-            revision = (status.history.map(\.revision).max() ?? 0) + 1
+            status.rollback = nil
+            revision = try await revisions.recordRevision(of: key, hash: specTemplate.hash, template: specTemplate.encode()).number
+        }
+        let image = try Children.imageReference(template.spec.image ?? repository, version: template.version).get()
+        if status.history.last?.templateHash != template.hash || status.history.last?.revision != revision {
             if let index = status.history.indices.last, status.history[index].finishedAt == nil {
                 status.history[index].outcome = "Superseded"
                 status.history[index].finishedAt = time
@@ -234,8 +256,9 @@ public struct KubeDeploymentReconciler: Reconciler {
             record.templateHash = template.hash
             record.startedAt = time
             status.history.append(record)
-            while status.history.count > spec.revisionHistoryLimit + 1 { status.history.removeFirst() }
+            while status.history.count > max(spec.revisionHistoryLimit, 1) + 1 { status.history.removeFirst() }
             events.append((.normal, "RolloutStarted", "revision \(revision): version \(template.version), image \(image)"))
+            try await revisions.pruneRevisions(of: key, keep: max(spec.revisionHistoryLimit, 1) + 1, inUse: Set(status.history.map(\.revision)))
         }
 
         let desired: [(KubeResource, SpecNode?)] = [
@@ -249,7 +272,29 @@ public struct KubeDeploymentReconciler: Reconciler {
             if resource.plural == "deployments" { apps = child }
         }
         guard let apps else { return .requeue(after: Self.progressCheck) }
-        return observe(apps, deployment: deployment, template: template, revision: revision, generation: generation, time: time, status: &status)
+        var result = observe(apps, deployment: deployment, template: template, revision: revision, generation: generation, time: time, status: &status)
+
+        // A revision that failed its deadline: back to the last one that succeeded.
+        if status.phase == .failed, status.rollback == nil, status.conditions[type: ConditionType.stalled]?.reason == "ProgressDeadlineExceeded" {
+            let failure = status.conditions[type: ConditionType.stalled]?.message ?? "no progress"
+            if spec.autoRollback, let good = status.history.last(where: { $0.outcome == "Succeeded" && $0.templateHash != template.hash }),
+               let goodTemplate = try await revisions.revisions(of: key).first(where: { $0.hash == good.templateHash }) {
+                let recorded = try await revisions.recordRevision(of: key, hash: good.templateHash, template: goodTemplate.template)
+                var rollback = DeploymentRollback()
+                rollback.toRevision = recorded.number
+                rollback.specTemplateHash = specTemplate.hash
+                rollback.reason = "RolledBack"
+                rollback.message = "revision \(revision) (version \(template.version)) failed: no progress within \(spec.progressDeadline)"
+                status.rollback = rollback
+                if let index = status.history.lastIndex(where: { $0.revision == revision }) { status.history[index].outcome = "RolledBack" }
+                status.phase = .rolledBack
+                events.append((.warning, "ProgressDeadlineExceeded", failure))
+                events.append((.warning, "RolledBack", "rolling back to revision \(recorded.number) (version \(good.version)): \(rollback.message!)"))
+                status.markReconciling(reason: "RolledBack", message: "rolling back to version \(good.version): \(rollback.message!)", generation: generation, now: time)
+                result = .requeue(after: .milliseconds(1))
+            }
+        }
+        return result
     }
 
     /// Makes one child what the spec asks (or removes it when nothing is asked); returns it.
@@ -337,6 +382,16 @@ public struct KubeDeploymentReconciler: Reconciler {
         }
         let done = seenGeneration >= childGeneration && updated == spec.replicas && ready >= spec.replicas
             && available >= spec.replicas && replicas == spec.replicas
+        if done, let rollback = status.rollback {
+            status.phase = .rolledBack
+            status.markStalled(reason: "RollbackActive", message: "\(rollback.message ?? "rolled back") — running \(description) until the spec changes",
+                               generation: generation, now: time)
+            if let index, status.history[index].finishedAt == nil {
+                status.history[index].outcome = "Succeeded"
+                status.history[index].finishedAt = time
+            }
+            return .done
+        }
         if done {
             status.phase = spec.paused ? .paused : .succeeded
             status.markReady(reason: "Succeeded", message: "\(description): \(ready)/\(spec.replicas) ready", generation: generation, now: time)
@@ -354,8 +409,8 @@ public struct KubeDeploymentReconciler: Reconciler {
             status.markReconciling(reason: "Paused", message: "\(description): paused at \(updated)/\(spec.replicas) updated", generation: generation, now: time)
             return .done
         }
-        status.phase = .progressing
-        status.markReconciling(reason: "RollingOut", message: "\(description): \(ready)/\(spec.replicas) ready, \(updated) updated, \(replicas) running",
+        status.phase = status.rollback == nil ? .progressing : .rolledBack
+        status.markReconciling(reason: status.rollback == nil ? "RollingOut" : "RollingBack", message: "\(description): \(ready)/\(spec.replicas) ready, \(updated) updated, \(replicas) running",
                                generation: generation, now: time)
         return .requeue(after: Self.progressCheck)
     }
@@ -414,9 +469,10 @@ public struct KubeDeploymentReconciler: Reconciler {
                 }
             }
         }
+        let decision = Prune.decide(enabled: prune, annotated: await store.pruneDisabled(key))
+        if decision == .delete { try await revisions.removeRevisions(of: key) }
         guard !owned.isEmpty else { return }
         let lines = owned.map { "\($0.0.kind) \(key.name)" }
-        let decision = Prune.decide(enabled: prune, annotated: await store.pruneDisabled(key))
         for (resource, child) in owned {
             let childUID = child["metadata"]?["uid"]?.scalarText
             if decision == .delete {

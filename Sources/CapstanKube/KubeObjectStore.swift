@@ -42,6 +42,10 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
         /// Reconcile it: it is new, its spec, labels, annotations, finalizers or deletion changed,
         /// or it went away.
         case reconcile(ObjectKey)
+        /// Only its status changed, and in a way that objects referring to it show (a
+        /// Deployment's readiness or version, listed in its Application's status): reconcile
+        /// those, not the object itself.
+        case referrers(ObjectKey)
         /// Only its status changed (often our own write): nothing to do.
         case none
     }
@@ -86,13 +90,49 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
             let stored = StoredObject(resource: resource, generation: resource.metadata.generation ?? 1, sourceFile: "kubernetes:\(key)")
             _ = cache.upsert(key, stored)
             guard let old, old.problems.isEmpty else { return .reconcile(key) }
-            return Self.onlyStatusChanged(old.resource, resource) ? .none : .reconcile(key)
+            guard Self.onlyStatusChanged(old.resource, resource) else { return .reconcile(key) }
+            return Self.shownByReferrers(old, stored) ? .referrers(key) : .none
         }
     }
 
     public static func key(of node: SpecNode, kind: ResourceKind) -> ObjectKey? {
         guard let name = node["metadata"]?["name"]?.scalarText else { return nil }
         return ObjectKey(kind: kind, namespace: node["metadata"]?["namespace"]?.scalarText ?? "default", name: name)
+    }
+
+    /// Whether a status change shows in the objects that refer to it: a Deployment's
+    /// readiness and version are listed in its Application's status.
+    static func shownByReferrers(_ old: StoredObject, _ new: StoredObject) -> Bool {
+        guard case .deployment(let before) = old.resource, case .deployment(let after) = new.resource else { return false }
+        return before.status.isReady(generation: old.generation) != after.status.isReady(generation: new.generation)
+            || before.status.version != after.status.version
+    }
+
+    /// Called when our own status write changed what referrers show (the watch event that
+    /// follows finds the cache already up to date).
+    private let referrersHandler = Mutex<(@Sendable (ObjectKey) async -> Void)?>(nil)
+
+    public func onReferrersChanged(_ handler: @escaping @Sendable (ObjectKey) async -> Void) {
+        referrersHandler.withLock { $0 = handler }
+    }
+
+    /// Whether a version from one of our own writes is newer than the cached one. A write's
+    /// response can arrive after the watch delivered a later change; the cache must not go
+    /// back. Versions are compared as the integers every API server uses (etcd revisions);
+    /// one that is not an integer is never taken over a cached object.
+    public static func isNewer(_ candidate: String?, than current: String?) -> Bool {
+        guard let current else { return true }
+        guard let candidate, let a = UInt64(candidate), let b = UInt64(current) else { return false }
+        return a > b
+    }
+
+    /// Takes the response of one of our own writes (a finalizer patch) into the cache, unless
+    /// the watch already brought something newer.
+    public func took(_ node: SpecNode, kind: ResourceKind) {
+        guard let key = Self.key(of: node, kind: kind) else { return }
+        let cached = cache.get(key)?.resource.metadata.resourceVersion
+        guard Self.isNewer(node["metadata"]?["resourceVersion"]?.scalarText, than: cached) else { return }
+        _ = apply(.upsert(node), kind: kind)
     }
 
     static func pruneAnnotated(_ node: SpecNode) -> Bool {
@@ -137,10 +177,13 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
         }
         // The cache takes what was written (the watch brings the same a moment later).
         var context = DecodeContext()
-        if let resource = AnyResource.decode(kind: key.kind, patched, &context), var current = cache.get(key) {
+        if let resource = AnyResource.decode(kind: key.kind, patched, &context), let before = cache.get(key),
+           Self.isNewer(resource.metadata.resourceVersion, than: before.resource.metadata.resourceVersion) {
+            var current = before
             current.resource = current.resource.withStatus(of: resource)
             current.resource.modifyMetadata { $0.resourceVersion = resource.metadata.resourceVersion }
             _ = cache.upsert(key, current)
+            if Self.shownByReferrers(before, current), let handler = referrersHandler.withLock({ $0 }) { await handler(key) }
         }
         return true
     }

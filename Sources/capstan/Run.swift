@@ -201,7 +201,7 @@ struct Run: AsyncParsableCommand {
                 deploymentService = Controller(
                     name: "deployment",
                     reconciler: KubeDeploymentReconciler(store: objects, events: objects, cache: cache, client: target.client, children: target.children,
-                                                         inventory: StoreChildInventory(store: store), prune: prune),
+                                                         inventory: StoreChildInventory(store: store), revisions: objects, prune: prune),
                     clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, observe: onOutcome)
             } catch {
                 log("\(error)", level: "error")
@@ -351,7 +351,7 @@ struct Run: AsyncParsableCommand {
                         case "rollback":
                             do {
                                 guard let deploymentReconciler else {
-                                    throw WorkloadError("NotSupported", "rollback is not supported on the Kubernetes platform yet")
+                                    throw WorkloadError("NotSupported", "capstan rollback is not supported on the Kubernetes platform yet (autoRollback is)")
                                 }
                                 let message = try await deploymentReconciler.requestRollback(request.key, toRevision: Int(request.value))
                                 log("\(request.key): \(message)")

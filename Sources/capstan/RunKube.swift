@@ -143,6 +143,13 @@ extension Run {
             guard await leading.opened else { return }  // a follower only keeps its cache warm
             await Daemon.enqueue(key, resource, cache: cache, applications: applications.queue, deployments: deployments.queue)
         }
+        /// A Deployment's readiness or version shows in its Application's status.
+        @Sendable func referrersChanged(_ key: ObjectKey) async {
+            if await leading.opened, case .deployment(let deployment)? = cache.get(key)?.resource {
+                await applications.queue.add(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application))
+            }
+        }
+        objects.onReferrersChanged { await referrersChanged($0) }
         @Sendable func enqueueAll() async {
             for object in cache.objects(kind: .application) { await applications.queue.add(object.key) }
             for object in cache.objects(kind: .deployment) { await deployments.queue.add(object.key) }
@@ -163,8 +170,13 @@ extension Run {
                         return
                     }
                     let previous = KubeObjectStore.key(of: change.object, kind: kind).flatMap { cache.get($0)?.resource }
-                    if case .reconcile(let key) = objects.apply(change, kind: kind) {
+                    switch objects.apply(change, kind: kind) {
+                    case .reconcile(let key):
                         await enqueue(key, cache.get(key)?.resource ?? previous)
+                    case .referrers(let key):
+                        await referrersChanged(key)
+                    case .none:
+                        break
                     }
                 }
             })

@@ -56,7 +56,8 @@ final class FakeAPIServer: @unchecked Sendable {
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
             process.waitUntilExit()
         }
-        try? FileManager.default.removeItem(atPath: directory)
+        // CAPSTAN_KEEP_FAKE=1 keeps the directory (requests.log, daemon logs) for a post-mortem.
+        if ProcessInfo.processInfo.environment["CAPSTAN_KEEP_FAKE"] == nil { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     var kubeconfig: String { directory + "/kubeconfig" }

@@ -231,8 +231,11 @@ import Testing
         #expect(lease["spec"]?["leaseDurationSeconds"]?.scalarText == "15")
         #expect(lease["spec"]?["renewTime"]?.scalarText?.contains(".") == true, "MicroTime")
 
-        let (record, version) = try #require(try await store.get("capstan"))
+        var (record, version) = try #require(try await store.get("capstan"))
+        // A renewal (a changed record: an unchanged one is a no-op that keeps the version).
+        record.renewTime = record.renewTime.addingTimeInterval(1)
         #expect(try await store.update("capstan", record, expecting: version))
+        record.renewTime = record.renewTime.addingTimeInterval(1)
         #expect(try await !store.update("capstan", record, expecting: version), "a stale resourceVersion loses")
         #expect(try await !store.create("capstan", record), "exists already")
 

@@ -167,8 +167,10 @@ import Glibc
             return Self.condition(object, "Ready")?["status"]?.scalarText == "True" && object?["status"]?["readyReplicas"]?.scalarText == "2"
                 && object?["status"]?["phase"]?.scalarText == "Succeeded"
         }
-        try await Self.poll("the Application is Ready", log: log) {
-            Self.condition(try await client.get(Self.applications, namespace: "default", name: "web"), "Ready")?["status"]?.scalarText == "True"
+        try await Self.poll("the Application is Ready and lists its Deployment as ready", log: log) {
+            let application = try await client.get(Self.applications, namespace: "default", name: "web")
+            return Self.condition(application, "Ready")?["status"]?.scalarText == "True"
+                && application?["status"]?["deployments"]?.sequenceItems?.first?["ready"]?.scalarText == "true"
         }
         try await Self.poll("events", log: log) {
             let reasons = try await Self.events(client, about: "web")
@@ -222,6 +224,72 @@ import Glibc
             return children.allSatisfy { $0 == nil } && owner == nil
         }
         #expect(try await Self.events(client, about: "web").contains("OrphanDeleted"))
+    }
+
+    static func image(_ client: KubeClient, _ name: String = "web") async throws -> String? {
+        try await client.get(.deployments, namespace: "default", name: name)?["spec"]?["template"]?["spec"]?["containers"]?.sequenceItems?.first?["image"]?.scalarText
+    }
+
+    @Test func aRevisionPastItsDeadlineIsRolledBackToTheLastGoodOne() async throws {
+        let (server, client) = try await Self.started()
+        defer { server.stop() }
+        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        defer { daemon.kill() }
+        let log = { daemon.log }
+        _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
+        let owner = try await client.create(Self.deployments, namespace: "default", Self.deployment())
+        var child: SpecNode?
+        try await Self.poll("the child", log: log) {
+            child = try await client.get(.deployments, namespace: "default", name: "web")
+            return child != nil
+        }
+        _ = try await client.patch(.deployments, namespace: "default", name: "web", Self.rolledOut(child!), subresource: "status")
+        try await Self.poll("revision 1 succeeded", log: log) {
+            Self.condition(try await client.get(Self.deployments, namespace: "default", name: "web"), "Ready")?["status"]?.scalarText == "True"
+        }
+
+        // Version 2 never becomes available: the cluster reports ProgressDeadlineExceeded.
+        _ = try await client.patch(Self.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("version", .string("2.0.0"))]))]))
+        try await Self.poll("version 2 applied", log: log) { try await Self.image(client) == "ghcr.io/example/web:2.0.0" }
+        let stuck = try #require(try await client.get(.deployments, namespace: "default", name: "web"))
+        let deadline = SpecNode.mapping([("status", .mapping([
+            ("observedGeneration", .int(Int(stuck["metadata"]?["generation"]?.scalarText ?? "1") ?? 1)),
+            ("replicas", .int(3)), ("updatedReplicas", .int(1)), ("readyReplicas", .int(2)), ("availableReplicas", .int(2)), ("unavailableReplicas", .int(1)),
+            ("conditions", .sequence([
+                .mapping([("type", .string("Available")), ("status", .string("True")), ("reason", .string("MinimumReplicasAvailable"))]),
+                .mapping([("type", .string("Progressing")), ("status", .string("False")), ("reason", .string("ProgressDeadlineExceeded")),
+                          ("message", .string("ReplicaSet \"web-2\" has timed out progressing."))]),
+            ])),
+        ]))])
+        _ = try await client.patch(.deployments, namespace: "default", name: "web", deadline, subresource: "status")
+        try await Self.poll("rolled back to version 1", log: log) { try await Self.image(client) == "ghcr.io/example/web:1.0.0" }
+        try await Self.poll("RolledBack events", log: log) {
+            let reasons = try await Self.events(client, about: "web")
+            return reasons.contains("RolledBack") && reasons.contains("ProgressDeadlineExceeded")
+        }
+        let back = try #require(try await client.get(.deployments, namespace: "default", name: "web"))
+        _ = try await client.patch(.deployments, namespace: "default", name: "web", Self.rolledOut(back), subresource: "status")
+        try await Self.poll("the rollback holds", log: log) {
+            let object = try await client.get(Self.deployments, namespace: "default", name: "web")
+            return object?["status"]?["phase"]?.scalarText == "RolledBack" && Self.condition(object, "Stalled")?["reason"]?.scalarText == "RollbackActive"
+                && object?["status"]?["currentRevision"]?.scalarText == "3" && object?["status"]?["rollback"]?["toRevision"]?.scalarText == "3"
+        }
+        // Capstan keeps the templates in a ConfigMap the Deployment owns.
+        let revisions = try #require(try await client.get(.configMaps, namespace: "default", name: "web-capstan-revisions"))
+        #expect(Children.controller(of: revisions)?.uid == owner["metadata"]?["uid"]?.scalarText)
+        #expect(Set(revisions["data"]?.entries?.map(\.key) ?? []) == ["2", "3"], "revision 1 came back as 3")
+
+        // A new spec rolls forward again.
+        _ = try await client.patch(Self.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("version", .string("2.1.0"))]))]))
+        try await Self.poll("version 2.1.0 applied", log: log) { try await Self.image(client) == "ghcr.io/example/web:2.1.0" }
+        try await Self.poll("the rollback released", log: log) {
+            let object = try await client.get(Self.deployments, namespace: "default", name: "web")
+            return object?["status"]?["rollback"] == nil && object?["status"]?["currentRevision"]?.scalarText == "4"
+        }
+        try await client.delete(Self.deployments, namespace: "default", name: "web")
+        try await Self.poll("the revisions removed with it", log: log) {
+            try await client.get(.configMaps, namespace: "default", name: "web-capstan-revisions") == nil
+        }
     }
 
     @Test func aSpecDirectoryRunsOnTheClusterWithPlatformKube() async throws {
