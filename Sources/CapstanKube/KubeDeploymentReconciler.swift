@@ -240,6 +240,8 @@ public struct KubeDeploymentReconciler: Reconciler {
            let held = try await revisions.revisions(of: key).first(where: { $0.number == rollback.toRevision }) {
             template = try WorkloadTemplate.decode(held.template)
             revision = held.number
+        } else if status.rollback == nil, let last = status.history.last, last.templateHash == specTemplate.hash {
+            revision = last.revision  // recorded when it started: no need to read the store again
         } else {
             status.rollback = nil
             revision = try await revisions.recordRevision(of: key, hash: specTemplate.hash, template: specTemplate.encode()).number
@@ -256,9 +258,11 @@ public struct KubeDeploymentReconciler: Reconciler {
             record.templateHash = template.hash
             record.startedAt = time
             status.history.append(record)
-            while status.history.count > max(spec.revisionHistoryLimit, 1) + 1 { status.history.removeFirst() }
+            let limit = max(spec.revisionHistoryLimit, 1) + 1
+            let trimmed = status.history.count > limit
+            while status.history.count > limit { status.history.removeFirst() }
             events.append((.normal, "RolloutStarted", "revision \(revision): version \(template.version), image \(image)"))
-            try await revisions.pruneRevisions(of: key, keep: max(spec.revisionHistoryLimit, 1) + 1, inUse: Set(status.history.map(\.revision)))
+            if trimmed { try await revisions.pruneRevisions(of: key, keep: limit, inUse: Set(status.history.map(\.revision))) }
         }
 
         let desired: [(KubeResource, SpecNode?)] = [
