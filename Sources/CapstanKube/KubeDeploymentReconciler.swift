@@ -427,11 +427,14 @@ public struct KubeDeploymentReconciler: Reconciler {
         case .ownerReference:
             return Children.controller(of: observed)?.uid == owner.metadata.uid
         case .inventory(let inventory):
-            let key = ObjectKey(kind: .deployment, namespace: owner.metadata.namespace, name: owner.metadata.name)
-            if (try? inventory.children(of: key))?.contains(id) == true { return true }
+            // The labels first: they answer without reading the store on every reconcile.
             let labels = observed["metadata"]?["labels"]
-            return Children.controller(of: observed) == nil && labels?[Children.managedBy]?.scalarText == "capstan"
-                && labels?[Children.ownerKindLabel]?.scalarText == "Deployment" && labels?[Children.ownerNameLabel]?.scalarText == owner.metadata.name
+            if Children.controller(of: observed) == nil, labels?[Children.managedBy]?.scalarText == "capstan",
+               labels?[Children.ownerKindLabel]?.scalarText == "Deployment", labels?[Children.ownerNameLabel]?.scalarText == owner.metadata.name {
+                return true
+            }
+            let key = ObjectKey(kind: .deployment, namespace: owner.metadata.namespace, name: owner.metadata.name)
+            return (try? inventory.children(of: key))?.contains(id) == true
         }
     }
 

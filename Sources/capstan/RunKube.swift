@@ -61,6 +61,8 @@ struct ClusterTarget: Sendable {
     let client: KubeClient
     let server: String
     let namespace: String?
+    /// The kubeconfig context's namespace, or in a pod its own.
+    let configNamespace: String
     let children = ChildCache()
     private let synced = Synchronized(Set<String>())
     private let log: DaemonLog
@@ -71,6 +73,7 @@ struct ClusterTarget: Sendable {
         client = try KubeClient(config: config, qps: options.qps, burst: options.burst, userAgent: "capstan/\(Capstan.version)")
         server = config.server
         namespace = options.namespace
+        configNamespace = config.namespace
         self.log = log
     }
 
@@ -193,7 +196,7 @@ extension Run {
             await enqueueAll()
         }
 
-        let leaseNamespace = kube.leaseNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? ((try? kube.config().namespace) ?? "default")
+        let leaseNamespace = kube.leaseNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? target.configNamespace
         let election = {
             var config = electionConfig!
             config.releaseCheck = nil  // an API read: every retry period, as client-go
