@@ -292,6 +292,56 @@ import Glibc
         }
     }
 
+    @Test func badObjectsGetAClearConditionOrEventAndDisturbNothingElse() async throws {
+        let (server, client) = try await Self.started()
+        defer { server.stop() }
+        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        defer { daemon.kill() }
+        let log = { daemon.log }
+        _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
+        _ = try await client.create(Self.deployments, namespace: "default", Self.deployment())
+        try await Self.poll("the good child", log: log) { try await Self.image(client) == "ghcr.io/example/web:1.0.0" }
+
+        // The schema lets these through; Capstan's own rules do not.
+        let both0 = SpecNode.mapping([("spec", .mapping([("version", .string("9.9.9")),
+                                                         ("strategy", .mapping([("maxSurge", .int(0)), ("maxUnavailable", .int(0))]))]))])
+        _ = try await client.patch(Self.deployments, namespace: "default", name: "web", both0)
+        try await Self.poll("Stalled InvalidSpec, the last good version kept", log: log) {
+            let object = try await client.get(Self.deployments, namespace: "default", name: "web")
+            return Self.condition(object, "Stalled")?["reason"]?.scalarText == "InvalidSpec"
+                && Self.condition(object, "Stalled")?["message"]?.scalarText?.contains("must not both be 0") == true
+        }
+        #expect(try await Self.image(client) == "ghcr.io/example/web:1.0.0", "the child keeps the last good version")
+
+        var hostile = Self.application("broken", routes: false)
+        hostile = hostile.setting(["spec", "healthCheck"], .mapping([("tcp", .mapping([("port", .int(8080))])), ("interval", .string("1s")), ("timeout", .string("9s"))]))
+        _ = try await client.create(Self.applications, namespace: "default", hostile)
+        try await Self.poll("an InvalidSpec event for a new invalid object", log: log) {
+            try await Self.events(client, about: "broken").contains("InvalidSpec")
+        }
+
+        // A Deployment of a missing Application; one whose version is no image tag; one whose
+        // name is taken by an apps/v1 Deployment Capstan did not make.
+        _ = try await client.create(Self.deployments, namespace: "default", Self.deployment("orphan", application: "nope"))
+        _ = try await client.create(Self.deployments, namespace: "default", Self.deployment("tagless", version: "1.0+build"))
+        let foreign = SpecNode.mapping([
+            ("apiVersion", .string("apps/v1")), ("kind", .string("Deployment")), ("metadata", .mapping([("name", .string("taken"))])),
+            ("spec", .mapping([("replicas", .int(1)), ("selector", .mapping([("matchLabels", .mapping([("app", .string("taken"))]))])),
+                               ("template", .mapping([("metadata", .mapping([("labels", .mapping([("app", .string("taken"))]))])),
+                                                      ("spec", .mapping([("containers", .sequence([.mapping([("name", .string("x")), ("image", .string("nginx"))])]))]))]))])),
+        ])
+        _ = try await client.create(.deployments, namespace: "default", foreign)
+        _ = try await client.create(Self.deployments, namespace: "default", Self.deployment("taken"))
+        for (name, reason) in [("orphan", "ApplicationNotFound"), ("tagless", "InvalidImage"), ("taken", "ChildConflict")] {
+            try await Self.poll("\(name): Stalled \(reason)", log: log) {
+                Self.condition(try await client.get(Self.deployments, namespace: "default", name: name), "Stalled")?["reason"]?.scalarText == reason
+            }
+        }
+        #expect(try await Self.image(client, "taken") == "nginx", "an object Capstan did not make is left alone")
+        #expect(try await client.get(.deployments, namespace: "default", name: "orphan") == nil)
+        #expect(daemon.process.isRunning)
+    }
+
     @Test func aSpecDirectoryRunsOnTheClusterWithPlatformKube() async throws {
         let (server, client) = try await Self.started()
         defer { server.stop() }
