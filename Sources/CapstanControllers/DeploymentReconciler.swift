@@ -404,43 +404,7 @@ public struct DeploymentReconciler: Reconciler {
     /// `capstan rollback deployment/NAME [--to-revision N]`: holds revision N (default: the
     /// one before the current) until the spec's template changes. Returns what was done.
     public func requestRollback(_ key: ObjectKey, toRevision: Int?) async throws -> String {
-        guard let stored = try await store.object(key), case .deployment(let deployment) = stored.resource else {
-            throw WorkloadError("NotFound", "deployment \(key.namespace)/\(key.name) does not exist")
-        }
-        let history = try await revisions.revisions(of: key)
-        let current = deployment.status.currentRevision ?? history.last?.number ?? 0
-        let chosen: (number: Int, hash: String, template: SpecNode)?
-        if let toRevision {
-            chosen = history.first { $0.number == toRevision }
-            guard chosen != nil else {
-                let known = history.map { String($0.number) }.joined(separator: ", ")
-                throw WorkloadError("RevisionNotFound", "revision \(toRevision) not found (known: \(known.isEmpty ? "none" : known))")
-            }
-        } else {
-            chosen = history.last { $0.number < current }
-            guard chosen != nil else { throw WorkloadError("RevisionNotFound", "there is no revision before \(current) to roll back to") }
-        }
-        guard let application = try await store.object(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application)),
-              case .application(let app) = application.resource else {
-            throw WorkloadError("ApplicationNotFound", "application \(deployment.spec.application) does not exist")
-        }
-        let specHash = WorkloadTemplate(deployment: deployment, application: app, applicationFile: application.sourceFile).hash
-        let recorded = try await revisions.recordRevision(of: key, hash: chosen!.hash, template: chosen!.template)
-        var status = deployment.status
-        if recorded.number == current && chosen!.hash == specHash {
-            status.rollback = nil
-        } else {
-            var rollback = DeploymentRollback()
-            rollback.toRevision = recorded.number
-            rollback.specTemplateHash = specHash
-            rollback.reason = "RollbackRequested"
-            rollback.message = "rolled back on request from revision \(current) to the template of revision \(chosen!.number)"
-            status.rollback = rollback
-        }
-        _ = try await store.writeStatus(key, status.encode())
-        let message = "rolling back from revision \(current) to revision \(chosen!.number) (now revision \(recorded.number))"
-        await events.record(.normal, reason: "RollbackRequested", message: message, about: key)
-        return message
+        try await RollbackRequest.apply(key, to: toRevision, store: store, events: events, revisions: revisions)
     }
 }
 

@@ -180,8 +180,13 @@ public struct KubeDeploymentReconciler: Reconciler {
         var status = deployment.status
         var events: [(EventType, String, String)] = []
         var result: ReconcileResult
+        // `capstan.dev/rollback-to` on a custom resource (`capstan rollback --kube` writes it):
+        // taken once the status says so, then removed.
+        let rollbackRequest = usesOwnerReferences ? deployment.metadata.annotations[RollbackRequest.annotation] : nil
+        var requestTaken = false
         do {
-            result = try await converge(deployment, generation: generation, time: time, status: &status, events: &events)
+            result = try await converge(deployment, generation: generation, time: time, rollbackRequest: rollbackRequest, requestTaken: &requestTaken,
+                                        status: &status, events: &events)
         } catch let error as WorkloadError {
             status.markStalled(reason: error.reason, message: error.message, generation: generation, now: time)
             status.conditions.set(DeploymentConditions.progressing, .false, reason: error.reason, message: error.message, observedGeneration: generation, now: time)
@@ -203,12 +208,36 @@ public struct KubeDeploymentReconciler: Reconciler {
             recorded.insert(after.reason)
             await self.events.record(after.status == .true ? .normal : .warning, reason: after.reason, message: after.message, about: key)
         }
+        if let rollbackRequest, requestTaken { try await removeRequest(RollbackRequest.annotation, value: rollbackRequest, from: deployment) }
         return result
     }
 
+    /// `capstan rollback` in directory mode with `--platform kube` (a request in the state store).
+    public func requestRollback(_ key: ObjectKey, toRevision: Int?) async throws -> String {
+        try await RollbackRequest.apply(key, to: toRevision, store: store, events: events, revisions: revisions)
+    }
+
+    /// Removes a request annotation that was taken, unless it changed since (a JSON patch
+    /// `test`: a new request stays for the next reconcile).
+    private func removeRequest(_ annotation: String, value: String, from deployment: Deployment) async throws {
+        let path = "/metadata/annotations/" + annotation.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
+        let operations = SpecNode.sequence([
+            .mapping([("op", .string("test")), ("path", .string(path)), ("value", .string(value))]),
+            .mapping([("op", .string("remove")), ("path", .string(path))]),
+        ])
+        do {
+            let patched = try await client.patch(.capstan(.deployment), namespace: deployment.metadata.namespace, name: deployment.metadata.name,
+                                                 operations, type: .json)
+            self.patched(patched)
+        } catch {
+            if error.isNotFound || error.code == 422 { return }  // gone, or the request changed
+            throw error
+        }
+    }
+
     /// Applies the children and reads the rollout back into `status`.
-    private func converge(_ deployment: Deployment, generation: Int, time: Timestamp, status: inout DeploymentStatus,
-                          events: inout [(EventType, String, String)]) async throws -> ReconcileResult {
+    private func converge(_ deployment: Deployment, generation: Int, time: Timestamp, rollbackRequest: String?, requestTaken: inout Bool,
+                          status: inout DeploymentStatus, events: inout [(EventType, String, String)]) async throws -> ReconcileResult {
         let spec = deployment.spec
         let namespace = deployment.metadata.namespace
         if spec.strategy.type == .blueGreen {
@@ -233,6 +262,19 @@ public struct KubeDeploymentReconciler: Reconciler {
         // ReplicaSets) is the next revision number.
         if let rollback = status.rollback, rollback.specTemplateHash != specTemplate.hash {
             status.rollback = nil  // the spec moved on: roll it out
+        }
+        if let value = rollbackRequest {
+            if status.rollback?.request != value {
+                do {
+                    let (rollback, message) = try await RollbackRequest.plan(key, to: RollbackRequest.revision(from: value), status: status,
+                                                                             specTemplateHash: specTemplate.hash, revisions: revisions, request: value)
+                    status.rollback = rollback
+                    events.append((.normal, "RollbackRequested", message))
+                } catch let error as WorkloadError {
+                    events.append((.warning, "RollbackRefused", "\(RollbackRequest.annotation): \(error.message)"))
+                }
+            }
+            requestTaken = true
         }
         var template = specTemplate
         let revision: Int
@@ -388,8 +430,14 @@ public struct KubeDeploymentReconciler: Reconciler {
             && available >= spec.replicas && replicas == spec.replicas
         if done, let rollback = status.rollback {
             status.phase = .rolledBack
-            status.markStalled(reason: "RollbackActive", message: "\(rollback.message ?? "rolled back") — running \(description) until the spec changes",
-                               generation: generation, now: time)
+            if rollback.reason == "RollbackRequested" {
+                // What was asked for is running: ready, as in directory mode.
+                status.markReady(reason: "RollbackActive", message: "rolled back on request to \(description): \(ready)/\(spec.replicas) ready",
+                                 generation: generation, now: time)
+            } else {
+                status.markStalled(reason: "RollbackActive", message: "\(rollback.message ?? "rolled back") — running \(description) until the spec changes",
+                                   generation: generation, now: time)
+            }
             if let index, status.history[index].finishedAt == nil {
                 status.history[index].outcome = "Succeeded"
                 status.history[index].finishedAt = time

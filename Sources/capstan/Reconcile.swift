@@ -1,26 +1,40 @@
 import ArgumentParser
+import CapstanKube
 import CapstanLocal
 import CapstanModel
 import Foundation
 
 struct Reconcile: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Ask the daemon to reconcile an object now (recorded in the state store; the daemon picks it up within a second).")
+        abstract: "Ask the daemon to reconcile an object now.",
+        discussion: """
+            With a state directory the request is recorded in its state store; the daemon picks it up within a second. With --kube the object gets the annotation capstan.dev/reconcile-requested-at (as `kubectl annotate` would write it), and the operator answers with a ReconcileRequested event.
+            """)
 
     @Argument(help: ArgumentHelp("The object, such as application/web.", valueName: "kind/name"))
     var object: String
 
-    @Option(name: .shortAndLong, help: "Namespace of the object.")
-    var namespace: String = "default"
+    @Option(name: .shortAndLong, help: "Namespace of the object (default: default, or with --kube the kubeconfig context's).")
+    var namespace: String?
 
     @Option(help: ArgumentHelp("Wait this long for the daemon to take the request (0: do not wait).", valueName: "duration"))
     var wait: String = "10s"
 
     @OptionGroup var state: StateOptions
+    @OptionGroup var kube: KubeConnection
 
     func run() async throws {
-        let key = try parseReference(object, namespace: namespace)
-        try await submitRequest("reconcile", for: key, value: Timestamp(Date()).description, what: "reconcile", wait: wait, state: state)
+        let key = try parseReference(object, namespace: namespace ?? "default")
+        let value = Timestamp(Date()).description
+        guard kube.enabled else {
+            try await submitRequest("reconcile", for: key, value: value, what: "reconcile", wait: wait, state: state)
+            return
+        }
+        let started = Date()
+        try await KubeRequest(connection: kube, key: key, annotation: KubeObjectStore.reconcileRequest, value: value, what: "reconcile")
+            .run(wait: wait, namespace: namespace) { client, key in
+                try await KubeRequest.event(client, about: key, reasons: ["ReconcileRequested"], since: started) { $0.hasSuffix(value) }?.message
+            }
     }
 }
 

@@ -192,16 +192,17 @@ struct Run: AsyncParsableCommand {
         var cluster: ClusterTarget?
         let artifacts: any ArtifactPlatform
         let deploymentService: any Service
-        var localReconciler: DeploymentReconciler?
+        var requestRollback: (@Sendable (ObjectKey, Int?) async throws -> String)?
         if platform == .kube {
             do {
                 let target = try ClusterTarget(options: kube, log: log)
                 cluster = target
                 artifacts = KubeArtifacts()
+                let reconciler = KubeDeploymentReconciler(store: objects, events: objects, cache: cache, client: target.client, children: target.children,
+                                                          inventory: StoreChildInventory(store: store), revisions: objects, prune: prune)
+                requestRollback = reconciler.requestRollback
                 deploymentService = Controller(
-                    name: "deployment",
-                    reconciler: KubeDeploymentReconciler(store: objects, events: objects, cache: cache, client: target.client, children: target.children,
-                                                         inventory: StoreChildInventory(store: store), revisions: objects, prune: prune),
+                    name: "deployment", reconciler: reconciler,
                     clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, observe: onOutcome)
             } catch {
                 log("\(error)", level: "error")
@@ -215,7 +216,7 @@ struct Run: AsyncParsableCommand {
                 local = platform
                 artifacts = platform
                 let reconciler = DeploymentReconciler(store: objects, events: objects, workload: platform, revisions: objects, prune: prune)
-                localReconciler = reconciler
+                requestRollback = reconciler.requestRollback
                 deploymentService = Controller(
                     name: "deployment", reconciler: reconciler,
                     clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, observe: onOutcome)
@@ -228,7 +229,7 @@ struct Run: AsyncParsableCommand {
             name: "application",
             reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: artifacts, prune: prune),
             clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
-        let deploymentReconciler = localReconciler
+        let rollback = requestRollback
         let (platformLocal, platformCluster) = (local, cluster)
 
         @Sendable func enqueue(_ key: ObjectKey, _ resource: AnyResource?) async {
@@ -350,10 +351,8 @@ struct Run: AsyncParsableCommand {
                             await enqueue(request.key, cache.get(request.key)?.resource)
                         case "rollback":
                             do {
-                                guard let deploymentReconciler else {
-                                    throw WorkloadError("NotSupported", "capstan rollback is not supported on the Kubernetes platform yet (autoRollback is)")
-                                }
-                                let message = try await deploymentReconciler.requestRollback(request.key, toRevision: Int(request.value))
+                                guard let rollback else { throw WorkloadError("NotSupported", "no Deployment reconciler runs") }
+                                let message = try await rollback(request.key, Int(request.value))
                                 log("\(request.key): \(message)")
                             } catch {
                                 log("rollback of \(request.key) refused: \(error)", level: "warning")

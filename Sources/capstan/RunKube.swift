@@ -10,9 +10,9 @@ import ServiceLifecycle
 import Glibc
 #endif
 
-/// How `capstan run --kube` reaches the cluster.
-struct KubeOptions: ParsableArguments {
-    @Flag(name: .customLong("kube"), help: "Read Capstan's custom resources from the Kubernetes API and run Deployments as apps/v1 Deployments.")
+/// How a command reaches the cluster: `--kube [--kubeconfig F] [--context C]`.
+struct KubeConnection: ParsableArguments {
+    @Flag(name: .customLong("kube"), help: "Use the Kubernetes API (Capstan's custom resources) instead of a state directory.")
     var enabled = false
 
     @Option(name: .customLong("kubeconfig"), help: ArgumentHelp("The kubeconfig (default: $KUBECONFIG, ~/.kube/config, or the pod's service account).", valueName: "file"))
@@ -20,6 +20,22 @@ struct KubeOptions: ParsableArguments {
 
     @Option(name: .customLong("context"), help: ArgumentHelp("The kubeconfig context (default: the current one).", valueName: "name"))
     var context: String?
+
+    /// The kubeconfig given, or in a pod its service account, or the default kubeconfig.
+    func config() throws(KubeConfig.Problem) -> KubeConfig {
+        let environment = ProcessInfo.processInfo.environment
+        if kubeconfig == nil, context == nil, environment["KUBECONFIG"] == nil, environment["KUBERNETES_SERVICE_HOST"] != nil {
+            return try KubeConfig.inCluster()
+        }
+        return try KubeConfig.load(paths: KubeConfig.defaultPaths(explicit: kubeconfig), context: context)
+    }
+}
+
+/// How `capstan run --kube` reaches the cluster.
+struct KubeOptions: ParsableArguments {
+    @OptionGroup var connection: KubeConnection
+
+    var enabled: Bool { connection.enabled }
 
     @Option(name: .customLong("namespace"), help: ArgumentHelp("Watch one namespace only (default: all).", valueName: "name"))
     var namespace: String?
@@ -41,14 +57,7 @@ struct KubeOptions: ParsableArguments {
         }
     }
 
-    /// The kubeconfig given, or in a pod its service account, or the default kubeconfig.
-    func config() throws(KubeConfig.Problem) -> KubeConfig {
-        let environment = ProcessInfo.processInfo.environment
-        if kubeconfig == nil, context == nil, environment["KUBECONFIG"] == nil, environment["KUBERNETES_SERVICE_HOST"] != nil {
-            return try KubeConfig.inCluster()
-        }
-        return try KubeConfig.load(paths: KubeConfig.defaultPaths(explicit: kubeconfig), context: context)
-    }
+    func config() throws(KubeConfig.Problem) -> KubeConfig { try connection.config() }
 }
 
 enum PlatformName: String, ExpressibleByArgument, CaseIterable {

@@ -1,4 +1,6 @@
 import ArgumentParser
+import CapstanControllers
+import CapstanKube
 import CapstanLocal
 import CapstanModel
 import Foundation
@@ -8,6 +10,8 @@ struct Rollback: AsyncParsableCommand {
         abstract: "Roll a Deployment back to an earlier revision (default: the one before the current).",
         discussion: """
             The rollback is itself a new revision with the template of the chosen one, and it holds until the Deployment's spec changes its template (version, env, or the Application's template). `capstan describe deployment/NAME` lists the revisions.
+
+            With --kube the custom resource gets the annotation capstan.dev/rollback-to (the revision, or empty for the previous one), as `kubectl annotate` would write it; the operator removes it when it has taken the request, and status.rollback shows the result.
             """)
 
     @Argument(help: ArgumentHelp("The Deployment, such as deployment/web.", valueName: "deployment/name"))
@@ -16,23 +20,45 @@ struct Rollback: AsyncParsableCommand {
     @Option(name: .customLong("to-revision"), help: "The revision to return to.")
     var toRevision: Int?
 
-    @Option(name: .shortAndLong, help: "Namespace of the object.")
-    var namespace: String = "default"
+    @Option(name: .shortAndLong, help: "Namespace of the object (default: default, or with --kube the kubeconfig context's).")
+    var namespace: String?
 
     @Option(help: ArgumentHelp("Wait this long for the daemon to take the request (0: do not wait).", valueName: "duration"))
     var wait: String = "10s"
 
     @OptionGroup var state: StateOptions
+    @OptionGroup var kube: KubeConnection
 
     func validate() throws {
         if let toRevision, toRevision < 1 { throw ValidationError("--to-revision must be 1 or more") }
     }
 
     func run() async throws {
-        let key = try parseReference(object, namespace: namespace)
+        let key = try parseReference(object, namespace: namespace ?? "default")
         guard key.kind == .deployment else { throw ValidationError("only Deployments roll back; got \(key.kind.singular)") }
-        try await submitRequest("rollback", for: key, value: toRevision.map(String.init) ?? "",
-                                what: "rollback to \(toRevision.map { "revision \($0)" } ?? "the previous revision")", wait: wait, state: state)
+        let value = toRevision.map(String.init) ?? ""
+        let what = "rollback to \(toRevision.map { "revision \($0)" } ?? "the previous revision")"
+        guard kube.enabled else {
+            try await submitRequest("rollback", for: key, value: value, what: what, wait: wait, state: state)
+            return
+        }
+        let started = Date()
+        try await KubeRequest(connection: kube, key: key, annotation: RollbackRequest.annotation, value: value, what: what)
+            .run(wait: wait, namespace: namespace) { client, key in
+                // Taken when the operator has removed the annotation; the status or an event says how.
+                guard let object = try await client.get(.capstan(.deployment), namespace: key.namespace, name: key.name) else {
+                    throw KubeRequest.Refused(message: "the Deployment was deleted")
+                }
+                guard object["metadata"]?["annotations"]?[RollbackRequest.annotation] == nil else { return nil }
+                if let rollback = object["status"]?["rollback"], rollback["request"]?.scalarText == value {
+                    return rollback["message"]?.scalarText ?? "rolled back"
+                }
+                if let event = try await KubeRequest.event(client, about: key, reasons: ["RollbackRefused", "RollbackRequested"], since: started) {
+                    if event.reason == "RollbackRefused" { throw KubeRequest.Refused(message: event.message) }
+                    return event.message
+                }
+                return "the annotation was removed"
+            }
     }
 }
 

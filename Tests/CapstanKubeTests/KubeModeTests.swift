@@ -1,3 +1,4 @@
+import CapstanControllers
 import CapstanKube
 import CapstanModel
 import Foundation
@@ -292,6 +293,87 @@ import Glibc
         }
     }
 
+    /// Runs the capstan command line; returns its exit status and output (stdout + stderr).
+    static func capstan(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = arguments
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Rolls a custom resource's child forward to Ready, as the cluster's Deployment controller would.
+    static func rollOut(_ client: KubeClient, image: String, log: () -> String) async throws {
+        try await Self.poll("\(image) applied", log: log) { try await Self.image(client) == image }
+        let child = try #require(try await client.get(.deployments, namespace: "default", name: "web"))
+        _ = try await client.patch(.deployments, namespace: "default", name: "web", Self.rolledOut(child), subresource: "status")
+    }
+
+    @Test func aRollbackOnRequestRunsAnEarlierRevisionUntilTheSpecChanges() async throws {
+        let (server, client) = try await Self.started()
+        defer { server.stop() }
+        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        defer { daemon.kill() }
+        let log = { daemon.log }
+        let kube = ["--kube", "--kubeconfig", server.kubeconfig]
+        func web() async throws -> SpecNode? { try await client.get(Self.deployments, namespace: "default", name: "web") }
+        _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
+        _ = try await client.create(Self.deployments, namespace: "default", Self.deployment())
+        try await Self.rollOut(client, image: "ghcr.io/example/web:1.0.0", log: log)
+        _ = try await client.patch(Self.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("version", .string("2.0.0"))]))]))
+        try await Self.rollOut(client, image: "ghcr.io/example/web:2.0.0", log: log)
+        try await Self.poll("revision 2 ready", log: log) {
+            let object = try await web()
+            return Self.condition(object, "Ready")?["status"]?.scalarText == "True" && object?["status"]?["currentRevision"]?.scalarText == "2"
+        }
+
+        // `capstan rollback --kube`: the annotation, taken and removed by the operator.
+        let rollback = try await Self.capstan(["rollback", "deployment/web"] + kube)
+        #expect(rollback.status == 0, "\(rollback.output)")
+        #expect(rollback.output.contains("taken by the operator"), "\(rollback.output)")
+        try await Self.rollOut(client, image: "ghcr.io/example/web:1.0.0", log: log)
+        try await Self.poll("the requested rollback holds, ready", log: log) {
+            let object = try await web()
+            return object?["status"]?["phase"]?.scalarText == "RolledBack" && object?["status"]?["rollback"]?["reason"]?.scalarText == "RollbackRequested"
+                && object?["status"]?["currentRevision"]?.scalarText == "3" && Self.condition(object, "Ready")?["reason"]?.scalarText == "RollbackActive"
+                && Self.condition(object, "Ready")?["status"]?.scalarText == "True"
+        }
+        #expect(try await web()?["metadata"]?["annotations"]?[RollbackRequest.annotation] == nil)
+        #expect(try await Self.events(client, about: "web").contains("RollbackRequested"))
+
+        // A revision that does not exist: refused, on the command line and as an event; nothing changes.
+        let refused = try await Self.capstan(["rollback", "deployment/web", "--to-revision", "99"] + kube)
+        #expect(refused.status == 1 && refused.output.contains("revision 99 not found"), "\(refused.output)")
+        _ = try await client.patch(Self.deployments, namespace: "default", name: "web",
+                                   .mapping([("metadata", .mapping([("annotations", .mapping([(RollbackRequest.annotation, .string("soon"))]))]))]))
+        try await Self.poll("a bad annotation refused and removed", log: log) {
+            try await web()?["metadata"]?["annotations"]?[RollbackRequest.annotation] == nil
+        }
+        #expect(try await Self.image(client) == "ghcr.io/example/web:1.0.0")
+        #expect(try await web()?["status"]?["currentRevision"]?.scalarText == "3")
+
+        // `kubectl annotate ... capstan.dev/rollback-to=2`: revision 2 by number (now 4).
+        _ = try await client.patch(Self.deployments, namespace: "default", name: "web",
+                                   .mapping([("metadata", .mapping([("annotations", .mapping([(RollbackRequest.annotation, .string("2"))]))]))]))
+        try await Self.poll("back to the spec's own version", log: log) { try await Self.image(client) == "ghcr.io/example/web:2.0.0" }
+        try await Self.poll("revision 4, no rollback held", log: log) {
+            let object = try await web()
+            return object?["status"]?["currentRevision"]?.scalarText == "4" && object?["metadata"]?["annotations"]?[RollbackRequest.annotation] == nil
+                && object?["status"]?["rollback"] == nil
+        }
+
+        // A reconcile on request answers with an event.
+        let reconcile = try await Self.capstan(["reconcile", "deployment/web"] + kube)
+        #expect(reconcile.status == 0 && reconcile.output.contains("taken by the operator"), "\(reconcile.output)")
+        let missing = try await Self.capstan(["rollback", "deployment/nothing"] + kube)
+        #expect(missing.status == 1 && missing.output.contains("not found"), "\(missing.output)")
+    }
+
     @Test func badObjectsGetAClearConditionOrEventAndDisturbNothingElse() async throws {
         let (server, client) = try await Self.started()
         defer { server.stop() }
@@ -407,6 +489,13 @@ import Glibc
         try await Self.poll("the new version on the cluster", log: log) {
             try await client.get(.deployments, namespace: "default", name: "web")?["spec"]?["template"]?["spec"]?["containers"]?
                 .sequenceItems?.first?["image"]?.scalarText == "ghcr.io/example/web:1.1.0"
+        }
+        // `capstan rollback` through the state store, run on the cluster.
+        let rollback = try await Self.capstan(["rollback", "deployment/web", "--state-dir", state])
+        #expect(rollback.status == 0, "\(rollback.output)")
+        try await Self.poll("rolled back to 1.0.0 on the cluster", log: log) { try await Self.image(client) == "ghcr.io/example/web:1.0.0" }
+        try await Self.poll("the rollback in the state store", log: log) {
+            (try status()["rollback"] as? [String: Any])?["reason"] as? String == "RollbackRequested"
         }
         // An edit on the cluster is reverted here too.
         _ = try await client.patch(.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("replicas", .int(9))]))]))

@@ -157,6 +157,7 @@ public struct DeploymentRollback: SpecObject, Hashable {
     public var specTemplateHash = ""
     public var reason = ""
     public var message: String?
+    public var request: String?
 
     public init() {}
 
@@ -165,6 +166,7 @@ public struct DeploymentRollback: SpecObject, Hashable {
         .required("specTemplateHash", \.specTemplateHash, "The template hash of the spec when the rollback happened."),
         .required("reason", \.reason, "RolledBack or RollbackRequested."),
         .optional("message", \.message),
+        .optional("request", \.request, "The `capstan.dev/rollback-to` value this rollback answered."),
     ]
 }
 
