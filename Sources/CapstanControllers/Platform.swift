@@ -46,12 +46,12 @@ extension Cache where Key == ObjectKey, Object == StoredObject {
 
     /// Every object of a kind, sorted by namespace and name.
     public func objects(kind: ResourceKind) -> [StoredObject] {
-        byIndex(Index.kind, kind.rawValue).sorted { $0.key < $1.key }
+        byIndex(Index.kind, kind.rawValue, orderedBy: <)
     }
 
     /// The objects of `kind` that refer to `key` (a Deployment's Application, ...), sorted.
     public func objects(kind: ResourceKind, referencing key: ObjectKey) -> [StoredObject] {
-        byIndex(Index.references, key.description).filter { $0.key.kind == kind }.sorted { $0.key < $1.key }
+        byIndex(Index.references, key.description, where: { $0.kind == kind }, orderedBy: <)
     }
 
     /// Objects per kind that are ready at their generation, and not (the `capstan_resources` gauge).
@@ -67,7 +67,7 @@ extension Cache where Key == ObjectKey, Object == StoredObject {
 
     /// The objects carrying a label, sorted.
     public func objects(labelled key: String, _ value: String) -> [StoredObject] {
-        byIndex(Index.label, "\(key)=\(value)").sorted { $0.key < $1.key }
+        byIndex(Index.label, "\(key)=\(value)", orderedBy: <)
     }
 }
 

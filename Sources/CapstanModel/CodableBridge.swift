@@ -77,6 +77,6 @@ import Foundation
 extension SpecNode {
     /// Parses JSON text (our own stored JSON, or an API's) quickly, without positions.
     public static func fromJSON(_ data: Data) throws -> SpecNode {
-        try JSONDecoder().decode(CodableBridge.Capture.self, from: data).node
+        try JSONReader.parse(data)
     }
 }

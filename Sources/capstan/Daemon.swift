@@ -32,8 +32,16 @@ enum Daemon {
 
     /// Queues an object and what depends on it: an Application's Deployments run its
     /// template; a Deployment is listed in its Application's status.
+    /// On a cluster an Application's reconcile only checks its image and lists its Deployments.
+    static let clusterReferrerDelay: Duration = .seconds(1)
+
+    /// `referrerDelay`: how long an Application waits for more changes of its Deployments
+    /// before it is reconciled (its status lists them all: a burst of a thousand Deployments
+    /// is one status write a second, not a thousand). Zero where the Application's reconcile
+    /// does the Deployments' work (the local platform prepares their artifacts).
     static func enqueue(_ key: ObjectKey, _ resource: AnyResource?, cache: ObjectCache,
-                        applications: WorkQueue<ObjectKey, ContinuousClock>, deployments: WorkQueue<ObjectKey, ContinuousClock>) async {
+                        applications: WorkQueue<ObjectKey, ContinuousClock>, deployments: WorkQueue<ObjectKey, ContinuousClock>,
+                        referrerDelay: Duration = .zero) async {
         switch key.kind {
         case .application:
             await applications.add(key)
@@ -41,7 +49,7 @@ enum Daemon {
         case .deployment:
             await deployments.add(key)
             if case .deployment(let deployment)? = resource {
-                await applications.add(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application))
+                await applications.add(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application), after: referrerDelay)
             }
         default:
             break

@@ -233,7 +233,8 @@ struct Run: AsyncParsableCommand {
         let (platformLocal, platformCluster) = (local, cluster)
 
         @Sendable func enqueue(_ key: ObjectKey, _ resource: AnyResource?) async {
-            await Daemon.enqueue(key, resource, cache: cache, applications: applications.queue, deployments: deploymentQueue)
+            await Daemon.enqueue(key, resource, cache: cache, applications: applications.queue, deployments: deploymentQueue,
+                                 referrerDelay: platformCluster == nil ? .zero : Daemon.clusterReferrerDelay)
         }
         /// Everything known, and every owner of something in the inventory (deleted while no
         /// daemon ran: its reconcile removes what it left).

@@ -153,12 +153,14 @@ extension Run {
         let leading = Gate(open: false)
         @Sendable func enqueue(_ key: ObjectKey, _ resource: AnyResource?) async {
             guard await leading.opened else { return }  // a follower only keeps its cache warm
-            await Daemon.enqueue(key, resource, cache: cache, applications: applications.queue, deployments: deployments.queue)
+            await Daemon.enqueue(key, resource, cache: cache, applications: applications.queue, deployments: deployments.queue,
+                                 referrerDelay: Daemon.clusterReferrerDelay)
         }
         /// A Deployment's readiness or version shows in its Application's status.
         @Sendable func referrersChanged(_ key: ObjectKey) async {
             if await leading.opened, case .deployment(let deployment)? = cache.get(key)?.resource {
-                await applications.queue.add(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application))
+                await applications.queue.add(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application),
+                                             after: Daemon.clusterReferrerDelay)
             }
         }
         objects.onReferrersChanged { await referrersChanged($0) }

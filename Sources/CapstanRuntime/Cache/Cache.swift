@@ -43,6 +43,16 @@ public final class Cache<Key: Hashable & Sendable, Object: Sendable>: Sendable {
         }
     }
 
+    /// The objects found under `value` in the index `name` whose keys pass `include`, ordered
+    /// by their keys (sorting keys, not objects: a large object is never copied to compare).
+    public func byIndex(_ name: String, _ value: String, where include: (Key) -> Bool = { _ in true },
+                        orderedBy areInIncreasingOrder: (Key, Key) -> Bool) -> [Object] {
+        state.withLock { state in
+            guard let keys = state.indexed[name]?[value] else { return [] }
+            return keys.filter(include).sorted(by: areInIncreasingOrder).compactMap { state.objects[$0] }
+        }
+    }
+
     /// The values present in the index `name`.
     public func indexValues(_ name: String) -> [String] {
         state.withLock { Array(($0.indexed[name] ?? [:]).keys) }
