@@ -69,10 +69,18 @@ public struct ConfigMapRevisions: RevisionStore {
         }
     }
 
+    /// Whether the owner has never recorded a revision (its status has no history): then
+    /// the ConfigMap is created without being read first, and an AlreadyExists (a crash
+    /// between its creation and the status write) falls back to reading it.
+    private func isNew(_ owner: ObjectKey) -> Bool {
+        guard case .deployment(let deployment)? = cache.get(owner)?.resource else { return false }
+        return deployment.status.history.isEmpty
+    }
+
     /// Reads, changes and writes, again on a conflict.
     private func modify<T>(_ owner: ObjectKey, _ change: (inout [Entry]) -> T) async throws -> T {
-        for _ in 0..<5 {
-            var (entries, version) = try await read(owner)
+        for attempt in 0..<5 {
+            var (entries, version) = attempt == 0 && isNew(owner) ? ([], nil) : try await read(owner)
             let before = entries.map { "\($0.number):\($0.hash)" }
             let result = change(&entries)
             if entries.map({ "\($0.number):\($0.hash)" }) == before { return result }

@@ -26,7 +26,7 @@ public final class ChildCache: Sendable {
         switch change {
         case .synced: return nil
         case .upsert(let node):
-            objects.withLock { $0[Self.key(resource, node)] = node }
+            objects.withLock { $0[Self.key(resource, node)] = Self.trimmed(node) }
             return Self.owner(of: node)
         case .delete(let node):
             let key = Self.key(resource, node)
@@ -54,12 +54,27 @@ public final class ChildCache: Sendable {
 
     /// Takes the response of our own write, unless the watch already brought a newer version.
     func set(_ resource: KubeResource, _ node: SpecNode) {
+        let node = Self.trimmed(node)
         objects.withLock { objects in
             let key = Self.key(resource, node)
             guard KubeObjectStore.isNewer(node["metadata"]?["resourceVersion"]?.scalarText,
                                           than: objects[key]?["metadata"]?["resourceVersion"]?.scalarText) else { return }
             objects[key] = node
         }
+    }
+
+    /// What a reconcile never reads is not kept: `managedFields` (often half of an object)
+    /// and kubectl's last-applied copy, as controller-runtime's cache transforms drop them.
+    static func trimmed(_ node: SpecNode) -> SpecNode {
+        guard var entries = node.entries, let index = entries.firstIndex(where: { $0.key == "metadata" }),
+              var metadata = entries[index].value.entries else { return node }
+        metadata.removeAll { $0.key == "managedFields" }
+        if let annotations = metadata.firstIndex(where: { $0.key == "annotations" }), var values = metadata[annotations].value.entries {
+            values.removeAll { $0.key == "kubectl.kubernetes.io/last-applied-configuration" }
+            metadata[annotations].value = SpecNode(.mapping(values))
+        }
+        entries[index].value = SpecNode(.mapping(metadata))
+        return SpecNode(.mapping(entries))
     }
 
     func remove(_ resource: KubeResource, namespace: String, name: String) {
@@ -312,12 +327,18 @@ public struct KubeDeploymentReconciler: Reconciler {
             (.services, Children.service(deployment, application: application)),
             (.ingresses, try Children.ingress(deployment, application: application).get()),
         ]
-        var apps: SpecNode?
-        for (resource, wanted) in desired {
-            let child = try await ensure(resource, wanted, owner: deployment, events: &events)
-            if resource.plural == "deployments" { apps = child }
+        // The children are independent: made side by side (one round trip, not three).
+        @Sendable func ensured(_ resource: KubeResource, _ wanted: SpecNode?) async throws -> (SpecNode?, [(EventType, String, String)]) {
+            var collected: [(EventType, String, String)] = []
+            let child = try await ensure(resource, wanted, owner: deployment, events: &collected)
+            return (child, collected)
         }
-        guard let apps else { return .requeue(after: Self.progressCheck) }
+        async let appsChild = ensured(desired[0].0, desired[0].1)
+        async let serviceChild = ensured(desired[1].0, desired[1].1)
+        async let ingressChild = ensured(desired[2].0, desired[2].1)
+        let made = try await [appsChild, serviceChild, ingressChild]
+        events += made.flatMap(\.1)
+        guard let apps = made[0].0 else { return .requeue(after: Self.progressCheck) }
         var result = observe(apps, deployment: deployment, template: template, revision: revision, generation: generation, time: time, status: &status)
 
         // A revision that failed its deadline: back to the last one that succeeded.

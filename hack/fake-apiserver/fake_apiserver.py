@@ -13,6 +13,7 @@ other test controls are under /fake/ (see README.md).
 """
 import argparse
 import base64
+import bisect
 import copy
 import datetime
 import http.server
@@ -944,7 +945,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     while True:
                         if self.store.watch_epoch != epoch or time.monotonic() >= deadline or self.server.stopping:
                             raise StopIteration
-                        fresh = [h for h in self.store.history if h[0] > cursor]
+                        # History is ordered by revision: start after the cursor, not at the beginning.
+                        fresh = self.store.history[bisect.bisect_right(self.store.history, cursor, key=lambda h: h[0]):]
                         if cursor < self.store.compacted:
                             pending = [("ERROR", {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                                                   "message": f"too old resource version: {cursor} ({self.store.compacted + 1})",
