@@ -336,8 +336,11 @@ public final class KubeClient: Sendable {
                 response = try await http.execute(request, timeout: .seconds(seconds))
             } catch {
                 if Task.isCancelled { throw KubeError(code: 0, reason: "Cancelled", message: "cancelled") }
-                // Not reached: reads are tried again; a write may have happened, so it is not.
-                if method == .GET, attempt < maxRetries {
+                // Not reached: reads are tried again; a write may have happened, so it is not,
+                // unless the pooled connection was found closed before anything was sent (the
+                // server closed it while idle: Go's transport retries those too).
+                let unsent = (error as? ChannelError) == .ioOnClosedChannel
+                if method == .GET || unsent, attempt < maxRetries {
                     attempt += 1
                     await pause(attempt: attempt, retryAfter: nil)
                     continue
