@@ -23,7 +23,7 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
     /// Deleted objects whose last version carried `capstan.dev/prune: disabled`.
     private let keptOnDelete = Mutex<[ObjectKey: Bool]>([:])
     /// Events written in the last 10 minutes, by what makes them the same event.
-    private let recent = Mutex<[String: (name: String, namespace: String, count: Int, first: Date, last: Date)]>([:])
+    private let recent = Mutex(RecentEvents())
     public static let aggregationWindow: TimeInterval = 600
     /// The annotation asking for a reconcile now (Flux's `reconcile.fluxcd.io/requestedAt`).
     public static let reconcileRequest = "capstan.dev/reconcile-requested-at"
@@ -227,14 +227,7 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
         let aggregate = [involved["kind"]?.scalarText, involved["namespace"]?.scalarText, involved["name"]?.scalarText,
                          involved["uid"]?.scalarText, type.rawValue, reason, message].map { $0 ?? "" }.joined(separator: "\u{1}")
         let now = Date()
-        let seen = recent.withLock { recent -> (name: String, namespace: String, count: Int, first: Date, last: Date)? in
-            recent = recent.filter { now.timeIntervalSince($0.value.last) < Self.aggregationWindow }
-            guard var entry = recent[aggregate] else { return nil }
-            entry.count += 1
-            entry.last = now
-            recent[aggregate] = entry
-            return entry
-        }
+        let seen = recent.withLock { $0.repeated(aggregate, at: now, window: Self.aggregationWindow) }
         let time = SpecNode.string(Timestamp(now).description)
         if let seen {
             let patch = SpecNode.mapping([("count", .int(seen.count)), ("lastTimestamp", time)])
@@ -263,9 +256,30 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
         ])
         do {
             _ = try await client.create(.events, namespace: namespace, event)
-            recent.withLock { $0[aggregate] = (name, namespace, 1, now, now) }
+            recent.withLock { $0.entries[aggregate] = .init(name: name, namespace: namespace, count: 1, last: now) }
         } catch {
             log("cannot record event \(reason) for \(objectName): \(error)")
+        }
+    }
+
+    /// The Events of the aggregation window. Expired ones are dropped once a minute, not on
+    /// every Event (a burst of 1,000 Events copied the whole map 1,000 times).
+    struct RecentEvents {
+        struct Entry { var name: String, namespace: String, count: Int, last: Date }
+        var entries: [String: Entry] = [:]
+        var pruned = Date.distantPast
+
+        /// The Event this one repeats within the window, counted once more.
+        mutating func repeated(_ key: String, at now: Date, window: TimeInterval) -> Entry? {
+            if now.timeIntervalSince(pruned) >= 60 {
+                entries = entries.filter { now.timeIntervalSince($0.value.last) < window }
+                pruned = now
+            }
+            guard var entry = entries[key], now.timeIntervalSince(entry.last) < window else { return nil }
+            entry.count += 1
+            entry.last = now
+            entries[key] = entry
+            return entry
         }
     }
 

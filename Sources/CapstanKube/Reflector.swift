@@ -41,23 +41,35 @@ public final class Reflector: Sendable {
 
     static func version(_ object: SpecNode) -> String? { object["metadata"]?["resourceVersion"]?.scalarText }
 
+    /// What a re-list reports for an object that went while the watch was down: its kind and
+    /// name (the reflector remembers only each object's resourceVersion; the caches behind the
+    /// handler know the rest). A second full copy of everything watched, managedFields and
+    /// all, was most of the daemon's heap.
+    func tombstone(_ key: String) -> SpecNode {
+        let parts = key.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        var metadata: [(String, SpecNode)] = [("name", .string(String(parts.last ?? "")))]
+        if parts.count == 2, !parts[0].isEmpty { metadata.append(("namespace", .string(String(parts[0])))) }
+        return .mapping([("apiVersion", .string(resource.apiVersion)), ("kind", .string(resource.kind)), ("metadata", .mapping(metadata))])
+    }
+
     /// Runs until the task is cancelled.
     public func run(_ handle: @escaping @Sendable (Change) async -> Void) async {
-        var known: [String: SpecNode] = [:]
+        var known: [String: String] = [:]  // key -> resourceVersion
         var failures = 0
         var version: String? = nil
         while !Task.isCancelled {
             do {
                 if version == nil {
                     let (items, listed) = try await client.list(resource, namespace: namespace, labelSelector: labelSelector)
-                    var next: [String: SpecNode] = [:]
+                    var next: [String: String] = [:]
                     for item in items {
                         let key = Self.key(item)
-                        next[key] = item
-                        if let old = known[key], Self.version(old) == Self.version(item) { continue }
+                        let itemVersion = Self.version(item) ?? ""
+                        next[key] = itemVersion
+                        if known[key] == itemVersion { continue }
                         await handle(.upsert(item))
                     }
-                    for (key, object) in known where next[key] == nil { await handle(.delete(object)) }
+                    for key in known.keys where next[key] == nil { await handle(.delete(tombstone(key))) }
                     known = next
                     version = listed
                     await handle(.synced)
@@ -70,7 +82,7 @@ public final class Reflector: Sendable {
                     events += 1
                     switch event {
                     case .added(let object), .modified(let object):
-                        known[Self.key(object)] = object
+                        known[Self.key(object)] = Self.version(object) ?? ""
                         version = Self.version(object) ?? version
                         await handle(.upsert(object))
                     case .deleted(let object):

@@ -260,6 +260,7 @@ import Testing
         final class Seen: Sendable {
             let copy = Mutex<[String: String]>([:])  // name -> image
             let syncs = Mutex(0)
+            let deletions = Mutex<[String]>([])  // namespace/name of what was reported deleted
         }
         let seen = Seen()
         let reflector = Reflector(client: client, resource: apps, namespace: nil, initialBackoff: .milliseconds(50))
@@ -269,6 +270,8 @@ import Testing
                 case .upsert(let object):
                     seen.copy.withLock { $0[object["metadata"]?["name"]?.scalarText ?? ""] = object["spec"]?["image"]?.scalarText }
                 case .delete(let object):
+                    let metadata = object["metadata"]
+                    seen.deletions.withLock { $0.append("\(metadata?["namespace"]?.scalarText ?? "")/\(metadata?["name"]?.scalarText ?? "")") }
                     _ = seen.copy.withLock { $0.removeValue(forKey: object["metadata"]?["name"]?.scalarText ?? "") }
                 case .synced:
                     seen.syncs.withLock { $0 += 1 }
@@ -307,5 +310,7 @@ import Testing
         try await server.control(client, "compact")
         try await expect(["c": "c:2", "d": "ghcr.io/example/d"], "after a 410")
         #expect(seen.syncs.withLock { $0 } == 2, "listed again once")
+        // The re-list's report of "a" (the reflector keeps only versions) still names it fully.
+        #expect(seen.deletions.withLock { $0 } == ["default/b", "default/a"])
     }
 }
