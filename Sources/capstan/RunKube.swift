@@ -92,14 +92,11 @@ struct ClusterTarget: Sendable {
     /// The child watches as services; a change of a child calls `owner` with its Capstan Deployment.
     func watches(_ owner: @escaping @Sendable (ObjectKey) async -> Void) -> [any Service] {
         Self.childResources.map { resource in
-            let reflector = Reflector(client: client, resource: resource, namespace: namespace, labelSelector: Children.selector,
+            let reflector = Reflector(client: client, resource: resource, namespace: namespace,
                                       log: { [log] in log("\(resource.plural).\(resource.group): \($0)", level: "warning") })
             return LoopService("\(resource.plural) watch") { [children, synced] in
                 await reflector.run { change in
-                    if change == .synced {
-                        synced.update { _ = $0.insert("\(resource.group)/\(resource.plural)") }
-                        return
-                    }
+                    if change == .synced { synced.update { _ = $0.insert("\(resource.group)/\(resource.plural)") } }
                     if let key = children.apply(change, resource: resource) { await owner(key) }
                 }
             }

@@ -1,0 +1,58 @@
+import CapstanKube
+import CapstanModel
+import Testing
+
+/// What the child watches keep: Capstan's children whole, others' names only, and whether an
+/// object of a name may exist without asking the server.
+@Suite struct ChildCacheTests {
+    static func object(_ name: String, namespace: String = "default", labels: [(String, String)] = [], controller: String? = nil) -> SpecNode {
+        var metadata: [(String, SpecNode)] = [("name", .string(name)), ("namespace", .string(namespace)), ("resourceVersion", .string("7")),
+                                              ("labels", .mapping(labels.map { ($0.0, .string($0.1)) }))]
+        if let controller {
+            metadata.append(("ownerReferences", .sequence([.mapping([
+                ("apiVersion", .string("capstan.dev/v1alpha1")), ("kind", .string("Deployment")), ("name", .string(controller)),
+                ("uid", .string("u-\(controller)")), ("controller", .bool(true)),
+            ])])))
+        }
+        return .mapping([("apiVersion", .string("apps/v1")), ("kind", .string("Deployment")), ("metadata", .mapping(metadata)),
+                         ("spec", .mapping([("replicas", .int(2))]))])
+    }
+
+    @Test func oursAreKeptWholeAndOthersOnlyByName() {
+        let cache = ChildCache()
+        let apps = KubeResource.deployments
+        // Before the watch has listed, anything may exist.
+        #expect(cache.mayExist(apps, namespace: "default", name: "web"))
+        #expect(cache.apply(.synced, resource: apps) == nil)
+        #expect(!cache.mayExist(apps, namespace: "default", name: "web"), "listed, and nothing of that name")
+
+        let ours = Self.object("web", labels: [(Children.managedBy, "capstan")], controller: "web")
+        #expect(cache.apply(.upsert(ours), resource: apps) == ObjectKey(kind: .deployment, namespace: "default", name: "web"))
+        let kept = cache.get(apps, namespace: "default", name: "web")
+        #expect(kept?["spec"]?["replicas"]?.scalarText == "2", "kept whole (as JSON) and read back")
+        #expect(Children.controller(of: kept ?? .null)?.uid == "u-web")
+
+        let theirs = Self.object("db")
+        #expect(cache.apply(.upsert(theirs), resource: apps) == nil, "someone else's: no owner to wake")
+        #expect(cache.get(apps, namespace: "default", name: "db") == nil)
+        #expect(cache.mayExist(apps, namespace: "default", name: "db"), "its name is known: a reconcile reads it")
+        #expect(!cache.mayExist(apps, namespace: "other", name: "db"))
+
+        // Ours, with its label removed by hand: still ours by its controller reference.
+        let unlabelled = Self.object("web", controller: "web")
+        #expect(cache.apply(.upsert(unlabelled), resource: apps) == ObjectKey(kind: .deployment, namespace: "default", name: "web"))
+        #expect(cache.get(apps, namespace: "default", name: "web") != nil)
+        // Label and reference both gone: no longer ours; its owner is told, and it is only a name.
+        #expect(cache.apply(.upsert(Self.object("web")), resource: apps) == ObjectKey(kind: .deployment, namespace: "default", name: "web"))
+        #expect(cache.get(apps, namespace: "default", name: "web") == nil)
+        #expect(cache.mayExist(apps, namespace: "default", name: "web"))
+
+        // A re-list's tombstone (name only) of one of ours still finds its owner.
+        _ = cache.apply(.upsert(ours), resource: apps)
+        let tombstone = SpecNode.mapping([("metadata", .mapping([("name", .string("web")), ("namespace", .string("default"))]))])
+        #expect(cache.apply(.delete(tombstone), resource: apps) == ObjectKey(kind: .deployment, namespace: "default", name: "web"))
+        #expect(!cache.mayExist(apps, namespace: "default", name: "web"))
+        _ = cache.apply(.delete(theirs), resource: apps)
+        #expect(!cache.mayExist(apps, namespace: "default", name: "db"), "deleted: forgotten")
+    }
+}
