@@ -1017,10 +1017,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         validate_metadata(resource, obj, causes)
         if resource.schema is not None:
             full = dict(obj, apiVersion=resource.api_version, kind=resource.kind)
-            schema = copy.deepcopy(resource.schema)
-            props = schema.setdefault("properties", {})
-            for key in ("metadata", "apiVersion", "kind"):
-                props.pop(key, None)  # the server validates these itself
+            # The server validates metadata, apiVersion and kind itself. A shallow copy: the
+            # validator reads the schema, never writes it (a deep copy of a large CRD schema on
+            # every write was a sixth of the fake's time).
+            schema = dict(resource.schema)
+            schema["properties"] = {k: v for k, v in (schema.get("properties") or {}).items()
+                                    if k not in ("metadata", "apiVersion", "kind")}
             checked = schema_validate(schema, {k: v for k, v in full.items() if k not in ("metadata", "apiVersion", "kind")},
                                       "", causes)
             for key in list(obj):
