@@ -51,6 +51,10 @@ public final class ChildCache: Sendable {
                 foreign.withLock { _ = $0.insert(key) }
                 return objects.withLock { $0.removeValue(forKey: key) }.flatMap { $0.node.flatMap(Self.owner(of:)) }
             }
+            // The watch's echo of our own write (its response is kept already): nothing new,
+            // and no reconcile of the owner for it.
+            if let version = node["metadata"]?["resourceVersion"]?.scalarText,
+               objects.withLock({ $0[key]?.resourceVersion }) == version { return nil }
             let kept = Kept(Self.trimmed(node))
             objects.withLock { $0[key] = kept }
             foreign.withLock { _ = $0.remove(key) }

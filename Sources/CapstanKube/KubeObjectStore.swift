@@ -65,6 +65,10 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
         case .upsert(let node):
             guard let key = Self.key(of: node, kind: kind) else { return .none }
             let old = cache.get(key)
+            // The watch's echo of a write whose response the cache took already: the same
+            // resourceVersion is the same object, nothing to decode or do.
+            if let old, old.problems.isEmpty, let version = old.resource.metadata.resourceVersion,
+               node["metadata"]?["resourceVersion"]?.scalarText == version { return .none }
             var context = DecodeContext()
             guard let resource = AnyResource.decode(kind: kind, node, &context) else {
                 // The API's schema let it through but our rules did not (cross-field checks):

@@ -5,8 +5,9 @@ import Testing
 /// What the child watches keep: Capstan's children whole, others' names only, and whether an
 /// object of a name may exist without asking the server.
 @Suite struct ChildCacheTests {
-    static func object(_ name: String, namespace: String = "default", labels: [(String, String)] = [], controller: String? = nil) -> SpecNode {
-        var metadata: [(String, SpecNode)] = [("name", .string(name)), ("namespace", .string(namespace)), ("resourceVersion", .string("7")),
+    static func object(_ name: String, namespace: String = "default", version: Int = 7, labels: [(String, String)] = [],
+                       controller: String? = nil) -> SpecNode {
+        var metadata: [(String, SpecNode)] = [("name", .string(name)), ("namespace", .string(namespace)), ("resourceVersion", .string("\(version)")),
                                               ("labels", .mapping(labels.map { ($0.0, .string($0.1)) }))]
         if let controller {
             metadata.append(("ownerReferences", .sequence([.mapping([
@@ -39,16 +40,17 @@ import Testing
         #expect(!cache.mayExist(apps, namespace: "other", name: "db"))
 
         // Ours, with its label removed by hand: still ours by its controller reference.
-        let unlabelled = Self.object("web", controller: "web")
+        #expect(cache.apply(.upsert(ours), resource: apps) == nil, "the same version again (the echo of our own write): nothing to do")
+        let unlabelled = Self.object("web", version: 8, controller: "web")
         #expect(cache.apply(.upsert(unlabelled), resource: apps) == ObjectKey(kind: .deployment, namespace: "default", name: "web"))
         #expect(cache.get(apps, namespace: "default", name: "web") != nil)
         // Label and reference both gone: no longer ours; its owner is told, and it is only a name.
-        #expect(cache.apply(.upsert(Self.object("web")), resource: apps) == ObjectKey(kind: .deployment, namespace: "default", name: "web"))
+        #expect(cache.apply(.upsert(Self.object("web", version: 9)), resource: apps) == ObjectKey(kind: .deployment, namespace: "default", name: "web"))
         #expect(cache.get(apps, namespace: "default", name: "web") == nil)
         #expect(cache.mayExist(apps, namespace: "default", name: "web"))
 
         // A re-list's tombstone (name only) of one of ours still finds its owner.
-        _ = cache.apply(.upsert(ours), resource: apps)
+        _ = cache.apply(.upsert(Self.object("web", version: 10, labels: [(Children.managedBy, "capstan")], controller: "web")), resource: apps)
         let tombstone = SpecNode.mapping([("metadata", .mapping([("name", .string("web")), ("namespace", .string("default"))]))])
         #expect(cache.apply(.delete(tombstone), resource: apps) == ObjectKey(kind: .deployment, namespace: "default", name: "web"))
         #expect(!cache.mayExist(apps, namespace: "default", name: "web"))
