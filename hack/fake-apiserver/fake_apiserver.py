@@ -14,7 +14,6 @@ other test controls are under /fake/ (see README.md).
 import argparse
 import base64
 import bisect
-import copy
 import datetime
 import http.server
 import json
@@ -119,6 +118,16 @@ def invalid(resource, name, causes):
 
 def bad_request(message):
     return APIError(400, "BadRequest", message)
+
+
+def clone(value):
+    """A deep copy of JSON data (dicts, lists, immutable scalars): what copy.deepcopy gives,
+    without its memo and dispatch (copy.deepcopy was 12% of the fake's time under load)."""
+    if type(value) is dict:
+        return {key: clone(item) for key, item in value.items()}
+    if type(value) is list:
+        return [clone(item) for item in value]
+    return value
 
 
 def now_rfc3339():
@@ -306,7 +315,7 @@ def schema_validate(schema, value, path, causes, prune=True):
                 matches = 0
                 for option in schema[keyword]:
                     probe = []
-                    schema_validate(dict(option, type=option.get("type", "object")), copy.deepcopy(value), path, probe, prune=False)
+                    schema_validate(dict(option, type=option.get("type", "object")), clone(value), path, probe, prune=False)
                     matches += not probe
                 if (keyword == "oneOf" and matches != 1) or (keyword == "anyOf" and matches == 0):
                     causes.append(cause("FieldValueInvalid", path, f"Invalid value: {path} in body must validate {'one and only one' if keyword == 'oneOf' else 'at least one'} schema ({keyword})"))
@@ -395,8 +404,8 @@ def fields_match(requirements, obj):
 def merge_patch(target, patch):
     """RFC 7386."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return clone(patch)
+    result = clone(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
@@ -415,7 +424,7 @@ def json_pointer(path):
 
 def json_patch(document, operations):
     """RFC 6902."""
-    document = copy.deepcopy(document)
+    document = clone(document)
 
     def parent(tokens):
         node = document
@@ -439,19 +448,19 @@ def json_patch(document, operations):
                 if isinstance(container, list):
                     index = len(container) if last == "-" else int(last)
                     if kind == "add":
-                        container.insert(index, copy.deepcopy(op["value"]))
+                        container.insert(index, clone(op["value"]))
                     else:
-                        container[index] = copy.deepcopy(op["value"])
+                        container[index] = clone(op["value"])
                 else:
                     if kind == "replace" and last not in container:
                         raise KeyError(last)
-                    container[last] = copy.deepcopy(op["value"])
+                    container[last] = clone(op["value"])
             elif kind == "remove":
                 container, last = parent(tokens), tokens[-1]
                 del container[int(last) if isinstance(container, list) else last]
             elif kind in ("move", "copy"):
                 source = json_pointer(op["from"])
-                value = copy.deepcopy(get(source))
+                value = clone(get(source))
                 if kind == "move":
                     container = parent(source)
                     del container[int(source[-1]) if isinstance(container, list) else source[-1]]
@@ -549,7 +558,7 @@ class Store:
         return resource
 
     def record(self, resource, kind, obj):
-        self.history.append((self.revision, resource.group, resource.plural, kind, copy.deepcopy(obj)))
+        self.history.append((self.revision, resource.group, resource.plural, kind, clone(obj)))
         if len(self.history) > self.history_limit:
             drop = len(self.history) - self.history_limit
             self.compacted = self.history[drop - 1][0]
@@ -578,7 +587,7 @@ class Store:
             else:
                 self.resources.pop(key, None)
         crd["status"] = {
-            "acceptedNames": copy.deepcopy(names),
+            "acceptedNames": clone(names),
             "storedVersions": [v["name"] for v in spec.get("versions", []) if v.get("storage")],
             "conditions": [
                 {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found",
@@ -844,7 +853,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # -- reads
 
     def externalize(self, resource, obj):
-        out = copy.deepcopy(obj)
+        out = clone(obj)
         out["apiVersion"] = resource.api_version
         out["kind"] = resource.kind
         return out
@@ -893,7 +902,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 meta["remainingItemCount"] = len(items) - start - limit
             body_items = []
             for obj in page:
-                item = copy.deepcopy(obj)
+                item = clone(obj)
                 if resource.crd:  # custom resources' items carry apiVersion and kind; built-in ones do not
                     item["apiVersion"], item["kind"] = resource.api_version, resource.kind
                 body_items.append(item)
@@ -1000,7 +1009,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise bad_request(f"the API version in the data ({body.get('apiVersion')}) does not match the expected API version ({resource.api_version})"
                               if body.get("apiVersion") != resource.api_version else
                               f"the kind in the data ({body.get('kind')}) does not match the expected kind ({resource.kind})")
-        obj = copy.deepcopy(body)
+        obj = clone(body)
         meta = obj.setdefault("metadata", {})
         if resource.namespaced:
             if meta.get("namespace") not in (None, namespace):
@@ -1110,14 +1119,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             meta.pop("namespace")
         if sub == "status":
             status = new.get("status")
-            new = copy.deepcopy(old)
+            new = clone(old)
             if status is None:
                 new.pop("status", None)
             else:
                 new["status"] = status
         elif resource.status:
             if "status" in old:
-                new["status"] = copy.deepcopy(old["status"])
+                new["status"] = clone(old["status"])
             else:
                 new.pop("status", None)
         if "deletionTimestamp" in old_meta:
@@ -1236,7 +1245,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                       for path, owner in conflicts]
             raise APIError(409, "Conflict", f"Apply failed with {len(conflicts)} conflict{'s' if len(conflicts) > 1 else ''}: " +
                            "; ".join(f'conflict with "{o}": .{".".join(p)}' for p, o in conflicts), {"causes": causes})
-        merged = copy.deepcopy(current)
+        merged = clone(current)
         # Fields this manager applied before and no longer applies are removed (if still its own).
         for path, owner in list(owners.items()):
             if owner == manager and path not in applied and not any(path[:len(a)] == a for a in applied):
@@ -1273,7 +1282,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if finalizers:
                 if "deletionTimestamp" in old["metadata"]:
                     return self.send_json(202 if policy else 200, self.externalize(resource, old))
-                new = copy.deepcopy(old)
+                new = clone(old)
                 new["metadata"]["finalizers"] = finalizers
                 new["metadata"]["deletionTimestamp"] = now_rfc3339()
                 new["metadata"]["deletionGracePeriodSeconds"] = 0
@@ -1285,7 +1294,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             del objects[key]
             self.store.owners.pop((resource.group, resource.plural) + key, None)
             self.store.revision += 1
-            gone = copy.deepcopy(old)
+            gone = clone(old)
             gone["metadata"]["resourceVersion"] = str(self.store.revision)
             self.forget(resource, gone)
             self.store.record(resource, "DELETED", gone)
@@ -1371,7 +1380,7 @@ def write_kubeconfigs(directory, port, token):
         "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake-admin", "namespace": "default"}}],
         "preferences": {},
     }
-    files = copy.deepcopy(inline)
+    files = clone(inline)
     files["clusters"][0]["cluster"] = {"server": server, "certificate-authority": os.path.join(directory, "ca.crt")}
     files["users"][0]["user"] = {"client-certificate": os.path.join(directory, "client.crt"),
                                  "client-key": os.path.join(directory, "client.key")}
