@@ -427,9 +427,10 @@ public struct KubeDeploymentReconciler: Reconciler {
             }
         }
         let id = ChildCache.key(resource, namespace, name)
+        func conflict() -> WorkloadError { WorkloadError("ChildConflict", "\(what) exists and is not owned by this Deployment; Capstan leaves it alone (delete it or rename the Deployment)") }
         if let observed, !isOurs(observed, id: id, owner: owner) {
             guard wanted != nil else { return nil }  // not ours, not wanted: none of our business
-            throw WorkloadError("ChildConflict", "\(what) exists and is not owned by this Deployment; Capstan leaves it alone (delete it or rename the Deployment)")
+            throw conflict()
         }
         guard let wanted else {
             if observed != nil {
@@ -453,7 +454,7 @@ public struct KubeDeploymentReconciler: Reconciler {
             guard unseen, error.code == 409 else { throw error }
             observed = try await client.get(resource, namespace: namespace, name: name)
             if let observed, !isOurs(observed, id: id, owner: owner) {
-                throw WorkloadError("ChildConflict", "\(what) exists and is not owned by this Deployment; Capstan leaves it alone (delete it or rename the Deployment)")
+                throw conflict()
             }
             applied = try await client.patch(resource, namespace: namespace, name: name, desired, type: .apply, force: true)
         }
