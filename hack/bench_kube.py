@@ -34,6 +34,7 @@ OBJECTS = int(os.environ.get("OBJECTS", "1000"))
 SAMPLES = int(os.environ.get("SAMPLES", "50"))
 KOPF_PYTHON = os.environ.get("KOPF_PYTHON", ".bench-venv/bin/python3")
 PEERS = os.environ.get("PEERS", "capstan,kopf").split(",")
+WRITE_LATENCY_MS = float(os.environ.get("WRITE_LATENCY_MS", "0"))
 CAPSTAN_ARGS = os.environ.get("CAPSTAN_ARGS", "--concurrency 32").split()
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -69,7 +70,8 @@ class API:
 
 
 def start_fake(root):
-    process = subprocess.Popen(["python3", f"{HERE}/fake-apiserver/fake_apiserver.py", "--dir", root, "--history", "10000000"],
+    process = subprocess.Popen(["python3", f"{HERE}/fake-apiserver/fake_apiserver.py", "--dir", root, "--history", "10000000",
+                                "--write-latency", str(WRITE_LATENCY_MS / 1000)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = process.stdout.readline()
     port = int(line.rsplit(":", 1)[1])

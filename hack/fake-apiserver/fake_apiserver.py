@@ -710,6 +710,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             fault = self.server.faults.take(method, url.path)
             if self.server.faults.delay:
                 time.sleep(self.server.faults.delay)
+            if self.server.write_latency and method != "GET":
+                # The storage round trip of a write (etcd's, or K3s's SQLite through kine),
+                # before it commits: the object and its watch event appear after it.
+                time.sleep(self.server.write_latency)
             if fault:
                 headers = {"Retry-After": str(fault["retryAfter"])} if fault.get("retryAfter") is not None else {}
                 reason = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}.get(fault["code"], "InternalError")
@@ -1399,6 +1403,8 @@ def main():
     parser.add_argument("--token", help="also accept this bearer token (the kubeconfig then uses it)")
     parser.add_argument("--bookmark-interval", type=float, default=1.0, help="seconds between watch bookmarks")
     parser.add_argument("--history", type=int, default=100000, help="watch events kept (older resourceVersions get 410)")
+    parser.add_argument("--write-latency", type=float, default=0.0,
+                        help="seconds every create, update, patch and delete waits before it commits (a storage round trip)")
     parser.add_argument("--gc", action="store_true", help="delete dependents of deleted owners (the garbage collector)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
@@ -1418,6 +1424,7 @@ def main():
     server.token = args.token
     server.bookmark_interval = args.bookmark_interval
     server.garbage_collect = args.gc
+    server.write_latency = args.write_latency
     server.verbose = args.verbose
     server.stats, server.stats_lock, server.watches = {}, threading.Lock(), 0
     server.stopping = False
