@@ -158,6 +158,9 @@ public enum ChildOwnership: Sendable {
 /// children; the status is read back from the `apps/v1` Deployment. The finalizer
 /// `capstan.dev/cleanup` deletes the children before the owner goes (ownerReferences are the
 /// second safety net, for a cluster whose garbage collector does not run).
+/// A new Deployment's revision was taken to be 1, but the revision store knew it already.
+struct RevisionMispredicted: Error {}
+
 public struct KubeDeploymentReconciler: Reconciler {
     public typealias Key = ObjectKey
 
@@ -229,10 +232,13 @@ public struct KubeDeploymentReconciler: Reconciler {
                 }
                 return .done
             }
-            if !deployment.metadata.finalizers.contains(Self.finalizer) {
-                try await setFinalizer(present: true, on: deployment)
-            }
         }
+        // Our finalizer is added alongside the first writes, not before them (one round trip
+        // less before a new Deployment's children exist). An owner deleted before it lands is
+        // gone without it, and a reconcile of a gone owner deletes what it owned (the
+        // ownerReferences are the second net); the status is written after it landed, so the
+        // finalizer's resourceVersion precondition does not meet our own status write.
+        async let finalizerAdded: Void = addFinalizer(to: deployment)
 
         let time = Timestamp(now())
         let generation = stored.generation
@@ -244,29 +250,43 @@ public struct KubeDeploymentReconciler: Reconciler {
         let rollbackRequest = usesOwnerReferences ? deployment.metadata.annotations[RollbackRequest.annotation] : nil
         var requestTaken = false
         do {
-            result = try await converge(deployment, generation: generation, time: time, rollbackRequest: rollbackRequest, requestTaken: &requestTaken,
-                                        status: &status, events: &events)
+            do {
+                result = try await converge(deployment, generation: generation, time: time, rollbackRequest: rollbackRequest, predictRevision: true,
+                                            requestTaken: &requestTaken, status: &status, events: &events)
+            } catch is RevisionMispredicted {
+                // The revision store knew this Deployment although its status did not (a crash
+                // between the two writes): again, with the store's number.
+                (status, events, requestTaken) = (deployment.status, [], false)
+                result = try await converge(deployment, generation: generation, time: time, rollbackRequest: rollbackRequest, predictRevision: false,
+                                            requestTaken: &requestTaken, status: &status, events: &events)
+            }
         } catch let error as WorkloadError {
             status.markStalled(reason: error.reason, message: error.message, generation: generation, now: time)
             status.conditions.set(DeploymentConditions.progressing, .false, reason: error.reason, message: error.message, observedGeneration: generation, now: time)
             result = .done
         }
+        try await finalizerAdded
         if let problem = stored.problems.first {
             status.markStalled(reason: "InvalidSpec", message: "\(problem) (the last good version is kept)", generation: generation, now: time)
         }
+        let before = deployment.status.conditions[type: ConditionType.ready]
+        let after = status.conditions[type: ConditionType.ready]
+        if let after, after.status != .unknown, before?.status != after.status || before?.reason != after.reason, after.reason != "InvalidSpec",
+           !events.contains(where: { $0.1 == after.reason }) {
+            events.append((after.status == .true ? .normal : .warning, after.reason, after.message))
+        }
+        // The Events are written alongside the status, not after it (one round trip less);
+        // those of one reconcile keep their order.
+        let recorder = self.events, happened = events
+        @Sendable func recordAll() async {
+            for (type, reason, message) in happened { await recorder.record(type, reason: reason, message: message, about: key) }
+        }
+        async let recorded: Void = recordAll()
         if status != deployment.status {
             status.lastReconcileTime = time
             _ = try await store.writeStatus(key, status.encode())
         }
-        let before = deployment.status.conditions[type: ConditionType.ready]
-        let after = status.conditions[type: ConditionType.ready]
-        var recorded = Set(events.map(\.1))
-        for (type, reason, message) in events { await self.events.record(type, reason: reason, message: message, about: key) }
-        if let after, after.status != .unknown, before?.status != after.status || before?.reason != after.reason, after.reason != "InvalidSpec",
-           !recorded.contains(after.reason) {
-            recorded.insert(after.reason)
-            await self.events.record(after.status == .true ? .normal : .warning, reason: after.reason, message: after.message, about: key)
-        }
+        await recorded
         if let rollbackRequest, requestTaken { try await removeRequest(RollbackRequest.annotation, value: rollbackRequest, from: deployment) }
         return result
     }
@@ -294,9 +314,12 @@ public struct KubeDeploymentReconciler: Reconciler {
         }
     }
 
-    /// Applies the children and reads the rollout back into `status`.
-    private func converge(_ deployment: Deployment, generation: Int, time: Timestamp, rollbackRequest: String?, requestTaken: inout Bool,
-                          status: inout DeploymentStatus, events: inout [(EventType, String, String)]) async throws -> ReconcileResult {
+    /// Applies the children and reads the rollout back into `status`. With `predictRevision`,
+    /// a Deployment whose status has no history yet is taken to be at revision 1, recorded
+    /// alongside its children; `RevisionMispredicted` when the store says otherwise.
+    private func converge(_ deployment: Deployment, generation: Int, time: Timestamp, rollbackRequest: String?, predictRevision: Bool,
+                          requestTaken: inout Bool, status: inout DeploymentStatus,
+                          events: inout [(EventType, String, String)]) async throws -> ReconcileResult {
         let spec = deployment.spec
         let namespace = deployment.metadata.namespace
         if spec.strategy.type == .blueGreen {
@@ -337,12 +360,16 @@ public struct KubeDeploymentReconciler: Reconciler {
         }
         var template = specTemplate
         let revision: Int
+        var predicted = false
         if let rollback = status.rollback,
            let held = try await revisions.revisions(of: key).first(where: { $0.number == rollback.toRevision }) {
             template = try WorkloadTemplate.decode(held.template)
             revision = held.number
         } else if status.rollback == nil, let last = status.history.last, last.templateHash == specTemplate.hash {
             revision = last.revision  // recorded when it started: no need to read the store again
+        } else if predictRevision, status.rollback == nil, status.history.isEmpty {
+            revision = 1  // a new Deployment's first: recorded below, alongside the children
+            predicted = true
         } else {
             status.rollback = nil
             revision = try await revisions.recordRevision(of: key, hash: specTemplate.hash, template: specTemplate.encode()).number
@@ -377,10 +404,17 @@ public struct KubeDeploymentReconciler: Reconciler {
             let child = try await ensure(resource, wanted, owner: deployment, events: &collected)
             return (child, collected)
         }
+        let revisions = self.revisions, hash = specTemplate.hash, encoded = predicted ? specTemplate.encode() : nil
+        @Sendable func recordPredicted() async throws -> Int? {
+            guard let encoded else { return nil }
+            return try await revisions.recordRevision(of: key, hash: hash, template: encoded).number
+        }
+        async let recorded = recordPredicted()
         async let appsChild = ensured(desired[0].0, desired[0].1)
         async let serviceChild = ensured(desired[1].0, desired[1].1)
         async let ingressChild = ensured(desired[2].0, desired[2].1)
         let made = try await [appsChild, serviceChild, ingressChild]
+        if let number = try await recorded, number != revision { throw RevisionMispredicted() }
         events += made.flatMap(\.1)
         guard let apps = made[0].0 else { return .requeue(after: Self.progressCheck) }
         var result = observe(apps, deployment: deployment, template: template, revision: revision, generation: generation, time: time, status: &status)
@@ -568,6 +602,11 @@ public struct KubeDeploymentReconciler: Reconciler {
             let key = ObjectKey(kind: .deployment, namespace: owner.metadata.namespace, name: owner.metadata.name)
             return (try? inventory.children(of: key))?.contains(id) == true
         }
+    }
+
+    private func addFinalizer(to deployment: Deployment) async throws {
+        guard usesOwnerReferences, deployment.metadata.deletionTimestamp == nil, !deployment.metadata.finalizers.contains(Self.finalizer) else { return }
+        try await setFinalizer(present: true, on: deployment)
     }
 
     /// Adds or removes our finalizer (a merge patch conditioned on the resourceVersion: a

@@ -293,6 +293,34 @@ import Glibc
         }
     }
 
+    /// A new Deployment is taken to be at revision 1 and its first revision is recorded
+    /// alongside its children; a revision store that already knows it (a crash between its
+    /// write and the status write, then a new spec) wins, and the children are made again.
+    @Test func aRevisionStoreThatKnowsANewDeploymentWinsOverTheFirstGuess() async throws {
+        let (server, client) = try await Self.started()
+        defer { server.stop() }
+        let earlier = JSONEmitter.emit(.mapping([("hash", .string("0123456789abcdef")), ("template", .mapping([("version", .string("0.9.0"))]))]), pretty: false)
+        _ = try await client.create(.configMaps, namespace: "default", .mapping([
+            ("apiVersion", .string("v1")), ("kind", .string("ConfigMap")),
+            ("metadata", .mapping([("name", .string("web-capstan-revisions"))])),
+            ("data", .mapping([("1", .string(earlier))])),
+        ]))
+        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        defer { daemon.kill() }
+        let log = { daemon.log }
+        _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
+        _ = try await client.create(Self.deployments, namespace: "default", Self.deployment())
+        try await Self.poll("revision 2 in the status", log: log) {
+            try await client.get(Self.deployments, namespace: "default", name: "web")?["status"]?["currentRevision"]?.scalarText == "2"
+        }
+        let child = try #require(try await client.get(.deployments, namespace: "default", name: "web"))
+        #expect(child["spec"]?["template"]?["metadata"]?["annotations"]?["capstan.dev/revision"]?.scalarText == "2")
+        let revisions = try #require(try await client.get(.configMaps, namespace: "default", name: "web-capstan-revisions"))
+        #expect(Set(revisions["data"]?.entries?.map(\.key) ?? []) == ["1", "2"])
+        let history = try await client.get(Self.deployments, namespace: "default", name: "web")?["status"]?["history"]?.sequenceItems ?? []
+        #expect(history.map { $0["revision"]?.scalarText } == ["2"])
+    }
+
     /// Runs the capstan command line; returns its exit status and output (stdout + stderr).
     static func capstan(_ arguments: [String]) async throws -> (status: Int32, output: String) {
         let process = Process()
