@@ -152,15 +152,16 @@ public enum ChildOwnership: Sendable {
     case inventory(any ChildInventory)
 }
 
+/// A new template's revision number was guessed from the status, and the revision store
+/// numbered it otherwise.
+struct RevisionMispredicted: Error {}
+
 /// Reconciles Capstan Deployments on Kubernetes: the owned `apps/v1` Deployment, Service and
 /// Ingress are applied (server-side apply, field manager `capstan`) when they differ from what
 /// the spec asks, which also reverts edits made behind Capstan's back and recreates deleted
 /// children; the status is read back from the `apps/v1` Deployment. The finalizer
 /// `capstan.dev/cleanup` deletes the children before the owner goes (ownerReferences are the
 /// second safety net, for a cluster whose garbage collector does not run).
-/// A new Deployment's revision was taken to be 1, but the revision store knew it already.
-struct RevisionMispredicted: Error {}
-
 public struct KubeDeploymentReconciler: Reconciler {
     public typealias Key = ObjectKey
 
@@ -254,8 +255,9 @@ public struct KubeDeploymentReconciler: Reconciler {
                 result = try await converge(deployment, generation: generation, time: time, rollbackRequest: rollbackRequest, predictRevision: true,
                                             requestTaken: &requestTaken, status: &status, events: &events)
             } catch is RevisionMispredicted {
-                // The revision store knew this Deployment although its status did not (a crash
-                // between the two writes): again, with the store's number.
+                // The revision store numbered the new template otherwise than the status
+                // suggested (a crash between the two writes, a rollback recorded but not yet
+                // in the history): again, with the store's number.
                 (status, events, requestTaken) = (deployment.status, [], false)
                 result = try await converge(deployment, generation: generation, time: time, rollbackRequest: rollbackRequest, predictRevision: false,
                                             requestTaken: &requestTaken, status: &status, events: &events)
@@ -315,8 +317,9 @@ public struct KubeDeploymentReconciler: Reconciler {
     }
 
     /// Applies the children and reads the rollout back into `status`. With `predictRevision`,
-    /// a Deployment whose status has no history yet is taken to be at revision 1, recorded
-    /// alongside its children; `RevisionMispredicted` when the store says otherwise.
+    /// a new template is taken to be the revision after the newest in the status (1 for a new
+    /// Deployment) and recorded alongside the children; `RevisionMispredicted` when the store
+    /// numbers it otherwise.
     private func converge(_ deployment: Deployment, generation: Int, time: Timestamp, rollbackRequest: String?, predictRevision: Bool,
                           requestTaken: inout Bool, status: inout DeploymentStatus,
                           events: inout [(EventType, String, String)]) async throws -> ReconcileResult {
@@ -361,14 +364,17 @@ public struct KubeDeploymentReconciler: Reconciler {
         var template = specTemplate
         let revision: Int
         var predicted = false
+        var pruneTo: (keep: Int, inUse: Set<Int>)?
         if let rollback = status.rollback,
            let held = try await revisions.revisions(of: key).first(where: { $0.number == rollback.toRevision }) {
             template = try WorkloadTemplate.decode(held.template)
             revision = held.number
         } else if status.rollback == nil, let last = status.history.last, last.templateHash == specTemplate.hash {
             revision = last.revision  // recorded when it started: no need to read the store again
-        } else if predictRevision, status.rollback == nil, status.history.isEmpty {
-            revision = 1  // a new Deployment's first: recorded below, alongside the children
+        } else if predictRevision, status.rollback == nil {
+            // A new template is the next number after the newest the status knows: recorded
+            // below, alongside the children (their update does not wait for the store).
+            revision = (status.history.map(\.revision).max() ?? 0) + 1
             predicted = true
         } else {
             status.rollback = nil
@@ -390,7 +396,7 @@ public struct KubeDeploymentReconciler: Reconciler {
             let trimmed = status.history.count > limit
             while status.history.count > limit { status.history.removeFirst() }
             events.append((.normal, "RolloutStarted", "revision \(revision): version \(template.version), image \(image)"))
-            if trimmed { try await revisions.pruneRevisions(of: key, keep: limit, inUse: Set(status.history.map(\.revision))) }
+            if trimmed { pruneTo = (limit, Set(status.history.map(\.revision))) }
         }
 
         let desired: [(KubeResource, SpecNode?)] = [
@@ -415,6 +421,8 @@ public struct KubeDeploymentReconciler: Reconciler {
         async let ingressChild = ensured(desired[2].0, desired[2].1)
         let made = try await [appsChild, serviceChild, ingressChild]
         if let number = try await recorded, number != revision { throw RevisionMispredicted() }
+        // After the new revision is recorded (the same ConfigMap).
+        if let pruneTo { try await revisions.pruneRevisions(of: key, keep: pruneTo.keep, inUse: pruneTo.inUse) }
         events += made.flatMap(\.1)
         guard let apps = made[0].0 else { return .requeue(after: Self.progressCheck) }
         var result = observe(apps, deployment: deployment, template: template, revision: revision, generation: generation, time: time, status: &status)

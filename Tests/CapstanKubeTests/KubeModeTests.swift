@@ -321,6 +321,37 @@ import Glibc
         #expect(history.map { $0["revision"]?.scalarText } == ["2"])
     }
 
+    /// Each new version is the next revision, numbered before the store has answered (the
+    /// child does not wait for it), and the store keeps what `revisionHistoryLimit` asks.
+    @Test func newVersionsAreTheNextRevisionsAndOldOnesArePruned() async throws {
+        let (server, client) = try await Self.started()
+        defer { server.stop() }
+        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        defer { daemon.kill() }
+        let log = { daemon.log }
+        _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
+        _ = try await client.create(Self.deployments, namespace: "default",
+                                    Self.deployment().setting(["spec", "revisionHistoryLimit"], .int(1)))
+        for (index, version) in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"].enumerated() {
+            if index > 0 {
+                _ = try await client.patch(Self.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("version", .string(version))]))]))
+            }
+            try await Self.poll("version \(version) as revision \(index + 1)", log: log) {
+                let child = try await client.get(.deployments, namespace: "default", name: "web")
+                let status = try await client.get(Self.deployments, namespace: "default", name: "web")?["status"]
+                let image = try await Self.image(client)
+                return child?["spec"]?["template"]?["metadata"]?["annotations"]?["capstan.dev/revision"]?.scalarText == String(index + 1)
+                    && image == "ghcr.io/example/web:\(version)" && status?["currentRevision"]?.scalarText == String(index + 1)
+            }
+        }
+        try await Self.poll("revisions 3 and 4 kept", log: log) {
+            let revisions = try await client.get(.configMaps, namespace: "default", name: "web-capstan-revisions")
+            return Set(revisions?["data"]?.entries?.map(\.key) ?? []) == ["3", "4"]
+        }
+        let history = try await client.get(Self.deployments, namespace: "default", name: "web")?["status"]?["history"]?.sequenceItems ?? []
+        #expect(history.map { $0["revision"]?.scalarText } == ["3", "4"])
+    }
+
     /// Runs the capstan command line; returns its exit status and output (stdout + stderr).
     static func capstan(_ arguments: [String]) async throws -> (status: Int32, output: String) {
         let process = Process()
