@@ -62,14 +62,7 @@ public struct KubeLeaseStore: LeaseStore {
     }
 
     /// metav1.MicroTime: RFC 3339 with microseconds.
-    static func microTime(_ date: Date) -> String {
-        let seconds = floor(date.timeIntervalSince1970)
-        let micros = Int((date.timeIntervalSince1970 - seconds) * 1_000_000)
-        var components = Calendar(identifier: .gregorian).dateComponents(in: TimeZone(identifier: "UTC")!, from: Date(timeIntervalSince1970: seconds))
-        components.nanosecond = 0
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", components.year!, components.month!, components.day!,
-                      components.hour!, components.minute!, components.second!, micros)
-    }
+    static func microTime(_ date: Date) -> String { Timestamp(date).microTime }
 
     static func time(_ text: String?) -> Date {
         guard let text else { return Date(timeIntervalSince1970: 0) }

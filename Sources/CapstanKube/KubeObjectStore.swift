@@ -289,6 +289,7 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
 
     /// 16 hex digits, as client-go names Events `<object>.<hex>`.
     static func suffix() -> String {
-        String(format: "%016llx", UInt64.random(in: 0...UInt64.max))
+        let hex = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
     }
 }

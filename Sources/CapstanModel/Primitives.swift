@@ -270,6 +270,10 @@ public struct Timestamp: SpecValue, Hashable, Comparable, CustomStringConvertibl
 
     public var description: String { RFC3339.format(date) }
 
+    /// With exactly six fractional digits, as Kubernetes' `metav1.MicroTime` must be written
+    /// (`2026-11-22T10:00:00.000000Z`).
+    public var microTime: String { RFC3339.format(date, sixDigits: true) }
+
     /// The time as it reads back from its text (microsecond precision): what a stored object holds.
     public var canonical: Timestamp { Timestamp(RFC3339.parse(description) ?? date) }
 }
@@ -325,7 +329,8 @@ enum RFC3339 {
         return Date(timeIntervalSince1970: Double(seconds) + fraction)
     }
 
-    static func format(_ date: Date) -> String {
+    /// Without Foundation's calendars, whose first use loads ICU's data (MiBs kept resident).
+    static func format(_ date: Date, sixDigits: Bool = false) -> String {
         let interval = date.timeIntervalSince1970
         let whole = Int(interval.rounded(.down))
         let micros = Int(((interval - Double(whole)) * 1_000_000).rounded())
@@ -338,7 +343,9 @@ enum RFC3339 {
             return String(repeating: "0", count: max(0, width - s.count)) + s
         }
         var out = "\(pad(y, 4))-\(pad(m))-\(pad(d))T\(pad(rest / 3600)):\(pad(rest % 3600 / 60)):\(pad(rest % 60))"
-        if micros > 0, micros < 1_000_000 {
+        if sixDigits {
+            out += "." + pad(min(micros, 999_999), 6)
+        } else if micros > 0, micros < 1_000_000 {
             var frac = pad(micros, 6)
             while frac.hasSuffix("0") { frac.removeLast() }
             out += "." + frac

@@ -19,7 +19,7 @@ enum Daemon {
         { key, outcome, duration in
             metrics.reconciled(kind: key.kind.singular, outcome: outcome, duration: duration)
             switch outcome {
-            case .success, .requeueAfter: log("reconciled \(key) in \(duration.formatted(.units(allowed: [.milliseconds])))")
+            case .success, .requeueAfter: log("reconciled \(key) in \(duration.millisecondsText)")
             case .error(let message):
                 log("reconcile of \(key) failed: \(message)", level: "error")
                 await events.record(.warning, reason: "ReconcileError", message: message, about: key)

@@ -17,6 +17,17 @@ import Testing
         #expect(conditions[type: "Ready"]?.lastTransitionTime == t3, "a flip moves it")
     }
 
+    @Test func timesAreWrittenAsKubernetesReadsThem() {
+        // metav1.Time: RFC 3339, fraction only when there is one; metav1.MicroTime: always six digits.
+        #expect(t1.description == "2027-01-15T08:00:00Z")
+        #expect(t1.microTime == "2027-01-15T08:00:00.000000Z")
+        let leap = Timestamp(Date(timeIntervalSince1970: 951_782_400.25))  // 2000-02-29, a leap day
+        #expect(leap.description == "2000-02-29T00:00:00.25Z")
+        #expect(leap.microTime == "2000-02-29T00:00:00.250000Z")
+        #expect(Timestamp(rfc3339: leap.microTime) == leap)
+        #expect(Timestamp(Date(timeIntervalSince1970: -1.5)).microTime == "1969-12-31T23:59:58.500000Z")
+    }
+
     @Test func settingTheSameConditionAgainChangesNothing() {
         var conditions: [Condition] = []
         conditions.set("Ready", .true, reason: "Succeeded", message: "ok", observedGeneration: 2, now: t1)

@@ -113,7 +113,7 @@ import Testing
         let schedule = try CronSchedule("0 0 13 * 5")
         let utc = TimeZone(identifier: "UTC")!
         let next = schedule.next(after: RFC3339.parse("2026-11-01T00:00:00Z")!, in: utc)
-        #expect(next.map(RFC3339.format) == "2026-11-06T00:00:00Z")  // Friday the 6th, before the 13th
+        #expect(next.map { RFC3339.format($0) } == "2026-11-06T00:00:00Z")  // Friday the 6th, before the 13th
     }
 
     @Test func cronImpossibleDatesNeverFire() throws {

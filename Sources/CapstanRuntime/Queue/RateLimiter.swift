@@ -61,6 +61,12 @@ extension Duration {
         let (s, attoseconds) = components
         return Double(s) + Double(attoseconds) / 1e18
     }
+
+    /// Whole milliseconds, rounded (`"12 ms"`): for log lines written on every reconcile,
+    /// where Foundation's unit formatting would load ICU's data and cost more than the work.
+    public var millisecondsText: String {
+        "\(Int((seconds * 1000).rounded())) ms"
+    }
 }
 
 /// The rate limiter of a controller's queue: the larger of per-key backoff and the shared bucket.
