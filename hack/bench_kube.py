@@ -46,13 +46,13 @@ class API:
         self.port = port
         self.local = threading.local()
 
-    def request(self, method, path, body=None):
+    def request(self, method, path, body=None, content_type="application/json"):
         connection = getattr(self.local, "connection", None)
         if connection is None:
             connection = self.local.connection = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context)
         data = json.dumps(body).encode() if body is not None else None
         try:
-            connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            connection.request(method, path, body=data, headers={"Content-Type": content_type})
             response = connection.getresponse()
             payload = response.read()
         except (ConnectionError, http.client.HTTPException):
