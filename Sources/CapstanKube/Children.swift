@@ -75,8 +75,10 @@ public enum Children {
             })))
         }
         var amounts: [(String, SpecNode)] = []
-        if let cpu = app.resources.cpu { amounts.append(("cpu", cpu.encode())) }
-        if let memory = app.resources.memory { amounts.append(("memory", memory.encode())) }
+        // As the API server writes them back (`0.5` is stored as `500m`): otherwise the stored
+        // child would never contain what we apply, and every reconcile would apply it again.
+        if let cpu = app.resources.cpu { amounts.append(("cpu", .string(cpu.canonical))) }
+        if let memory = app.resources.memory { amounts.append(("memory", .string(memory.canonical))) }
         if !amounts.isEmpty {
             container.append(("resources", .mapping([("requests", .mapping(amounts)), ("limits", .mapping(amounts))])))
         }
@@ -207,12 +209,17 @@ public enum Children {
     }
 
     /// Whether `observed` holds everything `desired` says (the API server adds defaults and
-    /// other writers may add fields; neither is drift). Lists must match item by item.
+    /// other writers may add fields; neither is drift). Lists must match item by item. A field
+    /// we set to its zero value (`""`, `false`, `0`, empty) may be absent: the API server does
+    /// not write zero values of `omitempty` fields back (an env var's `value: ""`).
     public static func contains(_ observed: SpecNode?, _ desired: SpecNode) -> Bool {
         guard let observed else { return false }
         switch (observed.value, desired.value) {
         case (.mapping, .mapping(let wanted)):
-            return wanted.allSatisfy { contains(observed[$0.key], $0.value) }
+            return wanted.allSatisfy { entry in
+                guard let field = observed[entry.key] else { return isZero(entry.value) }
+                return contains(field, entry.value)
+            }
         case (.sequence(let have), .sequence(let want)):
             return have.count == want.count && zip(have, want).allSatisfy { contains($0, $1) }
         case (.scalar(let a, _), .scalar(let b, _)):
@@ -221,6 +228,14 @@ public enum Children {
             return true
         default:
             return desired.isEmptyCollection && observed.isEmptyCollection
+        }
+    }
+
+    static func isZero(_ node: SpecNode) -> Bool {
+        switch node.value {
+        case .scalar(let text, _): return text.isEmpty || text == "false" || text == "0"
+        case .null: return true
+        default: return node.isEmptyCollection
         }
     }
 

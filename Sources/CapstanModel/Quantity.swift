@@ -68,6 +68,59 @@ public struct Quantity: SpecValue, Hashable, CustomStringConvertible {
 
     public var isNegative: Bool { value < 0 }
 
+    /// The text the Kubernetes API server stores for this quantity in a built-in object (a
+    /// container's resources): it parses and writes quantities again in canonical form, so
+    /// `0.5` reads back as `500m`, `1024Mi` as `1Gi` and `1.5Gi` as `1536Mi`. The suffix family
+    /// is kept (powers of 2 stay powers of 2 when the value is a whole number of at least 1024);
+    /// the number is the integer mantissa with the largest suffix that keeps it whole; precision
+    /// finer than nano units is rounded up, as the API server does.
+    public var canonical: String {
+        var nanos = value * 1_000_000_000
+        if Self.isWhole(nanos) == false {
+            var rounded = Decimal()
+            NSDecimalRound(&rounded, &nanos, 0, value < 0 ? .down : .up)
+            nanos = rounded
+        }
+        if nanos == 0 { return "0" }
+        let negative = nanos < 0
+        if negative { nanos = -nanos }
+        let sign = negative ? "-" : ""
+        // The suffix family as written: `Ki`.. (powers of 2), `e3` (an exponent), else decimal.
+        var unsigned = Substring(text.trimmingSpaces())
+        if unsigned.first == "+" || unsigned.first == "-" { unsigned = unsigned.dropFirst() }
+        let suffix = unsigned.drop { $0.isASCIIDigitCharacter || $0 == "." }
+        let binary = Self.binary.contains { $0.0 == suffix }
+        let exponentForm = suffix.count > 1 && (suffix.first == "e" || suffix.first == "E")
+        let whole = nanos / 1_000_000_000
+        if binary, whole >= 1024, Self.isWhole(whole) {
+            var mantissa = whole, power = 0
+            while power < 60, Self.isWhole(mantissa / 1024) {
+                mantissa /= 1024
+                power += 10
+            }
+            return sign + Self.integerText(mantissa) + (Self.binary.first { $0.1 == power }?.0 ?? "")
+        }
+        var mantissa = nanos, exponent = -9
+        while exponent < 18, Self.isWhole(mantissa / 1000) {
+            mantissa /= 1000
+            exponent += 3
+        }
+        if exponentForm {
+            return sign + Self.integerText(mantissa) + (exponent == 0 ? "" : "e\(exponent)")
+        }
+        return sign + Self.integerText(mantissa) + (Self.decimal.first { $0.1 == exponent }?.0 ?? "")
+    }
+
+    private static func isWhole(_ value: Decimal) -> Bool {
+        var copy = value, rounded = Decimal()
+        NSDecimalRound(&rounded, &copy, 0, .plain)
+        return rounded == value
+    }
+
+    private static func integerText(_ value: Decimal) -> String {
+        NSDecimalNumber(decimal: value).stringValue
+    }
+
     /// Whole units, rounded up (bytes of memory).
     public var roundedUp: Int64 {
         var v = value, r = Decimal()

@@ -1,5 +1,6 @@
 import CapstanKube
 import CapstanModel
+import Foundation
 import Testing
 
 /// What the child watches keep: Capstan's children whole, others' names only, and whether an
@@ -56,5 +57,26 @@ import Testing
         #expect(!cache.mayExist(apps, namespace: "default", name: "web"))
         _ = cache.apply(.delete(theirs), resource: apps)
         #expect(!cache.mayExist(apps, namespace: "default", name: "db"), "deleted: forgotten")
+    }
+
+    /// What the API server writes back of an applied child: defaults added, zero values of
+    /// `omitempty` fields left out. Neither is drift; a changed or missing value is.
+    @Test func aStoredChildContainsWhatWasAppliedDespiteDefaultsAndOmittedZeroValues() throws {
+        let applied = try JSONReader.parse(Data(#"""
+            {"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "app",
+              "env": [{"name": "EMPTY", "value": ""}, {"name": "LEVEL", "value": "info"}]}]}}}}
+            """#.utf8))
+        let stored = try JSONReader.parse(Data(#"""
+            {"spec": {"replicas": 2, "progressDeadlineSeconds": 600, "template": {"spec": {"containers": [{"name": "app",
+              "imagePullPolicy": "IfNotPresent", "env": [{"name": "EMPTY"}, {"name": "LEVEL", "value": "info"}]}]}}}}
+            """#.utf8))
+        #expect(Children.contains(stored, applied))
+        let changed = stored.setting(["spec", "replicas"], .int(3))
+        #expect(!Children.contains(changed, applied), "a changed value is drift")
+        let withoutLevel = try JSONReader.parse(Data(#"""
+            {"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "app", "env": [{"name": "EMPTY"}, {"name": "LEVEL"}]}]}}}}
+            """#.utf8))
+        #expect(!Children.contains(withoutLevel, applied), "a value that is not zero must be there")
+        #expect(!Children.contains(nil, applied), "no child at all")
     }
 }

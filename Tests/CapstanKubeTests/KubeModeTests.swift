@@ -352,6 +352,41 @@ import Glibc
         #expect(history.map { $0["revision"]?.scalarText } == ["3", "4"])
     }
 
+    /// The API server stores a container's quantities in canonical form (`0.5` as `500m`):
+    /// Capstan applies them so, or the stored child would never match what it applies and every
+    /// reconcile would apply it again and report drift that is not there.
+    @Test func quantitiesAreAppliedAsTheServerStoresThem() async throws {
+        let (server, client) = try await Self.started()
+        defer { server.stop() }
+        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        defer { daemon.kill() }
+        let log = { daemon.log }
+        let application = Self.application(routes: false)
+            .setting(["spec", "resources", "cpu"], .string("0.5")).setting(["spec", "resources", "memory"], .string("1024Mi"))
+        _ = try await client.create(Self.applications, namespace: "default", application)
+        _ = try await client.create(Self.deployments, namespace: "default", Self.deployment())
+        var child: SpecNode?
+        try await Self.poll("the child", log: log) {
+            child = try await client.get(.deployments, namespace: "default", name: "web")
+            return child != nil
+        }
+        let limits = child?["spec"]?["template"]?["spec"]?["containers"]?.sequenceItems?.first?["resources"]?["limits"]
+        #expect(limits?["cpu"]?.scalarText == "500m")
+        #expect(limits?["memory"]?.scalarText == "1Gi")
+        // Reconciles with nothing to change: the cluster reports the rollout done, then a
+        // reconcile is requested.
+        _ = try await client.patch(.deployments, namespace: "default", name: "web", Self.rolledOut(child!), subresource: "status")
+        try await Self.poll("Ready", log: log) {
+            Self.condition(try await client.get(Self.deployments, namespace: "default", name: "web"), "Ready")?["status"]?.scalarText == "True"
+        }
+        _ = try await client.patch(Self.deployments, namespace: "default", name: "web",
+                                   .mapping([("metadata", .mapping([("annotations", .mapping([(KubeObjectStore.reconcileRequest, .string("now"))]))]))]))
+        try await Self.poll("the requested reconcile", log: log) { try await Self.events(client, about: "web").contains("ReconcileRequested") }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(try await Self.events(client, about: "web").contains("DriftCorrected") == false, "nothing drifted")
+        #expect(try await client.get(.deployments, namespace: "default", name: "web")?["metadata"]?["generation"]?.scalarText == "1")
+    }
+
     /// Runs the capstan command line; returns its exit status and output (stdout + stderr).
     static func capstan(_ arguments: [String]) async throws -> (status: Int32, output: String) {
         let process = Process()

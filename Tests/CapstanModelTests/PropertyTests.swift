@@ -44,6 +44,31 @@ import Testing
         }
     }
 
+    @Test func quantitiesAreWrittenAsTheAPIServerStoresThem() throws {
+        // resource.Quantity's canonical form (apimachinery): the documented examples and more.
+        let cases: [(String, String)] = [
+            ("1.5", "1500m"), ("0.5", "500m"), ("1000m", "1"), ("250m", "250m"), ("2", "2"), ("1000", "1k"),
+            ("1.5Gi", "1536Mi"), ("1024Mi", "1Gi"), ("0.5Gi", "512Mi"), ("128Mi", "128Mi"), ("1536Ki", "1536Ki"),
+            ("512", "512"), ("0.5Ki", "512"), ("1.5Ki", "1536"), ("1G", "1G"), ("1.5G", "1500M"), ("100M", "100M"),
+            ("1e3", "1e3"), ("1.5e3", "1500"), ("1E", "1E"), ("0", "0"), ("0m", "0"), ("0.1m", "100u"), ("1n", "1n"),
+            ("0.0000000001", "1n"), ("2000Mi", "2000Mi"), ("1Ti", "1Ti"),
+        ]
+        for (text, canonical) in cases {
+            #expect(try Quantity(text).canonical == canonical, "\(text)")
+        }
+    }
+
+    @Test func canonicalQuantitiesKeepTheirValueAndStayCanonical() async {
+        await propertyCheck(count: 500, input: Gen.int(in: 0...9_000), Gen.int(in: 0...(Self.suffixes.count - 1))) { number, index in
+            let text = "\(number)\(Self.suffixes[index].0)"
+            guard let quantity = try? Quantity(text), let canonical = try? Quantity(quantity.canonical) else {
+                Issue.record("\(text) or its canonical form did not parse"); return
+            }
+            #expect(canonical.value == quantity.value, "\(text) -> \(canonical.text)")
+            #expect(canonical.canonical == canonical.text, "\(canonical.text) is a fixed point")
+        }
+    }
+
     @Test func quantityMilliValueOfMillis() async {
         await propertyCheck(count: 300, input: Gen.int(in: 0...10_000_000)) { millis in
             #expect((try? Quantity("\(millis)m"))?.milliValue == Int64(millis))

@@ -17,6 +17,7 @@ import bisect
 import datetime
 import http.server
 import json
+import math
 import os
 import random
 import re
@@ -31,6 +32,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from fractions import Fraction
 
 # -- resources -----------------------------------------------------------------------------
 
@@ -172,6 +174,44 @@ def validate_metadata(resource, obj, causes):
                 causes.append(cause("FieldValueInvalid", f"metadata.labels", f'Invalid value: "{value}": a valid label must be an empty string or consist of alphanumeric characters, \'-\', \'_\' or \'.\''))
 
 
+QUANTITY = re.compile(r"^([+-]?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)((?:[KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+BINARY_SUFFIXES = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+DECIMAL_SUFFIXES = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+
+
+def canonical_quantity(text):
+    """resource.Quantity as the API server stores it in a built-in object: parsed, then written
+    in canonical form (the suffix family kept, the largest suffix with a whole mantissa,
+    precision below nano rounded up): "0.5" -> "500m", "1024Mi" -> "1Gi", "1.5Gi" -> "1536Mi".
+    None when the text is not a quantity."""
+    match = QUANTITY.match(str(text).strip())
+    if not match:
+        return None
+    sign, number, suffix = match.group(1), match.group(2), match.group(3) or ""
+    value = Fraction(number)
+    if suffix in BINARY_SUFFIXES:
+        value *= 2 ** BINARY_SUFFIXES[suffix]
+    elif suffix in DECIMAL_SUFFIXES:
+        value *= Fraction(10) ** DECIMAL_SUFFIXES[suffix]
+    else:
+        value *= Fraction(10) ** int(suffix[1:])
+    nanos = math.ceil(value * 10 ** 9)
+    if nanos == 0:
+        return "0"
+    sign = "-" if sign == "-" else ""
+    if suffix in BINARY_SUFFIXES and nanos % 10 ** 9 == 0 and nanos // 10 ** 9 >= 1024:
+        mantissa, power = nanos // 10 ** 9, 0
+        while power < 60 and mantissa % 1024 == 0:
+            mantissa, power = mantissa // 1024, power + 10
+        return sign + str(mantissa) + {v: k for k, v in BINARY_SUFFIXES.items()}.get(power, "")
+    mantissa, exponent = nanos, -9
+    while exponent < 18 and mantissa % 1000 == 0:
+        mantissa, exponent = mantissa // 1000, exponent + 3
+    if suffix[:1] in ("e", "E") and len(suffix) > 1:
+        return sign + str(mantissa) + ("" if exponent == 0 else f"e{exponent}")
+    return sign + str(mantissa) + {v: k for k, v in DECIMAL_SUFFIXES.items()}[exponent]
+
+
 def validate_builtin(resource, obj, causes):
     spec = obj.get("spec") or {}
     if resource.kind == "Deployment":
@@ -189,6 +229,17 @@ def validate_builtin(resource, obj, causes):
                 causes.append(cause("FieldValueRequired", f"spec.template.spec.containers[{i}].name", "Required value"))
             if not container.get("image"):
                 causes.append(cause("FieldValueRequired", f"spec.template.spec.containers[{i}].image", "Required value"))
+            # Quantities are decoded and stored in canonical form, as the real server does.
+            for part in ("requests", "limits"):
+                amounts = (container.get("resources") or {}).get(part) or {}
+                for name, amount in list(amounts.items()):
+                    canonical = canonical_quantity(amount)
+                    if canonical is None:
+                        causes.append(cause("FieldValueInvalid", f"spec.template.spec.containers[{i}].resources.{part}[{name}]",
+                                            "Invalid value: quantities must match the regular expression "
+                                            "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"))
+                    else:
+                        amounts[name] = canonical
         if spec.get("replicas", 0) < 0:
             causes.append(cause("FieldValueInvalid", "spec.replicas", "Invalid value: must be greater than or equal to 0"))
     elif resource.kind == "Service":
