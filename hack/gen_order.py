@@ -11,7 +11,8 @@ against hack/fake-apiserver through what an operator does on a cluster: leader e
 listing and watching, 100 Deployments with routes created, rolled out and made ready, new
 versions, a child edited and one deleted behind its back, a reconcile requested, owners
 deleted, then a graceful stop. Every function callgrind saw run, defined in the binary, is
-written out, the busiest first.
+written out, sorted by name: what matters for memory is that they sit together, and a sorted
+list changes only where the code did when it is written again.
 
     hack/gen_order.py BINARY        # e.g. .build-image/release/capstan (hack/build-image-binary)
 
@@ -26,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -94,24 +94,16 @@ def exercise(binary, profile):
 
 
 def functions(profile):
-    """Names callgrind saw run (its name compression: `(id) name` the first time, `(id)` after),
-    with their own cost; a recursion suffix ('2) is dropped."""
-    names, cost, current = {}, Counter(), None
+    """Names callgrind saw run (its name compression: `(id) name` the first time, `(id)` after);
+    a recursion suffix ('2) is dropped."""
+    names = {}
     with open(profile) as f:
         for line in f:
             if line.startswith(("fn=", "cfn=")):
-                match = re.match(r"(c?fn)=\((\d+)\)(?: (.*))?", line.strip())
-                if not match:
-                    continue
-                if match.group(3):
-                    names[match.group(2)] = re.sub(r"'\d+$", "", match.group(3))
-                if match.group(1) == "fn":
-                    current = names.get(match.group(2))
-            elif current and line[:1].isdigit():
-                parts = line.split()
-                if len(parts) >= 2:
-                    cost[current] += int(parts[1])
-    return set(names.values()), cost
+                match = re.match(r"c?fn=\((\d+)\) (.*)", line.strip())
+                if match:
+                    names[match.group(1)] = re.sub(r"'\d+$", "", match.group(2))
+    return set(names.values())
 
 
 def main():
@@ -125,14 +117,14 @@ def main():
         subprocess.run(["strip", "--strip-debug", stripped], check=True)
         profile = f"{work}/callgrind.out"
         exercise(stripped, profile)
-        ran, cost = functions(profile)
+        ran = functions(profile)
         defined = set()
         listing = subprocess.run(["nm", "--defined-only", binary], check=True, capture_output=True, text=True).stdout
         for line in listing.splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[1] in "tTwW":
                 defined.add(parts[2])
-        ordered = sorted(ran & defined, key=lambda name: (-cost.get(name, 0), name))
+        ordered = sorted(ran & defined)
         with open(os.path.join(HERE, "capstan.order"), "w") as f:
             f.write("".join(name + "\n" for name in ordered))
         print(f"hack/capstan.order: {len(ordered)} functions")
