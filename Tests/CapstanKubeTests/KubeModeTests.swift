@@ -106,6 +106,21 @@ import Glibc
         return (server, client)
     }
 
+    /// `capstan run --kube` against the server, logging to its directory.
+    static func daemon(on server: FakeAPIServer, _ arguments: [String] = []) throws -> Daemon {
+        try Daemon(arguments, kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+    }
+
+    /// The `apps/v1` child `web`, once it exists.
+    static func child(_ client: KubeClient, log: () -> String) async throws -> SpecNode {
+        var child: SpecNode?
+        try await poll("the child", log: log) {
+            child = try await client.get(.deployments, namespace: "default", name: "web")
+            return child != nil
+        }
+        return child!
+    }
+
     static func events(_ client: KubeClient, about name: String) async throws -> [String] {
         let (items, _) = try await client.list(.events, namespace: "default")
         return items.filter { $0["involvedObject"]?["name"]?.scalarText == name }.compactMap { $0["reason"]?.scalarText }
@@ -119,7 +134,7 @@ import Glibc
     @Test func deploymentsBecomeOwnedChildrenThatFollowTheSpecAndLeaveNothingBehind() async throws {
         let (server, client) = try await Self.started()
         defer { server.stop() }
-        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        let daemon = try Self.daemon(on: server)
         defer { daemon.kill() }
         let log = { daemon.log }
 
@@ -234,16 +249,12 @@ import Glibc
     @Test func aRevisionPastItsDeadlineIsRolledBackToTheLastGoodOne() async throws {
         let (server, client) = try await Self.started()
         defer { server.stop() }
-        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        let daemon = try Self.daemon(on: server)
         defer { daemon.kill() }
         let log = { daemon.log }
         _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
         let owner = try await client.create(Self.deployments, namespace: "default", Self.deployment())
-        var child: SpecNode?
-        try await Self.poll("the child", log: log) {
-            child = try await client.get(.deployments, namespace: "default", name: "web")
-            return child != nil
-        }
+        let child: SpecNode? = try await Self.child(client, log: log)
         _ = try await client.patch(.deployments, namespace: "default", name: "web", Self.rolledOut(child!), subresource: "status")
         try await Self.poll("revision 1 succeeded", log: log) {
             Self.condition(try await client.get(Self.deployments, namespace: "default", name: "web"), "Ready")?["status"]?.scalarText == "True"
@@ -305,7 +316,7 @@ import Glibc
             ("metadata", .mapping([("name", .string("web-capstan-revisions"))])),
             ("data", .mapping([("1", .string(earlier))])),
         ]))
-        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        let daemon = try Self.daemon(on: server)
         defer { daemon.kill() }
         let log = { daemon.log }
         _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
@@ -326,7 +337,7 @@ import Glibc
     @Test func newVersionsAreTheNextRevisionsAndOldOnesArePruned() async throws {
         let (server, client) = try await Self.started()
         defer { server.stop() }
-        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        let daemon = try Self.daemon(on: server)
         defer { daemon.kill() }
         let log = { daemon.log }
         _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
@@ -358,18 +369,14 @@ import Glibc
     @Test func quantitiesAreAppliedAsTheServerStoresThem() async throws {
         let (server, client) = try await Self.started()
         defer { server.stop() }
-        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        let daemon = try Self.daemon(on: server)
         defer { daemon.kill() }
         let log = { daemon.log }
         let application = Self.application(routes: false)
             .setting(["spec", "resources", "cpu"], .string("0.5")).setting(["spec", "resources", "memory"], .string("1024Mi"))
         _ = try await client.create(Self.applications, namespace: "default", application)
         _ = try await client.create(Self.deployments, namespace: "default", Self.deployment())
-        var child: SpecNode?
-        try await Self.poll("the child", log: log) {
-            child = try await client.get(.deployments, namespace: "default", name: "web")
-            return child != nil
-        }
+        let child: SpecNode? = try await Self.child(client, log: log)
         let limits = child?["spec"]?["template"]?["spec"]?["containers"]?.sequenceItems?.first?["resources"]?["limits"]
         #expect(limits?["cpu"]?.scalarText == "500m")
         #expect(limits?["memory"]?.scalarText == "1Gi")
@@ -411,7 +418,7 @@ import Glibc
     @Test func aRollbackOnRequestRunsAnEarlierRevisionUntilTheSpecChanges() async throws {
         let (server, client) = try await Self.started()
         defer { server.stop() }
-        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        let daemon = try Self.daemon(on: server)
         defer { daemon.kill() }
         let log = { daemon.log }
         let kube = ["--kube", "--kubeconfig", server.kubeconfig]
@@ -471,7 +478,7 @@ import Glibc
     @Test func badObjectsGetAClearConditionOrEventAndDisturbNothingElse() async throws {
         let (server, client) = try await Self.started()
         defer { server.stop() }
-        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        let daemon = try Self.daemon(on: server)
         defer { daemon.kill() }
         let log = { daemon.log }
         _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
@@ -608,7 +615,7 @@ import Glibc
     @Test func droppedWatchesAndExpiredVersionsLoseNoUpdate() async throws {
         let (server, client) = try await Self.started(["--history", "20"])
         defer { server.stop() }
-        let daemon = try Daemon([], kubeconfig: server.kubeconfig, log: server.directory + "/daemon.log")
+        let daemon = try Self.daemon(on: server)
         defer { daemon.kill() }
         let log = { daemon.log }
         _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))

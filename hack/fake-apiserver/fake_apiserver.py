@@ -1459,6 +1459,8 @@ def main():
     parser.add_argument("--gc", action="store_true", help="delete dependents of deleted owners (the garbage collector)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
+    if args.write_latency < 0:
+        parser.error("--write-latency must not be negative")
     os.makedirs(args.dir, exist_ok=True)
     make_certificates(args.dir)
 
