@@ -213,6 +213,68 @@ import Testing
         let forced = try await client.patch(.services, namespace: "default", name: "web", service, type: .apply, fieldManager: "capstan", force: true)
         #expect(forced["spec"]?["selector"]?["app"]?.scalarText == "web")
     }
+
+    /// A CRD whose `spec` has the given properties (YAML lines, each indented by ten spaces)
+    /// and junctors (twelve).
+    static func gadgets(_ properties: String, oneOf: String = "") throws -> SpecNode {
+        let properties = properties.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n")
+        let text = """
+            apiVersion: apiextensions.k8s.io/v1
+            kind: CustomResourceDefinition
+            metadata: {name: gadgets.test.dev}
+            spec:
+              group: test.dev
+              names: {kind: Gadget, listKind: GadgetList, plural: gadgets, singular: gadget}
+              scope: Namespaced
+              versions:
+              - name: v1
+                served: true
+                storage: true
+                schema:
+                  openAPIV3Schema:
+                    type: object
+                    properties:
+                      spec:
+                        type: object
+            \(oneOf)
+                        properties:
+            \(properties)
+            """
+        return try #require(try YAMLReader().documents(text).first?.root)
+    }
+
+    /// The API server takes only structural schemas that pass the apiextensions checks (ours do:
+    /// `started` applied them); the fake refuses the others as it does, naming the place.
+    @Test func crdSchemasMustBeStructural() async throws {
+        let (server, client) = try await started()
+        defer { server.stop() }
+        defer { Task { await client.shutdown() } }
+        let refused: [(String, String, String)] = [
+            ("          size: {description: no type}\n", "", "properties[spec].properties[size].type"),
+            ("          tags: {type: array}\n", "", "properties[spec].properties[tags].items"),
+            ("          env:\n            type: array\n            x-kubernetes-list-type: map\n            x-kubernetes-list-map-keys: [name]\n"
+             + "            items: {type: object, properties: {name: {type: string}}}\n", "", "properties[spec].properties[env].items.properties[name].default"),
+            ("          size: {type: integer, default: big}\n", "", "properties[spec].properties[size].default"),
+            ("          size: {type: integer}\n", "            oneOf:\n            - {type: object, required: [size]}\n", "properties[spec].oneOf[0].type"),
+            ("          size: {type: integer}\n", "            anyOf:\n            - properties: {other: {minimum: 1}}\n", "properties[spec].anyOf[0].properties[other]"),
+            ("          name: {type: string, pattern: '^(?!x)'}\n", "", "properties[spec].properties[name].pattern"),
+            ("          labels: {type: object, properties: {a: {type: string}}, additionalProperties: {type: string}}\n", "",
+             "properties[spec].properties[labels].additionalProperties"),
+        ]
+        for (properties, oneOf, field) in refused {
+            let crd = try Self.gadgets(properties, oneOf: oneOf)
+            do {
+                _ = try await client.create(.customResourceDefinitions, namespace: nil, crd)
+                Issue.record("must be refused: \(properties)")
+            } catch {
+                #expect(error.code == 422, "\(error)")
+                #expect(error.causes.contains { $0.hasPrefix("spec.versions[0].schema.openAPIV3Schema." + field + ":") }, "\(field): \(error.causes)")
+            }
+        }
+        let accepted = "          size: {type: integer, default: 1, minimum: 0}\n          port: {x-kubernetes-int-or-string: true}\n"
+        _ = try await client.create(.customResourceDefinitions, namespace: nil,
+                                    try Self.gadgets(accepted, oneOf: "            oneOf:\n            - required: [size]\n            - required: [port]\n"))
+    }
 }
 
 @Suite struct KubeLeaseStoreTests {

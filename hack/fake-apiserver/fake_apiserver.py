@@ -287,8 +287,210 @@ def validate_builtin(resource, obj, causes):
             schema = ((version.get("schema") or {}).get("openAPIV3Schema"))
             if schema is None:
                 causes.append(cause("FieldValueRequired", f"spec.versions[{i}].schema.openAPIV3Schema", "Required value: schemas are required"))
-            elif schema.get("type") != "object":
-                causes.append(cause("FieldValueInvalid", f"spec.versions[{i}].schema.openAPIV3Schema.type", "Invalid value: must be object at the root"))
+            else:
+                validate_crd_schema(schema, f"spec.versions[{i}].schema.openAPIV3Schema", causes)
+            validate_printer_columns(version.get("additionalPrinterColumns"), f"spec.versions[{i}].additionalPrinterColumns", causes)
+
+
+# -- CRD schemas: what apiextensions-apiserver requires of them --------------------------------
+#
+# A v1 CRD's schema must be *structural* (the CRD documentation's "Specifying a structural
+# schema") and pass the apiextensions validation of its OpenAPI subset; a CRD failing either is
+# refused with 422, whatever the fake's validator could make of it.
+
+JUNCTORS = ("allOf", "anyOf", "oneOf")
+INT_OR_STRING_ANY_OF = [{"type": "integer"}, {"type": "string"}]
+PRINTER_COLUMN_TYPES = ("integer", "number", "string", "boolean", "date")
+PRINTER_COLUMN_FORMATS = ("int32", "int64", "float", "double", "byte", "date", "date-time", "password")
+OPENAPI_TYPES = ("array", "boolean", "integer", "number", "object", "string")
+# What Go's regexp (RE2) refuses that Python's re accepts.
+NOT_RE2 = re.compile(r"\(\?[=!]|\(\?<[=!]|\(\?P?=|\\[1-9]|[*+?}]\+|\(\?>")
+
+
+def validate_crd_schema(schema, path, causes, level="root", defaults=True, meta=False):
+    """The structural-schema invariants and the apiextensions checks of one schema node (and
+    below), at `path` (spec.versions[i].schema.openAPIV3Schema...)."""
+    if not isinstance(schema, dict):
+        causes.append(cause("FieldValueInvalid", path, "Invalid value: must be a schema object"))
+        return
+    kind = schema.get("type", "")
+    for key, why in (("$ref", "$ref is not supported"), ("id", "id is not supported"),
+                     ("additionalItems", "additionalItems is not supported"), ("patternProperties", "patternProperties is not supported"),
+                     ("definitions", "definitions is not supported"), ("dependencies", "dependencies is not supported")):
+        if key in schema:
+            causes.append(cause("FieldValueForbidden", f"{path}.{key}", f"Forbidden: {why}"))
+    if kind == "null":
+        causes.append(cause("FieldValueForbidden", f"{path}.type", "Forbidden: type cannot be set to null, use nullable as an alternative"))
+    elif kind and kind not in OPENAPI_TYPES:
+        causes.append(cause("FieldValueNotSupported", f"{path}.type", f'Unsupported value: "{kind}": supported values: ' + ", ".join(f'"{t}"' for t in OPENAPI_TYPES)))
+    if "default" in schema and not defaults:
+        causes.append(cause("FieldValueForbidden", f"{path}.default", "Forbidden: must not be set in top-level metadata" if meta else "Forbidden: must not be set"))
+    if schema.get("uniqueItems"):
+        causes.append(cause("FieldValueForbidden", f"{path}.uniqueItems", "Forbidden: uniqueItems cannot be set to true since the runtime complexity becomes quadratic"))
+    additional = schema.get("additionalProperties")
+    if additional is not None:
+        if schema.get("properties") and (additional is False or isinstance(additional, dict)):
+            causes.append(cause("FieldValueForbidden", f"{path}.additionalProperties", "Forbidden: additionalProperties and properties are mutual exclusive"))
+        if level == "root":
+            causes.append(cause("FieldValueForbidden", f"{path}.additionalProperties", "Forbidden: must not be used at the root"))
+    if schema.get("x-kubernetes-preserve-unknown-fields") is False:
+        causes.append(cause("FieldValueInvalid", f"{path}.x-kubernetes-preserve-unknown-fields", "Invalid value: false: must be true or undefined"))
+    int_or_string = bool(schema.get("x-kubernetes-int-or-string"))
+    if int_or_string and schema.get("x-kubernetes-preserve-unknown-fields"):
+        causes.append(cause("FieldValueInvalid", f"{path}.x-kubernetes-preserve-unknown-fields", "Invalid value: true: must be false if x-kubernetes-int-or-string is true"))
+    if not kind and not int_or_string and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        where = {"root": "at the root", "item": "for specified array items", "field": "for specified object fields"}[level]
+        causes.append(cause("FieldValueRequired", f"{path}.type", f"Required value: must not be empty {where}"))
+    if level == "root" and kind and kind != "object":
+        causes.append(cause("FieldValueInvalid", f"{path}.type", f'Invalid value: "{kind}": must be object at the root'))
+    if kind == "array" and "items" not in schema:
+        causes.append(cause("FieldValueRequired", f"{path}.items", "Required value: must be specified"))
+    if isinstance(schema.get("items"), list):
+        causes.append(cause("FieldValueForbidden", f"{path}.items", "Forbidden: items must be a schema object and not an array"))
+    if "pattern" in schema:
+        try:
+            re.compile(schema["pattern"])
+            supported = not NOT_RE2.search(schema["pattern"])
+        except re.error:
+            supported = False
+        if not supported:
+            causes.append(cause("FieldValueInvalid", f"{path}.pattern", f'Invalid value: "{schema["pattern"]}": must be a valid regular expression, but isn\'t'))
+    map_type, list_type, map_keys = schema.get("x-kubernetes-map-type"), schema.get("x-kubernetes-list-type"), schema.get("x-kubernetes-list-map-keys") or []
+    if map_type is not None and kind != "object":
+        causes.append(cause("FieldValueInvalid", f"{path}.type", "Invalid value: must be object if x-kubernetes-map-type is specified"))
+    if map_type not in (None, "atomic", "granular"):
+        causes.append(cause("FieldValueNotSupported", f"{path}.x-kubernetes-map-type", f'Unsupported value: "{map_type}": supported values: "atomic", "granular"'))
+    if list_type is not None and kind != "array":
+        causes.append(cause("FieldValueInvalid", f"{path}.type", "Invalid value: must be array if x-kubernetes-list-type is specified"))
+    if list_type not in (None, "atomic", "set", "map"):
+        causes.append(cause("FieldValueNotSupported", f"{path}.x-kubernetes-list-type", f'Unsupported value: "{list_type}": supported values: "atomic", "map", "set"'))
+    if map_keys and list_type != "map":
+        causes.append(cause("FieldValueInvalid", f"{path}.x-kubernetes-list-type", "Invalid value: must be map if x-kubernetes-list-map-keys is non-empty"))
+    items = schema.get("items") if isinstance(schema.get("items"), dict) else None
+    if list_type in ("map", "set") and items is not None and items.get("nullable"):
+        causes.append(cause("FieldValueForbidden", f"{path}.items.nullable", f"Forbidden: cannot be nullable when x-kubernetes-list-type is {list_type}"))
+    if list_type == "set" and items is not None:
+        if items.get("type") == "object" and items.get("x-kubernetes-map-type") != "atomic":
+            causes.append(cause("FieldValueInvalid", f"{path}.items.x-kubernetes-map-type", "Invalid value: must be atomic as item of a list with x-kubernetes-list-type=set"))
+        if items.get("type") == "array" and items.get("x-kubernetes-list-type", "atomic") != "atomic":
+            causes.append(cause("FieldValueInvalid", f"{path}.items.x-kubernetes-list-type", "Invalid value: must be atomic as item of a list with x-kubernetes-list-type=set"))
+    if list_type == "map":
+        if not map_keys:
+            causes.append(cause("FieldValueRequired", f"{path}.x-kubernetes-list-map-keys", "Required value: must not be empty if x-kubernetes-list-type is map"))
+        if items is None:
+            causes.append(cause("FieldValueRequired", f"{path}.items", "Required value: must have a schema if x-kubernetes-list-type is map"))
+        elif items.get("type") != "object":
+            causes.append(cause("FieldValueInvalid", f"{path}.items.type", "Invalid value: must be object if parent array's x-kubernetes-list-type is map"))
+        else:
+            properties, required = items.get("properties") or {}, set(items.get("required") or [])
+            if len(set(map_keys)) != len(map_keys):
+                causes.append(cause("FieldValueInvalid", f"{path}.x-kubernetes-list-map-keys", "Invalid value: must not contain duplicate entries"))
+            for key in map_keys:
+                if key not in properties:
+                    causes.append(cause("FieldValueInvalid", f"{path}.x-kubernetes-list-map-keys", "Invalid value: entries must all be names of item properties"))
+                    continue
+                if properties[key].get("type") in ("array", "object"):
+                    causes.append(cause("FieldValueInvalid", f"{path}.items.properties[{key}].type", "Invalid value: must be a scalar type if parent array's x-kubernetes-list-type is map"))
+                if key not in required and "default" not in properties[key]:
+                    causes.append(cause("FieldValueRequired", f"{path}.items.properties[{key}].default",
+                                        "Required value: this property is in x-kubernetes-list-map-keys, so it must have a default or be a required property"))
+                if properties[key].get("nullable"):
+                    causes.append(cause("FieldValueForbidden", f"{path}.items.properties[{key}].nullable",
+                                        "Forbidden: this property is in x-kubernetes-list-map-keys, so it cannot be nullable"))
+    # The value validations under allOf/anyOf/oneOf/not may only restrict what the structural
+    # part declares, never declare it (the two int-or-string patterns aside).
+    for junctor in JUNCTORS:
+        for i, option in enumerate(schema.get(junctor) or []):
+            if int_or_string and ((junctor == "anyOf" and schema[junctor] == INT_OR_STRING_ANY_OF) or
+                                  (junctor == "allOf" and i == 0 and option.get("anyOf") == INT_OR_STRING_ANY_OF)):
+                continue
+            validate_nested(option, schema, f"{path}.{junctor}[{i}]", causes)
+    if "not" in schema:
+        validate_nested(schema["not"], schema, f"{path}.not", causes)
+    properties = schema.get("properties") or {}
+    for name, child in properties.items():
+        top = level == "root" and name in ("metadata", "apiVersion", "kind")
+        validate_crd_schema(child, f"{path}.properties[{name}]", causes, "field", defaults=defaults and not top, meta=top)
+    if level == "root":
+        for name in ("apiVersion", "kind"):
+            if name in properties and properties[name].get("type") != "string":
+                causes.append(cause("FieldValueInvalid", f"{path}.properties[{name}].type", "Invalid value: must be string"))
+        metadata = properties.get("metadata")
+        if metadata is not None:
+            if metadata.get("type") != "object":
+                causes.append(cause("FieldValueInvalid", f"{path}.properties[metadata].type", "Invalid value: must be object"))
+            if set(metadata) - {"type", "description", "properties"} or set(metadata.get("properties") or {}) - {"name", "generateName"}:
+                causes.append(cause("FieldValueForbidden", f"{path}.properties[metadata]",
+                                    "Forbidden: must not specify anything other than name and generateName, but metadata is implicitly specified"))
+    if items is not None:
+        validate_crd_schema(items, f"{path}.items", causes, "item", defaults=defaults, meta=meta)
+    if isinstance(additional, dict):
+        validate_crd_schema(additional, f"{path}.additionalProperties", causes, "field", defaults=defaults and not meta, meta=meta)
+    if "default" in schema and defaults:
+        # A default must be valid for its schema and have no field the schema would prune.
+        problems, value = [], clone(schema["default"])
+        pruned = schema_validate(schema, value, f"{path}.default", problems)
+        if problems:
+            causes.extend(problems)
+        elif pruned != schema["default"]:
+            causes.append(cause("FieldValueInvalid", f"{path}.default", "Invalid value: must not have unknown fields"))
+
+
+def validate_nested(option, structural, path, causes):
+    """A schema under a logical junctor: value validation only, and only of what `structural`
+    (the schema the junctor sits in) specifies."""
+    if not isinstance(option, dict):
+        causes.append(cause("FieldValueInvalid", path, "Invalid value: must be a schema object"))
+        return
+    for key, why in (("type", "must be empty to be structural"), ("additionalProperties", "must be undefined to be structural"),
+                     ("default", "must be undefined to be structural"), ("title", "must be empty to be structural"),
+                     ("description", "must be empty to be structural"), ("x-kubernetes-preserve-unknown-fields", "must be false to be structural"),
+                     ("x-kubernetes-embedded-resource", "must be false to be structural"), ("x-kubernetes-int-or-string", "must be false to be structural"),
+                     ("x-kubernetes-list-map-keys", "must be empty to be structural"), ("x-kubernetes-list-type", "must be undefined to be structural"),
+                     ("x-kubernetes-map-type", "must be undefined to be structural"), ("x-kubernetes-validations", "must be empty to be structural")):
+        present = option.get(key)
+        if present not in (None, False, "", []):
+            causes.append(cause("FieldValueForbidden", f"{path}.{key}", f"Forbidden: {why}"))
+    if option.get("nullable"):
+        causes.append(cause("FieldValueForbidden", f"{path}.nullable", "Forbidden: must be false to be structural"))
+    known = structural.get("properties") or {}
+    for name, child in (option.get("properties") or {}).items():
+        if name == "metadata":
+            causes.append(cause("FieldValueForbidden", f"{path}.properties[metadata]", "Forbidden: must not be specified in a nested context"))
+        if name not in known:
+            causes.append(cause("FieldValueRequired", f"{path}.properties[{name}]", "Required value: must be specified outside of the logical junctor too"))
+        else:
+            validate_nested(child, known[name], f"{path}.properties[{name}]", causes)
+    if isinstance(option.get("items"), dict):
+        if not isinstance(structural.get("items"), dict):
+            causes.append(cause("FieldValueRequired", f"{path}.items", "Required value: must be specified outside of the logical junctor too"))
+        else:
+            validate_nested(option["items"], structural["items"], f"{path}.items", causes)
+    for junctor in JUNCTORS:
+        for i, inner in enumerate(option.get(junctor) or []):
+            validate_nested(inner, structural, f"{path}.{junctor}[{i}]", causes)
+    if "not" in option:
+        validate_nested(option["not"], structural, f"{path}.not", causes)
+
+
+def validate_printer_columns(columns, path, causes):
+    for i, column in enumerate(columns or []):
+        where = f"{path}[{i}]"
+        if not column.get("name"):
+            causes.append(cause("FieldValueRequired", f"{where}.name", "Required value"))
+        if not column.get("type"):
+            causes.append(cause("FieldValueRequired", f"{where}.type", "Required value"))
+        elif column["type"] not in PRINTER_COLUMN_TYPES:
+            causes.append(cause("FieldValueNotSupported", f"{where}.type", f'Unsupported value: "{column["type"]}": supported values: ' + ", ".join(f'"{t}"' for t in PRINTER_COLUMN_TYPES)))
+        if column.get("format") and column["format"] not in PRINTER_COLUMN_FORMATS:
+            causes.append(cause("FieldValueNotSupported", f"{where}.format", f'Unsupported value: "{column["format"]}"'))
+        if column.get("priority", 0) < 0:
+            causes.append(cause("FieldValueInvalid", f"{where}.priority", "Invalid value: must be greater than or equal to 0"))
+        json_path = column.get("jsonPath", "")
+        if not json_path:
+            causes.append(cause("FieldValueRequired", f"{where}.jsonPath", "Required value"))
+        elif not json_path.startswith("."):
+            causes.append(cause("FieldValueInvalid", f"{where}.jsonPath", f'Invalid value: "{json_path}": must be a simple json path starting with .'))
 
 
 TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
@@ -359,8 +561,11 @@ def schema_validate(schema, value, path, causes, prune=True):
                 value[name] = schema_validate(properties[name], value[name], child, causes, prune)
             elif isinstance(additional, dict):
                 value[name] = schema_validate(additional, value[name], child, causes, prune)
-            elif prune and not schema.get("x-kubernetes-preserve-unknown-fields") and properties is not None:
-                del value[name]  # unknown fields are pruned, as the API server does
+            elif prune and not schema.get("x-kubernetes-preserve-unknown-fields") and additional is not True:
+                # Unknown fields are pruned, as the API server does; an object schema without
+                # properties (and without additionalProperties or preserve-unknown-fields)
+                # keeps none.
+                del value[name]
         for keyword in ("oneOf", "anyOf"):
             if keyword in schema:
                 matches = 0
@@ -571,7 +776,12 @@ IGNORED_OWNERSHIP = {("metadata", "resourceVersion"), ("metadata", "uid"), ("met
 
 class Store:
     def __init__(self, history_limit):
-        self.lock = threading.Condition()
+        # One mutex for the whole store; a condition per resource on it, so a write wakes only
+        # the watches of its resource (as the real server's per-resource watch cache fans out),
+        # not every open watch.
+        self.mutex = threading.RLock()
+        self.lock = threading.Condition(self.mutex)
+        self.changed = {}            # (group, plural) -> Condition on mutex
         self.resources = {}          # (group, version, plural) -> Resource
         self.objects = {}            # (group, plural) -> {(namespace, name): object}
         self.owners = {}             # (group, plural, namespace, name) -> {path: manager}
@@ -614,12 +824,23 @@ class Store:
             drop = len(self.history) - self.history_limit
             self.compacted = self.history[drop - 1][0]
             del self.history[:drop]
-        self.lock.notify_all()
+        self.changed_condition((resource.group, resource.plural)).notify_all()
+
+    def changed_condition(self, store_key):
+        condition = self.changed.get(store_key)
+        if condition is None:
+            condition = self.changed[store_key] = threading.Condition(self.mutex)
+        return condition
+
+    def wake_all_watches(self):
+        for condition in self.changed.values():
+            condition.notify_all()
 
     def compact(self):
         with self.lock:
             self.compacted = self.revision
             self.history.clear()
+            self.wake_all_watches()
 
     # CRDs make their resources served (established at once: no controller delay).
     def establish(self, crd):
@@ -792,7 +1013,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path == "/fake/drop-watches" and method == "POST":
             with self.store.lock:
                 self.store.watch_epoch += 1
-                self.store.lock.notify_all()
+                self.store.wake_all_watches()
             return self.send_json(200, {"ok": True})
         if path == "/fake/compact" and method == "POST":
             self.store.compact()
@@ -1034,7 +1255,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                             cursor = self.store.revision
                             pending = [("BOOKMARK", {"metadata": {"resourceVersion": str(cursor)}})]
                             break
-                        self.store.lock.wait(timeout=0.2)
+                        self.store.changed_condition(resource.store_key).wait(timeout=0.2)
                 if pending and pending[0][0] == "BOOKMARK":
                     send({"type": "BOOKMARK", "object": {"kind": resource.kind, "apiVersion": resource.api_version,
                                                           "metadata": {"resourceVersion": pending[0][1]["metadata"]["resourceVersion"]}}})
