@@ -8,13 +8,20 @@ one more Deployment -> its child existing (SAMPLES sequential, p50/p99), and the
 peak RSS. Capstan runs with --kube-qps 0 (kopf has no client-side limit either).
 
 Also measured: the operator's CPU time (user + system) over the 1,000, which says what it
-would manage against an API server that is not the bottleneck (this Python fake is).
+would manage against an API server that is not the bottleneck (this Python fake is); and for
+Capstan, watch event -> reconcile start: how long a Deployment's key waited in the work queue
+(capstan_workqueue_queue_duration_seconds{kind="deployment"} from its /metrics, p50/p99
+interpolated in the histogram's buckets as Prometheus' histogram_quantile does), over the burst
+and over the single creates. kopf publishes no such figure.
 
 Environment: CAPSTAN_IMAGE_BIN or CAPSTAN_BIN (hack/bench sets both), RUNS (default 3), OBJECTS, SAMPLES (default 50),
 KOPF_PYTHON (a Python with kopf and kubernetes; hack/bench makes .bench-venv).
 """
 import json
+import math
 import os
+import re
+import urllib.request
 import shutil
 import signal
 import ssl
@@ -143,6 +150,8 @@ def run_once(peer):
         total = time.monotonic() - started
         cpu = cpu_seconds(operator.pid) - cpu_before
         fake_cpu = cpu_seconds(fake.pid) - fake_cpu_before
+        port = metrics_port(log.name) if peer == "capstan" else None
+        burst_waits = queue_wait_buckets(port) if port else {}
         latencies = []
         for i in range(SAMPLES):
             name = f"lat{i:04d}"
@@ -153,7 +162,10 @@ def run_once(peer):
             latencies.append(time.monotonic() - t0)
         rss = peak_rss_mib(operator.pid)
         stats = api.request("GET", "/fake/stats")[1]["requests"]
-        return {"created": created, "total": total, "cpu": cpu, "fake_cpu": fake_cpu, "latencies": latencies, "rss": rss, "requests": stats}
+        all_waits = queue_wait_buckets(port) if port else {}
+        single_waits = {le: count - burst_waits.get(le, 0) for le, count in all_waits.items()}
+        return {"created": created, "total": total, "cpu": cpu, "fake_cpu": fake_cpu, "latencies": latencies, "rss": rss, "requests": stats,
+                "burst_waits": burst_waits, "single_waits": single_waits}
     finally:
         operator.send_signal(signal.SIGTERM)
         try:
@@ -163,6 +175,44 @@ def run_once(peer):
         fake.terminate()
         fake.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def metrics_port(log_path):
+    """The port Capstan serves /metrics on, from its log line `serving /metrics ... on ADDRESS`."""
+    for _ in range(100):
+        with open(log_path) as f:
+            for line in f:
+                if "serving /metrics" in line:
+                    match = re.search(r":(\d+)\b[^:]*$", line)
+                    if match:
+                        return int(match.group(1))
+        time.sleep(0.05)
+    raise RuntimeError("capstan did not say where it serves /metrics")
+
+
+def queue_wait_buckets(port):
+    """{le: cumulative count} of capstan_workqueue_queue_duration_seconds{kind="deployment"}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    buckets = {}
+    for match in re.finditer(r'^capstan_workqueue_queue_duration_seconds_bucket\{kind="deployment",le="([^"]+)"\} (\S+)$', text, re.M):
+        buckets[float(match.group(1))] = float(match.group(2))
+    return buckets
+
+
+def histogram_quantile(q, buckets):
+    """As Prometheus: the bucket holding the q-th rank, linearly interpolated inside it."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] == 0:
+        return float("nan")
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(buckets[bound] - below, 1e-12)
+        lower, below = bound, buckets[bound]
+    return lower
 
 
 def percentile(values, q):
@@ -180,8 +230,9 @@ def main():
                   f"operator CPU {result['cpu']:.2f} s, fake CPU {result['fake_cpu']:.2f} s, latency p50 {percentile(result['latencies'], 0.5) * 1000:.0f} ms, peak RSS {result['rss']:.0f} MiB, "
                   f"API requests {result['requests']}", flush=True)
     print()
-    print(f"| operator | {OBJECTS} children, s (median) | objects/s | operator CPU s (median) | objects per CPU-second | event -> child p50 / p99, ms | peak RSS, MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| operator | {OBJECTS} children, s (median) | objects/s | operator CPU s (median) | objects per CPU-second | create -> child p50 / p99, ms "
+          f"| watch event -> reconcile start p50 / p99, ms: burst; single | peak RSS, MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     medians = {}
     for peer, runs in results.items():
         total = statistics.median(r["total"] for r in runs)
@@ -189,7 +240,19 @@ def main():
         rss = statistics.median(r["rss"] for r in runs)
         cpu = statistics.median(r["cpu"] for r in runs)
         medians[peer] = (total, rss, cpu)
-        print(f"| {peer} | {total:.2f} | {OBJECTS / total:.0f} | {cpu:.2f} | {OBJECTS / cpu:.0f} | {percentile(latencies, 0.5) * 1000:.0f} / {percentile(latencies, 0.99) * 1000:.0f} | {rss:.0f} |")
+        waits = "—"
+        if peer == "capstan":
+            def summed(name):
+                merged = {}
+                for r in runs:
+                    for le, count in r[name].items():
+                        merged[le] = merged.get(le, 0) + count
+                return merged
+            burst, single = summed("burst_waits"), summed("single_waits")
+            waits = (f"{histogram_quantile(0.5, burst) * 1000:.1f} / {histogram_quantile(0.99, burst) * 1000:.1f}; "
+                     f"{histogram_quantile(0.5, single) * 1000:.2f} / {histogram_quantile(0.99, single) * 1000:.2f}")
+        print(f"| {peer} | {total:.2f} | {OBJECTS / total:.0f} | {cpu:.2f} | {OBJECTS / cpu:.0f} | {percentile(latencies, 0.5) * 1000:.0f} / {percentile(latencies, 0.99) * 1000:.0f} "
+              f"| {waits} | {rss:.0f} |")
     if len(medians) < 2:
         return
     print()

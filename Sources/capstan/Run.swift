@@ -203,7 +203,7 @@ struct Run: AsyncParsableCommand {
                 requestRollback = reconciler.requestRollback
                 deploymentService = Controller(
                     name: "deployment", reconciler: reconciler,
-                    clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, observe: onOutcome)
+                    clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, metrics: metrics, observe: onOutcome)
             } catch {
                 log("\(error)", level: "error")
                 throw ExitCode(2)
@@ -219,7 +219,7 @@ struct Run: AsyncParsableCommand {
                 requestRollback = reconciler.requestRollback
                 deploymentService = Controller(
                     name: "deployment", reconciler: reconciler,
-                    clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, observe: onOutcome)
+                    clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, metrics: metrics, observe: onOutcome)
             } catch {
                 log("cannot start the process supervisor: \(error)", level: "error")
                 throw ExitCode(2)
@@ -228,7 +228,7 @@ struct Run: AsyncParsableCommand {
         let applications = Controller(
             name: "application",
             reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: artifacts, prune: prune),
-            clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
+            clock: clock, concurrency: concurrency, timeout: timeout, metrics: metrics, observe: onOutcome)
         let rollback = requestRollback
         let (platformLocal, platformCluster) = (local, cluster)
 

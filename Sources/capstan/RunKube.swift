@@ -143,10 +143,10 @@ extension Run {
         let applications = Controller(
             name: "application",
             reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: KubeArtifacts(), prune: prune),
-            clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
+            clock: clock, concurrency: concurrency, timeout: timeout, metrics: metrics, observe: onOutcome)
         let deployments = Controller(
             name: "deployment", reconciler: KubeDeploymentReconciler(store: objects, children: children, prune: prune),
-            clock: clock, concurrency: concurrency, timeout: timeout, observe: onOutcome)
+            clock: clock, concurrency: concurrency, timeout: timeout, metrics: metrics, observe: onOutcome)
         let leading = Gate(open: false)
         @Sendable func enqueue(_ key: ObjectKey, _ resource: AnyResource?) async {
             guard await leading.opened else { return }  // a follower only keeps its cache warm

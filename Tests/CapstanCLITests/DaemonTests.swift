@@ -213,6 +213,7 @@ import Testing
         #expect(body.contains("capstan_reconcile_total{kind=\"application\",result=\"success\"}"))
         #expect(body.contains("capstan_workqueue_adds_total{kind=\"application\"}"))
         #expect(body.contains("capstan_reconcile_duration_seconds_bucket"))
+        #expect(body.contains("capstan_workqueue_queue_duration_seconds_count{kind=\"application\"}"), "\(body)")
         #expect(body.contains("capstan_leader 1"))
         #expect(LoopbackHTTP.get(port: port, path: "/nothing")?.status == 404)
     }

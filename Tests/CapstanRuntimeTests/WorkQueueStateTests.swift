@@ -21,6 +21,24 @@ func ms(_ milliseconds: Int64) -> VirtualInstant { VirtualInstant(offset: .milli
         do { let value = queue.next(now: ms(0)); #expect(value == nil) }
     }
 
+    /// `capstan_workqueue_queue_duration_seconds`: from the add that queued a key (a repeated add
+    /// does not restart the clock), from the end of its delay, or from an add while it was
+    /// processed, until a worker takes it.
+    @Test func aTakenKeySaysHowLongItWaited() {
+        var queue = WorkQueueState<String, VirtualInstant>()
+        queue.add("a", at: ms(0))
+        queue.add("a", at: ms(3))
+        do { let taken = queue.take(now: ms(5)); #expect(taken?.key == "a" && taken?.waited == .milliseconds(5)) }
+        queue.add("a", at: ms(7))
+        queue.done("a")
+        do { let taken = queue.take(now: ms(12)); #expect(taken?.key == "a" && taken?.waited == .milliseconds(5)) }
+        queue.done("a")
+        queue.add("b", after: .milliseconds(10), now: ms(20))
+        do { let taken = queue.take(now: ms(34)); #expect(taken?.key == "b" && taken?.waited == .milliseconds(4)) }
+        queue.add("c")
+        do { let taken = queue.take(now: ms(40)); #expect(taken?.key == "c" && taken?.waited == nil, "undated") }
+    }
+
     @Test func aKeyBeingProcessedIsNotHandedOutAgain() {
         var queue = WorkQueueState<String, VirtualInstant>()
         queue.add("a")

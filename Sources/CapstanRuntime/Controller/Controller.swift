@@ -40,12 +40,14 @@ public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where 
     private let concurrency: Int
     private let timeout: Duration
     private let observe: @Sendable (R.Key, ReconcileOutcome, Duration) async -> Void
+    private let metrics: RuntimeMetrics?
 
     /// - Parameters:
     ///   - observe: called after every reconcile with its outcome and duration (metrics, error events).
+    ///   - metrics: where the time each key waited in the queue is recorded, under `name`.
     public init(
         name: String, reconciler: R, clock: C, concurrency: Int = 4, timeout: Duration = .seconds(300),
-        queue: WorkQueue<R.Key, C>? = nil,
+        queue: WorkQueue<R.Key, C>? = nil, metrics: RuntimeMetrics? = nil,
         observe: @escaping @Sendable (R.Key, ReconcileOutcome, Duration) async -> Void = { _, _, _ in }
     ) {
         precondition(concurrency > 0, "a controller needs at least one worker")
@@ -57,6 +59,7 @@ public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where 
         self.timeout = timeout
         self.queue = queue ?? WorkQueue(clock: clock)
         self.observe = observe
+        self.metrics = metrics
     }
 
     /// Runs the workers until the queue shuts down and in-flight reconciles have finished.
@@ -80,7 +83,8 @@ public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where 
     }
 
     private func work() async {
-        while let key = await queue.get() {
+        while let (key, waited) = await queue.take() {
+            if let waited { metrics?.queued(kind: name, waited: waited) }
             let start = clock.now
             let outcome = await reconcileWithTimeout(key)
             switch outcome {

@@ -29,6 +29,19 @@ public final class RuntimeMetrics: Sendable {
         registry.makeDurationHistogram(descriptor: .init(namespace: "capstan", metricName: "reconcile_duration", unitName: "seconds", helpText: "Time spent in reconciles."), labels: [("kind", kind)], buckets: Self.buckets).recordNanoseconds(duration.nanosecondsClamped)
     }
 
+    /// Seconds buckets for the time keys wait in a queue: 100 µs to 60 s.
+    static let waitBuckets: [Duration] = [.microseconds(100), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
+                                          .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+                                          .milliseconds(500), .seconds(1), .seconds(5), .seconds(10), .seconds(60)]
+
+    /// Records how long a key waited in a queue before a worker took it (from the change that
+    /// queued it to the reconcile's start).
+    public func queued(kind: String, waited: Duration) {
+        registry.makeDurationHistogram(descriptor: .init(namespace: "capstan", metricName: "workqueue_queue_duration", unitName: "seconds",
+                                                         helpText: "Time a key waits in the work queue before a reconcile starts."),
+                                       labels: [("kind", kind)], buckets: Self.waitBuckets).recordNanoseconds(waited.nanosecondsClamped)
+    }
+
     /// Publishes a work queue's state: depth now, adds and retries so far (cumulative).
     public func queue(kind: String, depth: Int, adds: Int, retries: Int) {
         registry.makeGauge(descriptor: .init(namespace: "capstan", metricName: "workqueue_depth", unitName: "", helpText: "Keys waiting in the work queue."), labels: [("kind", kind)]).set(Double(depth))

@@ -8,7 +8,7 @@ public actor WorkQueue<Key: Hashable & Sendable, C: Clock>: Sendable where C.Dur
     private let clock: C
     private var state = WorkQueueState<Key, C.Instant>()
     private var limiter: ControllerRateLimiter<Key, C.Instant>
-    private var waiters: [CheckedContinuation<Key?, Never>] = []
+    private var waiters: [CheckedContinuation<(key: Key, waited: Duration?)?, Never>] = []
     private var timer: Task<Void, Never>?
     private var timerDeadline: C.Instant?
     private var shuttingDown = false
@@ -30,7 +30,7 @@ public actor WorkQueue<Key: Hashable & Sendable, C: Clock>: Sendable where C.Dur
     /// Queues `key` now.
     public func add(_ key: Key) {
         guard !shuttingDown else { return }
-        if state.add(key) { adds += 1 }
+        if state.add(key, at: clock.now) { adds += 1 }
         dispatch()
     }
 
@@ -60,10 +60,16 @@ public actor WorkQueue<Key: Hashable & Sendable, C: Clock>: Sendable where C.Dur
     /// The next key to work on, waiting until one is ready; nil once the queue shuts down
     /// (queued keys are left: reconciles are level-based, the next start picks them up).
     public func get() async -> Key? {
+        await take()?.key
+    }
+
+    /// As `get()`, with how long the key waited in the queue since it was added (or since its
+    /// delay ended).
+    public func take() async -> (key: Key, waited: Duration?)? {
         if shuttingDown { return nil }
-        if let key = state.next(now: clock.now) {
+        if let taken = state.take(now: clock.now) {
             scheduleTimer()
-            return key
+            return taken
         }
         if shuttingDown { return nil }
         return await withCheckedContinuation { continuation in
@@ -91,8 +97,8 @@ public actor WorkQueue<Key: Hashable & Sendable, C: Clock>: Sendable where C.Dur
 
     /// Hands ready keys to waiting workers, then arms the timer for the next delayed key.
     private func dispatch() {
-        while !shuttingDown, !waiters.isEmpty, let key = state.next(now: clock.now) {
-            waiters.removeFirst().resume(returning: key)
+        while !shuttingDown, !waiters.isEmpty, let taken = state.take(now: clock.now) {
+            waiters.removeFirst().resume(returning: taken)
         }
         scheduleTimer()
     }

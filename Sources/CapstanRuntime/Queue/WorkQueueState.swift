@@ -14,6 +14,8 @@ public struct WorkQueueState<Key: Hashable & Sendable, Instant: InstantProtocol>
     private var processing = Set<Key>()
     /// Delayed keys, sorted by deadline.
     private var delayed: [(at: Instant, key: Key)] = []
+    /// When each queued key became ready (`capstan_workqueue_queue_duration_seconds`).
+    private var readySince: [Key: Instant] = [:]
 
     public init() {}
 
@@ -28,10 +30,12 @@ public struct WorkQueueState<Key: Hashable & Sendable, Instant: InstantProtocol>
 
     public func isProcessing(_ key: Key) -> Bool { processing.contains(key) }
 
-    /// Queues `key` now. Returns false when it was already queued (deduplicated).
+    /// Queues `key` now (`now` dates it, for the time it waits). Returns false when it was
+    /// already queued (deduplicated).
     @discardableResult
-    public mutating func add(_ key: Key) -> Bool {
+    public mutating func add(_ key: Key, at now: Instant? = nil) -> Bool {
         guard dirty.insert(key).inserted else { return false }
+        if let now { readySince[key] = now }
         if !processing.contains(key) { ready.append(key) }
         return true
     }
@@ -39,7 +43,7 @@ public struct WorkQueueState<Key: Hashable & Sendable, Instant: InstantProtocol>
     /// Queues `key` once `delay` has passed after `now` (at once for a delay of zero or less).
     public mutating func add(_ key: Key, after delay: Duration, now: Instant) {
         guard delay > .zero else {
-            add(key)
+            add(key, at: now)
             return
         }
         let deadline = now.advanced(by: delay)
@@ -56,13 +60,20 @@ public struct WorkQueueState<Key: Hashable & Sendable, Instant: InstantProtocol>
         var count = 0
         while count < delayed.count, delayed[count].at <= now { count += 1 }
         guard count > 0 else { return }
-        let due = delayed.prefix(count).map(\.key)
+        let due = delayed.prefix(count)
         delayed.removeFirst(count)
-        for key in due { add(key) }
+        for (at, key) in due { add(key, at: at) }
     }
 
     /// Hands out the next ready key and marks it processing.
     public mutating func next(now: Instant) -> Key? {
+        take(now: now)?.key
+    }
+
+    /// Hands out the next ready key, marks it processing, and says how long it waited since it
+    /// was added (or since its delay ended; nil when it was added undated). A key added while
+    /// it was processed waited from that add, as client-go counts it.
+    public mutating func take(now: Instant) -> (key: Key, waited: Duration?)? {
         promote(now: now)
         guard head < ready.count else { return nil }
         let key = ready[head]
@@ -73,7 +84,7 @@ public struct WorkQueueState<Key: Hashable & Sendable, Instant: InstantProtocol>
         }
         dirty.remove(key)
         processing.insert(key)
-        return key
+        return (key, readySince.removeValue(forKey: key).map { $0.duration(to: now) })
     }
 
     /// Marks `key` finished; if it was added while processing, it is queued again.
