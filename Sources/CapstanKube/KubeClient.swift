@@ -37,7 +37,21 @@ public struct KubeResource: Sendable, Hashable, CustomStringConvertible {
     }
 
     private func escape(_ segment: String) -> String {
-        segment.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? segment
+        // Names, namespaces and plurals are DNS names: nothing to escape, and no CharacterSet
+        // built per request (that was 3% of the operator's CPU time under load).
+        if segment.utf8.allSatisfy({ Self.unreserved($0) }) { return segment }
+        return segment.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? segment
+    }
+
+    /// RFC 3986's unreserved characters: ALPHA / DIGIT / "-" / "." / "_" / "~".
+    static func unreserved(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+            return true
+        default:
+            return false
+        }
     }
 
     public static let deployments = KubeResource(group: "apps", version: "v1", plural: "deployments", kind: "Deployment")

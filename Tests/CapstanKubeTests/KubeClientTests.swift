@@ -214,6 +214,13 @@ import Testing
         #expect(forced["spec"]?["selector"]?["app"]?.scalarText == "web")
     }
 
+    /// Object paths: DNS names as they are; anything else percent-encoded, `/` included.
+    @Test func pathsEscapeWhatIsNotAPlainName() {
+        #expect(KubeResource.deployments.path(namespace: "team-a", name: "web.v2_x~y") == "/apis/apps/v1/namespaces/team-a/deployments/web.v2_x~y")
+        #expect(KubeResource.events.path(namespace: "default", name: "a b/c%", subresource: "status") == "/api/v1/namespaces/default/events/a%20b%2Fc%25/status")
+        #expect(KubeResource.namespaces.path(namespace: "ignored", name: "ünï") == "/api/v1/namespaces/%C3%BCn%C3%AF")
+    }
+
     /// A CRD whose `spec` has the given properties (YAML lines, each indented by ten spaces)
     /// and junctors (twelve).
     static func gadgets(_ properties: String, oneOf: String = "") throws -> SpecNode {

@@ -796,7 +796,7 @@ class Store:
         # the watches of its resource (as the real server's per-resource watch cache fans out),
         # not every open watch.
         self.mutex = threading.RLock()
-        self.lock = threading.Condition(self.mutex)
+        self.lock = self.mutex           # `with store.lock:` (the mutex itself: no Python frame per use)
         self.changed = {}            # (group, plural) -> Condition on mutex
         self.resources = {}          # (group, version, plural) -> Resource
         self.objects = {}            # (group, plural) -> {(namespace, name): object}
