@@ -727,4 +727,45 @@ extension SpecNode {
         #expect(arguments.contains("--kube") && arguments.contains("--leader-elect"))
         #expect(installed["spec"]?["replicas"]?.scalarText == "2")
     }
+
+    /// kubectl on this machine, if any.
+    static let kubectl = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
+        .map { "\($0)/kubectl" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    /// What `kubectl apply -k deploy/` sends: the kustomization rendered by kubectl itself
+    /// (namespaces set, CRDs from crds/ included), every object accepted by a bare API server in
+    /// the rendered order. Skipped where kubectl is not installed (the test above reads the
+    /// same files without it).
+    @Test(.enabled(if: kubectl != nil)) func kubectlKustomizeRendersWhatTheServerAccepts() async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try #require(Self.kubectl))
+        process.arguments = ["kustomize", FakeAPIServer.root + "/deploy"]
+        let out = Pipe(), errors = Pipe()
+        process.standardOutput = out
+        process.standardError = errors
+        try process.run()
+        let rendered = out.fileHandleForReading.readDataToEndOfFile()
+        let complaints = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(String(decoding: complaints, as: UTF8.self))")
+        let server = try FakeAPIServer()
+        defer { server.stop() }
+        let client = try server.client()
+        defer { Task { await client.shutdown() } }
+        var resources = Self.resources
+        resources["apiextensions.k8s.io/v1/CustomResourceDefinition"] = .customResourceDefinitions
+        var created: [String] = []
+        for document in try YAMLReader().documents(String(decoding: rendered, as: UTF8.self)) {
+            guard let object = document.root else { continue }
+            let type = "\(object["apiVersion"]?.scalarText ?? "")/\(object["kind"]?.scalarText ?? "")"
+            let resource = try #require(resources[type], "\(type) is not expected in the install")
+            let namespace = object["metadata"]?["namespace"]?.scalarText
+            #expect(resource.namespaced == (namespace != nil), "\(type) \(object["metadata"]?["name"]?.scalarText ?? ""): namespace \(namespace ?? "none")")
+            _ = try await client.create(resource, namespace: namespace, object)
+            created.append(type)
+        }
+        #expect(created.filter { $0.hasSuffix("/CustomResourceDefinition") }.count == ResourceKind.allCases.count)
+        #expect(created.first == "v1/Namespace" || created.first?.hasSuffix("/CustomResourceDefinition") == true, "\(created)")
+        #expect(created.contains("apps/v1/Deployment"))
+    }
 }
