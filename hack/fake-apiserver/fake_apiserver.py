@@ -435,7 +435,9 @@ def validate_crd_schema(schema, path, causes, level="root", defaults=True, meta=
         if metadata is not None:
             if metadata.get("type") != "object":
                 causes.append(cause("FieldValueInvalid", f"{path}.properties[metadata].type", "Invalid value: must be object"))
-            if set(metadata) - {"type", "description", "properties"} or set(metadata.get("properties") or {}) - {"name", "generateName"}:
+            # apiextensions clears only the type and default before comparing with an empty
+            # schema: a description there is refused too (kubernetes/kubernetes#96709).
+            if set(metadata) - {"type", "properties"} or set(metadata.get("properties") or {}) - {"name", "generateName"}:
                 causes.append(cause("FieldValueForbidden", f"{path}.properties[metadata]",
                                     "Forbidden: must not specify anything other than name and generateName, but metadata is implicitly specified"))
     if items is not None:
