@@ -221,6 +221,28 @@ import Testing
         #expect(KubeResource.namespaces.path(namespace: "ignored", name: "ünï") == "/api/v1/namespaces/%C3%BCn%C3%AF")
     }
 
+    /// A core/v1 Event without an eventTime lives in its object's namespace, as the server
+    /// validates it; Capstan's Events (about its objects and its Lease) do.
+    @Test func eventsLiveInTheirObjectsNamespace() async throws {
+        let (server, client) = try await started()
+        defer { server.stop() }
+        defer { Task { await client.shutdown() } }
+        func event(_ name: String, about namespace: String) -> SpecNode {
+            .mapping([
+                ("metadata", .mapping([("name", .string(name))])),
+                ("involvedObject", .mapping([("kind", .string("Lease")), ("namespace", .string(namespace)), ("name", .string("capstan"))])),
+                ("reason", .string("LeaderElected")), ("message", .string("m")), ("type", .string("Normal")),
+            ])
+        }
+        _ = try await client.create(.events, namespace: "kube-system", event("same", about: "kube-system"))
+        do {
+            _ = try await client.create(.events, namespace: "default", event("elsewhere", about: "kube-system"))
+            Issue.record("an Event outside its object's namespace must be refused")
+        } catch {
+            #expect(error.code == 422 && error.causes.contains { $0.hasPrefix("involvedObject.namespace:") }, "\(error)")
+        }
+    }
+
     /// A CRD whose `spec` has the given properties (YAML lines, each indented by ten spaces)
     /// and junctors (twelve).
     static func gadgets(_ properties: String, oneOf: String = "") throws -> SpecNode {

@@ -279,8 +279,20 @@ def validate_builtin(resource, obj, causes):
         if duration is not None and (not isinstance(duration, int) or duration <= 0):
             causes.append(cause("FieldValueInvalid", "spec.leaseDurationSeconds", "Invalid value: must be greater than 0"))
     elif resource.kind == "Event":
-        if not obj.get("involvedObject"):
+        involved = obj.get("involvedObject")
+        if not involved:
             causes.append(cause("FieldValueRequired", "involvedObject", "Required value"))
+        # core/v1 Events as the server validates them (legacy rules): without an eventTime the
+        # Event lives in its object's namespace ("" or "default" for a cluster-scoped object);
+        # with one, the reporting fields, action and reason are required.
+        namespace, involved_namespace = obj["metadata"].get("namespace", ""), (involved or {}).get("namespace", "")
+        if not obj.get("eventTime"):
+            if (involved_namespace and namespace != involved_namespace) or (not involved_namespace and namespace not in ("", "default")):
+                causes.append(cause("FieldValueInvalid", "involvedObject.namespace", f'Invalid value: "{involved_namespace}": does not match event.namespace'))
+        else:
+            for field in ("reportingComponent", "reportingInstance", "action", "reason"):
+                if not obj.get(field):
+                    causes.append(cause("FieldValueRequired", field, "Required value"))
         if obj.get("type") not in (None, "Normal", "Warning"):
             causes.append(cause("FieldValueNotSupported", "type", f'Unsupported value: "{obj.get("type")}": supported values: "Normal", "Warning"'))
     elif resource.kind in ("ClusterRoleBinding", "RoleBinding"):
