@@ -300,6 +300,14 @@ import Testing
                 #expect(error.causes.contains { $0.hasPrefix("spec.versions[0].schema.openAPIV3Schema." + field + ":") }, "\(field): \(error.causes)")
             }
         }
+        // Not a schema at all: the server cannot decode the CRD (400), nor does the fake fall over.
+        let undecodable = try Self.gadgets("          size: [1, 2]\n")
+        do {
+            _ = try await client.create(.customResourceDefinitions, namespace: nil, undecodable)
+            Issue.record("an undecodable CRD must be refused")
+        } catch {
+            #expect(error.code == 400 && error.message.contains("properties[spec].properties[size]"), "\(error)")
+        }
         let accepted = "          size: {type: integer, default: 1, minimum: 0}\n          port: {x-kubernetes-int-or-string: true}\n"
         _ = try await client.create(.customResourceDefinitions, namespace: nil,
                                     try Self.gadgets(accepted, oneOf: "            oneOf:\n            - required: [size]\n            - required: [port]\n"))

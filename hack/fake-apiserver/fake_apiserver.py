@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 import uuid
 from fractions import Fraction
@@ -299,6 +300,9 @@ def validate_builtin(resource, obj, causes):
         if not obj.get("roleRef"):
             causes.append(cause("FieldValueRequired", "roleRef", "Required value"))
     elif resource.kind == "CustomResourceDefinition":
+        problem = crd_shape_problem(obj)
+        if problem:
+            raise bad_request(f"CustomResourceDefinition in version \"v1\" cannot be handled as a CustomResourceDefinition: {problem}")
         group, names = spec.get("group", ""), spec.get("names") or {}
         if obj["metadata"].get("name") != f"{names.get('plural')}.{group}":
             causes.append(cause("FieldValueInvalid", "metadata.name", f'Invalid value: "{obj["metadata"].get("name")}": must be spec.names.plural+"."+spec.group'))
@@ -333,6 +337,67 @@ PRINTER_COLUMN_FORMATS = ("int32", "int64", "float", "double", "byte", "date", "
 OPENAPI_TYPES = ("array", "boolean", "integer", "number", "object", "string")
 # What Go's regexp (RE2) refuses that Python's re accepts.
 NOT_RE2 = re.compile(r"\(\?[=!]|\(\?<[=!]|\(\?P?=|\\[1-9]|[*+?}]\+|\(\?>")
+
+
+SCHEMA_FIELD_TYPES = {
+    "type": str, "format": str, "pattern": str, "description": str, "title": str,
+    "required": list, "enum": list, "allOf": list, "anyOf": list, "oneOf": list, "not": dict,
+    "properties": dict, "items": (dict, list), "additionalProperties": (bool, dict),
+    "nullable": bool, "uniqueItems": bool, "x-kubernetes-preserve-unknown-fields": bool,
+    "x-kubernetes-int-or-string": bool, "x-kubernetes-embedded-resource": bool,
+    "x-kubernetes-list-type": str, "x-kubernetes-map-type": str, "x-kubernetes-list-map-keys": list,
+    "x-kubernetes-validations": list,
+    "minLength": int, "maxLength": int, "minItems": int, "maxItems": int, "minProperties": int, "maxProperties": int,
+    "minimum": (int, float), "maximum": (int, float), "multipleOf": (int, float),
+    "exclusiveMinimum": bool, "exclusiveMaximum": bool,
+}
+
+
+def crd_shape_problem(crd):
+    """Where a CRD's body does not decode as one (see schema_shape_problem), or None."""
+    spec = crd.get("spec") or {}
+    if not isinstance(spec, dict):
+        return "spec: expected an object"
+    if not isinstance(spec.get("names") or {}, dict):
+        return "spec.names: expected an object"
+    versions = spec.get("versions") or []
+    if not isinstance(versions, list):
+        return "spec.versions: expected a list"
+    for i, version in enumerate(versions):
+        if not isinstance(version, dict) or not isinstance(version.get("schema") or {}, dict):
+            return f"spec.versions[{i}]: expected an object with a schema object"
+        columns = version.get("additionalPrinterColumns") or []
+        if not isinstance(columns, list) or not all(isinstance(c, dict) for c in columns):
+            return f"spec.versions[{i}].additionalPrinterColumns: expected a list of objects"
+        schema = version.get("schema", {}).get("openAPIV3Schema")
+        problem = schema_shape_problem(schema, f"spec.versions[{i}].schema.openAPIV3Schema") if schema is not None else None
+        if problem:
+            return problem
+    return None
+
+
+def schema_shape_problem(schema, path):
+    """Where a schema is not a JSONSchemaProps at all (a list for properties, a string for a
+    schema...): the server cannot decode such a CRD and answers 400, before any validation."""
+    if not isinstance(schema, dict):
+        return f"{path}: expected a schema object, got {type(schema).__name__}"
+    for key, value in schema.items():
+        expected = SCHEMA_FIELD_TYPES.get(key)
+        if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+            return f"{path}.{key}: cannot decode {type(value).__name__}"
+    children = [(f"{path}.properties[{k}]", v) for k, v in (schema.get("properties") or {}).items()]
+    children += [(f"{path}.{j}[{i}]", v) for j in JUNCTORS for i, v in enumerate(schema.get(j) or [])]
+    for key in ("not", "additionalProperties", "items"):
+        value = schema.get(key)
+        if isinstance(value, dict):
+            children.append((f"{path}.{key}", value))
+        elif isinstance(value, list):
+            children += [(f"{path}.{key}[{i}]", v) for i, v in enumerate(value)]
+    for child_path, child in children:
+        problem = schema_shape_problem(child, child_path)
+        if problem:
+            return problem
+    return None
 
 
 def validate_crd_schema(schema, path, causes, level="root", defaults=True, meta=False):
@@ -1059,6 +1124,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.route(method, url.path, query)
         except APIError as error:
             self.send_json(error.code, error.status(), error.headers)
+        except Exception as error:  # noqa: BLE001 - a fault of the fake's, answered, not a dropped connection
+            traceback.print_exc()
+            self.send_json(500, APIError(500, "InternalError", f"fake-apiserver: {type(error).__name__}: {error}").status())
 
     # -- test controls
 
