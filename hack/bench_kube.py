@@ -154,8 +154,7 @@ def run_once(peer):
         if port:
             # The burst's last keys (owners queued again by their children's events) drain
             # first: a single create must not wait behind them.
-            while not re.search(r'^capstan_workqueue_depth\{kind="deployment"\} 0(\.0)?$',
-                                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode(), re.M):
+            while not re.search(r'^capstan_workqueue_depth\{kind="deployment"\} 0(\.0)?$', metrics_text(port), re.M):
                 if time.monotonic() - started > 900:
                     raise RuntimeError("capstan: the queue did not drain")
                 time.sleep(0.1)
@@ -199,11 +198,14 @@ def metrics_port(log_path):
     raise RuntimeError("capstan did not say where it serves /metrics")
 
 
+def metrics_text(port):
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
 def queue_wait_buckets(port):
     """{le: cumulative count} of capstan_workqueue_queue_duration_seconds{kind="deployment"}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     buckets = {}
-    for match in re.finditer(r'^capstan_workqueue_queue_duration_seconds_bucket\{kind="deployment",le="([^"]+)"\} (\S+)$', text, re.M):
+    for match in re.finditer(r'^capstan_workqueue_queue_duration_seconds_bucket\{kind="deployment",le="([^"]+)"\} (\S+)$', metrics_text(port), re.M):
         buckets[float(match.group(1))] = float(match.group(2))
     return buckets
 

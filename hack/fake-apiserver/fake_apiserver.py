@@ -14,6 +14,7 @@ other test controls are under /fake/ (see README.md).
 import argparse
 import base64
 import bisect
+import email.utils
 import http.client
 import http.server
 import json
@@ -142,10 +143,7 @@ def now_texts():
     second = int(time.time())
     if seen[0] != second:
         utc = time.gmtime(second)
-        seen = NOW = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", utc),
-                      "%s, %02d %s %d %02d:%02d:%02d GMT" % (("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[utc.tm_wday], utc.tm_mday,
-                                                             ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")[utc.tm_mon - 1],
-                                                             utc.tm_year, utc.tm_hour, utc.tm_min, utc.tm_sec))
+        seen = NOW = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", utc), email.utils.formatdate(second, usegmt=True))
     return seen
 
 
