@@ -59,7 +59,7 @@ enum Daemon {
     /// `/metrics`, `/healthz` and `/readyz` (ready once `ready` says so; the body says
     /// whether this daemon leads).
     static func httpServer(host: String, port: Int, address: String, metrics: RuntimeMetrics, ready: @escaping @Sendable () -> Bool,
-                           leader: @escaping @Sendable () -> Bool?, log: DaemonLog) -> LoopService {
+                           leader: @escaping @Sendable () -> Bool?, log: DaemonLog) -> HTTPService {
         var quietLogger = Logging.Logger(label: "capstan")
         quietLogger.logLevel = .warning
         let router = Router()
@@ -77,11 +77,23 @@ enum Daemon {
             configuration: .init(address: .hostname(host, port: port), serverName: "capstan"),
             onServerRunning: { channel in log("serving /metrics, /healthz and /readyz on \(channel.localAddress.map { "\($0)" } ?? address)") },
             logger: quietLogger)
-        return LoopService("metrics server") {
+        return HTTPService(server: server, address: address, log: log)
+    }
+
+    /// The HTTP server as a service of the group. Unlike a `LoopService` it is not cancelled
+    /// on shutdown: the server hears the graceful shutdown itself, stops accepting, lets its
+    /// connections finish and returns (cancelling it made it log two errors on every stop).
+    struct HTTPService: Service, CustomStringConvertible {
+        let server: Hummingbird.Application<RouterResponder<BasicRequestContext>>
+        let address: String
+        let log: DaemonLog
+        var description: String { "metrics server" }
+
+        func run() async throws {
             do {
                 try await server.run()
             } catch {
-                if Task.isCancelled { return }  // shutting down
+                if Task.isCancelled || Task.isShuttingDownGracefully { return }  // shutting down
                 log("cannot serve on \(address): \(error)", level: "error")
                 Glibc.exit(3)
             }
