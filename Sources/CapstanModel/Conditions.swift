@@ -85,3 +85,48 @@ extension CommonStatus {
         conditions[type: ConditionType.ready]?.status == .true && (generation == nil || observedGeneration == generation)
     }
 }
+
+/// What `capstan get` prints in STATUS and REASON: one short word and a reason that never
+/// contradict the conditions (kstatus' order: a hold, then `Stalled`, then `Reconciling`,
+/// then `Ready`); the message stays for `describe` and `-o wide`.
+public struct StatusSummary: Sendable, Equatable {
+    public var status: String
+    public var reason: String
+    public var message: String
+
+    public init(status: String, reason: String, message: String) {
+        self.status = status
+        self.reason = reason
+        self.message = message
+    }
+
+    /// Phases of work under way, and phases of failure: shown only when the conditions say
+    /// the same (a `Succeeded` phase never shows beside `Stalled`).
+    static let inProgressPhases: Set<String> = ["Pending", "Scheduled", "Progressing", "Promoting"]
+    static let failedPhases: Set<String> = ["Failed", "Aborted", "RolledBack"]
+
+    /// `hold`: the reason the object is held at its last good version (its source), if it is.
+    public static func of(conditions: [Condition], phase: String?, hold: String? = nil) -> StatusSummary {
+        let phase = phase.flatMap { $0.isEmpty ? nil : $0 }
+        let stalled = conditions[type: ConditionType.stalled].flatMap { $0.status == .true ? $0 : nil }
+        if let hold {
+            return StatusSummary(status: "Held", reason: hold, message: stalled?.message ?? "")
+        }
+        if let stalled {
+            return StatusSummary(status: "Stalled", reason: stalled.reason, message: stalled.message)
+        }
+        if let reconciling = conditions[type: ConditionType.reconciling], reconciling.status == .true {
+            let status = phase.map { inProgressPhases.contains($0) || $0 == "Paused" } == true ? phase! : "Reconciling"
+            return StatusSummary(status: status, reason: reconciling.reason, message: reconciling.message)
+        }
+        guard let ready = conditions[type: ConditionType.ready], ready.status != .unknown else {
+            return StatusSummary(status: phase ?? "Unknown", reason: conditions[type: ConditionType.ready]?.reason ?? "", message: conditions[type: ConditionType.ready]?.message ?? "")
+        }
+        if ready.status == .true {
+            let status = phase.map { failedPhases.contains($0) } == false ? phase! : "Ready"
+            return StatusSummary(status: status, reason: ready.reason, message: ready.message)
+        }
+        let status = phase.map { failedPhases.contains($0) || $0 == "Paused" } == true ? phase! : "NotReady"
+        return StatusSummary(status: status, reason: ready.reason, message: ready.message)
+    }
+}

@@ -59,6 +59,10 @@ public protocol SpecObject: SpecValue {
     static var fields: [Field<Self>] { get }
     /// Field names accepted for compatibility and ignored (Kubernetes' `managedFields`, ...).
     static var ignoredFields: Set<String> { get }
+    /// Defaults that follow another field (a probe's timeout follows its interval): sets the
+    /// fields `node` leaves out from the ones it has, so a default never makes a spec invalid.
+    /// Runs after the fields decode, before `validate`.
+    static func completeDefaults(_ value: inout Self, _ node: SpecNode)
     /// Checks that involve several fields; runs only when every field decoded cleanly.
     static func validate(_ value: Self, _ node: SpecNode, _ context: inout DecodeContext)
     /// Fields of which exactly one must be set (a union such as `http`/`tcp`/`exec`): checked
@@ -72,6 +76,7 @@ public protocol SpecObject: SpecValue {
 
 extension SpecObject {
     public static var ignoredFields: Set<String> { [] }
+    public static func completeDefaults(_ value: inout Self, _ node: SpecNode) {}
     public static func validate(_ value: Self, _ node: SpecNode, _ context: inout DecodeContext) {}
     public static func refineSchema(_ schema: inout Schema) {}
     public static var exactlyOneOf: [String] { [] }
@@ -134,6 +139,7 @@ extension SpecObject {
         }
         checkExactlyOne(node, &context)
         if context.problemCount == before {
+            completeDefaults(&value, node)
             validate(value, node, &context)
         }
         return value

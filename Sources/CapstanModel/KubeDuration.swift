@@ -6,6 +6,11 @@ public struct KubeDuration: SpecValue, Hashable, Comparable, CustomStringConvert
     public var nanoseconds: Int64
 
     public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
+    /// A Swift `Duration`, to whole nanoseconds (negative ones as zero).
+    public init(_ duration: Swift.Duration) {
+        let (seconds, attoseconds) = duration.components
+        nanoseconds = max(0, seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
     public static func seconds(_ s: Int64) -> KubeDuration { KubeDuration(nanoseconds: s * 1_000_000_000) }
     public static func minutes(_ m: Int64) -> KubeDuration { .seconds(m * 60) }
     public static func hours(_ h: Int64) -> KubeDuration { .seconds(h * 3600) }

@@ -250,6 +250,31 @@ public struct SecretSource: SpecObject, Hashable {
 }
 
 /// An environment variable: a literal value or a secret reference.
+/// Variables Capstan sets in every instance, which an `env` list may not set: `PORT` is the
+/// port the instance must listen on (health checks probe it, the router sends to it), and
+/// `CAPSTAN_*` say which instance, revision and version it is.
+public enum ReservedEnv {
+    /// Why `name` cannot be set in `env`, or nil.
+    public static func problem(_ name: String) -> String? {
+        if name == "PORT" {
+            return "PORT is set by Capstan for each instance (the port its health checks probe and the router sends to): listen on $PORT instead of setting it"
+        }
+        if name.hasPrefix("CAPSTAN_") {
+            return "\(name) is reserved: Capstan sets CAPSTAN_* variables in every instance"
+        }
+        return nil
+    }
+
+    /// Reports every reserved name in an `env` list at `env[i].name`.
+    public static func check(_ env: [EnvVar], _ node: SpecNode, _ context: inout DecodeContext) {
+        for (index, variable) in env.enumerated() {
+            guard let problem = problem(variable.name) else { continue }
+            let item = node["env"].flatMap { if case .sequence(let items) = $0.value, index < items.count { return items[index] } else { return nil } }
+            context.at("env") { $0.at(.index(index)) { $0.fail(problem, field: "name", at: item?["name"]?.mark ?? item?.mark) } }
+        }
+    }
+}
+
 public struct EnvVar: SpecObject, Hashable {
     public var name = ""
     public var value: String?

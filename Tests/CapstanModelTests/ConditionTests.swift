@@ -71,3 +71,40 @@ import Testing
         #expect(status.condition("Ready")?.lastTransitionTime == t1)
     }
 }
+
+/// STATUS in `capstan get`: never contradicts the conditions (kstatus' order).
+@Suite struct StatusSummaryTests {
+    let now = Timestamp(Date(timeIntervalSince1970: 1_800_000_000))
+
+    func conditions(_ entries: [(String, ConditionStatus, String)]) -> [Condition] {
+        var conditions: [Condition] = []
+        for (type, status, reason) in entries { conditions.set(type, status, reason: reason, message: "\(reason) message", observedGeneration: 1, now: now) }
+        return conditions
+    }
+
+    @Test func stalledWinsOverAPhaseThatSaysOtherwise() {
+        let summary = StatusSummary.of(conditions: conditions([("Ready", .false, "ApplicationNotFound"), ("Stalled", .true, "ApplicationNotFound")]), phase: "Succeeded")
+        #expect(summary == StatusSummary(status: "Stalled", reason: "ApplicationNotFound", message: "ApplicationNotFound message"))
+        let source = StatusSummary.of(conditions: conditions([("Reconciling", .true, "RollingOut"), ("Stalled", .true, "SourceUnavailable")]), phase: "Progressing")
+        #expect(source.status == "Stalled" && source.reason == "SourceUnavailable")
+    }
+
+    @Test func aHoldComesFirst() {
+        let summary = StatusSummary.of(conditions: conditions([("Ready", .true, "Succeeded")]), phase: "Succeeded", hold: "SourceEmpty")
+        #expect(summary.status == "Held" && summary.reason == "SourceEmpty")
+    }
+
+    @Test func reconcilingShowsAPhaseOfWorkOrReconciling() {
+        #expect(StatusSummary.of(conditions: conditions([("Reconciling", .true, "RollingOut")]), phase: "Progressing").status == "Progressing")
+        #expect(StatusSummary.of(conditions: conditions([("Reconciling", .true, "RollingOut")]), phase: "Succeeded").status == "Reconciling")
+    }
+
+    @Test func readyShowsThePhaseUnlessItIsAFailure() {
+        #expect(StatusSummary.of(conditions: conditions([("Ready", .true, "Succeeded")]), phase: "Succeeded").status == "Succeeded")
+        #expect(StatusSummary.of(conditions: conditions([("Ready", .true, "Succeeded")]), phase: nil).status == "Ready")
+        #expect(StatusSummary.of(conditions: conditions([("Ready", .true, "Succeeded")]), phase: "Failed").status == "Ready")
+        #expect(StatusSummary.of(conditions: conditions([("Ready", .false, "ProgressDeadlineExceeded")]), phase: "Failed").status == "Failed")
+        #expect(StatusSummary.of(conditions: conditions([("Ready", .false, "InstancesNotReady")]), phase: "Succeeded").status == "NotReady")
+        #expect(StatusSummary.of(conditions: [], phase: nil).status == "Unknown")
+    }
+}

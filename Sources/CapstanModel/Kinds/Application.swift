@@ -106,14 +106,30 @@ public struct HealthCheck: SpecObject, Hashable {
         .optional("exec", \.exec, "Command probe: exit 0 is healthy."),
         .defaulted("initialDelay", \.initialDelay, .zero, "Wait before the first probe."),
         .defaulted("interval", \.interval, .seconds(5), "Time between probes.", .positive),
-        .defaulted("timeout", \.timeout, .seconds(2), "Time limit of one probe.", .positive),
+        .defaulted("timeout", \.timeout, .seconds(2), "Time limit of one probe (default 2s, or the interval if that is shorter).", .positive),
         .defaulted("failureThreshold", \.failureThreshold, 3, "Consecutive failures that make an instance unhealthy.", .minimum(1), .maximum(1000)),
         .defaulted("successThreshold", \.successThreshold, 1, "Consecutive successes that make it healthy again.", .minimum(1), .maximum(1000)),
     ]
 
+    /// The default timeout is 2s, or the interval if the user set a shorter one: only a
+    /// timeout the user wrote can conflict with the interval.
+    public static func completeDefaults(_ value: inout HealthCheck, _ node: SpecNode) {
+        if node["timeout"] == nil || node["timeout"]?.value == .null {
+            value.timeout = min(.seconds(2), value.interval)
+        }
+    }
+
     public static func validate(_ value: HealthCheck, _ node: SpecNode, _ context: inout DecodeContext) {
         if value.timeout > value.interval {
-            context.fail("timeout \(value.timeout) must not exceed interval \(value.interval)", field: "timeout", at: node["timeout"]?.mark)
+            context.fail("timeout \(value.timeout) must not exceed interval \(value.interval) (both are set here)", field: "timeout", at: node["timeout"]?.mark)
+        }
+    }
+
+    /// No default in the schema for the timeout: the API server would write 2s into an object
+    /// whose interval is shorter, and the object would no longer validate.
+    public static func refineSchema(_ schema: inout Schema) {
+        for index in schema.properties.indices where schema.properties[index].0 == "timeout" {
+            schema.properties[index].1.defaultValue = nil
         }
     }
 
@@ -195,6 +211,7 @@ public struct ApplicationSpec: SpecObject, Hashable {
         if value.build != nil && value.source == nil {
             context.fail("build needs a source to build", field: "build", at: node["build"]?.mark)
         }
+        ReservedEnv.check(value.env, node, &context)
         var names = Set<String>()
         var numbers = Set<Int>()
         for (index, port) in value.ports.enumerated() {

@@ -117,6 +117,7 @@ public struct DeploymentSpec: SpecObject, Hashable {
         if value.version.contains(where: { $0.isWhitespace }) {
             context.fail("version \"\(value.version)\" must not contain spaces", field: "version", at: node["version"]?.mark)
         }
+        ReservedEnv.check(value.env, node, &context)
     }
 }
 
