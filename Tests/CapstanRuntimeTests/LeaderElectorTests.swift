@@ -201,3 +201,38 @@ final class MemoryLeaseStore: LeaseStore, Sendable {
         #expect(LeaderElectionConfig(leaseName: "l", identity: "a").problem == nil)
     }
 }
+
+/// The timings not given follow those given (15:10:2), so a default never conflicts.
+@Suite struct LeaderElectionTimingTests {
+    func check(_ lease: Duration?, _ renew: Duration?, _ retry: Duration?) -> (Duration, Duration, Duration) {
+        let timings = LeaderElectionConfig.timings(leaseDuration: lease, renewDeadline: renew, retryPeriod: retry)
+        let config = LeaderElectionConfig(leaseName: "l", identity: "i", leaseDuration: timings.leaseDuration,
+                                          renewDeadline: timings.renewDeadline, retryPeriod: timings.retryPeriod)
+        #expect(config.problem == nil, "\(timings)")
+        return (timings.leaseDuration, timings.renewDeadline, timings.retryPeriod)
+    }
+
+    @Test func theDefaultsAreClientGos() {
+        #expect(check(nil, nil, nil) == (.seconds(15), .seconds(10), .seconds(2)))
+        #expect(check(.seconds(15), nil, nil) == (.seconds(15), .seconds(10), .seconds(2)))
+    }
+
+    @Test func anyOneOrTwoGivenNeverConflictWithTheDefaults() {
+        let four = check(.seconds(4), nil, nil)
+        let (renew, retry): (Duration, Duration) = (.seconds(4) * 2 / 3, .seconds(4) * 2 / 15)
+        #expect(four.1 == renew && four.2 == retry)
+        #expect(check(.seconds(6), nil, nil) == (.seconds(6), .seconds(4), .milliseconds(800)))
+        #expect(check(nil, .seconds(30), nil) == (.seconds(45), .seconds(30), .seconds(6)))
+        #expect(check(nil, nil, .seconds(5)) == (.milliseconds(37_500), .seconds(25), .seconds(5)))
+        #expect(check(.seconds(6), nil, .seconds(5)).1 == .milliseconds(5500))
+        #expect(check(.seconds(60), .seconds(40), nil).2 == .seconds(8))
+        #expect(check(nil, .seconds(3), .seconds(1)).0 == .milliseconds(4500))
+    }
+
+    @Test func conflictingGivenValuesStillConflict() {
+        let timings = LeaderElectionConfig.timings(leaseDuration: .seconds(4), renewDeadline: .seconds(5), retryPeriod: nil)
+        let config = LeaderElectionConfig(leaseName: "l", identity: "i", leaseDuration: timings.leaseDuration,
+                                          renewDeadline: timings.renewDeadline, retryPeriod: timings.retryPeriod)
+        #expect(config.problem != nil)
+    }
+}

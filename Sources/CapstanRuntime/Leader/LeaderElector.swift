@@ -53,6 +53,33 @@ public struct LeaderElectionConfig: Sendable {
         self.releaseCheck = releaseCheck
     }
 
+    /// The three timings with the ones not given filled in from those given, in client-go's
+    /// 15:10:2 ratio (a lease of 6s alone renews within 4s, retrying every 0.8s), so a default
+    /// never conflicts with a value the user set: only given values can make `problem` true.
+    public static func timings(leaseDuration: Duration?, renewDeadline: Duration?, retryPeriod: Duration?)
+        -> (leaseDuration: Duration, renewDeadline: Duration, retryPeriod: Duration) {
+        switch (leaseDuration, renewDeadline, retryPeriod) {
+        case (nil, nil, nil):
+            return (.seconds(15), .seconds(10), .seconds(2))
+        case (let lease?, nil, nil):
+            return (lease, lease * 2 / 3, lease * 2 / 15)
+        case (nil, let renew?, nil):
+            return (renew * 3 / 2, renew, renew / 5)
+        case (nil, nil, let retry?):
+            return (retry * 15 / 2, retry * 5, retry)
+        case (let lease?, let renew?, nil):
+            return (lease, renew, renew / 5)
+        case (nil, let renew?, let retry?):
+            return (renew * 3 / 2, renew, retry)
+        case (let lease?, nil, let retry?):
+            // Two thirds of the lease where that lies between the two, else half way.
+            let scaled = lease * 2 / 3
+            return (lease, scaled > retry && scaled < lease ? scaled : (lease + retry) / 2, retry)
+        case (let lease?, let renew?, let retry?):
+            return (lease, renew, retry)
+        }
+    }
+
     /// Why the timings cannot work, or nil (the same rules as client-go).
     public var problem: String? {
         if leaseDuration <= renewDeadline { return "the lease duration must be longer than the renew deadline" }

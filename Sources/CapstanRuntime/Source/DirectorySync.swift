@@ -10,6 +10,9 @@ public struct SyncPlan: Sendable, Equatable {
     public var keep: [ObjectKey: [Diagnostic]] = [:]
     /// Known objects no file holds any more.
     public var delete: [ObjectKey] = []
+    /// Of `keep`, the objects whose file (or a directory above it) could not be read at all,
+    /// rather than read and found invalid.
+    public var unreadable: Set<ObjectKey> = []
     /// Deletions not done because the source yielded nothing at all (an emptied directory, a
     /// failed checkout) and `--allow-empty` is off.
     public var withheld: [ObjectKey] = []
@@ -59,6 +62,7 @@ public enum DirectorySync {
             let problems = unreadable.filter { path, _ in file == path || file.hasPrefix(path.hasSuffix("/") ? path : path + "/") }
             if problems.isEmpty { continue }
             plan.keep[key] = problems.keys.sorted().flatMap { problems[$0]! }
+            plan.unreadable.insert(key)
             attachedToKept.formUnion(problems.keys)
         }
         for (path, problems) in unreadable.sorted(by: { $0.key < $1.key }) where !attachedToKept.contains(path) {
