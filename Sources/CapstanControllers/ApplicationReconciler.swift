@@ -71,8 +71,8 @@ public struct ApplicationReconciler: Reconciler {
 
         // Compare and report.
         var requeue: ReconcileResult = .done
-        if let problem = stored.problems.first {
-            changed = status.markStalled(reason: "InvalidSpec", message: "\(problem) (the last good version is kept)", generation: generation, now: time) || changed
+        if let hold = stored.hold {
+            changed = status.markStalled(reason: hold.reason, message: hold.message, generation: generation, now: time) || changed
         } else if referencing.isEmpty {
             switch await artifacts.checkSource(of: application, specFile: stored.sourceFile) {
             case .ready(let description):
@@ -116,7 +116,7 @@ public struct ApplicationReconciler: Reconciler {
         // Every decision that changes what the object says is an event (InvalidSpec's Warning,
         // with file:line, comes from the source that read the file, for every kind).
         let after = status.condition(ConditionType.ready)!
-        if (before?.status != after.status || before?.reason != after.reason) && after.reason != "InvalidSpec" {
+        if (before?.status != after.status || before?.reason != after.reason) && after.reason != stored.hold?.reason {
             let type: EventType = after.status == .true ? .normal : .warning
             await events.record(type, reason: after.reason, message: after.message, about: key)
         }

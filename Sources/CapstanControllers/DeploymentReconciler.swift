@@ -54,8 +54,8 @@ public struct DeploymentReconciler: Reconciler {
         }
         var step = Step(key: key, stored: stored, deployment: deployment, time: Timestamp(now()))
         let result = try await run(&step)
-        if let problem = stored.problems.first {
-            step.status.markStalled(reason: "InvalidSpec", message: "\(problem) (the last good version is kept)", generation: stored.generation, now: step.time)
+        if let hold = stored.hold {
+            step.status.markStalled(reason: hold.reason, message: hold.message, generation: stored.generation, now: step.time)
         }
         try await finish(step)
         return result
@@ -107,7 +107,7 @@ public struct DeploymentReconciler: Reconciler {
         for (type, reason, message) in step.events {
             await events.record(type, reason: reason, message: message, about: step.key)
         }
-        if let after, after.status != .unknown, before?.status != after.status || before?.reason != after.reason, after.reason != "InvalidSpec",
+        if let after, after.status != .unknown, before?.status != after.status || before?.reason != after.reason, after.reason != step.stored.hold?.reason,
            !recorded.contains(after.reason) {
             recorded.insert(after.reason)
             await events.record(after.status == .true ? .normal : .warning, reason: after.reason, message: after.message, about: step.key)

@@ -9,15 +9,31 @@ public struct StoredObject: Sendable, Hashable {
     public var generation: Int
     public var sourceFile: String
     public var problems: [String]
+    /// Why it is held at its last good version while `problems` is not empty: `InvalidSpec`
+    /// (its document does not parse or validate), `SourceUnreadable` (its file or directory
+    /// cannot be read) or `SourceEmpty` (its source yielded nothing at all).
+    public var holdReason: String
 
-    public init(resource: AnyResource, generation: Int, sourceFile: String, problems: [String] = []) {
+    public static let invalidSpec = "InvalidSpec"
+    public static let sourceEmpty = "SourceEmpty"
+    public static let sourceUnreadable = "SourceUnreadable"
+
+    public init(resource: AnyResource, generation: Int, sourceFile: String, problems: [String] = [], holdReason: String = StoredObject.invalidSpec) {
         self.resource = resource
         self.generation = generation
         self.sourceFile = sourceFile
         self.problems = problems
+        self.holdReason = holdReason
     }
 
     public var key: ObjectKey { resource.key }
+
+    /// Why the object is held at its last good version (condition `Stalled`, with this reason
+    /// and message), or nil when its spec reads cleanly.
+    public var hold: (reason: String, message: String)? {
+        guard let first = problems.first else { return nil }
+        return (holdReason, first + (problems.count > 1 ? " (and \(problems.count - 1) more)" : "") + " (the last good version is kept)")
+    }
 
     /// `Ready=True` observed at the current generation.
     public var isReady: Bool { resource.resource.status.isReady(generation: generation) }

@@ -268,12 +268,12 @@ public struct KubeDeploymentReconciler: Reconciler {
             result = .done
         }
         try await finalizerAdded
-        if let problem = stored.problems.first {
-            status.markStalled(reason: "InvalidSpec", message: "\(problem) (the last good version is kept)", generation: generation, now: time)
+        if let hold = stored.hold {
+            status.markStalled(reason: hold.reason, message: hold.message, generation: generation, now: time)
         }
         let before = deployment.status.conditions[type: ConditionType.ready]
         let after = status.conditions[type: ConditionType.ready]
-        if let after, after.status != .unknown, before?.status != after.status || before?.reason != after.reason, after.reason != "InvalidSpec",
+        if let after, after.status != .unknown, before?.status != after.status || before?.reason != after.reason, after.reason != stored.hold?.reason,
            !events.contains(where: { $0.1 == after.reason }) {
             events.append((after.status == .true ? .normal : .warning, after.reason, after.message))
         }

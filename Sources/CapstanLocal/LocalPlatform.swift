@@ -54,7 +54,8 @@ public struct LocalObjectStore: ObjectStore, EventRecorder {
     }
 
     static func stored(_ record: StateStore.ObjectRecord) -> StoredObject {
-        StoredObject(resource: record.resource, generation: record.generation, sourceFile: record.sourceFile, problems: record.problems)
+        StoredObject(resource: record.resource, generation: record.generation, sourceFile: record.sourceFile, problems: record.problems,
+                     holdReason: record.holdReason)
     }
 }
 

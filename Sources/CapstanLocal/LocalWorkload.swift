@@ -1,5 +1,6 @@
 import CapstanControllers
 import CapstanModel
+import CapstanRuntime
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -73,6 +74,9 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
     public init(stateDirectory: String, store: StateStore, events: any EventRecorder, routerHost: String = "127.0.0.1",
                 grace: Duration = .seconds(10), drainTimeout: Duration = .seconds(2),
                 enqueue: @escaping @Sendable (ObjectKey) async -> Void, restarted: @escaping @Sendable () -> Void = {}) throws(SpawnError) {
+        // Every path below it, and every link target written, is absolute: a relative state
+        // directory (the default ./.capstan) would make links that resolve from their own folder.
+        let stateDirectory = FilePaths.absolute(stateDirectory)
         self.stateDirectory = stateDirectory
         self.routerHost = routerHost
         self.store = store
@@ -130,7 +134,9 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
         if known?.data["artifact"] != artifact {
             try? store.recordInventory(.init(type: Self.releaseType, id: id, owner: deployment, data: ["artifact": artifact, "path": release], createdAt: Date()))
         }
-        if Self.link(release, to: artifact), known?.data["artifact"] == artifact {
+        // A release link that had to change though the release was known was removed, moved or
+        // broken (an older build wrote relative targets that did not resolve): a repair.
+        if Self.link(release, to: artifact), known != nil {
             repairs.append("release \(revision.number) restored")
         }
         // The current link changes with a new revision; for a known one it changes only when

@@ -13,7 +13,12 @@ public actor SpecDirectorySource {
     private let loader: ManifestLoader
     private let allowEmpty: Bool
     private let now: @Sendable () -> Date
-    private let log: @Sendable (String) -> Void
+    private let log: @Sendable (String, LogLevel) -> Void
+
+    /// How loud a line of the source is: `warning` for what was refused or held.
+    public enum LogLevel: String, Sendable {
+        case info, warning
+    }
     private let enqueue: @Sendable (ObjectKey, AnyResource?) async -> Void
 
     /// What one sync did.
@@ -30,7 +35,7 @@ public actor SpecDirectorySource {
 
     public init(
         root: String, store: StateStore, cache: ObjectCache, allowEmpty: Bool = false, maxFileSize: Int = ManifestDecoder.defaultMaxFileSize,
-        now: @escaping @Sendable () -> Date = Date.init, log: @escaping @Sendable (String) -> Void = { _ in },
+        now: @escaping @Sendable () -> Date = Date.init, log: @escaping @Sendable (String, LogLevel) -> Void = { _, _ in },
         enqueue: @escaping @Sendable (ObjectKey, AnyResource?) async -> Void
     ) {
         self.root = root
@@ -61,16 +66,18 @@ public actor SpecDirectorySource {
     public func sync(changed: Set<String>? = nil) async throws -> Summary {
         var plan: SyncPlan? = nil
         var loaded = ManifestResult()
+        var readFiles: Set<String>? = nil
         if let changed, !sawDuplicates, !withheldDeletions,
            let files = SpecFileCollector.changedFiles(root: root, paths: changed, knownDirectories: knownDirectories()) {
-            (plan, loaded) = partialPlan(files)
+            (plan, loaded, readFiles) = partialPlan(files)
         }
         let partial = plan != nil
         if plan == nil {
+            readFiles = nil
             loaded = loader.load([root]).manifests
             plan = DirectorySync.plan(previous: try store.sourceFiles(), loaded: loaded, allowEmpty: allowEmpty)
         }
-        var summary = try await apply(plan!, loaded: loaded)
+        var summary = try await apply(plan!, loaded: loaded, readFiles: readFiles)
         summary.partial = partial
         return summary
     }
@@ -106,7 +113,7 @@ public actor SpecDirectorySource {
     /// Plans from the changed files alone, plus the files that hold any object they define (so
     /// that duplicates are seen). Nil when the change would delete every object (the
     /// `--allow-empty` guard needs the whole directory).
-    private func partialPlan(_ files: [String]) -> (SyncPlan?, ManifestResult) {
+    private func partialPlan(_ files: [String]) -> (SyncPlan?, ManifestResult, Set<String>) {
         let held = held()
         var scope = Set(files)
         // A removed file is in scope (what it held goes) but not read (it would be "cannot read").
@@ -119,11 +126,45 @@ public actor SpecDirectorySource {
         }
         let previous = held.filter { scope.contains($0.value) }
         let plan = DirectorySync.plan(previous: previous, loaded: loaded, allowEmpty: true)
-        if !held.isEmpty && plan.delete.count == held.count { return (nil, loaded) }
-        return (plan, loaded)
+        if !held.isEmpty && plan.delete.count == held.count { return (nil, loaded, scope) }
+        return (plan, loaded, scope)
     }
 
-    private func apply(_ plan: SyncPlan, loaded: ManifestResult) async throws -> Summary {
+    /// Problems tied to no known object (a new object that does not validate, a file skipped
+    /// for its size or type), by file, as last reported: each is logged and recorded as a
+    /// Warning event about the file once, not again on every read.
+    private var reportedUnattached: [String: Set<String>] = [:]
+
+    /// Logs what is new among `problems` (a warning when something was not applied) and records
+    /// an event about the file (`capstan events specfile/PATH`). `read`: the files this sync
+    /// read (nil: all of them), whose earlier problems are forgotten.
+    private func reportUnattached(_ problems: [Diagnostic], read: Set<String>?, at time: Date) throws {
+        let byFile = Dictionary(grouping: problems, by: \.file)
+        if let read {
+            for file in read { reportedUnattached[file] = nil }
+        } else {
+            reportedUnattached = [:]
+        }
+        var before = reportedUnattached
+        for (file, problems) in byFile.sorted(by: { $0.key < $1.key }) {
+            for problem in problems {
+                let text = problem.description
+                guard before[file, default: []].insert(text).inserted else { continue }
+                reportedUnattached[file, default: []].insert(text)
+                guard problem.severity == .error else {
+                    log(text, .info)
+                    continue
+                }
+                log(text + " (not applied)", .warning)
+                let reference = ObjectReference(kind: "SpecFile", namespace: "", name: file)
+                try store.recordEvent(.warning, reason: problem.mark == nil ? "SpecFileSkipped" : StoredObject.invalidSpec,
+                                      message: text + " (not applied)", about: reference, at: time)
+            }
+        }
+        reportedUnattached = before.filter { !$0.value.isEmpty }
+    }
+
+    private func apply(_ plan: SyncPlan, loaded: ManifestResult, readFiles: Set<String>?) async throws -> Summary {
         sawDuplicates = !plan.duplicates.isEmpty
         withheldDeletions = !plan.withheld.isEmpty
         var summary = Summary()
@@ -145,18 +186,30 @@ public actor SpecDirectorySource {
             }
             if applied.outcome != .unchanged || applied.problemsCleared || previous == nil {
                 summary.changed += 1
-                if applied.outcome == .specChanged { log("\(key): spec changed, generation \(applied.generation)") }
-                if applied.outcome == .created { log("\(key): created from \(applied.object.location)") }
+                if applied.outcome == .specChanged { log("\(key): spec changed, generation \(applied.generation)", .info) }
+                if applied.outcome == .created { log("\(key): created from \(applied.object.location)", .info) }
+                if applied.problemsCleared { log("\(key): its spec reads again; no longer held", .info) }
                 await enqueue(key, applied.object.resource)
             }
         }
         for (key, problems) in plan.keep.sorted(by: { $0.key < $1.key }) {
             summary.kept += 1
             let lines = problems.map(\.description)
-            if try store.setProblems(key, lines) {
-                cache.update(key) { $0.problems = lines }
-                try store.recordEvent(.warning, reason: "InvalidSpec", message: "\(lines[0])" + (lines.count > 1 ? " (and \(lines.count - 1) more)" : "") + "; the last good version is kept", about: key, at: time)
-                log("\(key): \(lines[0]); keeping the last good version")
+            let reason = plan.unreadable.contains(key) ? StoredObject.sourceUnreadable : StoredObject.invalidSpec
+            if try store.setProblems(key, lines, reason: reason) {
+                cache.update(key) { $0.problems = lines; $0.holdReason = reason }
+                try store.recordEvent(.warning, reason: reason, message: "\(lines[0])" + (lines.count > 1 ? " (and \(lines.count - 1) more)" : "") + "; the last good version is kept", about: key, at: time)
+                log("\(key): \(lines[0]); keeping the last good version", .warning)
+                await enqueue(key, cache.get(key)?.resource)
+            }
+        }
+        // An emptied directory deletes nothing (principle 2), and says so on every object it
+        // keeps: a held condition, one Warning event, a warning in the log.
+        let emptied = ["\(root) yielded no objects: nothing is deleted unless the daemon runs with --allow-empty (or put the spec files back)"]
+        for key in plan.withheld {
+            if try store.setProblems(key, emptied, reason: StoredObject.sourceEmpty) {
+                cache.update(key) { $0.problems = emptied; $0.holdReason = StoredObject.sourceEmpty }
+                try store.recordEvent(.warning, reason: StoredObject.sourceEmpty, message: emptied[0] + "; the last good version is kept", about: key, at: time)
                 await enqueue(key, cache.get(key)?.resource)
             }
         }
@@ -166,22 +219,20 @@ public actor SpecDirectorySource {
             if try store.delete(key) || removed {
                 summary.deleted += 1
                 try store.recordEvent(.normal, reason: "Deleted", message: "no spec file holds it any more", about: key, at: time)
-                log("\(key): deleted (no spec file holds it any more)")
+                log("\(key): deleted (no spec file holds it any more)", .info)
                 await enqueue(key, nil)
             }
         }
         if !plan.withheld.isEmpty {
             summary.withheld = plan.withheld.count
-            log("the spec directory yielded no objects: keeping all \(plan.withheld.count) (start with --allow-empty to allow deleting everything)")
+            log("the spec directory \(root) yielded no objects: keeping all \(plan.withheld.count), held at their last good version (start with --allow-empty to allow deleting everything)", .warning)
         }
         for (key, problems) in plan.duplicates {
             for problem in problems {
                 try store.recordEvent(.warning, reason: "DuplicateObject", message: problem.description, about: key, at: time)
             }
         }
-        for problem in plan.unattached {
-            log(problem.description)
-        }
+        try reportUnattached(plan.unattached, read: readFiles, at: time)
         summary.problems = loaded.errors.count
         return summary
     }

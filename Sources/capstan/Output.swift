@@ -2,8 +2,10 @@
 import Glibc
 #endif
 
-/// Writes to standard error.
+/// Writes a line to standard error, after what is buffered for standard output (so the two
+/// keep their order when both go to one terminal or file).
 func printError(_ text: String) {
+    fflush(nil)
     var line = text + "\n"
     line.withUTF8 { buffer in
         var offset = 0

@@ -7,19 +7,38 @@ enum GetFormat: String, ExpressibleByArgument, CaseIterable {
     case table, wide, yaml, json
 }
 
+/// A mistake in what the user typed that is not about the command's shape: printed as one
+/// line (`Error: ...`), without the usage text a `ValidationError` brings.
+struct UserError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
 /// Parses a KIND argument with kubectl's names (`app`, `applications`, `Deployment`, ...).
 func parseKind(_ name: String) throws -> ResourceKind {
     guard let kind = ResourceKind(name: name) else {
         let known = ResourceKind.allCases.map { "\($0.plural) (\(([$0.singular] + $0.shortNames).joined(separator: ", ")))" }
-        throw ValidationError("unknown kind \"\(name)\"; kinds: \(known.joined(separator: "; "))")
+        throw UserError("unknown kind \"\(name)\"; kinds: \(known.joined(separator: "; ")); or all")
     }
     return kind
+}
+
+/// Parses the KIND argument of `get`: one kind, several separated by commas, or `all` /
+/// `capstan` (every kind, as kubectl's `all` and the CRDs' category).
+func parseKinds(_ text: String) throws -> [ResourceKind] {
+    var kinds: [ResourceKind] = []
+    for name in text.split(separator: ",").map(String.init) {
+        let new = ["all", "capstan"].contains(name.lowercased()) ? ResourceKind.allCases : [try parseKind(name)]
+        for kind in new where !kinds.contains(kind) { kinds.append(kind) }
+    }
+    guard !kinds.isEmpty else { throw UserError("name a kind, such as deployments, or all") }
+    return kinds
 }
 
 /// Parses `KIND/NAME`.
 func parseReference(_ text: String, namespace: String) throws -> ObjectKey {
     let parts = text.split(separator: "/", maxSplits: 1).map(String.init)
-    guard parts.count == 2 else { throw ValidationError("expected KIND/NAME, such as application/web, got \"\(text)\"") }
+    guard parts.count == 2, !parts[1].isEmpty else { throw UserError("expected KIND/NAME, such as application/web, got \"\(text)\"") }
     return ObjectKey(kind: try parseKind(parts[0]), namespace: namespace, name: parts[1])
 }
 
@@ -61,9 +80,12 @@ func printTable(_ rows: [[String]], widthsFrom: [[String]]? = nil) {
 
 struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List objects of a kind with their state (reads the state store; works with the daemon stopped).")
+        abstract: "List objects of a kind with their state (reads the state store; works with the daemon stopped).",
+        discussion: """
+            STATUS is one word that never contradicts the conditions: Held (kept at its last good version because its spec or source cannot be used: REASON says why), Stalled, a phase such as Progressing or Succeeded, Ready, NotReady or Unknown. -o wide adds the message.
+            """)
 
-    @Argument(help: ArgumentHelp("application|app, deployment|cdeploy, canary, alertrule, secretrotation, backupschedule (singular, plural or short).", valueName: "kind"))
+    @Argument(help: ArgumentHelp("application|app, deployment|cdeploy, canary, alertrule, secretrotation, backupschedule (singular, plural or short), several separated by commas, or all.", valueName: "kind"))
     var kind: String
 
     @Argument(help: "Only this object.")
@@ -89,20 +111,21 @@ struct Get: AsyncParsableCommand {
             try printLeases(try openStore(state))
             return
         }
-        let kind = try parseKind(kind)
+        let kinds = try parseKinds(kind)
         let store = try openStore(state)
         guard watch else {
-            try printOnce(kind: kind, store: store)
+            try printOnce(kinds: kinds, store: store)
             return
         }
+        guard kinds.count == 1, let kind = kinds.first else { throw UserError("-w watches one kind: name it, such as deployments") }
         // Like kubectl get -w: the table once, then a row for every object that changes.
         var printed: [ObjectKey: [String]] = [:]
         var header = true
         while true {
-            let rows = try tableRows(kind: kind, store: store)
+            let rows = try tableRows(kind: kind, records: try records(of: kind, store: store), prefixed: false)
             var changed: [[String]] = []
-            for (key, row) in rows.rows where printed[key] != Array(row.dropLast()) {
-                printed[key] = Array(row.dropLast())
+            for (key, row) in rows.rows where printed[key] != Self.withoutAge(row, header: rows.header) {
+                printed[key] = Self.withoutAge(row, header: rows.header)
                 changed.append(row)
             }
             if header || !changed.isEmpty {
@@ -114,24 +137,47 @@ struct Get: AsyncParsableCommand {
         }
     }
 
-    /// The table: a header and a row per object (AGE left out of change detection).
-    private func tableRows(kind: ResourceKind, store: StateStore) throws -> (header: [String], rows: [(ObjectKey, [String])]) {
+    /// A row without its AGE cell (which changes every second and is no change of the object).
+    private static func withoutAge(_ row: [String], header: [String]) -> [String] {
+        var row = row
+        if let index = header.firstIndex(of: "AGE"), index < row.count { row.remove(at: index) }
+        return row
+    }
+
+    private func records(of kind: ResourceKind, store: StateStore) throws -> [StateStore.ObjectRecord] {
         var records = try store.objects(kind: kind)
         if let namespace { records = records.filter { $0.key.namespace == namespace } }
         if let name { records = records.filter { $0.key.name == name } }
+        return records
+    }
+
+    /// STATUS, REASON and the message of an object (kstatus' order; a hold first).
+    static func summary(_ record: StateStore.ObjectRecord) -> StatusSummary {
+        let type = record.key.kind.type
+        let node = record.resource.encode()
+        let phase = type.statusColumnPath.contains("conditions") ? nil : JSONPath.text(type.statusColumnPath, on: node)
+        var summary = StatusSummary.of(conditions: record.resource.resource.status.conditions, phase: phase,
+                                       hold: record.problems.isEmpty ? nil : record.holdReason)
+        if summary.message.isEmpty, let problem = record.problems.first { summary.message = problem }
+        return summary
+    }
+
+    /// The table: a header and a row per object. `prefixed`: names as `kind/name` (`get all`).
+    private func tableRows(kind: ResourceKind, records: [StateStore.ObjectRecord], prefixed: Bool) throws -> (header: [String], rows: [(ObjectKey, [String])]) {
         let type = kind.type
+        let wide = output == .wide
         // Deployments read as kubectl's do: READY is ready/desired instances.
         let ratio = kind == .deployment
-        let extra = type.columns.filter { (output == .wide || $0.priority == 0) && !(ratio && ["Ready-Replicas", "Replicas"].contains($0.name)) }
-        let header = ["NAMESPACE", "NAME", "READY", "STATUS", "REASON"] + extra.map { $0.name.uppercased() } + ["AGE"]
+        let extra = type.columns.filter { (wide || $0.priority == 0) && !(ratio && ["Ready-Replicas", "Replicas"].contains($0.name)) }
+        let header = ["NAMESPACE", "NAME", "READY", "STATUS", "REASON"] + extra.map { $0.name.uppercased() } + ["AGE"] + (wide ? ["MESSAGE"] : [])
         let rows = records.map { record -> (ObjectKey, [String]) in
             let node = record.resource.encode()
+            let summary = Self.summary(record)
             return (record.key, [
-                record.key.namespace, record.key.name,
+                record.key.namespace, prefixed ? "\(kind.singular)/\(record.key.name)" : record.key.name,
                 ratio ? Self.readyRatio(record.resource) : JSONPath.text(".status.conditions[?(@.type==\"Ready\")].status", on: node),
-                JSONPath.text(type.statusColumnPath, on: node),
-                JSONPath.text(".status.conditions[?(@.type==\"Ready\")].reason", on: node),
-            ] + extra.map { JSONPath.text($0.jsonPath, on: node) } + [age(since: record.createdAt)])
+                summary.status, summary.reason,
+            ] + extra.map { JSONPath.text($0.jsonPath, on: node) } + [age(since: record.createdAt)] + (wide ? [summary.message] : []))
         }
         return (header, rows)
     }
@@ -159,28 +205,31 @@ struct Get: AsyncParsableCommand {
         return "\(deployment.status.readyReplicas ?? 0)/\(deployment.spec.replicas)"
     }
 
-    private func printOnce(kind: ResourceKind, store: StateStore) throws {
-        var records = try store.objects(kind: kind)
-        if let namespace { records = records.filter { $0.key.namespace == namespace } }
-        if let name { records = records.filter { $0.key.name == name } }
-        if name != nil && records.isEmpty {
-            printError("capstan: \(kind.singular) \"\(name!)\" not found")
-            throw ExitCode(1)
+    private func printOnce(kinds: [ResourceKind], store: StateStore) throws {
+        let found = try kinds.map { ($0, try records(of: $0, store: store)) }.filter { !$0.1.isEmpty }
+        if let name, found.isEmpty {
+            let what = kinds.count == 1 ? "\(kinds[0].singular) \"\(name)\"" : "no object named \"\(name)\""
+            throw UserError("\(what) not found" + (namespace.map { " in namespace \($0)" } ?? ""))
         }
-        let nodes = records.map { $0.resource.encode() }
+        let nodes = found.flatMap { $0.1 }.map { $0.resource.encode() }
         switch output {
         case .yaml:
             print(nodes.map(YAMLEmitter.emit).joined(separator: "---\n"), terminator: "")
         case .json:
-            let node = name != nil ? nodes[0] : SpecNode.mapping([("apiVersion", .string("v1")), ("kind", .string("List")), ("items", .sequence(nodes))])
+            let single = name != nil && kinds.count == 1 && nodes.count == 1
+            let node = single ? nodes[0] : SpecNode.mapping([("apiVersion", .string("v1")), ("kind", .string("List")), ("items", .sequence(nodes))])
             print(JSONEmitter.emit(node), terminator: "")
         case .table, .wide:
-            if records.isEmpty {
-                printError("No \(kind.plural) found.")
+            guard !found.isEmpty else {
+                // As kubectl says it: on standard error, on a line of its own.
+                printError(namespace.map { "No resources found in \($0) namespace." } ?? "No resources found.")
                 return
             }
-            let table = try tableRows(kind: kind, store: store)
-            printTable([table.header] + table.rows.map(\.1))
+            for (index, (kind, records)) in found.enumerated() {
+                if index > 0 { print("") }
+                let table = try tableRows(kind: kind, records: records, prefixed: kinds.count > 1)
+                printTable([table.header] + table.rows.map(\.1))
+            }
         }
     }
 }
@@ -213,8 +262,10 @@ struct Describe: ParsableCommand {
         print("Generation:   \(record.generation)")
         print("Source:       \(record.source)")
         print("Created:      \(Timestamp(record.createdAt)) (\(age(since: record.createdAt)) ago)")
+        let summary = Get.summary(record)
+        print("Status:       \(summary.status)" + (summary.reason.isEmpty ? "" : " (\(summary.reason))"))
         if !record.problems.isEmpty {
-            print("Problems:     (the last good version below is in use)")
+            print("Held:         \(record.holdReason): the last good version below is in use, because")
             for problem in record.problems { print("  \(problem)") }
         }
         print("Spec:")
@@ -234,6 +285,7 @@ struct Describe: ParsableCommand {
             printTable(rows)
         }
         if let observed = status["observedGeneration"]?.scalarText { print("Observed generation: \(observed)") }
+        if key.kind == .deployment { try printInstances(of: key, store: store) }
         print("Events:")
         let events = try store.events(for: key).suffix(20)
         if events.isEmpty {
@@ -246,6 +298,21 @@ struct Describe: ParsableCommand {
             }
             printTable(rows)
         }
+    }
+}
+
+extension Describe {
+    /// The instances the inventory records for a Deployment (this host), with their logs.
+    func printInstances(of key: ObjectKey, store: StateStore) throws {
+        let entries = try store.inventory(of: key, type: Supervisor.inventoryType)
+        guard !entries.isEmpty else { return }
+        print("Instances:")
+        var rows = [["  INSTANCE", "REVISION", "PID", "PORT", "LOG"]]
+        for entry in entries {
+            let log = entry.data["launch"].flatMap { try? JSONDecoder().decode(InstanceLaunch.self, from: Data($0.utf8)) }?.logPath ?? ""
+            rows.append(["  " + entry.id, entry.data["revision"] ?? "", entry.data["pid"] ?? "-", entry.data["port"] ?? "", log])
+        }
+        printTable(rows)
     }
 }
 
@@ -273,6 +340,13 @@ struct Events: AsyncParsableCommand {
             return ObjectReference(kind: key.kind.rawValue, namespace: key.namespace, name: key.name)
         }
         let store = try openStore(state)
+        // Events outlive their object (a deleted Deployment's OrphanDeleted): only an object
+        // that is unknown and has no event at all is an error.
+        if let key, let text = object, !text.lowercased().hasPrefix("lease"), !watch,
+           let kind = ResourceKind(name: key.kind), try store.object(ObjectKey(kind: kind, namespace: key.namespace, name: key.name)) == nil,
+           try store.events(about: key, after: 0).isEmpty {
+            throw UserError("\(kind.singular) \"\(key.name)\" not found in namespace \(key.namespace), and no event names it")
+        }
         var cursor: Int64 = 0
         print(["LAST SEEN".column(21), "TYPE    ", "REASON".column(26), "OBJECT".column(32), "COUNT", " MESSAGE"].joined())
         while true {

@@ -19,8 +19,16 @@ struct StateOptions: ParsableArguments {
     @Option(name: .customLong("state-dir"), help: ArgumentHelp("The state directory (default: $CAPSTAN_STATE_DIR or ./.capstan).", valueName: "dir"))
     var stateDirectory: String?
 
+    /// The directory as given (flag, `$CAPSTAN_STATE_DIR`, or `.capstan`), made absolute: what
+    /// the daemon stores and links must not depend on the directory it was started from.
     var resolved: String {
-        stateDirectory ?? ProcessInfo.processInfo.environment["CAPSTAN_STATE_DIR"] ?? ".capstan"
+        FilePaths.absolute(given)
+    }
+
+    /// The directory as the user wrote it, for messages.
+    var given: String {
+        let value = stateDirectory ?? ProcessInfo.processInfo.environment["CAPSTAN_STATE_DIR"] ?? ""
+        return value.isEmpty ? ".capstan" : value
     }
 }
 
@@ -77,6 +85,11 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("reconcile-timeout"), help: ArgumentHelp("A reconcile running longer is cancelled and retried.", valueName: "duration"))
     var reconcileTimeout: String = "5m"
 
+    @Option(name: .customLong("max-file-size"), help: ArgumentHelp("Largest spec file read, as a quantity (1Mi, 512Ki); a larger file is skipped with a Warning event, and what it held is kept.", valueName: "size"))
+    var maxFileSize: String = "1Mi"
+
+    var maxFileBytes: Int { (try? parseMaxFileSize(maxFileSize)) ?? ManifestDecoder.defaultMaxFileSize }
+
     @Flag(name: .customLong("allow-empty"), help: "Allow an emptied spec directory to delete every object.")
     var allowEmpty = false
 
@@ -98,23 +111,47 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .customLong("leader-elect"), help: "Elect one leader among the daemons of this state directory; only the leader acts.")
     var leaderElect = false
 
-    @Option(name: .customLong("lease-duration"), help: ArgumentHelp("Leader election: how long a lease holds without renewal.", valueName: "duration"))
-    var leaseDuration: String = "15s"
+    @Option(name: .customLong("lease-duration"), help: ArgumentHelp("Leader election: how long a lease holds without renewal (default 15s; the two below scale with it, 15:10:2).", valueName: "duration"))
+    var leaseDuration: String?
 
-    @Option(name: .customLong("renew-deadline"), help: ArgumentHelp("Leader election: a leader that cannot renew this long steps down and exits.", valueName: "duration"))
-    var renewDeadline: String = "10s"
+    @Option(name: .customLong("renew-deadline"), help: ArgumentHelp("Leader election: a leader that cannot renew this long steps down and exits (default 10s, or 2/3 of --lease-duration).", valueName: "duration"))
+    var renewDeadline: String?
 
-    @Option(name: .customLong("retry-period"), help: ArgumentHelp("Leader election: how often to try to acquire or renew.", valueName: "duration"))
-    var retryPeriod: String = "2s"
+    @Option(name: .customLong("retry-period"), help: ArgumentHelp("Leader election: how often to try to acquire or renew (default 2s, or 2/15 of --lease-duration).", valueName: "duration"))
+    var retryPeriod: String?
 
     @Option(name: .customLong("identity"), help: ArgumentHelp("Leader election: this daemon's name (default: host name and pid).", valueName: "name"))
     var identity: String?
 
+    /// The election's timings: those given, the others scaled from them (never a conflict
+    /// made by a default). Throws for a value that is not a duration or for given values that
+    /// conflict, naming both flags.
+    func electionTimings() throws -> (leaseDuration: Duration, renewDeadline: Duration, retryPeriod: Duration) {
+        func parse(_ flag: String, _ text: String?) throws -> Duration? {
+            guard let text else { return nil }
+            guard let value = try? KubeDuration.parse(text), value.nanoseconds > 0 else {
+                throw ValidationError("\(flag) \"\(text)\" is not a positive duration such as 15s")
+            }
+            return value.duration
+        }
+        let given = (try parse("--lease-duration", leaseDuration), try parse("--renew-deadline", renewDeadline), try parse("--retry-period", retryPeriod))
+        let timings = LeaderElectionConfig.timings(leaseDuration: given.0, renewDeadline: given.1, retryPeriod: given.2)
+        func text(_ flag: String, _ value: Duration, _ written: String?) -> String {
+            "\(flag) \(written ?? "\(KubeDuration(value)) (its default)")"
+        }
+        if timings.leaseDuration <= timings.renewDeadline {
+            throw ValidationError("leader election: \(text("--lease-duration", timings.leaseDuration, leaseDuration)) must be longer than \(text("--renew-deadline", timings.renewDeadline, renewDeadline))")
+        }
+        if timings.renewDeadline <= timings.retryPeriod {
+            throw ValidationError("leader election: \(text("--renew-deadline", timings.renewDeadline, renewDeadline)) must be longer than \(text("--retry-period", timings.retryPeriod, retryPeriod))")
+        }
+        return timings
+    }
+
     var electionConfig: LeaderElectionConfig? {
-        guard let lease = try? KubeDuration.parse(leaseDuration), let renew = try? KubeDuration.parse(renewDeadline),
-              let retry = try? KubeDuration.parse(retryPeriod) else { return nil }
+        guard let timings = try? electionTimings() else { return nil }
         return LeaderElectionConfig(leaseName: "capstan-controller", identity: identity ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())",
-                                    leaseDuration: lease.duration, renewDeadline: renew.duration, retryPeriod: retry.duration,
+                                    leaseDuration: timings.leaseDuration, renewDeadline: timings.renewDeadline, retryPeriod: timings.retryPeriod,
                                     releaseCheck: .milliseconds(100))
     }
 
@@ -135,10 +172,9 @@ struct Run: AsyncParsableCommand {
                 throw ValidationError("\(name) \"\(value)\" is not a positive duration such as 30s or 5m")
             }
         }
-        guard let election = electionConfig else {
-            throw ValidationError("--lease-duration, --renew-deadline and --retry-period must be durations such as 15s")
-        }
-        if leaderElect, let problem = election.problem { throw ValidationError("leader election: \(problem)") }
+        _ = try parseMaxFileSize(maxFileSize)
+        _ = try electionTimings()
+        if leaderElect, let problem = electionConfig?.problem { throw ValidationError("leader election: \(problem)") }
         guard metricsHostPort != nil else {
             throw ValidationError("--metrics-addr \"\(metricsAddress)\" is not host:port, such as 127.0.0.1:9464")
         }
@@ -152,8 +188,11 @@ struct Run: AsyncParsableCommand {
         if platform == .kube { try kube.check() }
         guard specDirectoryOption != nil else { throw ValidationError("give --spec-dir DIR (a directory of specs) or --kube (the cluster's custom resources)") }
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: specDirectory, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw ValidationError("--spec-dir \(specDirectory) is not a directory")
+        guard FileManager.default.fileExists(atPath: specDirectory, isDirectory: &isDirectory) else {
+            throw ValidationError("--spec-dir \(specDirectory) does not exist (relative paths start at \(FilePaths.currentDirectory()))")
+        }
+        guard isDirectory.boolValue else {
+            throw ValidationError("--spec-dir \(specDirectory) is a file, not a directory: name the directory that holds it")
         }
     }
 
@@ -253,7 +292,7 @@ struct Run: AsyncParsableCommand {
                 log("removed the logs of a Deployment deleted more than a day ago: \(directory)")
             }
         }
-        let source = SpecDirectorySource(root: specDirectory, store: store, cache: cache, allowEmpty: allowEmpty, log: { log($0) }) { key, resource in
+        let source = SpecDirectorySource(root: specDirectory, store: store, cache: cache, allowEmpty: allowEmpty, maxFileSize: maxFileBytes, log: { log($0, level: $1.rawValue) }) { key, resource in
             await enqueue(key, resource)
         }
         log("capstan \(Capstan.version) reading \(specDirectory), state in \(state.resolved)" + (platformCluster.map { ", running Deployments on \($0.server)" } ?? ""))
@@ -300,7 +339,7 @@ struct Run: AsyncParsableCommand {
             _ = try? store.recordEvent(type, reason: reason, message: message, about: lease, at: Date())
         }
         let election: [any Service] = elector.map { elector in
-            [Daemon.election(elector, renewDeadline: renewDeadline, metrics: metrics, log: log, whileFollowing: {
+            [Daemon.election(elector, renewDeadline: "\(KubeDuration(elector.config.renewDeadline))", metrics: metrics, log: log, whileFollowing: {
                 // A follower keeps its cache warm from the store the leader writes.
                 while !Task.isCancelled, !(await leading.opened) {
                     try? await Task.sleep(for: .seconds(5))
@@ -317,7 +356,7 @@ struct Run: AsyncParsableCommand {
                     do {
                         let summary = try await source.sync(changed: batch.overflowed ? nil : batch.paths)
                         if summary.problems > 0 { metrics.sourceError(source: "directory") }
-                        log("change in \(batch.paths.count) path(s)\(summary.partial ? "" : " (full read)"): \(summary.changed) object(s) changed, \(summary.deleted) deleted, \(summary.kept) kept at their last good version")
+                        log("change in \(batch.paths.count) path(s)\(summary.partial ? "" : " (full read)"): \(summary.changed) object(s) changed, \(summary.deleted) deleted, \(summary.kept + summary.withheld) held at their last good version")
                     } catch {
                         log("sync failed: \(error)", level: "error")
                     }

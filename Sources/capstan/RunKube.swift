@@ -222,7 +222,7 @@ extension Run {
         if let elector {
             metrics.leader(false)
             log("leader election on: waiting to lead as \(identity) (Lease \(leaseNamespace)/\(election.leaseName))")
-            services.append(Daemon.election(elector, renewDeadline: renewDeadline, metrics: metrics, log: log, leaseEvent: leaseEvent, lead: lead))
+            services.append(Daemon.election(elector, renewDeadline: "\(KubeDuration(elector.config.renewDeadline))", metrics: metrics, log: log, leaseEvent: leaseEvent, lead: lead))
         } else {
             metrics.leader(true)
             services.append(LoopService("lead") {

@@ -35,17 +35,14 @@ struct Validate: ParsableCommand {
     }
 
     private func parsedMaxFileSize() throws -> Int {
-        guard let quantity = try? Quantity(maxFileSize), quantity.roundedUp > 0, quantity.roundedUp < Int64(Int32.max) else {
-            throw ValidationError("--max-file-size \"\(maxFileSize)\" is not a size such as 1Mi or 512Ki")
-        }
-        return Int(quantity.roundedUp)
+        try parseMaxFileSize(maxFileSize)
     }
 
     func run() throws {
         let loader = ManifestLoader(maxFileSize: try parsedMaxFileSize())
         let result = loader.load(paths)
         let manifests = result.manifests
-        let diagnostics = manifests.diagnostics.enumerated().sorted { a, b in
+        let diagnostics = (manifests.diagnostics + ReferenceCheck.problems(manifests.objects)).enumerated().sorted { a, b in
             let (x, y) = (a.element, b.element)
             if x.file != y.file { return x.file < y.file }
             let (mx, my) = (x.mark ?? SourceMark(line: 0, column: 0), y.mark ?? SourceMark(line: 0, column: 0))
@@ -70,8 +67,15 @@ struct Validate: ParsableCommand {
                 if errors.isEmpty {
                     print("\(objects) in \(files)" + (manifests.skipped > 0 ? ", \(manifests.skipped) skipped" : ""))
                 } else {
-                    let badFiles = Set(errors.map(\.file)).count
-                    print("\(errors.count) problem\(errors.count == 1 ? "" : "s") in \(badFiles) of \(files); \(objects)")
+                    // A path that is no file (missing, a broken link) has problems but is not
+                    // among the files found: then the paths are counted, not "M of N files".
+                    let badPaths = Set(errors.map(\.file)).count
+                    let problems = "\(errors.count) problem\(errors.count == 1 ? "" : "s")"
+                    if badPaths <= result.files {
+                        print("\(problems) in \(badPaths) of \(files); \(objects)")
+                    } else {
+                        print("\(problems) in \(badPaths) path\(badPaths == 1 ? "" : "s") (\(files) found); \(objects)")
+                    }
                 }
             }
         case .json:
@@ -101,4 +105,12 @@ struct Validate: ParsableCommand {
             ("objects", .sequence(objects)), ("problems", .sequence(problems)),
         ])
     }
+}
+
+/// `--max-file-size` (of `validate` and `run`): the largest manifest file read, in bytes.
+func parseMaxFileSize(_ text: String) throws -> Int {
+    guard let quantity = try? Quantity(text), quantity.roundedUp > 0, quantity.roundedUp < Int64(Int32.max) else {
+        throw ValidationError("--max-file-size \"\(text)\" is not a size such as 1Mi or 512Ki")
+    }
+    return Int(quantity.roundedUp)
 }

@@ -118,7 +118,7 @@ public final class StateStore: Sendable {
     // MARK: - Schema
 
     /// Migrations in order. Never edit a shipped one: add a new one.
-    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests", "v4-inventory-revisions", "v5-leases"]
+    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests", "v4-inventory-revisions", "v5-leases", "v6-object-hold-reason"]
 
     static let migrator: DatabaseMigrator = {
         var migrator = DatabaseMigrator()
@@ -187,6 +187,11 @@ public final class StateStore: Sendable {
                     PRIMARY KEY (kind, namespace, name, revision)
                 );
                 """)
+        }
+        migrator.registerMigration("v6-object-hold-reason") { db in
+            // Why an object is held at its last good version (InvalidSpec: its document does not
+            // read; SourceEmpty: the directory yielded nothing and deletions are withheld).
+            try db.execute(sql: "ALTER TABLE objects ADD COLUMN hold_reason TEXT NOT NULL DEFAULT ''")
         }
         migrator.registerMigration("v5-leases") { db in
             // Leader election among daemons on one state directory: Kubernetes Lease fields
@@ -264,8 +269,12 @@ public final class StateStore: Sendable {
         public var source: String
         public var createdAt: Date
         public var updatedAt: Date
-        /// Problems of the document that now holds this object, one per line (empty when it reads cleanly).
+        /// Why the object is held at its last good version, one problem per line (empty when
+        /// it reads cleanly): the problems of the document that now holds it, or what its
+        /// source did (yielded nothing).
         public var problems: [String]
+        /// The reason of the hold (`InvalidSpec`, `SourceEmpty`); meaningful with problems.
+        public var holdReason: String = "InvalidSpec"
 
         /// The file the object came from (`source` without `:line:column`).
         public var sourceFile: String { Self.sourceFile(of: source) }
@@ -277,14 +286,18 @@ public final class StateStore: Sendable {
         }
     }
 
-    /// Records (or clears, with an empty list) the problems of an object's current document;
-    /// returns whether they changed.
+    /// Records (or clears, with an empty list) why an object is held at its last good version:
+    /// the problems of its current document (`InvalidSpec`) or of its source; returns whether
+    /// they changed.
     @discardableResult
-    public func setProblems(_ key: ObjectKey, _ problems: [String]) throws -> Bool {
+    public func setProblems(_ key: ObjectKey, _ problems: [String], reason: String = "InvalidSpec") throws -> Bool {
         let text = problems.joined(separator: "\n")
+        let reason = problems.isEmpty ? "" : reason
         return try pool.write { db in
-            try db.execute(sql: "UPDATE objects SET problems = ? WHERE kind = ? AND namespace = ? AND name = ? AND problems IS NOT ?",
-                           arguments: [text, key.kind.rawValue, key.namespace, key.name, text])
+            try db.execute(sql: """
+                UPDATE objects SET problems = ?, hold_reason = ? WHERE kind = ? AND namespace = ? AND name = ?
+                  AND (problems IS NOT ? OR hold_reason IS NOT ?)
+                """, arguments: [text, reason, key.kind.rawValue, key.namespace, key.name, text, reason])
             return db.changesCount > 0
         }
     }
@@ -357,7 +370,7 @@ public final class StateStore: Sendable {
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '')
             ON CONFLICT (kind, namespace, name) DO UPDATE SET
               object = excluded.object, spec_hash = excluded.spec_hash, generation = excluded.generation,
-              source = excluded.source, updated_at = excluded.updated_at, problems = ''
+              source = excluded.source, updated_at = excluded.updated_at, problems = '', hold_reason = ''
             """).execute(arguments: [key.kind.rawValue, key.namespace, key.name, json, hash, generation, object.location,
                              createdAt, now.timeIntervalSince1970])
         return (generation, outcome, hadProblems, Date(timeIntervalSince1970: createdAt))
@@ -441,7 +454,8 @@ public final class StateStore: Sendable {
             key: resource.key, resource: resource, specHash: row["spec_hash"], generation: row["generation"],
             source: row["source"], createdAt: Date(timeIntervalSince1970: row["created_at"]),
             updatedAt: Date(timeIntervalSince1970: row["updated_at"]),
-            problems: (row["problems"] as String).split(separator: "\n").map(String.init))
+            problems: (row["problems"] as String).split(separator: "\n").map(String.init),
+            holdReason: (row["hold_reason"] as String?).flatMap { $0.isEmpty ? nil : $0 } ?? "InvalidSpec")
     }
 
     private static func parseJSON(_ text: String) throws -> SpecNode {

@@ -268,3 +268,27 @@ extension Spawner {
         return true
     }
 }
+
+/// The end of an instance's log, for messages: why a process exited is usually in its last
+/// lines.
+public enum LogTail {
+    /// The last `count` non-empty lines of the file (at most its last `maxBytes`), each cut
+    /// to `lineLength` characters; empty when the file cannot be read.
+    public static func lastLines(of path: String, count: Int, maxBytes: Int = 4096, lineLength: Int = 200) -> [String] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { return [] }
+        let size = Int(info.st_size)
+        let start = max(0, size - maxBytes)
+        var buffer = [UInt8](repeating: 0, count: size - start)
+        let read = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(start)) }
+        guard read > 0 else { return [] }
+        var lines = String(decoding: buffer[..<read], as: UTF8.self).split(whereSeparator: \.isNewline)
+        if start > 0, !lines.isEmpty { lines.removeFirst() }  // cut in the middle
+        return lines.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.suffix(count).map {
+            $0.count > lineLength ? String($0.prefix(lineLength)) + "..." : $0
+        }
+    }
+}

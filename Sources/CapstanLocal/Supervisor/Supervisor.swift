@@ -314,7 +314,10 @@ public actor Supervisor {
         instance.ready = false
         instance.readySince = nil
         instance.identity = nil
-        instance.problem = "\(exit)"
+        // Why it exited is usually in its last lines (a traceback, "command not found"): they
+        // and the log's path go into the problem (the Deployment's condition) and the event.
+        let tail = LogTail.lastLines(of: instance.launch.logPath, count: 3)
+        instance.problem = "\(exit)" + (tail.isEmpty ? "" : "; last output: \(tail.joined(separator: " | "))") + " (log: \(instance.launch.logPath))"
         let delay: Duration
         if stable {
             delay = .zero
@@ -328,7 +331,7 @@ public actor Supervisor {
         let owner = instance.owner
         let launchID = instance.launch.id
         let when = delay == .zero ? "at once" : "in \(delay.formatted(.units(allowed: [.minutes, .seconds])))"
-        await events.record(.warning, reason: "InstanceRestarted", message: "instance \(launchID) \(exit); restarting \(when)", about: owner)
+        await events.record(.warning, reason: "InstanceRestarted", message: "instance \(launchID) \(instance.problem ?? "\(exit)"); restarting \(when)", about: owner)
         let task = Task {
             if delay > .zero { try? await Task.sleep(for: delay) }
             guard !Task.isCancelled else { return }
