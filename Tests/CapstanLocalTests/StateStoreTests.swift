@@ -154,6 +154,60 @@ import Testing
         #expect(try store.pendingRequests().isEmpty)
     }
 
+    @Test func aRequestHasAnEnd() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let key = ObjectKey(kind: .deployment, namespace: "default", name: "web")
+        // Withdrawn (the CLI gave up): never pending again, and not takeable.
+        let withdrawn = try store.request("rollback", for: key, at: t0, expiresAt: t0 + 10)
+        #expect(try store.withdrawRequest(withdrawn))
+        #expect(try !store.claimRequest(withdrawn, at: t0 + 1))
+        // Taken first: the CLI cannot withdraw it any more.
+        let taken = try store.request("rollback", for: key, at: t0, expiresAt: t0 + 10)
+        #expect(try store.claimRequest(taken, at: t0 + 1))
+        #expect(try !store.withdrawRequest(taken))
+        #expect(try store.isHandled(taken))
+        // Past its end: expired, never pending.
+        let late = try store.request("reconcile", for: key, at: t0, expiresAt: t0 + 10)
+        #expect(try store.pendingRequests(now: t0 + 5).map(\.id) == [late])
+        #expect(try store.pendingRequests(now: t0 + 11).isEmpty)
+        #expect(try store.expireRequests(now: t0 + 11).map(\.id) == [late])
+        #expect(try !store.claimRequest(late, at: t0 + 12))
+        // Without a stated end: an hour.
+        let plain = try store.request("reconcile", for: key, at: t0)
+        #expect(try store.pendingRequests().first { $0.id == plain }?.expiresAt == t0 + StateStore.requestLifetime)
+    }
+
+    @Test func aSecondOwnerIsRefusedNamingTheFirst() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try StateStore(directory: directory)
+        var first: StateOwner? = try StateOwner(directory: directory, mode: .exclusive)
+        #expect(throws: StateOwner.Refused.self) { try StateOwner(directory: directory, mode: .exclusive) }
+        do {
+            _ = try StateOwner(directory: directory, mode: .electing)
+            Issue.record("an electing daemon beside a lone one")
+        } catch {
+            #expect("\(error)".contains("pid \(getpid())") && "\(error)".contains("without --leader-elect"), "\(error)")
+        }
+        #expect(first != nil)
+        first = nil  // released: the kernel drops the lock with the descriptor
+        let electing = try [StateOwner(directory: directory, mode: .electing), StateOwner(directory: directory, mode: .electing)]
+        #expect(throws: StateOwner.Refused.self) { try StateOwner(directory: directory, mode: .exclusive) }
+        withExtendedLifetime(electing) {}
+    }
+
+    @Test func theIdentityOfTheDirectoryIsWatched() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try StateStore(directory: directory)
+        let identity = try #require(StateDirectoryIdentity.current(of: directory))
+        #expect(identity.change(in: directory) == nil)
+        try FileManager.default.moveItem(atPath: directory + "/capstan.db", toPath: directory + "/old.db")
+        try Data().write(to: URL(fileURLWithPath: directory + "/capstan.db"))
+        #expect(identity.change(in: directory)?.contains("replaced") == true)
+        try FileManager.default.removeItem(atPath: directory)
+        #expect(identity.change(in: directory)?.contains("deleted") == true)
+    }
+
     @Test func deletingRemovesTheObjectButKeepsItsEvents() throws {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try StateStore(directory: directory)
@@ -227,7 +281,7 @@ import Testing
         #expect {
             _ = try StateStore(directory: directory)
         } throws: { error in
-            "\(error)".contains("is not a healthy SQLite database") && "\(error)".contains("move it aside")
+            "\(error)".contains("is not a healthy SQLite database") && "\(error)".contains("capstan down --state-dir") && "\(error)".contains("then move the file aside")
         }
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == garbage)
     }

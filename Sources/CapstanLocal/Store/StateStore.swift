@@ -24,19 +24,66 @@ public final class StateStore: Sendable {
         case corrupted(path: String, detail: String)
         case missing(path: String)
         case cannotCreate(path: String, detail: String)
+        case readOnly(path: String)
+        case permissionDenied(path: String)
+        case diskFull(path: String)
 
         public var description: String {
             switch self {
             case .newerSchema(let path, let unknown):
                 return "state store \(path) was written by a newer Capstan (it has migrations this one does not know: \(unknown.joined(separator: ", "))); refusing to open it: upgrade capstan, or use another --state-dir"
             case .corrupted(let path, let detail):
-                return "state store \(path) is not a healthy SQLite database (\(detail)); refusing to start and leaving it untouched: move it aside to start from an empty store"
+                // Moving it aside at once would orphan every instance it records: they are
+                // stopped first, by their environment (the database is not needed for that).
+                let directory = (path as NSString).deletingLastPathComponent
+                return "state store \(path) is not a healthy SQLite database (\(detail)); refusing to start and leaving it untouched. Its instances keep running: stop them with `capstan down --state-dir \(directory)` (it finds them without the database), then move the file aside to start from an empty store"
             case .missing(let path):
                 return "no state store at \(path): is the daemon's --state-dir another directory?"
             case .cannotCreate(let path, let detail):
                 return "cannot create the state store in \(path): \(detail)"
+            case .readOnly(let path):
+                return "the state directory \(path) is read-only (a read-only mount, or the file's write permission is off): the daemon needs to write there. Remount it read-write or use another --state-dir; nothing in it was changed"
+            case .permissionDenied(let path):
+                return "permission denied on the state directory \(path) (running as uid \(getuid())): run capstan as the user that owns it, or fix its permissions; nothing in it was changed"
+            case .diskFull(let path):
+                return "the disk holding the state directory \(path) is full: free some space (the store needs a few MiB); nothing in it was changed"
             }
         }
+    }
+
+    /// Why `directory` (and its database) cannot be written, as an `OpenError`, or nil when
+    /// it can: checked before SQLite tries, whose own errors do not tell these apart.
+    static func writeProblem(directory: String, database: String) -> OpenError? {
+        for path in [directory, database] where FileManager.default.fileExists(atPath: path) {
+            guard access(path, W_OK) != 0 else { continue }
+            switch errno {
+            case EROFS: return .readOnly(path: directory)
+            case EACCES, EPERM:
+                // A file whose write bit is off (chmod a-w) reads as read-only too.
+                var info = stat()
+                if stat(path, &info) == 0, info.st_uid == getuid(), info.st_mode & S_IWUSR == 0 { return .readOnly(path: directory) }
+                return .permissionDenied(path: directory)
+            default: continue
+            }
+        }
+        var fs = statvfs()
+        if statvfs(directory, &fs) == 0, fs.f_bavail == 0, getuid() != 0 || fs.f_bfree == 0 { return .diskFull(path: directory) }
+        return nil
+    }
+
+    /// An `OpenError` for what SQLite said while opening, by its result code.
+    static func openError(_ error: any Error, directory: String, path: String) -> OpenError {
+        if let error = error as? DatabaseError {
+            switch error.resultCode.primaryResultCode {
+            case .SQLITE_READONLY: return writeProblem(directory: directory, database: path) ?? .readOnly(path: directory)
+            case .SQLITE_PERM, .SQLITE_AUTH: return .permissionDenied(path: directory)
+            case .SQLITE_FULL: return .diskFull(path: directory)
+            case .SQLITE_CANTOPEN, .SQLITE_IOERR:
+                if let problem = writeProblem(directory: directory, database: path) { return problem }
+            default: break
+            }
+        }
+        return .corrupted(path: path, detail: describe(error))
     }
 
     /// Opens (creating if needed) the store in `directory`, migrating an older schema.
@@ -51,8 +98,10 @@ public final class StateStore: Sendable {
             do {
                 try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             } catch {
+                if let problem = Self.writeProblem(directory: (directory as NSString).deletingLastPathComponent, database: directory) { throw problem }
                 throw OpenError.cannotCreate(path: directory, detail: "\(error.localizedDescription)")
             }
+            if let problem = Self.writeProblem(directory: directory, database: path) { throw problem }
             if !fm.fileExists(atPath: path) {
                 guard fm.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
                     throw OpenError.cannotCreate(path: path, detail: String(cString: strerror(errno)))
@@ -86,7 +135,7 @@ public final class StateStore: Sendable {
             pool = try DatabasePool(path: path, configuration: configuration)
             if !readOnly { try StateStore.migrator.migrate(pool) }
         } catch {
-            throw OpenError.corrupted(path: path, detail: StateStore.describe(error))
+            throw StateStore.openError(error, directory: directory, path: path)
         }
     }
 
@@ -118,7 +167,7 @@ public final class StateStore: Sendable {
     // MARK: - Schema
 
     /// Migrations in order. Never edit a shipped one: add a new one.
-    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests", "v4-inventory-revisions", "v5-leases", "v6-object-hold-reason"]
+    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests", "v4-inventory-revisions", "v5-leases", "v6-holds-request-expiry"]
 
     static let migrator: DatabaseMigrator = {
         var migrator = DatabaseMigrator()
@@ -188,10 +237,15 @@ public final class StateStore: Sendable {
                 );
                 """)
         }
-        migrator.registerMigration("v6-object-hold-reason") { db in
+        migrator.registerMigration("v6-holds-request-expiry") { db in
             // Why an object is held at its last good version (InvalidSpec: its document does not
             // read; SourceEmpty: the directory yielded nothing and deletions are withheld).
             try db.execute(sql: "ALTER TABLE objects ADD COLUMN hold_reason TEXT NOT NULL DEFAULT ''")
+            // A request has an end: taken by a daemon, withdrawn or cancelled (deleted), or
+            // expired unhandled (outcome 'expired'); an older row without one expires an hour
+            // after it was made.
+            try db.execute(sql: "ALTER TABLE requests ADD COLUMN expires_at REAL")
+            try db.execute(sql: "ALTER TABLE requests ADD COLUMN outcome TEXT NOT NULL DEFAULT ''")
         }
         migrator.registerMigration("v5-leases") { db in
             // Leader election among daemons on one state directory: Kubernetes Lease fields
@@ -220,37 +274,79 @@ public final class StateStore: Sendable {
         public var type: String
         public var value: String
         public var createdAt: Date
+        /// After this a daemon ignores it (outcome `expired`).
+        public var expiresAt: Date
     }
 
-    /// Records a request (the CLI writes; the daemon handles). Returns its id.
+    /// How long a request without a stated end waits for a daemon.
+    public static let requestLifetime: TimeInterval = 3600
+
+    /// Records a request (the CLI writes; a daemon takes it before `expiresAt`). Returns its id.
     @discardableResult
-    public func request(_ type: String, for key: ObjectKey, value: String = "", at now: Date) throws -> Int64 {
+    public func request(_ type: String, for key: ObjectKey, value: String = "", at now: Date, expiresAt: Date? = nil) throws -> Int64 {
         try pool.write { db in
-            try db.execute(sql: "INSERT INTO requests (kind, namespace, name, type, value, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                           arguments: [key.kind.rawValue, key.namespace, key.name, type, value, now.timeIntervalSince1970])
+            try db.execute(sql: "INSERT INTO requests (kind, namespace, name, type, value, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           arguments: [key.kind.rawValue, key.namespace, key.name, type, value, now.timeIntervalSince1970,
+                                       (expiresAt ?? now.addingTimeInterval(Self.requestLifetime)).timeIntervalSince1970])
             return db.lastInsertedRowID
         }
     }
 
-    /// Requests not handled yet, oldest first.
-    public func pendingRequests() throws -> [Request] {
+    private static func request(_ row: Row) -> Request? {
+        guard let kind = ResourceKind(rawValue: row["kind"]) else { return nil }
+        let created: Double = row["created_at"]
+        let expires: Double? = row["expires_at"]
+        return Request(id: row["id"], key: ObjectKey(kind: kind, namespace: row["namespace"], name: row["name"]),
+                       type: row["type"], value: row["value"], createdAt: Date(timeIntervalSince1970: created),
+                       expiresAt: Date(timeIntervalSince1970: expires ?? created + requestLifetime))
+    }
+
+    /// Requests not taken, withdrawn or expired yet, oldest first (`now`: also not past their end).
+    public func pendingRequests(now: Date? = nil) throws -> [Request] {
         try pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM requests WHERE handled_at IS NULL ORDER BY id").compactMap { row in
-                guard let kind = ResourceKind(rawValue: row["kind"]) else { return nil }
-                return Request(id: row["id"], key: ObjectKey(kind: kind, namespace: row["namespace"], name: row["name"]),
-                               type: row["type"], value: row["value"], createdAt: Date(timeIntervalSince1970: row["created_at"]))
+            try Row.fetchAll(db, sql: "SELECT * FROM requests WHERE handled_at IS NULL ORDER BY id").compactMap(Self.request)
+                .filter { request in now.map { request.expiresAt > $0 } ?? true }
+        }
+    }
+
+    /// Marks the pending requests past their end as expired and returns them (a daemon reports
+    /// them and never acts on them).
+    public func expireRequests(now: Date) throws -> [Request] {
+        try pool.write { db in
+            let expired = try Row.fetchAll(db, sql: "SELECT * FROM requests WHERE handled_at IS NULL ORDER BY id").compactMap(Self.request)
+                .filter { $0.expiresAt <= now }
+            for request in expired {
+                try db.execute(sql: "UPDATE requests SET handled_at = ?, outcome = 'expired' WHERE id = ?", arguments: [now.timeIntervalSince1970, request.id])
             }
+            return expired
+        }
+    }
+
+    /// Takes a request for a daemon to act on: true when it was still pending and is now the
+    /// caller's (a request withdrawn by the CLI at the same moment is not taken).
+    public func claimRequest(_ id: Int64, at now: Date) throws -> Bool {
+        try pool.write { db in
+            try db.execute(sql: "UPDATE requests SET handled_at = ?, outcome = 'taken' WHERE id = ? AND handled_at IS NULL",
+                           arguments: [now.timeIntervalSince1970, id])
+            return db.changesCount > 0
         }
     }
 
     /// Marks a request handled.
     public func markHandled(_ id: Int64, at now: Date) throws {
+        _ = try claimRequest(id, at: now)
+    }
+
+    /// Withdraws a pending request (the CLI gave up, or `capstan requests cancel`): true when
+    /// it was pending and now never runs; false when a daemon already took it (or it is gone).
+    public func withdrawRequest(_ id: Int64) throws -> Bool {
         try pool.write { db in
-            try db.execute(sql: "UPDATE requests SET handled_at = ? WHERE id = ?", arguments: [now.timeIntervalSince1970, id])
+            try db.execute(sql: "DELETE FROM requests WHERE id = ? AND handled_at IS NULL", arguments: [id])
+            return db.changesCount > 0
         }
     }
 
-    /// Whether request `id` has been handled.
+    /// Whether request `id` has been taken (or ended otherwise).
     public func isHandled(_ id: Int64) throws -> Bool {
         try pool.read { db in
             try Double.fetchOne(db, sql: "SELECT handled_at FROM requests WHERE id = ?", arguments: [id]) != nil
