@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "CSystemShims.h"
+#include <fcntl.h>
 #include <spawn.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -49,4 +50,8 @@ int capstan_epoll_wait(int epoll, int *fds, int max, int timeout_ms) {
 
 int capstan_eventfd(void) {
     return eventfd(0, EFD_CLOEXEC);
+}
+
+int capstan_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
 }

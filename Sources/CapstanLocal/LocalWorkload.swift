@@ -71,8 +71,12 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
     let drainTimeout: Duration
 
     /// `enqueue` is called when an instance's readiness changes (its Deployment's reconcile).
+    /// How every new instance's log is bounded (the writer rotates at exactly this size).
+    let logRotation: LogRotation
+
     public init(stateDirectory: String, store: StateStore, events: any EventRecorder, routerHost: String = "127.0.0.1",
                 grace: Duration = .seconds(10), drainTimeout: Duration = .seconds(2),
+                logRotation: LogRotation = LogRotation(maxBytes: 10 << 20, files: 3),
                 enqueue: @escaping @Sendable (ObjectKey) async -> Void, restarted: @escaping @Sendable () -> Void = {}) throws(SpawnError) {
         // Every path below it, and every link target written, is absolute: a relative state
         // directory (the default ./.capstan) would make links that resolve from their own folder.
@@ -81,9 +85,10 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
         self.routerHost = routerHost
         self.store = store
         self.drainTimeout = drainTimeout
+        self.logRotation = logRotation
         artifacts = Artifacts(stateDirectory: stateDirectory, store: store)
         let routers = routers
-        supervisor = try Supervisor(store: store, events: events, grace: grace,
+        supervisor = try Supervisor(store: store, events: events, grace: grace, maxLogBytes: logRotation.maxBytes, logFiles: logRotation.files,
                                     onReady: { key, backends in await routers.setBackends(key, backends) },
                                     onChange: enqueue, restarted: restarted)
     }
@@ -181,6 +186,8 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
             ("PORT", String(port)), ("CAPSTAN_INSTANCE", id), ("CAPSTAN_REVISION", String(revision.number)),
             ("CAPSTAN_VERSION", template.version), ("CAPSTAN_DEPLOYMENT", deployment.name),
             ("CAPSTAN_APPLICATION", template.application), ("CAPSTAN_NAMESPACE", deployment.namespace),
+            // The marker that finds the instance without the database (MarkedInstance).
+            (MarkedInstance.stateVariable, stateDirectory),
         ]
         let (environment, secret) = EnvExpansion.environment(base: base, variables: template.env)
         if let secret {
@@ -196,7 +203,8 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
             id: id, revision: revision.number, templateHash: revision.hash, version: template.version, port: port,
             command: command, environment: environment, workingDirectory: directory, logPath: "\(logDirectory)/\(id).log",
             memoryLimit: memoryLimit.map { UInt64(max(0, $0)) },
-            probe: ProbeSpec(template.spec.healthCheck, ports: template.spec.ports, instancePort: port))
+            probe: ProbeSpec(template.spec.healthCheck, ports: template.spec.ports, instancePort: port),
+            logMaxBytes: logRotation.maxBytes, logFiles: logRotation.files)
         do {
             try await supervisor.start(launch, owner: deployment)
         } catch {
@@ -337,6 +345,29 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
     }
 
     /// Stops every instance and router (`capstan run --down-on-exit`).
+    /// Stops the live instances of this state directory that no inventory row and no
+    /// supervised instance knows (started by a daemon that should not have acted, or recorded
+    /// in a database that was lost): nothing runs that `capstan down` and the next daemon
+    /// could not find. Returns them with their owners.
+    public func stopUnknownInstances(grace: Duration = .seconds(10)) async -> [(owner: ObjectKey?, line: String)] {
+        let marked = MarkedInstance.all(stateDirectory: stateDirectory)
+        guard !marked.isEmpty else { return [] }
+        var known = Set(((try? store.inventory(type: Supervisor.inventoryType)) ?? []).map(\.id))
+        known.formUnion(await supervisor.knownIDs())
+        return await withTaskGroup(of: (ObjectKey?, String).self) { group in
+            for instance in marked where !known.contains(instance.id) && instance.identity.isAlive {
+                group.addTask {
+                    let killed = await Spawner.stop(instance.identity, grace: grace)
+                    let owner = instance.deployment.map { ObjectKey(kind: .deployment, namespace: instance.namespace ?? "default", name: $0) }
+                    return (owner, "instance \(instance.id) (\(instance.identity)) ran without an inventory record: \(killed ? "killed" : "stopped")")
+                }
+            }
+            var stopped: [(owner: ObjectKey?, line: String)] = []
+            for await result in group { stopped.append(result) }
+            return stopped.sorted { $0.line < $1.line }
+        }
+    }
+
     public func down() async -> [String] {
         await routers.closeAll()
         return await supervisor.stopAll(of: nil)

@@ -21,5 +21,7 @@ int capstan_epoll_remove(int epoll, int fd);
 /// Waits for readable descriptors; fills `fds` with up to `max` of them; returns the count or -1.
 int capstan_epoll_wait(int epoll, int *fds, int max, int timeout_ms);
 int capstan_eventfd(void);
+/// A pipe whose two ends are close-on-exec.
+int capstan_pipe_cloexec(int fds[2]);
 
 #endif

@@ -36,22 +36,7 @@ public struct ProcessIdentity: Sendable, Hashable, CustomStringConvertible {
     /// A daemon killed between spawning an instance and recording its pid leaves one that only
     /// its environment names; the next daemon adopts it instead of starting a duplicate.
     public static func instanceProcesses() -> [String: ProcessIdentity] {
-        var found: [String: ProcessIdentity] = [:]
-        let marker = Array("CAPSTAN_INSTANCE=".utf8)
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-            guard let pid = Int32(entry), let environ = FileManager.default.contents(atPath: "/proc/\(entry)/environ") else { continue }
-            for variable in environ.split(separator: 0) where variable.starts(with: marker) {
-                let id = String(decoding: variable.dropFirst(marker.count), as: UTF8.self)
-                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                      let close = stat.lastIndex(of: ")") else { break }
-                let fields = stat[stat.index(after: close)...].split(separator: " ")
-                // The spawned process leads its own group; its children inherit the variable.
-                guard fields.count > 19, fields[0] != "Z", Int32(fields[2]) == pid, let start = UInt64(fields[19]) else { break }
-                found[id] = ProcessIdentity(pid: pid, startTime: start)
-                break
-            }
-        }
-        return found
+        Dictionary(MarkedInstance.all().map { ($0.id, $0.identity) }, uniquingKeysWith: { first, _ in first })
     }
 
     /// Whether this very process still runs (not a zombie, not another process with the pid).
@@ -69,6 +54,8 @@ public struct ProcessSpec: Sendable, Hashable {
     public var logPath: String
     /// RLIMIT_DATA in bytes; nil for none.
     public var memoryLimit: UInt64?
+    /// Output through a log writer that bounds the log; nil: appended to `logPath` directly.
+    public var logRotation: LogRotation?
 
     public init(command: [String], environment: [String: String], workingDirectory: String, logPath: String, memoryLimit: UInt64? = nil) {
         self.command = command
@@ -116,42 +103,28 @@ public enum Spawner {
         guard let program = resolve(name, path: spec.environment["PATH"], workingDirectory: spec.workingDirectory) else {
             throw SpawnError(description: "command \"\(name)\" not found (PATH=\(spec.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")) or not executable")
         }
-        let log = open(spec.logPath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-        guard log >= 0 else { throw SpawnError(description: "cannot open log \(spec.logPath): \(String(cString: strerror(errno)))") }
+        let log: Int32
+        if let rotation = spec.logRotation {
+            // Output goes through a pipe to a writer process that rotates the log at exactly
+            // the size limit; it outlives the daemon with the instance and ends at EOF.
+            log = try LogWriter.start(path: spec.logPath, rotation: rotation)
+        } else {
+            log = open(spec.logPath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+            guard log >= 0 else { throw SpawnError(description: "cannot open log \(spec.logPath): \(String(cString: strerror(errno)))") }
+        }
         defer { close(log) }
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, log, 1)
-        posix_spawn_file_actions_adddup2(&actions, log, 2)
-        capstan_spawn_add_chdir(&actions, spec.workingDirectory)
-        capstan_spawn_add_closefrom(&actions, 3)
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        let arguments = spec.command.map { strdup($0) } + [nil]
-        let environment = spec.environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            arguments.forEach { free($0) }
-            environment.forEach { free($0) }
-        }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, program, &actions, &attributes, arguments, environment)
-        guard result == 0 else {
-            throw SpawnError(description: "cannot start \(program): \(String(cString: strerror(result)))")
+        let environment = spec.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        let pid: pid_t
+        do {
+            pid = try posixSpawn(program, arguments: spec.command, environment: environment) { actions in
+                posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+                posix_spawn_file_actions_adddup2(&actions, log, 1)
+                posix_spawn_file_actions_adddup2(&actions, log, 2)
+                capstan_spawn_add_chdir(&actions, spec.workingDirectory)
+            }
+        } catch {
+            throw SpawnError(description: "cannot start \(program): \(String(cString: strerror(error.code)))")
         }
         if let limit = spec.memoryLimit, capstan_set_memory_limit(pid, limit) != 0 {
             let reason = String(cString: strerror(errno))
@@ -253,6 +226,51 @@ public final class ProcessWatcher: Sendable {
 }
 
 extension Spawner {
+    /// An errno from `posix_spawn`.
+    struct SpawnCode: Error {
+        var code: Int32
+    }
+
+    /// `posix_spawn` of `program` in a process group of its own, with an empty signal mask
+    /// (and, with `resetSignals`, default dispositions), every descriptor from 3 up closed,
+    /// and the file actions `configure` adds. Returns the pid; throws the errno.
+    static func posixSpawn(_ program: String, arguments: [String], environment: [String], resetSignals: Bool = true,
+                           configure: (inout posix_spawn_file_actions_t) -> Void) throws(SpawnCode) -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        configure(&actions)
+        capstan_spawn_add_closefrom(&actions, 3)
+
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var flags = POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        if resetSignals {
+            for signal in [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2] { sigaddset(&defaults, signal) }
+            posix_spawnattr_setsigdefault(&attributes, &defaults)
+            flags |= POSIX_SPAWN_SETSIGDEF
+        }
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(flags))
+
+        let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup($0) } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, program, &actions, &attributes, argv, envp)
+        guard result == 0 else { throw SpawnCode(code: result) }
+        return pid
+    }
+
     /// Stops a process group: SIGTERM, then SIGKILL once `grace` has passed. Returns whether
     /// the process had to be killed.
     @discardableResult
@@ -290,5 +308,110 @@ public enum LogTail {
         return lines.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.suffix(count).map {
             $0.count > lineLength ? String($0.prefix(lineLength)) + "..." : $0
         }
+    }
+}
+
+/// An instance found by what its environment says, without the state store: every instance
+/// is started with `CAPSTAN_STATE` (the absolute state directory) and `CAPSTAN_INSTANCE`, so a
+/// daemon or `capstan down` finds it even when no inventory row knows it (the database was
+/// deleted, damaged or written by a daemon that should not have acted).
+public struct MarkedInstance: Sendable, Hashable {
+    /// The variable that names the state directory an instance belongs to.
+    public static let stateVariable = "CAPSTAN_STATE"
+
+    public var id: String
+    /// The process group leader (the instance; its children share the group and the variables).
+    public var identity: ProcessIdentity
+    public var stateDirectory: String?
+    public var namespace: String?
+    public var deployment: String?
+
+    /// Every live process group leader that carries `CAPSTAN_INSTANCE` (of `stateDirectory`
+    /// only, when given; instances from before the state variable existed have none and match
+    /// no directory).
+    public static func all(stateDirectory: String? = nil) -> [MarkedInstance] {
+        var found: [MarkedInstance] = []
+        let prefix = Array("CAPSTAN_".utf8)
+        let own = getpid()
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), pid != own, let environ = FileManager.default.contents(atPath: "/proc/\(entry)/environ") else { continue }
+            var variables: [String: String] = [:]
+            for variable in environ.split(separator: 0) where variable.starts(with: prefix) {
+                guard let equals = variable.firstIndex(of: UInt8(ascii: "=")) else { continue }
+                variables[String(decoding: variable[variable.startIndex..<equals], as: UTF8.self)] = String(decoding: variable[(equals + 1)...], as: UTF8.self)
+            }
+            guard let id = variables["CAPSTAN_INSTANCE"] else { continue }
+            if let stateDirectory, variables[stateVariable] != stateDirectory { continue }
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            // The spawned process leads its own group; its children inherit the variables.
+            guard fields.count > 19, fields[0] != "Z", Int32(fields[2]) == pid, let start = UInt64(fields[19]) else { continue }
+            found.append(MarkedInstance(id: id, identity: ProcessIdentity(pid: pid, startTime: start), stateDirectory: variables[stateVariable],
+                                        namespace: variables["CAPSTAN_NAMESPACE"], deployment: variables["CAPSTAN_DEPLOYMENT"]))
+        }
+        return found.sorted { $0.id < $1.id }
+    }
+
+    /// `NS/DEPLOYMENT ID` for messages.
+    public var name: String { "\(namespace ?? "?")/\(deployment ?? "?") \(id)" }
+}
+
+/// How an instance's log is bounded: rotated at `maxBytes`, `files` files kept (the current
+/// one included), so its output costs at most `maxBytes × files` of disk.
+public struct LogRotation: Sendable, Hashable {
+    public var maxBytes: Int
+    public var files: Int
+
+    public init(maxBytes: Int, files: Int) {
+        self.maxBytes = maxBytes
+        self.files = files
+    }
+}
+
+/// The log writer: this executable started again with `__log-writer` (handled in C before
+/// Swift starts, `capstan_log_writer_main`), reading the instance's output from a pipe and
+/// writing it to the log, rotating at a line boundary before the limit (a line longer than the
+/// limit is split), renaming files (never copying or truncating), losing nothing. It has its
+/// own process group and ignores the usual stop signals, so stopping an instance leaves it to
+/// write the last lines and end at EOF.
+enum LogWriter {
+    static let executable: String? = {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard count > 0 else { return nil }
+        return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }()
+
+    /// Starts a writer for `path`; returns the pipe's write end (close-on-exec) for the instance.
+    static func start(path: String, rotation: LogRotation) throws(SpawnError) -> Int32 {
+        guard let program = executable else { throw SpawnError(description: "cannot find this executable to write logs with") }
+        var ends: [Int32] = [-1, -1]
+        guard capstan_pipe_cloexec(&ends) == 0 else { throw SpawnError(description: "cannot make a pipe for the log: \(String(cString: strerror(errno)))") }
+        let words: [String] = ["capstan", "__log-writer", path, String(rotation.maxBytes), String(max(1, rotation.files))]
+        // Its own process group, the signals it ignores set by itself; no environment.
+        let pid: pid_t
+        do {
+            pid = try Spawner.posixSpawn(program, arguments: words, environment: [], resetSignals: false) { actions in
+                posix_spawn_file_actions_adddup2(&actions, ends[0], 0)
+                posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+                posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+            }
+            close(ends[0])
+        } catch {
+            close(ends[0])
+            close(ends[1])
+            throw SpawnError(description: "cannot start the log writer: \(String(cString: strerror(error.code)))")
+        }
+        // The first process forks the writer off and exits at once: reaped here, it leaves the
+        // writer to init, so no daemon has to wait for it.
+        Task.detached {
+            var status: Int32 = 0
+            for _ in 0..<1000 {
+                let result = waitpid(pid, &status, WNOHANG)
+                if result == pid || (result < 0 && errno != EINTR) { return }
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+        }
+        return ends[1]
     }
 }

@@ -18,12 +18,18 @@ public struct InstanceLaunch: Sendable, Hashable, Codable {
     public var logPath: String
     public var memoryLimit: UInt64?
     public var probe: ProbeSpec?
+    /// The log is rotated by a writer process at exactly this size, `logFiles` files kept
+    /// (nil: appended directly, as instances started by older daemons are).
+    public var logMaxBytes: Int?
+    public var logFiles: Int?
 
     /// The process; `CAPSTAN_INSTANCE` is always set: it names the instance to a daemon that
     /// must find it without a recorded pid.
     var process: ProcessSpec {
-        ProcessSpec(command: command, environment: environment.merging(["CAPSTAN_INSTANCE": id]) { $1 },
-                    workingDirectory: workingDirectory, logPath: logPath, memoryLimit: memoryLimit)
+        var spec = ProcessSpec(command: command, environment: environment.merging(["CAPSTAN_INSTANCE": id]) { $1 },
+                               workingDirectory: workingDirectory, logPath: logPath, memoryLimit: memoryLimit)
+        if let logMaxBytes { spec.logRotation = LogRotation(maxBytes: logMaxBytes, files: logFiles ?? 3) }
+        return spec
     }
 }
 
@@ -57,7 +63,8 @@ public actor Supervisor {
     public static let stableAfter: Duration = .seconds(1)
     /// Ready this long resets the backoff.
     public static let resetAfter: Duration = .seconds(600)
-    /// Logs are rotated past this size (copy, then truncate: instances append directly).
+    /// Logs are rotated at this size: by each instance's log writer, exactly; for instances a
+    /// daemon without log writers started (they append directly), by copy and truncate on a timer.
     public let maxLogBytes: Int
 
     private var instances: [String: Instance] = [:]
@@ -72,7 +79,10 @@ public actor Supervisor {
     private let restarted: @Sendable () -> Void
     private var rotation: Task<Void, Never>?
 
-    public init(store: StateStore, events: any EventRecorder, grace: Duration = .seconds(10), maxLogBytes: Int = 10 << 20,
+    /// Files kept per log by the old rotation (instances started without a log writer).
+    public let logFiles: Int
+
+    public init(store: StateStore, events: any EventRecorder, grace: Duration = .seconds(10), maxLogBytes: Int = 10 << 20, logFiles: Int = 3,
                 now: @escaping @Sendable () -> Date = Date.init,
                 onReady: @escaping @Sendable (ObjectKey, [Backend]) async -> Void,
                 onChange: @escaping @Sendable (ObjectKey) async -> Void,
@@ -81,6 +91,7 @@ public actor Supervisor {
         self.events = events
         self.grace = grace
         self.maxLogBytes = maxLogBytes
+        self.logFiles = logFiles
         self.now = now
         self.onReady = onReady
         self.onChange = onChange
@@ -316,8 +327,10 @@ public actor Supervisor {
         instance.identity = nil
         // Why it exited is usually in its last lines (a traceback, "command not found"): they
         // and the log's path go into the problem (the Deployment's condition) and the event.
-        let tail = LogTail.lastLines(of: instance.launch.logPath, count: 3)
-        instance.problem = "\(exit)" + (tail.isEmpty ? "" : "; last output: \(tail.joined(separator: " | "))") + " (log: \(instance.launch.logPath))"
+        // The log writer may still be writing them: they are read a moment later, off the
+        // path of the restart.
+        let logPath = instance.launch.logPath
+        instance.problem = "\(exit) (log: \(logPath))"
         let delay: Duration
         if stable {
             delay = .zero
@@ -330,14 +343,28 @@ public actor Supervisor {
         await onChange(instance.owner)
         let owner = instance.owner
         let launchID = instance.launch.id
-        let when = delay == .zero ? "at once" : "in \(delay.formatted(.units(allowed: [.minutes, .seconds])))"
-        await events.record(.warning, reason: "InstanceRestarted", message: "instance \(launchID) \(instance.problem ?? "\(exit)"); restarting \(when)", about: owner)
+        let when = delay == .zero ? "at once" : "in \(KubeDuration(delay))"
+        let events = events
+        Task {
+            try? await Task.sleep(for: .milliseconds(50))
+            let tail = LogTail.lastLines(of: logPath, count: 3)
+            let problem = "\(exit)" + (tail.isEmpty ? "" : "; last output: \(tail.joined(separator: " | "))") + " (log: \(logPath))"
+            await self.explain(id, run: run, problem)
+            await events.record(.warning, reason: "InstanceRestarted", message: "instance \(launchID) \(problem); restarting \(when)", about: owner)
+        }
         let task = Task {
             if delay > .zero { try? await Task.sleep(for: delay) }
             guard !Task.isCancelled else { return }
             await self.restart(id, run: run)
         }
         instances[id]?.tasks.append(task)
+    }
+
+    /// Sets the problem of run `run` of an instance, unless it moved on since.
+    private func explain(_ id: String, run: Int, _ problem: String) async {
+        guard let instance = instances[id], instance.run == run, instance.identity == nil, !instance.stopping else { return }
+        instances[id]?.problem = problem
+        await onChange(instance.owner)
     }
 
     private func restart(_ id: String, run: Int) async {
@@ -370,7 +397,9 @@ public actor Supervisor {
     }
 
     func rotateLogs() {
-        for path in Set(instances.values.map(\.launch.logPath)) { Self.rotate(path, maxBytes: maxLogBytes, keep: 3) }
+        for path in Set(instances.values.filter { $0.launch.logMaxBytes == nil }.map(\.launch.logPath)) {
+            Self.rotate(path, maxBytes: maxLogBytes, keep: max(1, logFiles - 1))
+        }
     }
 
     /// Copies a log past `maxBytes` to `.1` (older copies shift up to `.keep`) and truncates it
@@ -394,6 +423,26 @@ public actor Supervisor {
 }
 
 extension Supervisor {
+    /// The ids of the instances this supervisor runs or is starting.
+    func knownIDs() -> Set<String> { Set(instances.keys) }
+
+    /// Stops the live instances marked as belonging to `stateDirectory` (see `MarkedInstance`)
+    /// that `except` does not name: what `capstan down` stops when the inventory cannot tell.
+    public static func stopMarked(stateDirectory: String, except: Set<String> = [], grace: Duration) async -> [String] {
+        let marked = MarkedInstance.all(stateDirectory: stateDirectory).filter { !except.contains($0.id) }
+        return await withTaskGroup(of: String.self) { group in
+            for instance in marked {
+                group.addTask {
+                    let killed = await Spawner.stop(instance.identity, grace: grace)
+                    return "\(instance.name): " + (killed ? "killed (SIGKILL after the grace period)" : "stopped") + " (found by its marker, in no inventory)"
+                }
+            }
+            var lines: [String] = []
+            for await line in group { lines.append(line) }
+            return lines.sorted()
+        }
+    }
+
     /// Stops every instance recorded in the store's inventory, without a supervisor running
     /// (`capstan down`); returns one line per instance.
     public static func stopRecorded(in store: StateStore, grace: Duration) async -> [String] {
