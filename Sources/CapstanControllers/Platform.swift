@@ -11,12 +11,14 @@ public struct StoredObject: Sendable, Hashable {
     public var problems: [String]
     /// Why it is held at its last good version while `problems` is not empty: `InvalidSpec`
     /// (its document does not parse or validate), `SourceUnreadable` (its file or directory
-    /// cannot be read) or `SourceEmpty` (its source yielded nothing at all).
+    /// cannot be read), `SourceEmpty` (its source yielded nothing at all) or `DuplicateObject`
+    /// (another file defines it too; the file it came from keeps it).
     public var holdReason: String
 
     public static let invalidSpec = "InvalidSpec"
     public static let sourceEmpty = "SourceEmpty"
     public static let sourceUnreadable = "SourceUnreadable"
+    public static let duplicateObject = "DuplicateObject"
 
     public init(resource: AnyResource, generation: Int, sourceFile: String, problems: [String] = [], holdReason: String = StoredObject.invalidSpec) {
         self.resource = resource
@@ -32,7 +34,8 @@ public struct StoredObject: Sendable, Hashable {
     /// and message), or nil when its spec reads cleanly.
     public var hold: (reason: String, message: String)? {
         guard let first = problems.first else { return nil }
-        return (holdReason, first + (problems.count > 1 ? " (and \(problems.count - 1) more)" : "") + " (the last good version is kept)")
+        let kept = holdReason == Self.duplicateObject ? "the definition in the file it came from is used" : "the last good version is kept"
+        return (holdReason, first + (problems.count > 1 ? " (and \(problems.count - 1) more)" : "") + " (\(kept))")
     }
 
     /// `Ready=True` observed at the current generation.

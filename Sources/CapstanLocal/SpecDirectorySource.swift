@@ -169,6 +169,11 @@ public actor SpecDirectorySource {
         withheldDeletions = !plan.withheld.isEmpty
         var summary = Summary()
         let time = now()
+        // Objects defined twice are held (DuplicateObject) for as long as the second definition
+        // lasts; what they were held for before this read tells whether that is news.
+        let duplicateKeys = Set(plan.duplicates.keys)
+        let heldBefore = Dictionary(duplicateKeys.compactMap { key in cache.get(key).map { (key, $0.problems.isEmpty ? "" : $0.holdReason + "\n" + $0.problems.joined(separator: "\n")) } },
+                                    uniquingKeysWith: { first, _ in first })
 
         for applied in try store.applyAll(plan.apply, now: time) {
             summary.applied += 1
@@ -184,11 +189,12 @@ public actor SpecDirectorySource {
                 cache.upsert(key, stored)
                 hold(key, in: applied.object.file)
             }
-            if applied.outcome != .unchanged || applied.problemsCleared || previous == nil {
+            let cleared = applied.problemsCleared && !duplicateKeys.contains(key)
+            if applied.outcome != .unchanged || cleared || previous == nil {
                 summary.changed += 1
                 if applied.outcome == .specChanged { log("\(key): spec changed, generation \(applied.generation)", .info) }
                 if applied.outcome == .created { log("\(key): created from \(applied.object.location)", .info) }
-                if applied.problemsCleared { log("\(key): its spec reads again; no longer held", .info) }
+                if cleared { log("\(key): its spec reads again; no longer held", .info) }
                 await enqueue(key, applied.object.resource)
             }
         }
@@ -227,10 +233,16 @@ public actor SpecDirectorySource {
             summary.withheld = plan.withheld.count
             log("the spec directory \(root) yielded no objects: keeping all \(plan.withheld.count), held at their last good version (start with --allow-empty to allow deleting everything)", .warning)
         }
-        for (key, problems) in plan.duplicates {
-            for problem in problems {
-                try store.recordEvent(.warning, reason: "DuplicateObject", message: problem.description, about: key, at: time)
+        for (key, problems) in plan.duplicates.sorted(by: { $0.key < $1.key }) where cache.get(key) != nil {
+            let lines = problems.map(\.description)
+            try store.setProblems(key, lines, reason: StoredObject.duplicateObject)
+            cache.update(key) { $0.problems = lines; $0.holdReason = StoredObject.duplicateObject }
+            guard heldBefore[key] != StoredObject.duplicateObject + "\n" + lines.joined(separator: "\n") else { continue }
+            for line in lines {
+                try store.recordEvent(.warning, reason: StoredObject.duplicateObject, message: line + " (refused: the definition in the file it came from is used)", about: key, at: time)
+                log(line + " (refused)", .warning)
             }
+            await enqueue(key, cache.get(key)?.resource)
         }
         try reportUnattached(plan.unattached, read: readFiles, at: time)
         summary.problems = loaded.errors.count

@@ -169,6 +169,9 @@ public struct ManifestResult: Sendable {
     public var objects: [DecodedObject] = []
     public var diagnostics: [Diagnostic] = []
     public var invalidObjects: [InvalidObject] = []
+    /// The valid definitions that lost to an earlier one of the same object (each also an
+    /// `InvalidObject` with `isDuplicate`): a daemon keeps the one its object came from.
+    public var duplicateObjects: [DecodedObject] = []
     /// Documents of other API groups that were skipped.
     public var skipped = 0
     /// Position in `objects` of each key, so that merging many files stays linear.
@@ -192,6 +195,7 @@ public struct ManifestResult: Sendable {
                     message: "\(object.key.kind.rawValue) \(object.key.namespace)/\(object.key.name) is defined twice: also at \(first.location) (that one is used)")
                 diagnostics.append(diagnostic)
                 invalidObjects.append(InvalidObject(key: object.key, file: object.file, problems: [diagnostic], isDuplicate: true))
+                duplicateObjects.append(object)
             } else {
                 index[object.key] = objects.count
                 objects.append(object)
@@ -199,6 +203,7 @@ public struct ManifestResult: Sendable {
         }
         diagnostics += other.diagnostics
         invalidObjects += other.invalidObjects
+        duplicateObjects += other.duplicateObjects
         skipped += other.skipped
     }
 }
@@ -329,6 +334,7 @@ public struct ManifestDecoder: Sendable {
                 message: "\(kind.rawValue) \(resource.key.namespace)/\(resource.key.name) is defined twice: also at \(file):\(first.line):\(first.column) (that one is used)")
             result.diagnostics.append(diagnostic)
             result.invalidObjects.append(InvalidObject(key: resource.key, file: file, problems: [diagnostic], isDuplicate: true))
+            result.duplicateObjects.append(DecodedObject(resource: resource, file: file, mark: mark))
             return
         }
         seen[resource.key] = mark

@@ -104,6 +104,20 @@ import Testing
         #expect(plan.duplicates[Self.key("a")]?.first?.message.contains("defined twice") == true)
     }
 
+    @Test func aDuplicateInANewFileNeverTakesOver() {
+        // The new file sorts first; the object keeps the file it came from, whatever the order.
+        for order in [["specs/0-dup.yaml", "specs/web.yaml"], ["specs/web.yaml", "specs/0-dup.yaml"]] {
+            let texts = ["specs/0-dup.yaml": Self.spec("a", steps: "[{setWeight: 99}]"), "specs/web.yaml": Self.spec("a")]
+            let loaded = Self.load(order.map { ($0, texts[$0]!) })
+            let plan = DirectorySync.plan(previous: [Self.key("a"): "specs/web.yaml"], loaded: loaded, allowEmpty: false)
+            #expect(plan.apply.map(\.file) == ["specs/web.yaml"], "\(order)")
+            let problems = plan.duplicates[Self.key("a")] ?? []
+            #expect(problems.count == 1 && problems[0].file == "specs/0-dup.yaml", "\(problems)")
+            #expect(problems.first?.message.contains("also at specs/web.yaml:1:1") == true, "\(problems)")
+            #expect(plan.keep.isEmpty && plan.unattached.isEmpty && plan.delete.isEmpty)
+        }
+    }
+
     @Test func aNewObjectThatIsInvalidIsReportedNotKept() {
         let loaded = Self.load([("specs/a.yaml", Self.spec("a", steps: "[]"))])
         let plan = DirectorySync.plan(previous: [:], loaded: loaded, allowEmpty: false)

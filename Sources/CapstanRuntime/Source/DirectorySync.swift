@@ -35,9 +35,25 @@ public enum DirectorySync {
         plan.apply = loaded.objects
         let valid = Set(loaded.objects.map(\.key))
 
+        // An object defined twice keeps the file it came from, whatever the order of paths: a
+        // new file with an existing object's name changes nothing running.
+        var invalidObjects = loaded.invalidObjects
+        for (position, object) in plan.apply.enumerated() {
+            guard let file = previous[object.key], object.file != file,
+                  let kept = loaded.duplicateObjects.first(where: { $0.key == object.key && $0.file == file }) else { continue }
+            plan.apply[position] = kept
+            invalidObjects.removeAll { $0.key == object.key && $0.isDuplicate }
+            for loser in [object] + loaded.duplicateObjects.filter({ $0.key == object.key && $0.file != file }) {
+                let diagnostic = Diagnostic(
+                    file: loser.file, mark: loser.mark, object: loser.resource.reference,
+                    message: "\(loser.key.kind.rawValue) \(loser.key.namespace)/\(loser.key.name) is defined twice: also at \(kept.location), which defined it first (that one is used; remove one of them)")
+                invalidObjects.append(InvalidObject(key: loser.key, file: loser.file, problems: [diagnostic], isDuplicate: true))
+            }
+        }
+
         // Problems that belong to an identified object.
-        var accounted = Set<Diagnostic>()
-        for invalid in loaded.invalidObjects {
+        var accounted = Set<Diagnostic>(loaded.invalidObjects.filter(\.isDuplicate).flatMap(\.problems))
+        for invalid in invalidObjects {
             accounted.formUnion(invalid.problems)
             if invalid.isDuplicate {
                 plan.duplicates[invalid.key, default: []] += invalid.problems
