@@ -2,15 +2,23 @@
 """The fault loop (issue 5): two daemons with --leader-elect on one state directory; each
 iteration edits the specs (version, replicas, a Deployment added or removed), kills one daemon
 with SIGKILL at a random moment (mid-rollout as often as not, leader or follower) and starts
-it again. After every iteration it waits for the world to match the specs and checks:
+it again; some iterations add another fault: a daemon started without --leader-elect beside
+them (it must be refused at once, naming the holder), or both daemons killed and a page of the
+database's write-ahead log overwritten before they start again. After every iteration it waits
+for the world to match the specs and checks:
 
 - every Deployment in the specs is Ready at its version with `replicas` instances, observed at
   its generation, and its router port answers with that version;
 - no instance is duplicated (one process per instance id, `replicas` per Deployment) and no
   process, release directory or inventory entry of a removed Deployment is left;
+- every live instance of the state directory (found by its environment) has an inventory
+  row, and every inventory row a live instance: nothing outside the inventory, none missing;
 - at no moment did two daemons act at once: each daemon's leadership lasts from its
   "leading" line to its kill (or its exit), these intervals never overlap, and every
   "reconciled" line of a daemon falls inside one of its own intervals.
+
+At the end the state directory is deleted under the running daemons: both must stop within a
+second or two, and `capstan down` must still stop every instance.
 
     hack/faultloop.py [ITERATIONS]      # default 50; hack/test runs a few
 
@@ -135,20 +143,20 @@ spec:
     # -- checks --------------------------------------------------------------------------
 
     def instance_processes(self):
-        """CAPSTAN_INSTANCE -> pids of live process group leaders started from this state dir."""
+        """CAPSTAN_INSTANCE -> pids of live process group leaders marked as this state dir's."""
         found = {}
+        marker = f"CAPSTAN_STATE={self.state}".encode()
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
-                cwd = os.readlink(f"/proc/{entry}/cwd")
                 with open(f"/proc/{entry}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
                 with open(f"/proc/{entry}/environ", "rb") as f:
                     environ = f.read().split(b"\0")
             except OSError:
                 continue
-            if not cwd.startswith(self.state) or fields[0] == "Z" or fields[2] != entry:
+            if marker not in environ or fields[0] == "Z" or fields[2] != entry:
                 continue
             for variable in environ:
                 if variable.startswith(b"CAPSTAN_INSTANCE="):
@@ -199,11 +207,16 @@ spec:
         database = sqlite3.connect(f"file:{self.state}/capstan.db?mode=ro", uri=True)
         try:
             owners = database.execute("SELECT DISTINCT type, owner_kind, owner_name FROM inventory").fetchall()
+            recorded = {row[0] for row in database.execute("SELECT id FROM inventory WHERE type = 'instance'")}
         finally:
             database.close()
         for type, kind, owner in owners:
             if kind == "Deployment" and owner not in self.wanted:
                 found.append(f"inventory still holds a {type} of removed Deployment {owner}")
+        for instance in sorted(set(processes) - recorded):
+            found.append(f"instance {instance} runs but no inventory row knows it")
+        for instance in sorted(recorded - set(processes)):
+            found.append(f"inventory row {instance} has no live instance")
         return found
 
     def converge(self, iteration):
@@ -249,6 +262,61 @@ spec:
 
     # -- the loop ------------------------------------------------------------------------
 
+    def lone_daemon_is_refused(self):
+        """A daemon without --leader-elect beside electing ones must not act: refused at once."""
+        run = subprocess.run([BIN, "run", "--spec-dir", self.specs, "--state-dir", self.state, "--metrics-addr", "127.0.0.1:0"],
+                             capture_output=True, text=True, timeout=30)
+        if run.returncode != 2 or "in use by a daemon (pid" not in run.stderr:
+            raise SystemExit(f"a daemon without --leader-elect was not refused (exit {run.returncode}): {run.stderr[-500:]}")
+
+    def damage_wal(self):
+        """Both daemons killed, a page of the write-ahead log overwritten, both started again."""
+        for name in list(self.daemons):
+            self.kill(name)
+        wal = f"{self.state}/capstan.db-wal"
+        size = os.path.getsize(wal) if os.path.exists(wal) else 0
+        where = "no WAL to damage"
+        if size > 8192:
+            offset = self.random.randrange(32, size - 4096)
+            with open(wal, "r+b") as f:
+                f.seek(offset)
+                f.write(bytes(self.random.getrandbits(8) for _ in range(4096)))
+            where = f"4 KiB at offset {offset} of {size}"
+        check = subprocess.run([BIN, "get", "deployments", "--state-dir", self.state], capture_output=True, text=True)
+        if "not a healthy SQLite database" in check.stderr:
+            # Refused as damaged: the advice is followed (instances stopped first, found by
+            # their environment; then the store moved aside), never an orphan left behind.
+            subprocess.run([BIN, "down", "--grace", "2s", "--state-dir", self.state], capture_output=True)
+            os.rename(self.state, self.state + f".damaged-{time.time_ns()}")
+            where += ", store refused as damaged and replaced"
+        for name in ("a", "b"):
+            self.start(name)
+        return where
+
+    def remove_state_directory(self):
+        """The state directory deleted under the running daemons: they stop, nothing is orphaned."""
+        before = self.instance_processes()
+        shutil.rmtree(self.state)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(p.poll() is None for p, _ in self.daemons.values()):
+            time.sleep(0.05)
+        alive = [name for name, (p, _) in self.daemons.items() if p.poll() is None]
+        if alive:
+            raise SystemExit(f"daemons {alive} kept running after their state directory was deleted")
+        for name, (process, index) in self.daemons.items():
+            self.incarnations[index][2] = time.time()
+            if process.returncode == 0:
+                raise SystemExit(f"daemon {name} exited 0 after its state directory was deleted")
+        if set(self.instance_processes()) != set(before):
+            raise SystemExit("instances changed when the state directory went away")
+        subprocess.run([BIN, "down", "--grace", "2s", "--state-dir", self.state], capture_output=True)
+        deadline = time.monotonic() + 15
+        while self.instance_processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.instance_processes():
+            raise SystemExit(f"capstan down left instances of a deleted state directory: {self.instance_processes()}")
+        return len(before)
+
     def run(self):
         self.wanted = {"web": ("1", 2)}
         self.write_specs()
@@ -259,18 +327,27 @@ spec:
             self.edit()
             time.sleep(self.random.uniform(0, 2.5))
             leader = self.leader()
-            victim = leader if (leader and self.random.random() < 0.7) else self.random.choice(["a", "b"])
-            self.kill(victim)
-            if self.random.random() < 0.5:
-                time.sleep(self.random.uniform(0, 1.5))
-            self.start(victim)
+            fault = self.random.random()
+            if fault < 0.15:
+                what = "damaged the WAL: " + self.damage_wal()
+            else:
+                victim = leader if (leader and self.random.random() < 0.7) else self.random.choice(["a", "b"])
+                self.kill(victim)
+                if self.random.random() < 0.5:
+                    time.sleep(self.random.uniform(0, 1.5))
+                self.start(victim)
+                what = f"killed {victim}{' (leader)' if victim == leader else ''}"
+                if fault > 0.8:
+                    self.lone_daemon_is_refused()
+                    what += ", a lone daemon refused"
             durations.append(self.converge(iteration))
-            print(f"iteration {iteration}: killed {victim}{' (leader)' if victim == leader else ''}, "
-                  f"specs {self.wanted}, converged in {durations[-1]:.1f} s", flush=True)
+            print(f"iteration {iteration}: {what}, specs {self.wanted}, converged in {durations[-1]:.1f} s", flush=True)
         leaderships = self.check_no_overlap()
+        stopped = self.remove_state_directory()
         durations.sort()
         print(f"faultloop: {self.iterations} iterations passed; {leaderships} leaderships, none overlapping; "
-              f"convergence p50 {durations[len(durations) // 2]:.1f} s, max {durations[-1]:.1f} s")
+              f"convergence p50 {durations[len(durations) // 2]:.1f} s, max {durations[-1]:.1f} s; "
+              f"state directory deleted: daemons stopped, {stopped} instance(s) stopped by capstan down")
 
     def close(self, keep):
         for process, _ in self.daemons.values():

@@ -38,8 +38,11 @@ struct Reconcile: AsyncParsableCommand {
     }
 }
 
-/// Records a request for the daemon and waits (up to `wait`) until a daemon takes it.
-func submitRequest(_ type: String, for key: ObjectKey, value: String, what: String, wait: String, state: StateOptions) async throws {
+/// Records a request for the daemon and waits (up to `wait`) until a daemon takes it. A request
+/// the CLI gives up on is withdrawn: it never runs later. With `--wait 0` it stays queued until
+/// a daemon takes it or it expires (`capstan requests` lists, `capstan requests cancel` withdraws).
+func submitRequest(_ type: String, for key: ObjectKey, value: String, what: String, wait: String, state: StateOptions,
+                   check: ((StateStore) throws -> Void)? = nil) async throws {
     guard let timeout = try? KubeDuration.parse(wait) else { throw ValidationError("--wait \"\(wait)\" is not a duration") }
     let store: StateStore
     do {
@@ -53,12 +56,24 @@ func submitRequest(_ type: String, for key: ObjectKey, value: String, what: Stri
         printError("capstan: \(key.kind.singular) \"\(key.name)\" not found in namespace \(key.namespace)")
         throw ExitCode(1)
     }
-    let id = try store.request(type, for: key, value: value, at: Date())
+    // What the store can decide is refused now, daemon or not.
+    do {
+        try check?(store)
+    } catch {
+        printError("capstan: \(error)")
+        throw ExitCode(1)
+    }
+    let now = Date()
     guard timeout.nanoseconds > 0 else {
-        print("\(key.kind.singular)/\(key.name): \(what) requested")
+        let expires = now.addingTimeInterval(StateStore.requestLifetime)
+        let id = try store.request(type, for: key, value: value, at: now, expiresAt: expires)
+        print("\(key.kind.singular)/\(key.name): \(what) queued as request \(id); a daemon takes it, or it expires at \(Timestamp(expires)) (cancel it with: capstan requests cancel \(id))")
         return
     }
-    let deadline = Date().addingTimeInterval(timeout.seconds)
+    // The request ends when this command does: if it is killed while waiting, the request
+    // expires at the same moment it would have given up.
+    let deadline = now.addingTimeInterval(timeout.seconds)
+    let id = try store.request(type, for: key, value: value, at: now, expiresAt: deadline)
     while Date() < deadline {
         if try store.isHandled(id) {
             print("\(key.kind.singular)/\(key.name): \(what) requested and taken by the daemon")
@@ -66,6 +81,56 @@ func submitRequest(_ type: String, for key: ObjectKey, value: String, what: Stri
         }
         try await Task.sleep(for: .milliseconds(100))
     }
-    printError("capstan: the request is recorded, but no daemon took it within \(wait): is `capstan run` running on \(state.resolved)?")
-    throw ExitCode(1)
+    if try store.withdrawRequest(id) {
+        printError("capstan: no daemon took the request within \(wait): withdrawn, it will not run later. Is `capstan run` running on \(state.resolved)? (--wait 0 leaves a request queued)")
+        throw ExitCode(1)
+    }
+    print("\(key.kind.singular)/\(key.name): \(what) requested and taken by the daemon")
+}
+
+/// `capstan requests`: what the CLI queued for the daemon, and `cancel ID` to withdraw one.
+struct Requests: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the requests waiting for a daemon (reconcile, rollback), or cancel one.",
+        discussion: "A request waits until a daemon takes it or it expires; one the CLI stopped waiting for is withdrawn at once. `capstan requests cancel ID` withdraws one that waits.")
+
+    @Argument(help: ArgumentHelp("cancel, to withdraw a request.", valueName: "cancel"))
+    var action: String?
+
+    @Argument(help: "The request's id (with cancel).")
+    var id: Int64?
+
+    @OptionGroup var state: StateOptions
+
+    func validate() throws {
+        if let action, action != "cancel" { throw ValidationError("unknown action \"\(action)\": capstan requests [cancel ID]") }
+        if action == "cancel" && id == nil { throw ValidationError("name the request to cancel: capstan requests cancel ID") }
+    }
+
+    func run() throws {
+        if action == "cancel", let id {
+            let store: StateStore
+            do {
+                store = try StateStore(directory: state.resolved)
+            } catch {
+                printError("capstan: \(error)")
+                throw ExitCode(1)
+            }
+            guard try store.withdrawRequest(id) else {
+                throw UserError("request \(id) is not waiting (taken by a daemon, expired, or unknown)")
+            }
+            print("request \(id) withdrawn")
+            return
+        }
+        let requests = try openStore(state).pendingRequests(now: Date())
+        guard !requests.isEmpty else {
+            printError("No requests waiting.")
+            return
+        }
+        let rows = requests.map { request in
+            [String(request.id), request.type, "\(request.key.kind.singular)/\(request.key.name)", request.key.namespace,
+             request.value.isEmpty ? "-" : request.value, age(since: request.createdAt), Timestamp(request.expiresAt).description]
+        }
+        printTable([["ID", "TYPE", "OBJECT", "NAMESPACE", "VALUE", "AGE", "EXPIRES"]] + rows)
+    }
 }

@@ -90,6 +90,16 @@ struct Run: AsyncParsableCommand {
 
     var maxFileBytes: Int { (try? parseMaxFileSize(maxFileSize)) ?? ManifestDecoder.defaultMaxFileSize }
 
+    @Option(name: .customLong("log-max-size"), help: ArgumentHelp("An instance's log is rotated at exactly this size (a quantity: 10Mi).", valueName: "size"))
+    var logMaxSize: String = "10Mi"
+
+    @Option(name: .customLong("log-max-files"), help: ArgumentHelp("Log files kept per instance, the current one included: its output costs at most --log-max-size times this.", valueName: "n"))
+    var logMaxFiles: Int = 3
+
+    var logRotation: LogRotation {
+        LogRotation(maxBytes: (try? Quantity(logMaxSize)).map { Int($0.roundedUp) } ?? 10 << 20, files: logMaxFiles)
+    }
+
     @Flag(name: .customLong("allow-empty"), help: "Allow an emptied spec directory to delete every object.")
     var allowEmpty = false
 
@@ -173,6 +183,10 @@ struct Run: AsyncParsableCommand {
             }
         }
         _ = try parseMaxFileSize(maxFileSize)
+        guard let size = try? Quantity(logMaxSize), size.roundedUp >= 1024, size.roundedUp < Int64(1) << 40 else {
+            throw ValidationError("--log-max-size \"\(logMaxSize)\" is not a size of at least 1Ki, such as 10Mi")
+        }
+        guard (1...100).contains(logMaxFiles) else { throw ValidationError("--log-max-files must be between 1 and 100") }
         _ = try electionTimings()
         if leaderElect, let problem = electionConfig?.problem { throw ValidationError("leader election: \(problem)") }
         guard metricsHostPort != nil else {
@@ -208,6 +222,19 @@ struct Run: AsyncParsableCommand {
             store = try StateStore(directory: state.resolved)
         } catch {
             log("\(error)", level: "error")
+            throw ExitCode(2)
+        }
+        // One acting owner per state directory, for the daemon's whole life: alone, or among
+        // daemons that elect a leader, never both.
+        let owner: StateOwner
+        do {
+            owner = try StateOwner(directory: state.resolved, mode: leaderElect ? .electing : .exclusive)
+        } catch {
+            log("\(error)", level: "error")
+            throw ExitCode(2)
+        }
+        guard let identity = StateDirectoryIdentity.current(of: state.resolved) else {
+            log("the state directory \(state.resolved) went away while starting", level: "error")
             throw ExitCode(2)
         }
         let cache = ObjectCache()
@@ -250,7 +277,7 @@ struct Run: AsyncParsableCommand {
         } else {
             do {
                 let platform = try LocalWorkloadPlatform(
-                    stateDirectory: state.resolved, store: store, events: objects, routerHost: routerAddress,
+                    stateDirectory: state.resolved, store: store, events: objects, routerHost: routerAddress, logRotation: logRotation,
                     enqueue: { key in await deploymentQueue.add(key) }, restarted: { metrics.instanceRestarted() })
                 local = platform
                 artifacts = platform
@@ -290,6 +317,15 @@ struct Run: AsyncParsableCommand {
             }
             for directory in platformLocal?.pruneLogs(keeping: Set(cache.objects(kind: .deployment).map(\.key))) ?? [] {
                 log("removed the logs of a Deployment deleted more than a day ago: \(directory)")
+            }
+            await stopUnknownInstances()
+        }
+        /// Instances of this state directory that no inventory knows are stopped (each an
+        /// OrphanDeleted event): nothing runs that `capstan down` could not find.
+        @Sendable func stopUnknownInstances() async {
+            for (owner, line) in await platformLocal?.stopUnknownInstances() ?? [] {
+                log(line, level: "warning")
+                if let owner { await objects.record(.warning, reason: "OrphanDeleted", message: line, about: owner) }
             }
         }
         let source = SpecDirectorySource(root: specDirectory, store: store, cache: cache, allowEmpty: allowEmpty, maxFileSize: maxFileBytes, log: { log($0, level: $1.rawValue) }) { key, resource in
@@ -347,7 +383,21 @@ struct Run: AsyncParsableCommand {
                 }
             }, leaseEvent: leaseEvent, lead: lead)]
         } ?? []
+        // The state directory deleted, replaced or unmounted under the daemon: it stops acting
+        // at once (a daemon writing on into an unlinked database while the next one starts a
+        // second set of instances orphans the first for good).
+        let stateDirectory = state.resolved
+        let stateWatch = LoopService("state directory watch") {
+            while !Task.isCancelled {
+                try await Task.sleep(for: .milliseconds(200))
+                if let change = identity.change(in: stateDirectory) {
+                    log("\(change) under the running daemon: stopping at once, without touching anything. The instances it started keep running: put the directory back and start a daemon to adopt them, or stop them with `capstan down --state-dir \(stateDirectory)` (it finds them by their environment)", level: "error")
+                    Glibc.exit(4)
+                }
+            }
+        }
         let services: [any Service] = election + [
+            stateWatch,
             server,
             Daemon.gauges(metrics: metrics, cache: cache, applications: applications.queue, deployments: deploymentQueue),
             LoopService("directory watch") {
@@ -382,8 +432,17 @@ struct Run: AsyncParsableCommand {
                 await leading.wait()
                 while !Task.isCancelled {
                     try await Task.sleep(for: .milliseconds(500))
-                    guard let requests = try? store.pendingRequests() else { continue }
+                    let now = Date()
+                    // A request past its end never runs (the CLI that made it gave up or said when).
+                    for request in (try? store.expireRequests(now: now)) ?? [] {
+                        let message = "request \(request.id) (\(request.type)\(request.value.isEmpty ? "" : " \(request.value)")) expired at \(Timestamp(request.expiresAt)) before a daemon took it: not done"
+                        log("\(request.key): \(message)", level: "warning")
+                        await objects.record(.warning, reason: "RequestExpired", message: message, about: request.key)
+                    }
+                    guard let requests = try? store.pendingRequests(now: now) else { continue }
                     for request in requests {
+                        // Taken first: a request the CLI withdraws at this moment is not acted on.
+                        guard (try? store.claimRequest(request.id, at: now)) == true else { continue }
                         switch request.type {
                         case "reconcile":
                             log("reconcile of \(request.key) requested")
@@ -402,7 +461,6 @@ struct Run: AsyncParsableCommand {
                         default:
                             break
                         }
-                        try? store.markHandled(request.id, at: Date())
                     }
                 }
             },
@@ -434,6 +492,7 @@ struct Run: AsyncParsableCommand {
             await platformLocal.shutdown()
         }
         await platformCluster?.client.shutdown()
+        withExtendedLifetime(owner) {}
         log("stopped")
     }
 }

@@ -39,7 +39,17 @@ struct Rollback: AsyncParsableCommand {
         let value = toRevision.map(String.init) ?? ""
         let what = "rollback to \(toRevision.map { "revision \($0)" } ?? "the previous revision")"
         guard kube.enabled else {
-            try await submitRequest("rollback", for: key, value: value, what: what, wait: wait, state: state)
+            try await submitRequest("rollback", for: key, value: value, what: what, wait: wait, state: state) { store in
+                // A revision the store does not have is refused now, daemon or not.
+                let known = try store.revisions(of: key).map(\.number)
+                guard let toRevision else {
+                    if known.count < 2 { throw UserError("deployment \(key.name) has \(known.isEmpty ? "no revision yet" : "only revision \(known[0])"): there is nothing earlier to roll back to") }
+                    return
+                }
+                guard known.contains(toRevision) else {
+                    throw UserError("deployment \(key.name) has no revision \(toRevision)" + (known.isEmpty ? " (it has none yet)" : " (it has \(known.map(String.init).joined(separator: ", ")))"))
+                }
+            }
             return
         }
         let started = Date()
@@ -74,14 +84,21 @@ struct Down: AsyncParsableCommand {
 
     func run() async throws {
         guard let grace = try? KubeDuration.parse(grace) else { throw ValidationError("--grace \"\(self.grace)\" is not a duration") }
-        let store: StateStore
-        do {
-            store = try StateStore(directory: state.resolved)
-        } catch {
-            printError("capstan: \(error)")
-            throw ExitCode(1)
+        // The inventory first; then every instance marked as this directory's that it did not
+        // name (recorded nowhere, or the database is gone or damaged: they are found anyway).
+        var stopped: [String] = []
+        var recorded: Set<String> = []
+        if FileManager.default.fileExists(atPath: state.resolved + "/" + StateStore.fileName) {
+            do {
+                let store = try StateStore(directory: state.resolved)
+                recorded = Set(((try? store.inventory(type: Supervisor.inventoryType)) ?? []).map(\.id))
+                stopped = await Supervisor.stopRecorded(in: store, grace: grace.duration)
+            } catch {
+                printError("capstan: \(error)")
+                printError("capstan: stopping the instances of \(state.resolved) found by their environment instead")
+            }
         }
-        let stopped = await Supervisor.stopRecorded(in: store, grace: grace.duration)
+        stopped += await Supervisor.stopMarked(stateDirectory: state.resolved, except: recorded, grace: grace.duration)
         for line in stopped { print(line) }
         print("\(stopped.count) instance(s) stopped")
     }

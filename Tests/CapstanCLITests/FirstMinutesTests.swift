@@ -6,62 +6,10 @@ import Glibc
 
 /// What a newcomer meets in the first minutes: the README's commands as written, relative
 /// paths, held objects, a quiet stop, kubectl's habits in `get`, and the ordinary mistakes.
-@Suite(.serialized, .timeLimit(.minutes(4))) struct FirstMinutesTests {
-    let root: String
-    var specs: String { root + "/specs" }
-    var state: String { root + "/state" }
+@Suite(.serialized, .timeLimit(.minutes(4))) struct FirstMinutesTests: ScratchSuite {
+    let scratch: Scratch
 
-    init() throws {
-        root = NSTemporaryDirectory() + "capstan-first-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: root + "/specs/web", withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: CLITests.root + "/manifests/examples/apps/hello/server.py", toPath: specs + "/web/server.py")
-    }
-
-    func cleanUp(_ daemons: [Process], stateDirectories: [String]? = nil) {
-        for daemon in daemons where daemon.isRunning {
-            kill(daemon.processIdentifier, SIGKILL)
-            daemon.waitUntilExit()
-        }
-        for directory in stateDirectories ?? [state] {
-            _ = try? CLITests.capstan(["down", "--grace", "2s", "--state-dir", directory])
-        }
-        try? FileManager.default.removeItem(atPath: root)
-    }
-
-    func write(_ text: String, to name: String) throws {
-        try text.write(toFile: specs + "/" + name, atomically: true, encoding: .utf8)
-    }
-
-    /// Starts `capstan ARGUMENTS` in `directory`, standard output and error into `log`.
-    func start(_ arguments: [String], in directory: String? = nil, log: String = "daemon.log") throws -> Process {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CLITests.binary)
-        process.arguments = arguments
-        process.currentDirectoryURL = URL(fileURLWithPath: directory ?? root)
-        let path = root + "/" + log
-        _ = FileManager.default.createFile(atPath: path, contents: nil)
-        let handle = FileHandle(forWritingAtPath: path)!
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        return process
-    }
-
-    func startDaemon(_ extra: [String] = []) throws -> Process {
-        try start(["run", "--spec-dir", specs, "--state-dir", state, "--resync", "1h", "--metrics-addr", "127.0.0.1:0"] + extra)
-    }
-
-    func log(_ name: String = "daemon.log") -> String { (try? String(contentsOfFile: root + "/" + name, encoding: .utf8)) ?? "" }
-
-    func poll(_ what: String, seconds: Double = 30, log name: String = "daemon.log", _ condition: () throws -> Bool) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if try condition() { return }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
-        Issue.record("timed out waiting for \(what); log:\n\(log(name).suffix(3000))")
-        throw CLITests.CLIError("timed out waiting for \(what)")
-    }
+    init() throws { scratch = try Scratch("first") }
 
     func capstan(_ arguments: [String], in directory: String? = nil) throws -> CLITests.Run {
         try CLITests.capstan(arguments, in: directory ?? root)

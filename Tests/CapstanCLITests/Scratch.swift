@@ -1,0 +1,91 @@
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A temporary directory for an end-to-end test: `specs/` (with the example app in
+/// `specs/web`), `state/`, the built binary started in it with its output in a log file, and
+/// polling with a deadline.
+struct Scratch {
+    let root: String
+    var specs: String { root + "/specs" }
+    var state: String { root + "/state" }
+
+    init(_ prefix: String) throws {
+        root = NSTemporaryDirectory() + "capstan-\(prefix)-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: root + "/specs/web", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: CLITests.root + "/manifests/examples/apps/hello/server.py", toPath: specs + "/web/server.py")
+    }
+
+    func write(_ text: String, to name: String) throws {
+        try text.write(toFile: specs + "/" + name, atomically: true, encoding: .utf8)
+    }
+
+    /// Starts `capstan ARGUMENTS` in `directory` (default: the root), standard output and error into `log`.
+    func start(_ arguments: [String], in directory: String? = nil, log: String = "daemon.log") throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CLITests.binary)
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: directory ?? root)
+        let path = root + "/" + log
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
+        let handle = FileHandle(forWritingAtPath: path)!
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        return process
+    }
+
+    /// `capstan run` on `specs/` and `state/`, resync off, metrics on any free port.
+    func startDaemon(_ extra: [String] = [], log: String = "daemon.log") throws -> Process {
+        try start(["run", "--spec-dir", specs, "--state-dir", state, "--resync", "1h", "--metrics-addr", "127.0.0.1:0"] + extra, log: log)
+    }
+
+    func log(_ name: String = "daemon.log") -> String { (try? String(contentsOfFile: root + "/" + name, encoding: .utf8)) ?? "" }
+
+    /// Polls `condition` until it holds or `seconds` pass (then the log goes into the failure).
+    func poll(_ what: String, seconds: Double = 30, log name: String = "daemon.log", _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try condition() { return }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        Issue.record("timed out waiting for \(what); log:\n\(log(name).suffix(3000))")
+        throw CLITests.CLIError("timed out waiting for \(what)")
+    }
+
+    /// Kills what a test left running, stops the instances of each state directory, removes everything.
+    func cleanUp(_ daemons: [Process], stateDirectories: [String]? = nil) {
+        for daemon in daemons where daemon.isRunning {
+            kill(daemon.processIdentifier, SIGKILL)
+            daemon.waitUntilExit()
+        }
+        for directory in stateDirectories ?? [state] {
+            _ = try? CLITests.capstan(["down", "--grace", "2s", "--state-dir", directory])
+        }
+        try? FileManager.default.removeItem(atPath: root)
+    }
+}
+
+/// A suite whose tests each run in a `Scratch`: its helpers, without the `scratch.` prefix.
+protocol ScratchSuite {
+    var scratch: Scratch { get }
+}
+
+extension ScratchSuite {
+    var root: String { scratch.root }
+    var specs: String { scratch.specs }
+    var state: String { scratch.state }
+
+    func cleanUp(_ daemons: [Process], stateDirectories: [String]? = nil) { scratch.cleanUp(daemons, stateDirectories: stateDirectories) }
+    func write(_ text: String, to name: String) throws { try scratch.write(text, to: name) }
+    func start(_ arguments: [String], in directory: String? = nil, log: String = "daemon.log") throws -> Process {
+        try scratch.start(arguments, in: directory, log: log)
+    }
+    func startDaemon(_ extra: [String] = [], log: String = "daemon.log") throws -> Process { try scratch.startDaemon(extra, log: log) }
+    func log(_ name: String = "daemon.log") -> String { scratch.log(name) }
+    func poll(_ what: String, seconds: Double = 30, log name: String = "daemon.log", _ condition: () throws -> Bool) throws {
+        try scratch.poll(what, seconds: seconds, log: name, condition)
+    }
+}
