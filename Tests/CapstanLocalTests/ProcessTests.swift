@@ -179,4 +179,38 @@ import Testing
         #expect(try store.inventory(type: Supervisor.inventoryType).first?.data["pid"] == String(started.pid), "recorded now")
         await second.shutdown()
     }
+
+    /// Found in the fault loop: an instance whose restart at adoption failed (its release was
+    /// not there yet) stayed without a process, probed and never tried again. It is retried
+    /// with backoff like any exit, and keeps the reason it could not start.
+    @Test func anInstanceThatCannotBeRestartedAtAdoptionIsTriedAgain() async throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory + "/state")
+        let owner = ObjectKey(kind: .deployment, namespace: "default", name: "web")
+        let release = directory + "/release"
+        let launch = InstanceLaunch(id: "web-\(UUID().uuidString.prefix(8))", revision: 1, templateHash: "h", version: "1", port: 0,
+                                    command: ["sh", "-c", "sleep 60"], environment: ["PATH": "/usr/bin:/bin"],
+                                    workingDirectory: release, logPath: directory + "/i.log", memoryLimit: nil, probe: nil)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        try store.recordInventory(.init(type: Supervisor.inventoryType, id: launch.id, owner: owner,
+                                        data: ["launch": String(decoding: try encoder.encode(launch), as: UTF8.self), "pid": "999999", "startTime": "1"],
+                                        createdAt: Date()))
+        let supervisor = try Supervisor(store: store, events: NoEvents(), onReady: { _, _ in }, onChange: { _ in })
+        let (adopted, restarted) = await supervisor.adopt()
+        #expect(adopted == 0 && restarted == 0)
+        let waiting = await supervisor.instances(of: owner)
+        #expect(waiting.first?.problem?.contains("does not exist") == true, "\(waiting)")
+        try FileManager.default.createDirectory(atPath: release, withIntermediateDirectories: true)
+        var identity: ProcessIdentity?
+        for _ in 0..<300 where identity == nil {
+            try await Task.sleep(for: .milliseconds(20))
+            identity = await supervisor.identity(of: launch.id)
+        }
+        let running = try #require(identity, "tried again once its directory exists")
+        defer { kill(-running.pid, SIGKILL) }
+        #expect(running.isAlive)
+        await supervisor.shutdown()
+    }
 }

@@ -197,11 +197,16 @@ public actor Supervisor {
                     restartedCount += 1
                     restarted()
                     await events.record(.warning, reason: "InstanceRestarted", message: "instance \(launch.id) exited while no daemon was running; restarted", about: entry.owner)
+                    instances[launch.id] = instance
+                    follow(launch.id)
                 } catch {
+                    // No process to watch or probe: as if it had exited at once, it is tried
+                    // again with backoff (kept without a process, nothing would ever retry it).
                     instance.problem = error.description
+                    instance.run += 1
+                    instances[launch.id] = instance
+                    await exited(launch.id, run: instance.run, .unknown)
                 }
-                instances[launch.id] = instance
-                follow(launch.id)
             }
         }
         startRotation()
@@ -318,6 +323,8 @@ public actor Supervisor {
 
     private func exited(_ id: String, run: Int, _ exit: ProcessExit) async {
         guard var instance = instances[id], instance.run == run, !instance.stopping else { return }
+        // A process that could not start at all keeps the reason it could not (no log to read).
+        let neverStarted = instance.identity == nil && exit == .unknown && instance.problem != nil
         let wasReady = instance.ready
         let stable = instance.readySince.map { clock.now - $0 >= Self.stableAfter } ?? false
         instance.tasks.forEach { $0.cancel() }
@@ -330,7 +337,7 @@ public actor Supervisor {
         // The log writer may still be writing them: they are read a moment later, off the
         // path of the restart.
         let logPath = instance.launch.logPath
-        instance.problem = "\(exit) (log: \(logPath))"
+        instance.problem = neverStarted ? instance.problem : "\(exit) (log: \(logPath))"
         let delay: Duration
         if stable {
             delay = .zero
@@ -345,11 +352,12 @@ public actor Supervisor {
         let launchID = instance.launch.id
         let when = delay == .zero ? "at once" : "in \(KubeDuration(delay))"
         let events = events
+        let cause = instance.problem ?? "\(exit)"
         Task {
             try? await Task.sleep(for: .milliseconds(50))
             let tail = LogTail.lastLines(of: logPath, count: 3)
-            let problem = "\(exit)" + (tail.isEmpty ? "" : "; last output: \(tail.joined(separator: " | "))") + " (log: \(logPath))"
-            await self.explain(id, run: run, problem)
+            let problem = neverStarted ? cause : "\(exit)" + (tail.isEmpty ? "" : "; last output: \(tail.joined(separator: " | "))") + " (log: \(logPath))"
+            if !neverStarted { await self.explain(id, run: run, problem) }
             await events.record(.warning, reason: "InstanceRestarted", message: "instance \(launchID) \(problem); restarting \(when)", about: owner)
         }
         let task = Task {
