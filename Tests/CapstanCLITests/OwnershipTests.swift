@@ -209,7 +209,7 @@ import Glibc
         try poll("no longer held") { !(try capstan(["get", "deployments"]).stdout.contains("DuplicateObject")) }
     }
 
-    @Test func aReadOnlyStateDirectoryIsCalledReadOnly() throws {
+    @Test func aReadOnlyStateDirectoryOrAFullDiskIsCalledSo() throws {
         try write(Self.app(), to: "web.yaml")
         let daemon = try startDaemon()
         try poll("the store exists") { try capstan(["get", "app"]).stdout.contains("web") }
@@ -218,20 +218,56 @@ import Glibc
         defer { cleanUp([]) }
         // A read-only bind mount in a mount namespace of its own (root, as CI runs).
         let script = "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && exec \"$2\" run --spec-dir \"$3\" --state-dir \"$1\" --metrics-addr 127.0.0.1:0"
+        let (status, output) = try Self.inMountNamespace(script, state, CLITests.binary, specs)
+        if output.contains("mount:") || output.contains("unshare:") {
+            if ProcessInfo.processInfo.environment["CAPSTAN_REQUIRE_INTEGRATION"] == "1" { Issue.record("cannot make a read-only mount here: \(output)") }
+            return
+        }
+        #expect(status == 2)
+        #expect(output.contains("is read-only") && !output.contains("not a healthy SQLite database") && !output.contains("move"), "\(output)")
+
+        // A full disk: a small tmpfs, filled.
+        let full = root + "/full"
+        try FileManager.default.createDirectory(atPath: full, withIntermediateDirectories: true)
+        let fill = "mount -t tmpfs -o size=256k tmpfs \"$1\" && (dd if=/dev/zero of=\"$1/filler\" bs=4k 2>/dev/null; true) && exec \"$2\" run --spec-dir \"$3\" --state-dir \"$1/state\" --metrics-addr 127.0.0.1:0"
+        let (fullStatus, fullOutput) = try Self.inMountNamespace(fill, full, CLITests.binary, specs)
+        #expect(fullStatus == 2 && fullOutput.contains("is full") && !fullOutput.contains("not a healthy"), "\(fullOutput)")
+    }
+
+    @Test func aStateDirectoryOfAnotherUserIsAPermissionProblem() throws {
+        try write(Self.app(), to: "web.yaml")
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        defer { cleanUp([]) }
+        // The binary and the specs must be reachable by the other user; only the state is not.
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
-        process.arguments = ["-m", "sh", "-c", script, "sh", state, CLITests.binary, specs]
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", CLITests.binary, "run", "--spec-dir", specs, "--state-dir", state, "--metrics-addr", "127.0.0.1:0"]
         let err = Pipe()
         process.standardError = err
         process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
         try process.run()
         let output = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        if output.contains("mount:") || output.contains("unshare:") {
-            if ProcessInfo.processInfo.environment["CAPSTAN_REQUIRE_INTEGRATION"] == "1" { Issue.record("cannot make a read-only mount here: \(output)") }
+        if getuid() != 0 || output.contains("setpriv:") || output.contains("Permission denied") && !output.contains("capstan") {
+            if ProcessInfo.processInfo.environment["CAPSTAN_REQUIRE_INTEGRATION"] == "1" && getuid() == 0 { Issue.record("cannot run as another user here: \(output)") }
             return
         }
         #expect(process.terminationStatus == 2)
-        #expect(output.contains("is read-only") && !output.contains("not a healthy SQLite database") && !output.contains("move"), "\(output)")
+        #expect(output.contains("permission denied") && output.contains("uid 65534") && !output.contains("not a healthy"), "\(output)")
+    }
+
+    /// Runs `sh -c script` with the arguments in a mount namespace of its own; its exit status
+    /// and standard error.
+    static func inMountNamespace(_ script: String, _ arguments: String...) throws -> (Int32, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        process.arguments = ["-m", "sh", "-c", script, "sh"] + arguments
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        try process.run()
+        let output = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, output)
     }
 }
