@@ -3,8 +3,10 @@
 iteration edits the specs (version, replicas, a Deployment added or removed), kills one daemon
 with SIGKILL at a random moment (mid-rollout as often as not, leader or follower) and starts
 it again; some iterations add another fault: a daemon started without --leader-elect beside
-them (it must be refused at once, naming the holder), or both daemons killed and a page of the
-database's write-ahead log overwritten before they start again. After every iteration it waits
+them (it must be refused at once, naming the holder), both daemons killed and a page of the
+database's write-ahead log overwritten before they start again, or the leader frozen with
+SIGSTOP past its lease and then resumed (it must exit at once without starting a reconcile: the
+other daemon leads by then). After every iteration it waits
 for the world to match the specs and checks:
 
 - every Deployment in the specs is Ready at its version with `replicas` instances, observed at
@@ -14,8 +16,9 @@ for the world to match the specs and checks:
 - every live instance of the state directory (found by its environment) has an inventory
   row, and every inventory row a live instance: nothing outside the inventory, none missing;
 - at no moment did two daemons act at once: each daemon's leadership lasts from its
-  "leading" line to its kill (or its exit), these intervals never overlap, and every
-  "reconciled" line of a daemon falls inside one of its own intervals.
+  "leading" line to its kill, its exit or the moment it was frozen, these intervals never
+  overlap, and every reconcile of a daemon started inside one of its own intervals (a
+  "reconciled X in N ms" line started N ms before it was written).
 
 At the end the state directory is deleted under the running daemons: both must stop within a
 second or two, and `capstan down` must still stop every instance.
@@ -67,7 +70,7 @@ class Loop:
         shutil.copytree("manifests/examples/apps/hello", f"{self.specs}/apps/hello")
         self.ports = {"web": free_port(), "extra": free_port()}
         self.daemons = {}       # name -> (process, incarnation)
-        self.incarnations = []  # (identity, log path, killed at (wall clock) or None)
+        self.incarnations = []  # (identity, log path, killed or frozen at (wall clock) or None)
         self.wanted = {}
 
     # -- specs ---------------------------------------------------------------------------
@@ -232,27 +235,35 @@ spec:
             time.sleep(0.2)
 
     def check_no_overlap(self):
-        """Leadership intervals from the logs never overlap; reconciles happen inside them."""
+        """Leadership intervals from the logs never overlap; reconciles start inside them."""
         intervals = []  # (start, end, identity)
-        for identity, log, killed in self.incarnations:
+        for identity, log, ended in self.incarnations:
             with open(log) as f:
                 lines = f.read().splitlines()
             start = None
             spans = []
+            reconciles = []  # (started at, line)
             for line in lines:
                 at = stamp(line)
                 if at is None:
                     continue
                 if "leading: this daemon acts now" in line:
                     start = at
-                elif start is not None and ("released lease" in line or "lost the lease" in line or line.endswith(" info stopped")):
+                elif start is not None and ("released lease" in line or "lost the lease" in line or "lease lapsed" in line
+                                            or line.endswith(" info stopped")):
                     spans.append((start, at))
                     start = None
                 elif "reconciled " in line or "reconcile of " in line:
-                    if start is None:
-                        raise SystemExit(f"{identity} reconciled while not leading: {line}")
+                    took = line.rsplit(" in ", 1)[-1] if "reconciled " in line else ""
+                    began = at - (int(took[:-3]) / 1000 if took.endswith(" ms") and took[:-3].isdigit() else 0)
+                    reconciles.append((began, line))
             if start is not None:
-                spans.append((start, killed if killed is not None else time.time()))
+                spans.append((start, ended if ended is not None else time.time()))
+            if ended is not None:  # killed or frozen: whatever it logged later, it led until then
+                spans = [(s, min(e, ended)) for s, e in spans if s <= ended]
+            for began, line in reconciles:
+                if not any(s - 0.002 <= began <= e + 0.002 for s, e in spans):
+                    raise SystemExit(f"{identity} started a reconcile while not leading: {line}")
             intervals += [(s, e, identity) for s, e in spans]
         intervals.sort()
         for (s1, e1, a), (s2, e2, b) in zip(intervals, intervals[1:]):
@@ -268,6 +279,21 @@ spec:
                              capture_output=True, text=True, timeout=30)
         if run.returncode != 2 or "in use by a daemon (pid" not in run.stderr:
             raise SystemExit(f"a daemon without --leader-elect was not refused (exit {run.returncode}): {run.stderr[-500:]}")
+
+    def freeze_leader(self, leader):
+        """SIGSTOP the leader past its lease, SIGCONT it: it must exit non-zero at once."""
+        process, index = self.daemons[leader]
+        process.send_signal(signal.SIGSTOP)
+        self.incarnations[index][2] = time.time()
+        time.sleep(3.5)  # the 2 s lease expires; the other daemon takes over
+        process.send_signal(signal.SIGCONT)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"{leader} went on after it was frozen past its lease")
+        if process.returncode == 0:
+            raise SystemExit(f"{leader} exited 0 after it was frozen past its lease")
+        self.start(leader)
 
     def damage_wal(self):
         """Both daemons killed, a page of the write-ahead log overwritten, both started again."""
@@ -330,6 +356,9 @@ spec:
             fault = self.random.random()
             if fault < 0.15:
                 what = "damaged the WAL: " + self.damage_wal()
+            elif fault < 0.27 and leader:
+                self.freeze_leader(leader)
+                what = f"froze {leader} (leader) past its lease"
             else:
                 victim = leader if (leader and self.random.random() < 0.7) else self.random.choice(["a", "b"])
                 self.kill(victim)

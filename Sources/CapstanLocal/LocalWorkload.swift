@@ -77,7 +77,8 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
     public init(stateDirectory: String, store: StateStore, events: any EventRecorder, routerHost: String = "127.0.0.1",
                 grace: Duration = .seconds(10), drainTimeout: Duration = .seconds(2),
                 logRotation: LogRotation = LogRotation(maxBytes: 10 << 20, files: 3),
-                enqueue: @escaping @Sendable (ObjectKey) async -> Void, restarted: @escaping @Sendable () -> Void = {}) throws(SpawnError) {
+                enqueue: @escaping @Sendable (ObjectKey) async -> Void, restarted: @escaping @Sendable () -> Void = {},
+                admit: @escaping @Sendable () -> Bool = { true }) throws(SpawnError) {
         // Every path below it, and every link target written, is absolute: a relative state
         // directory (the default ./.capstan) would make links that resolve from their own folder.
         let stateDirectory = FilePaths.absolute(stateDirectory)
@@ -90,7 +91,7 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
         let routers = routers
         supervisor = try Supervisor(store: store, events: events, grace: grace, maxLogBytes: logRotation.maxBytes, logFiles: logRotation.files,
                                     onReady: { key, backends in await routers.setBackends(key, backends) },
-                                    onChange: enqueue, restarted: restarted)
+                                    onChange: enqueue, restarted: restarted, admit: admit)
     }
 
     func deploymentDirectory(_ key: ObjectKey) -> String { "\(stateDirectory)/deployments/\(key.namespace)/\(key.name)" }

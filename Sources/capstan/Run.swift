@@ -253,6 +253,16 @@ struct Run: AsyncParsableCommand {
         // The platform tells the Deployment controller when an instance's readiness changes;
         // the controller exists only after the platform, hence the late binding.
         let deploymentQueue = WorkQueue<ObjectKey, ContinuousClock>(clock: clock)
+        let elector = leaderElect ? LeaderElector(config: electionConfig!, store: store, clock: clock, log: { log($0) }) : nil
+        // With leader election every action is fenced: a leader frozen past its renew deadline
+        // (SIGSTOP, a paused machine) stops the moment it resumes, before it can act beside the
+        // daemon that leads by then.
+        let admit: @Sendable () -> Bool = {
+            guard let elector, !elector.holdsValidLease else { return true }
+            guard elector.hasLed else { return false }  // a follower acts on nothing
+            log("this daemon's lease lapsed (it was frozen, or renewals failed): stopping every reconcile and exiting", level: "error")
+            Glibc.exit(1)
+        }
         // Local: supervised processes. Kube: apps/v1 Deployments on a cluster (GitOps to it).
         var local: LocalWorkloadPlatform?
         var cluster: ClusterTarget?
@@ -269,7 +279,7 @@ struct Run: AsyncParsableCommand {
                 requestRollback = reconciler.requestRollback
                 deploymentService = Controller(
                     name: "deployment", reconciler: reconciler,
-                    clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, metrics: metrics, observe: onOutcome)
+                    clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, metrics: metrics, observe: onOutcome, admit: admit)
             } catch {
                 log("\(error)", level: "error")
                 throw ExitCode(2)
@@ -278,14 +288,14 @@ struct Run: AsyncParsableCommand {
             do {
                 let platform = try LocalWorkloadPlatform(
                     stateDirectory: state.resolved, store: store, events: objects, routerHost: routerAddress, logRotation: logRotation,
-                    enqueue: { key in await deploymentQueue.add(key) }, restarted: { metrics.instanceRestarted() })
+                    enqueue: { key in await deploymentQueue.add(key) }, restarted: { metrics.instanceRestarted() }, admit: admit)
                 local = platform
                 artifacts = platform
                 let reconciler = DeploymentReconciler(store: objects, events: objects, workload: platform, revisions: objects, prune: prune)
                 requestRollback = reconciler.requestRollback
                 deploymentService = Controller(
                     name: "deployment", reconciler: reconciler,
-                    clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, metrics: metrics, observe: onOutcome)
+                    clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, metrics: metrics, observe: onOutcome, admit: admit)
             } catch {
                 log("cannot start the process supervisor: \(error)", level: "error")
                 throw ExitCode(2)
@@ -294,7 +304,7 @@ struct Run: AsyncParsableCommand {
         let applications = Controller(
             name: "application",
             reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: artifacts, prune: prune),
-            clock: clock, concurrency: concurrency, timeout: timeout, metrics: metrics, observe: onOutcome)
+            clock: clock, concurrency: concurrency, timeout: timeout, metrics: metrics, observe: onOutcome, admit: admit)
         let rollback = requestRollback
         let (platformLocal, platformCluster) = (local, cluster)
 
@@ -349,7 +359,6 @@ struct Run: AsyncParsableCommand {
             await enqueueAll()
             await leading.open()
         }
-        let elector = leaderElect ? LeaderElector(config: electionConfig!, store: store, clock: clock, log: { log($0) }) : nil
         if elector == nil {
             try await lead()
             metrics.leader(true)

@@ -180,17 +180,18 @@ import Testing
         await second.shutdown()
     }
 
-    /// Found in the fault loop: an instance whose restart at adoption failed (its release was
-    /// not there yet) stayed without a process, probed and never tried again. It is retried
-    /// with backoff like any exit, and keeps the reason it could not start.
+    /// Found in the fault loop: an instance whose restart at adoption failed stayed without a
+    /// process, probed and never tried again. It is retried with backoff like any exit, and
+    /// keeps the reason it could not start (here its command is not there yet).
     @Test func anInstanceThatCannotBeRestartedAtAdoptionIsTriedAgain() async throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try StateStore(directory: directory + "/state")
         let owner = ObjectKey(kind: .deployment, namespace: "default", name: "web")
         let release = directory + "/release"
+        try FileManager.default.createDirectory(atPath: release, withIntermediateDirectories: true)
         let launch = InstanceLaunch(id: "web-\(UUID().uuidString.prefix(8))", revision: 1, templateHash: "h", version: "1", port: 0,
-                                    command: ["sh", "-c", "sleep 60"], environment: ["PATH": "/usr/bin:/bin"],
+                                    command: ["./run.sh"], environment: ["PATH": "/usr/bin:/bin"],
                                     workingDirectory: release, logPath: directory + "/i.log", memoryLimit: nil, probe: nil)
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
@@ -201,8 +202,9 @@ import Testing
         let (adopted, restarted) = await supervisor.adopt()
         #expect(adopted == 0 && restarted == 0)
         let waiting = await supervisor.instances(of: owner)
-        #expect(waiting.first?.problem?.contains("does not exist") == true, "\(waiting)")
-        try FileManager.default.createDirectory(atPath: release, withIntermediateDirectories: true)
+        #expect(waiting.first?.problem?.contains("not found") == true, "\(waiting)")
+        try "#!/bin/sh\nexec sleep 60\n".write(toFile: release + "/run.sh", atomically: true, encoding: .utf8)
+        chmod(release + "/run.sh", 0o755)
         var identity: ProcessIdentity?
         for _ in 0..<300 where identity == nil {
             try await Task.sleep(for: .milliseconds(20))
@@ -211,6 +213,31 @@ import Testing
         let running = try #require(identity, "tried again once its directory exists")
         defer { kill(-running.pid, SIGKILL) }
         #expect(running.isAlive)
+        await supervisor.shutdown()
+    }
+
+    /// An instance whose release is gone (removed by a daemon whose records were lost) is
+    /// dropped at adoption, not restarted forever: the reconcile starts a proper one.
+    @Test func anInstanceWhoseReleaseIsGoneIsDroppedAtAdoption() async throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory + "/state")
+        let owner = ObjectKey(kind: .deployment, namespace: "default", name: "web")
+        let launch = InstanceLaunch(id: "web-\(UUID().uuidString.prefix(8))", revision: 1, templateHash: "h", version: "1", port: 0,
+                                    command: ["sh", "-c", "sleep 60"], environment: ["PATH": "/usr/bin:/bin"],
+                                    workingDirectory: directory + "/releases/26", logPath: directory + "/i.log", memoryLimit: nil, probe: nil)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        try store.recordInventory(.init(type: Supervisor.inventoryType, id: launch.id, owner: owner,
+                                        data: ["launch": String(decoding: try encoder.encode(launch), as: UTF8.self), "pid": "999999", "startTime": "1"],
+                                        createdAt: Date()))
+        let changed = Mutex<[ObjectKey]>([])
+        let supervisor = try Supervisor(store: store, events: NoEvents(), onReady: { _, _ in }, onChange: { key in changed.withLock { $0.append(key) } })
+        let (adopted, restarted) = await supervisor.adopt()
+        #expect(adopted == 0 && restarted == 0)
+        #expect(await supervisor.instances(of: owner).isEmpty)
+        #expect(try store.inventory(type: Supervisor.inventoryType).isEmpty)
+        #expect(changed.withLock { $0 } == [owner], "its owner is reconciled")
         await supervisor.shutdown()
     }
 }

@@ -77,6 +77,9 @@ public actor Supervisor {
     private let onReady: @Sendable (ObjectKey, [Backend]) async -> Void
     private let onChange: @Sendable (ObjectKey) async -> Void
     private let restarted: @Sendable () -> Void
+    /// Asked before a restart of its own accord (an exit): false leaves the instance to the
+    /// daemon that leads now (this one's lease may have lapsed while it was frozen).
+    private let admit: @Sendable () -> Bool
     private var rotation: Task<Void, Never>?
 
     /// Files kept per log by the old rotation (instances started without a log writer).
@@ -86,8 +89,10 @@ public actor Supervisor {
                 now: @escaping @Sendable () -> Date = Date.init,
                 onReady: @escaping @Sendable (ObjectKey, [Backend]) async -> Void,
                 onChange: @escaping @Sendable (ObjectKey) async -> Void,
-                restarted: @escaping @Sendable () -> Void = {}) throws(SpawnError) {
+                restarted: @escaping @Sendable () -> Void = {},
+                admit: @escaping @Sendable () -> Bool = { true }) throws(SpawnError) {
         self.store = store
+        self.admit = admit
         self.events = events
         self.grace = grace
         self.maxLogBytes = maxLogBytes
@@ -191,6 +196,7 @@ public actor Supervisor {
                 adopted += 1
             } else {
                 instance.problem = "exited while no daemon was running"
+                if await dropIfReleaseIsGone(instance) { continue }
                 do {
                     try spawn(&instance)
                     instance.restarts = 1
@@ -368,6 +374,27 @@ public actor Supervisor {
         instances[id]?.tasks.append(task)
     }
 
+    /// An instance whose release (working directory) is gone can never start again: it is
+    /// dropped from the supervisor and the inventory, and its owner reconciled, which starts
+    /// what the spec asks from a release it prepares (restarting it forever would hold the
+    /// rollout until its deadline). Returns whether it was dropped.
+    private func dropIfReleaseIsGone(_ instance: Instance) async -> Bool {
+        var isDirectory: ObjCBool = false
+        guard !FileManager.default.fileExists(atPath: instance.launch.workingDirectory, isDirectory: &isDirectory) || !isDirectory.boolValue else {
+            return false
+        }
+        let id = instance.launch.id
+        instances[id]?.tasks.forEach { $0.cancel() }
+        instances[id] = nil
+        _ = try? store.removeInventory(type: Self.inventoryType, id: id)
+        await events.record(.warning, reason: "InstanceDropped",
+                            message: "instance \(id) cannot start again: its release \(instance.launch.workingDirectory) is gone (the reconcile starts what the spec asks instead)",
+                            about: instance.owner)
+        await onReady(instance.owner, backends(of: instance.owner))
+        await onChange(instance.owner)
+        return true
+    }
+
     /// Sets the problem of run `run` of an instance, unless it moved on since.
     private func explain(_ id: String, run: Int, _ problem: String) async {
         guard let instance = instances[id], instance.run == run, instance.identity == nil, !instance.stopping else { return }
@@ -376,7 +403,8 @@ public actor Supervisor {
     }
 
     private func restart(_ id: String, run: Int) async {
-        guard var instance = instances[id], instance.run == run, !instance.stopping else { return }
+        guard var instance = instances[id], instance.run == run, !instance.stopping, admit() else { return }
+        if await dropIfReleaseIsGone(instance) { return }
         instance.restarts += 1
         restarted()
         do {

@@ -41,14 +41,18 @@ public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where 
     private let timeout: Duration
     private let observe: @Sendable (R.Key, ReconcileOutcome, Duration) async -> Void
     private let metrics: RuntimeMetrics?
+    private let admit: @Sendable () -> Bool
 
     /// - Parameters:
     ///   - observe: called after every reconcile with its outcome and duration (metrics, error events).
     ///   - metrics: where the time each key waited in the queue is recorded, under `name`.
+    ///   - admit: asked before every reconcile; false puts the key back untouched (a leader
+    ///     whose lease may have lapsed must not act: the daemon's answer also stops it).
     public init(
         name: String, reconciler: R, clock: C, concurrency: Int = 4, timeout: Duration = .seconds(300),
         queue: WorkQueue<R.Key, C>? = nil, metrics: RuntimeMetrics? = nil,
-        observe: @escaping @Sendable (R.Key, ReconcileOutcome, Duration) async -> Void = { _, _, _ in }
+        observe: @escaping @Sendable (R.Key, ReconcileOutcome, Duration) async -> Void = { _, _, _ in },
+        admit: @escaping @Sendable () -> Bool = { true }
     ) {
         precondition(concurrency > 0, "a controller needs at least one worker")
         precondition(timeout > .zero, "the reconcile timeout must be positive")
@@ -60,6 +64,7 @@ public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where 
         self.queue = queue ?? WorkQueue(clock: clock)
         self.observe = observe
         self.metrics = metrics
+        self.admit = admit
     }
 
     /// Runs the workers until the queue shuts down and in-flight reconciles have finished.
@@ -85,6 +90,11 @@ public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where 
     private func work() async {
         while let (key, waited) = await queue.take() {
             if let waited { metrics?.queued(kind: name, waited: waited) }
+            guard admit() else {
+                await queue.addRateLimited(key)
+                await queue.done(key)
+                continue
+            }
             let start = clock.now
             let outcome = await reconcileWithTimeout(key)
             switch outcome {

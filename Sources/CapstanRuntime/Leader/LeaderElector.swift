@@ -108,6 +108,12 @@ public final class LeaderElector<C: Clock>: Sendable where C.Duration == Duratio
         var at: C.Instant?
     }
     private let observed: Synchronized<Observed>
+    /// When this elector last acquired or renewed the lease (nil: not leading).
+    private let renewed = Synchronized<C.Instant?>(nil)
+    private let led = Synchronized(false)
+
+    /// Whether this elector was ever elected (a follower that never led has nothing to fence).
+    public var hasLed: Bool { led.value }
 
     public init(config: LeaderElectionConfig, store: any LeaseStore, clock: C, now: @escaping @Sendable () -> Date = Date.init,
                 log: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -121,6 +127,15 @@ public final class LeaderElector<C: Clock>: Sendable where C.Duration == Duratio
 
     /// Whether this elector holds the lease as far as it last saw.
     public var isLeader: Bool { observed.value.record?.holderIdentity == config.identity }
+
+    /// Whether this elector may act now: it leads, and renewed within the renew deadline by
+    /// its own monotonic clock. A leader that was frozen (SIGSTOP, a paused VM) past the
+    /// deadline fails this the moment it resumes, before its renewal loop finds out, so it can
+    /// fence every action on it (another daemon may lead by then).
+    public var holdsValidLease: Bool {
+        guard isLeader, let at = renewed.value else { return false }
+        return at.duration(to: clock.now) < config.renewDeadline
+    }
 
     /// The lease as last seen.
     public var lastObserved: LeaseRecord? { observed.value.record }
@@ -136,6 +151,8 @@ public final class LeaderElector<C: Clock>: Sendable where C.Duration == Duratio
         }
         guard !Task.isCancelled else { return }
         log("elected: \(config.identity) holds lease \(config.leaseName)")
+        renewed.update { $0 = clock.now }
+        led.update { $0 = true }
         await onStartedLeading()
 
         // Renew.
@@ -148,13 +165,18 @@ public final class LeaderElector<C: Clock>: Sendable where C.Duration == Duratio
                 await onStoppedLeading(false)
                 return
             }
+            let attempt = clock.now
             if await tryAcquireOrRenew() {
-                lastRenew = clock.now
+                // Valid from when the attempt began: a renewal that took long is not credited
+                // with its own duration.
+                lastRenew = attempt
+                renewed.update { $0 = attempt }
                 continue
             }
             // Someone else holds it now (we were too slow), or renewals failed too long: step
             // down. renewDeadline < leaseDuration, so this happens before it can expire.
             if isHeldByOther() || lastRenew.duration(to: clock.now) >= config.renewDeadline {
+                renewed.update { $0 = nil }
                 log("lost lease \(config.leaseName): no renewal for \(lastRenew.duration(to: clock.now))")
                 await onStoppedLeading(true)
                 return
