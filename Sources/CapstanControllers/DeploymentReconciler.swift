@@ -21,6 +21,8 @@ public struct DeploymentReconciler: Reconciler {
     public static let progressCheck: Duration = .seconds(5)
     /// How soon to try again after a failure outside the spec (a build, a port, a source).
     public static let retry: Duration = .seconds(30)
+    /// How soon a router port that could not be opened is tried again.
+    public static let portRetry: Duration = .seconds(1)
 
     public init(store: any ObjectStore, events: any EventRecorder, workload: any WorkloadPlatform, revisions: any RevisionStore,
                 prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
@@ -53,7 +55,13 @@ public struct DeploymentReconciler: Reconciler {
             return .done
         }
         var step = Step(key: key, stored: stored, deployment: deployment, time: Timestamp(now()))
-        let result = try await run(&step)
+        var result = try await run(&step)
+        if let problem = step.portProblem {
+            let before = deployment.status.conditions[type: ConditionType.stalled]
+            step.stalled(problem.reason, problem.message)
+            if before?.status != .true || before?.reason != problem.reason { step.event(.warning, problem.reason, problem.message) }
+            result = .requeue(after: min(result.requeueAfter ?? Self.portRetry, Self.portRetry))
+        }
         if let hold = stored.hold {
             step.status.markStalled(reason: hold.reason, message: hold.message, generation: stored.generation, now: step.time)
         }
@@ -73,6 +81,9 @@ public struct DeploymentReconciler: Reconciler {
         var specHash = ""
         /// Instances were stopped: the next step of the rollout can follow at once.
         var stoppedSome = false
+        /// The stable port could not be opened: reported, retried within a second, and never a
+        /// reason to hold the rollout (the instances run and self-heal without it).
+        var portProblem: WorkloadError?
 
         init(key: ObjectKey, stored: StoredObject, deployment: Deployment, time: Timestamp) {
             self.key = key
@@ -133,11 +144,9 @@ public struct DeploymentReconciler: Reconciler {
         do {
             try await workload.expose(step.key, port: spec.port)
         } catch {
-            // The instances still run and self-heal; only the stable port is missing.
-            step.stalled(error.reason, error.message)
-            step.event(.warning, error.reason, error.message)
-            await observe(nil, &step)
-            return .requeue(after: Self.retry)
+            // The instances still run and self-heal; only the stable port is missing (after a
+            // leader handoff, the old leader may hold it for a moment): the rollout goes on.
+            step.portProblem = error
         }
 
         // Which revision runs: the spec's, unless a rollback holds and the spec is unchanged since.
@@ -230,12 +239,16 @@ public struct DeploymentReconciler: Reconciler {
                 }
             }
         }
+        /// Side by side: an app that ignores SIGTERM costs one grace period, not one per instance.
         func stop(_ victims: some Sequence<InstanceState>, _ why: String) async {
-            for instance in victims {
-                step.stoppedSome = true
-                await workload.stop(instance: instance.id, of: step.key)
-                step.event(.normal, "InstanceStopped", "stopped instance \(instance.id) (\(why))")
+            let victims = Array(victims)
+            guard !victims.isEmpty else { return }
+            step.stoppedSome = true
+            let workload = self.workload, key = step.key
+            await withTaskGroup(of: Void.self) { group in
+                for instance in victims { group.addTask { await workload.stop(instance: instance.id, of: key) } }
             }
+            for instance in victims { step.event(.normal, "InstanceStopped", "stopped instance \(instance.id) (\(why))") }
         }
         // Unready first, then the newest: the instances to let go of.
         func victims(_ candidates: [InstanceState], _ count: Int) -> [InstanceState] {

@@ -118,6 +118,21 @@ import Glibc
         #expect(events.contains("OrphanDeleted") && events.contains("without an inventory record"), "\(events)")
     }
 
+    @Test func aHungInstanceIsReplaced() throws {
+        let port = LoopbackHTTP.freePort()
+        let app = Self.app().replacingOccurrences(of: "interval: 1s}", with: "interval: 500ms, failureThreshold: 2}")
+        try write(app + "---\n" + Self.deployment(port: port), to: "web.yaml")
+        let daemon = try startDaemon()
+        defer { cleanUp([daemon]) }
+        try poll("serving") { ready(port) }
+        let hung = try #require(instances().first)
+        kill(hung, SIGSTOP)
+        defer { kill(hung, SIGKILL) }
+        try poll("a replacement serves", seconds: 20) { ready(port) && !instances().contains(hung) && instances().count == 1 }
+        let events = try capstan(["events", "deployment/web"]).stdout
+        #expect(events.contains("InstanceRestarted") && events.contains("hung"), "\(events)")
+    }
+
     @Test func aFloodOfOutputNeverTakesMoreThanItsFilesAndLosesNoLine() throws {
         // 50 MiB/s for two seconds, then a last line, then quiet.
         let flood = "import sys, time\nchunk = ('x' * 99 + '\\n') * 10486\nstart = time.time()\nwhile time.time() - start < 2:\n    t = time.time()\n    for _ in range(5): sys.stdout.write(chunk)\n    sys.stdout.flush()\n    time.sleep(max(0, 0.1 - (time.time() - t)))\nprint('the last line', flush=True)\ntime.sleep(600)\n"

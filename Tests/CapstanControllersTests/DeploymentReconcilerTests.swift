@@ -39,6 +39,9 @@ final class FakeWorkload: WorkloadPlatform, Sendable {
         var started = 0
         var stopped: [String] = []
         var startFailure: WorkloadError?
+        var exposeFailure: WorkloadError?
+        /// How long a stop takes (an app that ignores SIGTERM waits out the grace period).
+        var stopTime: Duration = .zero
         var port: Int?
         var removed = false
     }
@@ -56,12 +59,19 @@ final class FakeWorkload: WorkloadPlatform, Sendable {
         }
     }
     func stop(instance: String, of deployment: ObjectKey) async {
+        let wait = state.withLock { $0.stopTime }
+        if wait > .zero { try? await Task.sleep(for: wait) }
         state.withLock { state in
             state.instances.removeAll { $0.id == instance }
             state.stopped.append(instance)
         }
     }
-    func expose(_ deployment: ObjectKey, port: Int?) async throws(WorkloadError) { state.withLock { $0.port = port } }
+    func expose(_ deployment: ObjectKey, port: Int?) async throws(WorkloadError) {
+        try state.withLock { state throws(WorkloadError) in
+            if let failure = state.exposeFailure { throw failure }
+            state.port = port
+        }
+    }
     func pruneReleases(of deployment: ObjectKey, keeping revisions: Set<Int>) async {}
     func remove(_ deployment: ObjectKey, dryRun: Bool) async -> [String] {
         state.withLock { state in
@@ -125,6 +135,42 @@ final class FakeWorkload: WorkloadPlatform, Sendable {
         #expect(status.isReady(generation: 1))
         #expect(status.history.map(\.outcome) == ["Succeeded"])
         #expect(fake.eventReasons.contains("RolloutStarted") && fake.eventReasons.contains("RolloutSucceeded"))
+    }
+
+    @Test func scalingDownStopsInstancesSideBySide() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        try fake.put(Self.app)
+        try fake.put(Self.deployment(version: "1.0", replicas: 4))
+        let reconciler = reconciler(fake, workload, clock)
+        try await settle(reconciler)
+        workload.makeReady()
+        try await settle(reconciler)
+        workload.state.withLock { $0.stopTime = .milliseconds(400) }
+        try fake.put(Self.deployment(version: "1.0", replicas: 1), generation: 2)
+        let started = ContinuousClock.now
+        _ = try await reconciler.reconcile(Self.key)
+        let took = ContinuousClock.now - started
+        #expect(workload.instances.count == 1)
+        #expect(took < .milliseconds(1000), "three stops of 400 ms side by side, not one after another: \(took)")
+    }
+
+    @Test func aRouterPortThatCannotBeOpenedHoldsNoRolloutAndIsRetriedWithinASecond() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        workload.state.withLock { $0.exposeFailure = WorkloadError("PortUnavailable", "cannot listen on 127.0.0.1:18080: address already in use") }
+        try fake.put(Self.app)
+        try fake.put(Self.deployment(version: "1.0"))
+        let reconciler = reconciler(fake, workload, clock)
+        let result = try await settle(reconciler)
+        #expect(workload.instances.count == 3, "the rollout went on without its port")
+        #expect((result.requeueAfter ?? .seconds(60)) <= .seconds(1))
+        #expect(fake.deployment?.status.conditions[type: ConditionType.stalled]?.reason == "PortUnavailable")
+        #expect(fake.eventReasons.filter { $0 == "PortUnavailable" }.count == 1, "one event while it lasts")
+        workload.state.withLock { $0.exposeFailure = nil }
+        workload.makeReady()
+        try await settle(reconciler)
+        #expect(workload.state.withLock { $0.port } == 18080)
+        #expect(fake.deployment?.status.conditions[type: ConditionType.stalled] == nil)
+        #expect(fake.deployment?.status.phase == .succeeded)
     }
 
     @Test func aRollingUpdateNeverDropsBelowReplicasMinusMaxUnavailable() async throws {

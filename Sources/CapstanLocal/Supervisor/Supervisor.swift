@@ -52,6 +52,10 @@ public actor Supervisor {
         var backoffLevel = 0
         var readySince: ContinuousClock.Instant?
         var problem: String?
+        /// It was ready in this run: health failing long after that means hung, not starting.
+        var everReady = false
+        /// Why the supervisor killed it (a liveness failure), for the exit that follows.
+        var killedBecause: String?
         var stopping = false
         var tasks: [Task<Void, Never>] = []
     }
@@ -239,6 +243,8 @@ public actor Supervisor {
         let identity = try Spawner.spawn(instance.launch.process)
         instance.identity = identity
         instance.run += 1
+        instance.everReady = false
+        instance.killedBecause = nil
         instance.ready = instance.launch.probe == nil
         instance.readySince = instance.ready ? clock.now : nil
         instance.successes = 0
@@ -308,11 +314,18 @@ public actor Supervisor {
                 instance.readySince = nil
                 changed = true
             }
+            // Out of the router at the threshold; still failing at twice the threshold after it
+            // had been ready, it is hung (stopped, deadlocked): killed, so it is replaced.
+            if instance.everReady, instance.failures >= 2 * probe.failureThreshold, instance.killedBecause == nil, let identity = instance.identity {
+                instance.killedBecause = "hung: its health check failed \(instance.failures) times in a row after it had been ready (\(failure)); killed"
+                kill(-identity.pid, SIGKILL)
+            }
         } else {
             instance.successes += 1
             instance.failures = 0
             if !instance.ready && instance.successes >= probe.successThreshold {
                 instance.ready = true
+                instance.everReady = true
                 instance.readySince = clock.now
                 instance.problem = nil
                 changed = true
@@ -343,7 +356,9 @@ public actor Supervisor {
         // The log writer may still be writing them: they are read a moment later, off the
         // path of the restart.
         let logPath = instance.launch.logPath
-        instance.problem = neverStarted ? instance.problem : "\(exit) (log: \(logPath))"
+        let killedBecause = instance.killedBecause
+        instance.killedBecause = nil
+        instance.problem = neverStarted ? instance.problem : (killedBecause ?? "\(exit)") + " (log: \(logPath))"
         let delay: Duration
         if stable {
             delay = .zero
@@ -362,7 +377,7 @@ public actor Supervisor {
         Task {
             try? await Task.sleep(for: .milliseconds(50))
             let tail = LogTail.lastLines(of: logPath, count: 3)
-            let problem = neverStarted ? cause : "\(exit)" + (tail.isEmpty ? "" : "; last output: \(tail.joined(separator: " | "))") + " (log: \(logPath))"
+            let problem = neverStarted ? cause : (killedBecause ?? "\(exit)") + (tail.isEmpty ? "" : "; last output: \(tail.joined(separator: " | "))") + " (log: \(logPath))"
             if !neverStarted { await self.explain(id, run: run, problem) }
             await events.record(.warning, reason: "InstanceRestarted", message: "instance \(launchID) \(problem); restarting \(when)", about: owner)
         }
