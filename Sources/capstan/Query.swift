@@ -331,10 +331,15 @@ struct Events: AsyncParsableCommand {
     @OptionGroup var state: StateOptions
 
     func run() async throws {
-        // The daemon's own lease has events too (LeaderElected, LeaderLost): lease/NAME.
+        // The daemon's own lease has events too (LeaderElected, LeaderLost): lease/NAME; and
+        // spec files that could not be used (SpecFileSkipped, InvalidSpec): specfile/PATH.
         let key = try object.map { text -> ObjectReference in
+            let rest = String(text[text.index(after: text.firstIndex(of: "/") ?? text.startIndex)...])
             if text.lowercased().hasPrefix("lease/") || text.lowercased().hasPrefix("leases/") {
-                return ObjectReference(kind: "Lease", namespace: namespace, name: String(text[text.index(after: text.firstIndex(of: "/")!)...]))
+                return ObjectReference(kind: "Lease", namespace: namespace, name: rest)
+            }
+            if text.lowercased().hasPrefix("specfile/") {
+                return ObjectReference(kind: "SpecFile", namespace: "", name: rest)
             }
             let key = try parseReference(text, namespace: namespace)
             return ObjectReference(kind: key.kind.rawValue, namespace: key.namespace, name: key.name)

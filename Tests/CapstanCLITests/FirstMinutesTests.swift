@@ -233,6 +233,10 @@ import Glibc
         }
         #expect(log().contains(" warning ") && log().contains("--max-file-size"), "\(log())")
         #expect(try capstan(["get", "app", "big", "--state-dir", state]).status == 1, "a skipped file applies nothing")
+        // A new object that does not validate: a warning (not info) and an event about its file.
+        try write(Self.app(name: "broken", command: "\"not a list\""), to: "broken.yaml")
+        try poll("the invalid file's event") { try capstan(["events", "specfile/" + specs + "/broken.yaml", "--state-dir", state]).stdout.contains("InvalidSpec") }
+        #expect(log().split(separator: "\n").contains { $0.contains(" warning ") && $0.contains("broken.yaml") && $0.contains("not applied") }, "\(log())")
     }
 
     @Test func anInstanceThatExitsShowsItsLastLinesAndItsLog() throws {
