@@ -104,10 +104,11 @@ public enum Spawner {
             throw SpawnError(description: "command \"\(name)\" not found (PATH=\(spec.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")) or not executable")
         }
         let log: Int32
-        if let rotation = spec.logRotation {
+        if let rotation = spec.logRotation, let writer = try? LogWriter.start(path: spec.logPath, rotation: rotation) {
             // Output goes through a pipe to a writer process that rotates the log at exactly
-            // the size limit; it outlives the daemon with the instance and ends at EOF.
-            log = try LogWriter.start(path: spec.logPath, rotation: rotation)
+            // the size limit; it outlives the daemon with the instance and ends at EOF. (Should
+            // no writer start, the instance still does, appending to its log directly.)
+            log = writer
         } else {
             log = open(spec.logPath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
             guard log >= 0 else { throw SpawnError(description: "cannot open log \(spec.logPath): \(String(cString: strerror(errno)))") }
@@ -375,16 +376,14 @@ public struct LogRotation: Sendable, Hashable {
 /// own process group and ignores the usual stop signals, so stopping an instance leaves it to
 /// write the last lines and end at EOF.
 enum LogWriter {
-    static let executable: String? = {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard count > 0 else { return nil }
-        return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }()
+    /// This very executable: `/proc/self/exe` is resolved in the child before its exec, so the
+    /// writer is the daemon's own binary even when the file was replaced or removed since (an
+    /// upgrade in place, a rebuild).
+    static let executable = "/proc/self/exe"
 
     /// Starts a writer for `path`; returns the pipe's write end (close-on-exec) for the instance.
     static func start(path: String, rotation: LogRotation) throws(SpawnError) -> Int32 {
-        guard let program = executable else { throw SpawnError(description: "cannot find this executable to write logs with") }
+        let program = executable
         var ends: [Int32] = [-1, -1]
         guard capstan_pipe_cloexec(&ends) == 0 else { throw SpawnError(description: "cannot make a pipe for the log: \(String(cString: strerror(errno)))") }
         let words: [String] = ["capstan", "__log-writer", path, String(rotation.maxBytes), String(max(1, rotation.files))]
