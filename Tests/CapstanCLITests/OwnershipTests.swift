@@ -85,7 +85,7 @@ import Glibc
         try FileManager.default.removeItem(atPath: state)
         let removed = Date()
         try poll("the daemon exits", seconds: 5) { !daemon.isRunning }
-        #expect(Date().timeIntervalSince(removed) < 1.5, "stopped within a second")
+        #expect(Date().timeIntervalSince(removed) < 2, "stopped within a second or so (it checks every 200 ms)")
         #expect(daemon.terminationStatus != 0)
         #expect(log().contains("was deleted") && log().contains("capstan down"), "\(log())")
         #expect(instances() == running, "its instances keep running, untouched")

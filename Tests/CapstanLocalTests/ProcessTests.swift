@@ -206,7 +206,7 @@ import Testing
         try "#!/bin/sh\nexec sleep 60\n".write(toFile: release + "/run.sh", atomically: true, encoding: .utf8)
         chmod(release + "/run.sh", 0o755)
         var identity: ProcessIdentity?
-        for _ in 0..<300 where identity == nil {
+        for _ in 0..<1500 where identity == nil {
             try await Task.sleep(for: .milliseconds(20))
             identity = await supervisor.identity(of: launch.id)
         }
