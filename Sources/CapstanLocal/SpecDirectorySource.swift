@@ -139,18 +139,19 @@ public actor SpecDirectorySource {
     /// an event about the file (`capstan events specfile/PATH`). `read`: the files this sync
     /// read (nil: all of them), whose earlier problems are forgotten.
     private func reportUnattached(_ problems: [Diagnostic], read: Set<String>?, at time: Date) throws {
-        let byFile = Dictionary(grouping: problems, by: \.file)
+        let previous = reportedUnattached
+        // What this read saw replaces what earlier reads saw of the same files.
+        var next = previous
         if let read {
-            for file in read { reportedUnattached[file] = nil }
+            for file in read { next[file] = nil }
         } else {
-            reportedUnattached = [:]
+            next = [:]
         }
-        var before = reportedUnattached
-        for (file, problems) in byFile.sorted(by: { $0.key < $1.key }) {
+        for (file, problems) in Dictionary(grouping: problems, by: \.file).sorted(by: { $0.key < $1.key }) {
             for problem in problems {
                 let text = problem.description
-                guard before[file, default: []].insert(text).inserted else { continue }
-                reportedUnattached[file, default: []].insert(text)
+                next[file, default: []].insert(text)
+                if previous[file]?.contains(text) == true { continue }  // reported already
                 guard problem.severity == .error else {
                     log(text, .info)
                     continue
@@ -161,7 +162,7 @@ public actor SpecDirectorySource {
                                       message: text + " (not applied)", about: reference, at: time)
             }
         }
-        reportedUnattached = before.filter { !$0.value.isEmpty }
+        reportedUnattached = next.filter { !$0.value.isEmpty }
     }
 
     private func apply(_ plan: SyncPlan, loaded: ManifestResult, readFiles: Set<String>?) async throws -> Summary {

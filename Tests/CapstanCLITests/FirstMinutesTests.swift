@@ -237,6 +237,13 @@ import Glibc
         try write(Self.app(name: "broken", command: "\"not a list\""), to: "broken.yaml")
         try poll("the invalid file's event") { try capstan(["events", "specfile/" + specs + "/broken.yaml", "--state-dir", state]).stdout.contains("InvalidSpec") }
         #expect(log().split(separator: "\n").contains { $0.contains(" warning ") && $0.contains("broken.yaml") && $0.contains("not applied") }, "\(log())")
+        // Once: a full read again (SIGHUP) reports nothing new.
+        kill(daemon.processIdentifier, SIGHUP)
+        try poll("SIGHUP read") { log().contains("SIGHUP: re-reading") }
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(log().components(separatedBy: "big.yaml").count - 1 == 1, "the skipped file is reported once:\n\(log())")
+        let skipped = try capstan(["events", "specfile/" + specs + "/big.yaml", "--state-dir", state]).stdout
+        #expect(skipped.split(separator: "\n").count == 2 && skipped.contains(" 1     "), "one event, count 1: \(skipped)")
     }
 
     @Test func anInstanceThatExitsShowsItsLastLinesAndItsLog() throws {
