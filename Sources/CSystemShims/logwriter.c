@@ -10,7 +10,8 @@
 
 // The log writer of an instance: `capstan __log-writer PATH MAX-BYTES FILES`, reading the
 // instance's output on standard input. It runs here, before Swift starts, so that it costs a
-// few hundred KiB rather than a daemon's runtime. The log never grows past MAX-BYTES: before a
+// couple of MiB of private memory (measured: 2.3 MiB dirty, 4.8 MiB RSS with shared libraries)
+// rather than a daemon's runtime. The log never grows past MAX-BYTES: before a
 // write would, the file is renamed to PATH.1 (PATH.1 to PATH.2, ...; beyond FILES - 1 the
 // oldest goes) and a new one begins; it rotates at the last line boundary that fits (a line
 // longer than the limit is split). Nothing is copied or truncated, so nothing is lost between
