@@ -55,6 +55,7 @@ public struct DeploymentReconciler: Reconciler {
             return .done
         }
         var step = Step(key: key, stored: stored, deployment: deployment, time: Timestamp(now()))
+        try await takeRequests(&step)
         var result = try await run(&step)
         if let problem = step.portProblem {
             let before = deployment.status.conditions[type: ConditionType.stalled]
@@ -416,8 +417,26 @@ public struct DeploymentReconciler: Reconciler {
 
     /// `capstan rollback deployment/NAME [--to-revision N]`: holds revision N (default: the
     /// one before the current) until the spec's template changes. Returns what was done.
-    public func requestRollback(_ key: ObjectKey, toRevision: Int?) async throws -> String {
-        try await RollbackRequest.apply(key, to: toRevision, store: store, events: events, revisions: revisions)
+    /// Requests made with the CLI, taken inside the reconcile (the reconciler is the one writer
+    /// of the status): a rollback sets `status.rollback`, which this very reconcile rolls out,
+    /// or is refused with a `RollbackRefused` event.
+    private func takeRequests(_ step: inout Step) async throws {
+        for request in await store.requests(for: step.key) where request.type == ObjectRequest.rollback {
+            guard await store.take(request) else { continue }
+            do {
+                let requested = try RollbackRequest.revision(from: request.value)
+                let applicationKey = ObjectKey(kind: .application, namespace: step.key.namespace, name: step.deployment.spec.application)
+                guard let applicationObject = try await store.object(applicationKey), case .application(let application) = applicationObject.resource else {
+                    throw WorkloadError("ApplicationNotFound", "application \(step.deployment.spec.application) does not exist")
+                }
+                let specHash = WorkloadTemplate(deployment: step.deployment, application: application, applicationFile: applicationObject.sourceFile).hash
+                let (rollback, message) = try await RollbackRequest.plan(step.key, to: requested, status: step.status, specTemplateHash: specHash, revisions: revisions)
+                step.status.rollback = rollback
+                step.event(.normal, "RollbackRequested", message)
+            } catch let error as WorkloadError {
+                step.event(.warning, "RollbackRefused", error.message)
+            }
+        }
     }
 }
 

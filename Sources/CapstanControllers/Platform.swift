@@ -102,6 +102,34 @@ public protocol ObjectStore: Sendable {
     /// had is kept). Local: recorded when the object was read; Kubernetes: the annotation on
     /// the object being deleted.
     func pruneDisabled(_ key: ObjectKey) async -> Bool
+    /// Requests for `key` waiting for its reconcile (`capstan rollback` ...), oldest first: read
+    /// inside the reconcile, so the reconciler is the one writer of the status.
+    func requests(for key: ObjectKey) async -> [ObjectRequest]
+    /// Takes a request before acting on it: false when it is no longer waiting (withdrawn by
+    /// the CLI that gave up, expired, or taken already).
+    func take(_ request: ObjectRequest) async -> Bool
+}
+
+extension ObjectStore {
+    /// Stores whose requests come another way (Kubernetes: annotations on the object) have none.
+    public func requests(for key: ObjectKey) async -> [ObjectRequest] { [] }
+    public func take(_ request: ObjectRequest) async -> Bool { false }
+}
+
+/// A request for an object's reconciler, made with the CLI.
+public struct ObjectRequest: Sendable, Hashable {
+    public var id: Int64
+    public var type: String
+    public var value: String
+
+    public init(id: Int64, type: String, value: String) {
+        self.id = id
+        self.type = type
+        self.value = value
+    }
+
+    /// `capstan rollback`: the value is the revision, or empty for the previous one.
+    public static let rollback = "rollback"
 }
 
 /// Orphan cleanup settings (runtime.md). What a deleted object had (instances, ports,

@@ -41,6 +41,14 @@ public struct LocalObjectStore: ObjectStore, EventRecorder {
         return written
     }
 
+    public func requests(for key: ObjectKey) async -> [ObjectRequest] {
+        ((try? store.pendingRequests(now: now())) ?? []).filter { $0.key == key }.map { ObjectRequest(id: $0.id, type: $0.type, value: $0.value) }
+    }
+
+    public func take(_ request: ObjectRequest) async -> Bool {
+        (try? store.claimRequest(request.id, at: now())) ?? false
+    }
+
     public func pruneDisabled(_ key: ObjectKey) async -> Bool {
         (try? store.isPruneDisabled(key)) ?? false
     }

@@ -292,7 +292,6 @@ struct Run: AsyncParsableCommand {
                 local = platform
                 artifacts = platform
                 let reconciler = DeploymentReconciler(store: objects, events: objects, workload: platform, revisions: objects, prune: prune)
-                requestRollback = reconciler.requestRollback
                 deploymentService = Controller(
                     name: "deployment", reconciler: reconciler,
                     clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, metrics: metrics, observe: onOutcome, admit: admit)
@@ -450,6 +449,12 @@ struct Run: AsyncParsableCommand {
                     }
                     guard let requests = try? store.pendingRequests(now: now) else { continue }
                     for request in requests {
+                        // A rollback of a local Deployment is taken by its own reconcile (the
+                        // reconciler writes the status, no one else): it only needs waking.
+                        if request.type == ObjectRequest.rollback, platformCluster == nil {
+                            await deploymentQueue.add(request.key)
+                            continue
+                        }
                         // Taken first: a request the CLI withdraws at this moment is not acted on.
                         guard (try? store.claimRequest(request.id, at: now)) == true else { continue }
                         switch request.type {

@@ -16,8 +16,26 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
         var buildFailure: WorkloadError?
         var revisions: [(owner: ObjectKey, number: Int, hash: String, template: SpecNode)] = []
         var pruneDisabled: Set<ObjectKey> = []
+        var requests: [(key: ObjectKey, request: ObjectRequest, taken: Bool)] = []
     }
     let state = Mutex(State())
+
+    /// A request as the CLI leaves it for the reconciler.
+    func request(_ type: String, _ value: String, for key: ObjectKey) {
+        state.withLock { $0.requests.append((key, ObjectRequest(id: Int64($0.requests.count + 1), type: type, value: value), false)) }
+    }
+
+    func requests(for key: ObjectKey) async -> [ObjectRequest] {
+        state.withLock { $0.requests.filter { $0.key == key && !$0.taken }.map(\.request) }
+    }
+
+    func take(_ request: ObjectRequest) async -> Bool {
+        state.withLock { state in
+            guard let index = state.requests.firstIndex(where: { $0.request == request && !$0.taken }) else { return false }
+            state.requests[index].taken = true
+            return true
+        }
+    }
 
     func put(_ yaml: String, generation: Int = 1, problems: [String] = []) throws {
         let result = ManifestDecoder().decode(Array(yaml.utf8), file: "specs/x.yaml")

@@ -284,8 +284,8 @@ final class FakeWorkload: WorkloadPlatform, Sendable {
             }
         }
         #expect(fake.deployment?.status.currentRevision == 2)
-        let message = try await reconciler.requestRollback(Self.key, toRevision: 1)
-        #expect(message.contains("revision 1"))
+        // Taken inside the reconcile, the one writer of the status.
+        fake.request(ObjectRequest.rollback, "1", for: Self.key)
         for _ in 0..<4 {
             _ = try await reconciler.reconcile(Self.key)
             workload.makeReady()
@@ -295,7 +295,12 @@ final class FakeWorkload: WorkloadPlatform, Sendable {
         #expect(status.version == "1.0")
         #expect(status.rollback?.reason == "RollbackRequested")
         #expect(status.isReady(generation: 2))
-        await #expect(throws: WorkloadError.self) { try await reconciler.requestRollback(Self.key, toRevision: 42) }
+        #expect(fake.eventReasons.contains("RollbackRequested"))
+        #expect(await fake.requests(for: Self.key).isEmpty, "taken")
+        fake.request(ObjectRequest.rollback, "42", for: Self.key)
+        _ = try await reconciler.reconcile(Self.key)
+        #expect(fake.eventReasons.contains("RollbackRefused"))
+        #expect(fake.deployment?.status.currentRevision == 3, "a refused request changes nothing")
     }
 
     @Test func unsupportedStrategiesAndMissingApplicationsSayWhy() async throws {
