@@ -95,12 +95,18 @@ import Glibc
         try poll("no instance left") { instances().isEmpty }
     }
 
-    @Test func anInstanceNoInventoryKnowsIsStoppedAtStartUp() throws {
+    /// The example app as one Deployment on a free port, started and serving 1/1.
+    func startServing() throws -> (daemon: Process, port: Int) {
         let port = LoopbackHTTP.freePort()
         try write(Self.app() + "---\n" + Self.deployment(port: port), to: "web.yaml")
-        var daemon = try startDaemon()
-        defer { cleanUp([daemon]) }
+        let daemon = try startDaemon()
         try poll("1/1") { try capstan(["get", "deployments"]).stdout.contains("1/1") }
+        return (daemon, port)
+    }
+
+    @Test func anInstanceNoInventoryKnowsIsStoppedAtStartUp() throws {
+        var (daemon, port) = try startServing()
+        defer { cleanUp([daemon]) }
         let orphan = try #require(instances().first)
         kill(daemon.processIdentifier, SIGKILL)
         daemon.waitUntilExit()
@@ -204,11 +210,8 @@ import Glibc
     }
 
     @Test func aDuplicateInANewFileChangesNothingRunning() throws {
-        let port = LoopbackHTTP.freePort()
-        try write(Self.app() + "---\n" + Self.deployment(port: port), to: "web.yaml")
-        let daemon = try startDaemon()
+        let (daemon, port) = try startServing()
         defer { cleanUp([daemon]) }
-        try poll("1/1") { try capstan(["get", "deployments"]).stdout.contains("1/1") }
         let before = instances()
         // Sorts before web.yaml: the first path in order used to win.
         try write(Self.deployment(version: "9", port: LoopbackHTTP.freePort(), replicas: 3), to: "0-dup.yaml")
@@ -254,29 +257,27 @@ import Glibc
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         defer { cleanUp([]) }
         // The binary and the specs must be reachable by the other user; only the state is not.
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", CLITests.binary, "run", "--spec-dir", specs, "--state-dir", state, "--metrics-addr", "127.0.0.1:0"]
-        let err = Pipe()
-        process.standardError = err
-        process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-        try process.run()
-        let output = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        let (status, output) = try Self.standardError(of: "/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", CLITests.binary,
+                                                                            "run", "--spec-dir", specs, "--state-dir", state, "--metrics-addr", "127.0.0.1:0"])
         if getuid() != 0 || output.contains("setpriv:") || output.contains("Permission denied") && !output.contains("capstan") {
             if ProcessInfo.processInfo.environment["CAPSTAN_REQUIRE_INTEGRATION"] == "1" && getuid() == 0 { Issue.record("cannot run as another user here: \(output)") }
             return
         }
-        #expect(process.terminationStatus == 2)
+        #expect(status == 2)
         #expect(output.contains("permission denied") && output.contains("uid 65534") && !output.contains("not a healthy"), "\(output)")
     }
 
     /// Runs `sh -c script` with the arguments in a mount namespace of its own; its exit status
     /// and standard error.
     static func inMountNamespace(_ script: String, _ arguments: String...) throws -> (Int32, String) {
+        try standardError(of: "/usr/bin/unshare", ["-m", "sh", "-c", script, "sh"] + arguments)
+    }
+
+    /// Runs a program to its end; its exit status and standard error.
+    static func standardError(of program: String, _ arguments: [String]) throws -> (Int32, String) {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
-        process.arguments = ["-m", "sh", "-c", script, "sh"] + arguments
+        process.executableURL = URL(fileURLWithPath: program)
+        process.arguments = arguments
         let err = Pipe()
         process.standardError = err
         process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")

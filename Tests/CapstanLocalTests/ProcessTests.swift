@@ -180,6 +180,15 @@ import Testing
         await second.shutdown()
     }
 
+    /// An inventory row for `launch` whose process is gone (a pid no process has).
+    static func recordDead(_ launch: InstanceLaunch, owner: ObjectKey, in store: StateStore) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        try store.recordInventory(.init(type: Supervisor.inventoryType, id: launch.id, owner: owner,
+                                        data: ["launch": String(decoding: try encoder.encode(launch), as: UTF8.self), "pid": "999999", "startTime": "1"],
+                                        createdAt: Date()))
+    }
+
     /// Found in the fault loop: an instance whose restart at adoption failed stayed without a
     /// process, probed and never tried again. It is retried with backoff like any exit, and
     /// keeps the reason it could not start (here its command is not there yet).
@@ -193,11 +202,7 @@ import Testing
         let launch = InstanceLaunch(id: "web-\(UUID().uuidString.prefix(8))", revision: 1, templateHash: "h", version: "1", port: 0,
                                     command: ["./run.sh"], environment: ["PATH": "/usr/bin:/bin"],
                                     workingDirectory: release, logPath: directory + "/i.log", memoryLimit: nil, probe: nil)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        try store.recordInventory(.init(type: Supervisor.inventoryType, id: launch.id, owner: owner,
-                                        data: ["launch": String(decoding: try encoder.encode(launch), as: UTF8.self), "pid": "999999", "startTime": "1"],
-                                        createdAt: Date()))
+        try Self.recordDead(launch, owner: owner, in: store)
         let supervisor = try Supervisor(store: store, events: NoEvents(), onReady: { _, _ in }, onChange: { _ in })
         let (adopted, restarted) = await supervisor.adopt()
         #expect(adopted == 0 && restarted == 0)
@@ -226,11 +231,7 @@ import Testing
         let launch = InstanceLaunch(id: "web-\(UUID().uuidString.prefix(8))", revision: 1, templateHash: "h", version: "1", port: 0,
                                     command: ["sh", "-c", "sleep 60"], environment: ["PATH": "/usr/bin:/bin"],
                                     workingDirectory: directory + "/releases/26", logPath: directory + "/i.log", memoryLimit: nil, probe: nil)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        try store.recordInventory(.init(type: Supervisor.inventoryType, id: launch.id, owner: owner,
-                                        data: ["launch": String(decoding: try encoder.encode(launch), as: UTF8.self), "pid": "999999", "startTime": "1"],
-                                        createdAt: Date()))
+        try Self.recordDead(launch, owner: owner, in: store)
         let changed = Mutex<[ObjectKey]>([])
         let supervisor = try Supervisor(store: store, events: NoEvents(), onReady: { _, _ in }, onChange: { key in changed.withLock { $0.append(key) } })
         let (adopted, restarted) = await supervisor.adopt()
