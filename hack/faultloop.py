@@ -207,12 +207,17 @@ spec:
                 found.append(f"{name}: status says version {status.get('version')}, {status.get('readyReplicas')}/{status.get('replicas')} ready; want {version}, {replicas}")
             if self.answer(self.ports[name]) != version:
                 found.append(f"{name}: port {self.ports[name]} does not answer {version}")
-        database = sqlite3.connect(f"file:{self.state}/capstan.db?mode=ro", uri=True)
         try:
-            owners = database.execute("SELECT DISTINCT type, owner_kind, owner_name FROM inventory").fetchall()
-            recorded = {row[0] for row in database.execute("SELECT id FROM inventory WHERE type = 'instance'")}
-        finally:
-            database.close()
+            database = sqlite3.connect(f"file:{self.state}/capstan.db?mode=ro", uri=True)
+            try:
+                owners = database.execute("SELECT DISTINCT type, owner_kind, owner_name FROM inventory").fetchall()
+                recorded = {row[0] for row in database.execute("SELECT id FROM inventory WHERE type = 'instance'")}
+            finally:
+                database.close()
+        except sqlite3.Error as error:
+            # A store being created again (after a damaged WAL lost its first commits) has no
+            # tables for a moment: not converged yet.
+            return found + [f"state store not readable yet: {error}"]
         for type, kind, owner in owners:
             if kind == "Deployment" and owner not in self.wanted:
                 found.append(f"inventory still holds a {type} of removed Deployment {owner}")
