@@ -221,10 +221,10 @@ public actor Artifacts {
         return "was killed by signal \(status & 0x7f)"
     }
 
+    /// The last `lines` lines of a build or git log (read from its end, however long it grew).
     static func tail(_ path: String, lines: Int) -> String {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return "(no output)" }
-        let all = text.split(separator: "\n", omittingEmptySubsequences: false)
-        return all.suffix(lines + 1).joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines)
+        let last = LogTail.lastLines(of: path, count: lines, maxBytes: 64 << 10, lineLength: 1000)
+        return last.isEmpty ? "(no output)" : last.joined(separator: "\n")
     }
 
     /// SHA-256 over every file's relative path, mode and content, in sorted order.

@@ -152,9 +152,9 @@ struct Get: AsyncParsableCommand {
     }
 
     /// STATUS, REASON and the message of an object (kstatus' order; a hold first).
-    static func summary(_ record: StateStore.ObjectRecord) -> StatusSummary {
+    static func summary(_ record: StateStore.ObjectRecord, node: SpecNode? = nil) -> StatusSummary {
         let type = record.key.kind.type
-        let node = record.resource.encode()
+        let node = node ?? record.resource.encode()
         let phase = type.statusColumnPath.contains("conditions") ? nil : JSONPath.text(type.statusColumnPath, on: node)
         var summary = StatusSummary.of(conditions: record.resource.resource.status.conditions, phase: phase,
                                        hold: record.problems.isEmpty ? nil : record.holdReason)
@@ -172,7 +172,7 @@ struct Get: AsyncParsableCommand {
         let header = ["NAMESPACE", "NAME", "READY", "STATUS", "REASON"] + extra.map { $0.name.uppercased() } + ["AGE"] + (wide ? ["MESSAGE"] : [])
         let rows = records.map { record -> (ObjectKey, [String]) in
             let node = record.resource.encode()
-            let summary = Self.summary(record)
+            let summary = Self.summary(record, node: node)
             return (record.key, [
                 record.key.namespace, prefixed ? "\(kind.singular)/\(record.key.name)" : record.key.name,
                 ratio ? Self.readyRatio(record.resource) : JSONPath.text(".status.conditions[?(@.type==\"Ready\")].status", on: node),

@@ -158,9 +158,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try StateStore(directory: directory + "/state")
         let owner = ObjectKey(kind: .deployment, namespace: "default", name: "web")
-        let launch = InstanceLaunch(id: "web-\(UUID().uuidString.prefix(8))", revision: 1, templateHash: "h", version: "1", port: 0,
-                                    command: ["sh", "-c", "sleep 60"], environment: ["PATH": "/usr/bin:/bin"],
-                                    workingDirectory: directory, logPath: directory + "/i.log", memoryLimit: nil, probe: nil)
+        let launch = Self.launch(["sh", "-c", "sleep 60"], in: directory, logPath: directory + "/i.log")
         let first = try Supervisor(store: store, events: NoEvents(), onReady: { _, _ in }, onChange: { _ in })
         try await first.start(launch, owner: owner)
         let started = try #require(await first.identity(of: launch.id))
@@ -178,6 +176,13 @@ import Testing
         #expect(await second.identity(of: launch.id) == started, "the same process, not a second one")
         #expect(try store.inventory(type: Supervisor.inventoryType).first?.data["pid"] == String(started.pid), "recorded now")
         await second.shutdown()
+    }
+
+    /// An instance of Deployment web running `command` in `workingDirectory`, with no probe.
+    static func launch(_ command: [String], in workingDirectory: String, logPath: String) -> InstanceLaunch {
+        InstanceLaunch(id: "web-\(UUID().uuidString.prefix(8))", revision: 1, templateHash: "h", version: "1", port: 0,
+                       command: command, environment: ["PATH": "/usr/bin:/bin"],
+                       workingDirectory: workingDirectory, logPath: logPath, memoryLimit: nil, probe: nil)
     }
 
     /// An inventory row for `launch` whose process is gone (a pid no process has).
@@ -199,9 +204,7 @@ import Testing
         let owner = ObjectKey(kind: .deployment, namespace: "default", name: "web")
         let release = directory + "/release"
         try FileManager.default.createDirectory(atPath: release, withIntermediateDirectories: true)
-        let launch = InstanceLaunch(id: "web-\(UUID().uuidString.prefix(8))", revision: 1, templateHash: "h", version: "1", port: 0,
-                                    command: ["./run.sh"], environment: ["PATH": "/usr/bin:/bin"],
-                                    workingDirectory: release, logPath: directory + "/i.log", memoryLimit: nil, probe: nil)
+        let launch = Self.launch(["./run.sh"], in: release, logPath: directory + "/i.log")
         try Self.recordDead(launch, owner: owner, in: store)
         let supervisor = try Supervisor(store: store, events: NoEvents(), onReady: { _, _ in }, onChange: { _ in })
         let (adopted, restarted) = await supervisor.adopt()
@@ -228,9 +231,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try StateStore(directory: directory + "/state")
         let owner = ObjectKey(kind: .deployment, namespace: "default", name: "web")
-        let launch = InstanceLaunch(id: "web-\(UUID().uuidString.prefix(8))", revision: 1, templateHash: "h", version: "1", port: 0,
-                                    command: ["sh", "-c", "sleep 60"], environment: ["PATH": "/usr/bin:/bin"],
-                                    workingDirectory: directory + "/releases/26", logPath: directory + "/i.log", memoryLimit: nil, probe: nil)
+        let launch = Self.launch(["sh", "-c", "sleep 60"], in: directory + "/releases/26", logPath: directory + "/i.log")
         try Self.recordDead(launch, owner: owner, in: store)
         let changed = Mutex<[ObjectKey]>([])
         let supervisor = try Supervisor(store: store, events: NoEvents(), onReady: { _, _ in }, onChange: { key in changed.withLock { $0.append(key) } })
