@@ -61,6 +61,8 @@ struct Run: AsyncParsableCommand {
 
             With --kube, the six custom resources are listed and watched through the Kubernetes API (--kubeconfig, --context, or the pod's service account); each Capstan Deployment becomes an owned apps/v1 Deployment, Service and (for routes) Ingress; status goes to /status and events are core/v1 Events; --leader-elect uses a coordination.k8s.io/v1 Lease.
 
+            One daemon acts on a state directory: a second one is refused (exit status 2) unless every daemon of it runs with --leader-elect. A daemon whose state directory is deleted or replaced under it stops at once (exit status 4); a busy --metrics-addr is exit status 3.
+
             Instances belong to the state directory, not to the daemon: they keep running when the daemon stops or dies, and the next daemon adopts them. Routers (the Deployments' ports) only listen while a daemon runs. `capstan down` stops every instance; --down-on-exit does it when the daemon stops.
             """)
 
