@@ -2,70 +2,80 @@ import CapstanModel
 import CapstanRuntime
 import Foundation
 
-/// Reconciles Deployments: picks the revision to run (the spec's, or a rolled-back one), makes
-/// it runnable, and moves instances towards it with the strategy, one level-based step per
-/// reconcile, so a restarted daemon resumes a half-done rollout from what it observes.
+/// Reconciles Deployments on every platform: picks the revision to run (the spec's, a
+/// rolled-back one, or, outside the deployment window, the one running), decides which track
+/// runs it and which track receives the traffic, and moves one level-based step per reconcile,
+/// so a restarted daemon resumes a half-done rollout from what it observes. The platform only
+/// realises tracks (`WorkloadPlatform`) and routes (`TrafficPlatform`); every decision —
+/// history, strategy, BlueGreen, windows, progress deadline, rollbacks, requests, status,
+/// conditions and events — is made here, the same on this host and on a cluster.
 public struct DeploymentReconciler: Reconciler {
     public typealias Key = ObjectKey
 
     let store: any ObjectStore
     let events: any EventRecorder
     let workload: any WorkloadPlatform
+    let traffic: any TrafficPlatform
     let revisions: any RevisionStore
     let now: @Sendable () -> Date
     /// Whether a deleted Deployment's leftovers are removed (`--prune`).
     let prune: Bool
 
-    /// How often a rollout in progress is looked at without an event (instances report their
-    /// readiness changes at once; this is the safety net and the deadline clock).
+    /// How often a rollout in progress is looked at without an event (instances and children
+    /// report their changes at once; this is the safety net and the deadline clock).
     public static let progressCheck: Duration = .seconds(5)
-    /// How soon to try again after a failure outside the spec (a build, a port, a source).
+    /// How soon to try again after a failure outside the spec (a build, a source, a child).
     public static let retry: Duration = .seconds(30)
     /// How soon a router port that could not be opened is tried again.
     public static let portRetry: Duration = .seconds(1)
 
-    public init(store: any ObjectStore, events: any EventRecorder, workload: any WorkloadPlatform, revisions: any RevisionStore,
+    public init(store: any ObjectStore, events: any EventRecorder, workload: any WorkloadPlatform & TrafficPlatform, revisions: any RevisionStore,
                 prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
+        self.init(store: store, events: events, workload: workload, traffic: workload, revisions: revisions, prune: prune, now: now)
+    }
+
+    public init(store: any ObjectStore, events: any EventRecorder, workload: any WorkloadPlatform, traffic: any TrafficPlatform,
+                revisions: any RevisionStore, prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
         self.prune = prune
         self.store = store
         self.events = events
         self.workload = workload
+        self.traffic = traffic
         self.revisions = revisions
         self.now = now
     }
 
     public func reconcile(_ key: ObjectKey) async throws -> ReconcileResult {
-        guard let stored = try await store.object(key), case .deployment(let deployment) = stored.resource else {
-            // Deleted: everything it had goes (inventory-driven), its history too, unless
-            // pruning is off for it.
-            let decision = Prune.decide(enabled: prune, annotated: await store.pruneDisabled(key))
-            guard decision == .delete else {
-                let would = await workload.remove(key, dryRun: true)
-                if !would.isEmpty {
-                    let (type, reason, message) = Prune.skipped(decision, kind: "deployment", would: would)
-                    await events.record(type, reason: reason, message: message, about: key)
-                }
-                return .done
-            }
-            let removed = await workload.remove(key, dryRun: false)
-            try await revisions.removeRevisions(of: key)
-            if !removed.isEmpty {
-                await events.record(.normal, reason: "OrphanDeleted", message: "deployment deleted; removed " + removed.joined(separator: ", "), about: key)
-            }
+        let stored = try await store.object(key)
+        guard let stored, case .deployment(let deployment) = stored.resource, deployment.metadata.deletionTimestamp == nil else {
+            try await cleanUp(key)
+            if stored != nil { try await store.release(key) }
             return .done
         }
+        // The claim (Kubernetes: our finalizer) goes alongside the first writes; the status is
+        // written after it landed.
+        async let claimed: Void = store.claim(key)
         var step = Step(key: key, stored: stored, deployment: deployment, time: Timestamp(now()))
         try await takeRequests(&step)
-        var result = try await run(&step)
+        var result: ReconcileResult
+        do {
+            result = try await run(&step)
+        } catch let error as WorkloadError {
+            step.stalled(error.reason, error.message)
+            step.event(.warning, error.reason, error.message)
+            result = .requeue(after: Self.retry)
+        }
         if let problem = step.portProblem {
             let before = deployment.status.conditions[type: ConditionType.stalled]
             step.stalled(problem.reason, problem.message)
             if before?.status != .true || before?.reason != problem.reason { step.event(.warning, problem.reason, problem.message) }
-            result = .requeue(after: min(result.requeueAfter ?? Self.portRetry, Self.portRetry))
+            let again = problem.reason == "PortUnavailable" ? Self.portRetry : Self.retry
+            result = .requeue(after: min(result.requeueAfter ?? again, again))
         }
         if let hold = stored.hold {
             step.status.markStalled(reason: hold.reason, message: hold.message, generation: stored.generation, now: step.time)
         }
+        try await claimed
         try await finish(step)
         return result
     }
@@ -77,14 +87,20 @@ public struct DeploymentReconciler: Reconciler {
         let deployment: Deployment
         let time: Timestamp
         var status: DeploymentStatus
-        var events: [(EventType, String, String)] = []
+        var events: [WorkloadEvent] = []
         /// The template hash of what the spec asks for.
         var specHash = ""
-        /// Instances were stopped: the next step of the rollout can follow at once.
-        var stoppedSome = false
-        /// The stable port could not be opened: reported, retried within a second, and never a
-        /// reason to hold the rollout (the instances run and self-heal without it).
+        /// The port could not be served: reported, retried soon, and never a reason to hold the
+        /// rollout (the instances run and self-heal without it).
         var portProblem: WorkloadError?
+        /// The spec's new template waits for the window that opens at this time.
+        var scheduled: WindowState?
+        /// Requests taken in this reconcile.
+        var promote = false
+        /// The next step can follow at once.
+        var movedOn = false
+        /// The earliest time something is due (a retiring track's removal).
+        var due: Date?
 
         init(key: ObjectKey, stored: StoredObject, deployment: Deployment, time: Timestamp) {
             self.key = key
@@ -95,14 +111,44 @@ public struct DeploymentReconciler: Reconciler {
         }
 
         var generation: Int { stored.generation }
+        var spec: DeploymentSpec { deployment.spec }
+
+        /// The track receiving the Deployment's port.
+        var active: Track { status.tracks.first { $0.role == .active }.map { Track($0.name) } ?? .stable }
 
         mutating func stalled(_ reason: String, _ message: String) {
             status.markStalled(reason: reason, message: message, generation: generation, now: time)
             status.conditions.set(DeploymentConditions.progressing, .false, reason: reason, message: message, observedGeneration: generation, now: time)
         }
 
+        mutating func reconciling(_ reason: String, _ message: String) {
+            status.markReconciling(reason: reason, message: message, generation: generation, now: time)
+        }
+
         mutating func event(_ type: EventType, _ reason: String, _ message: String) {
-            events.append((type, reason, message))
+            events.append(WorkloadEvent(type, reason, message))
+        }
+
+        mutating func wake(at date: Date) {
+            due = min(due ?? date, date)
+        }
+
+        /// Sets (or adds) a track's entry in the status.
+        mutating func setTrack(_ track: Track, role: TrackRole, revision: WorkloadRevision, state: TrackState?) {
+            var entry = status.tracks.first { $0.name == track.rawValue }
+                ?? TrackStatus(name: track.rawValue, role: role, revision: revision.number, version: revision.template.version, templateHash: revision.hash)
+            entry.role = role
+            entry.revision = revision.number
+            entry.version = revision.template.version
+            entry.templateHash = revision.hash
+            if role != .retiring { entry.retireAt = nil }
+            if let state {
+                entry.replicas = state.replicas
+                entry.readyReplicas = state.ready
+            }
+            status.tracks.removeAll { $0.name == track.rawValue }
+            status.tracks.append(entry)
+            status.tracks.sort { ($0.role.order, $0.name) < ($1.role.order, $1.name) }
         }
     }
 
@@ -115,58 +161,54 @@ public struct DeploymentReconciler: Reconciler {
         // Condition changes of Ready are events too (the rest were recorded as decided).
         let before = step.deployment.status.conditions[type: ConditionType.ready]
         let after = status.conditions[type: ConditionType.ready]
-        var recorded = Set(step.events.map(\.1))
-        for (type, reason, message) in step.events {
-            await events.record(type, reason: reason, message: message, about: step.key)
-        }
+        var events = step.events
         if let after, after.status != .unknown, before?.status != after.status || before?.reason != after.reason, after.reason != step.stored.hold?.reason,
-           !recorded.contains(after.reason) {
-            recorded.insert(after.reason)
-            await events.record(after.status == .true ? .normal : .warning, reason: after.reason, message: after.message, about: step.key)
+           !events.contains(where: { $0.reason == after.reason }) {
+            events.append(WorkloadEvent(after.status == .true ? .normal : .warning, after.reason, after.message))
+        }
+        for event in events {
+            await self.events.record(event.type, reason: event.reason, message: event.message, about: step.key)
         }
     }
 
+    // MARK: - Deletion
+
+    /// Everything a deleted Deployment had goes (tracks, ports, releases, children, history),
+    /// unless pruning is off for it.
+    private func cleanUp(_ key: ObjectKey) async throws {
+        let decision = Prune.decide(enabled: prune, annotated: await store.pruneDisabled(key))
+        let lines = try await workload.remove(key, dryRun: decision != .delete)
+        if decision == .delete { try await revisions.removeRevisions(of: key) }
+        guard !lines.isEmpty else { return }
+        if decision == .delete {
+            await events.record(.normal, reason: "OrphanDeleted", message: "deployment deleted; removed " + lines.joined(separator: ", "), about: key)
+        } else {
+            let (type, reason, message) = Prune.skipped(decision, kind: "deployment", would: lines)
+            await events.record(type, reason: reason, message: message, about: key)
+        }
+    }
+
+    // MARK: - The rollout
+
     private func run(_ step: inout Step) async throws -> ReconcileResult {
-        let deployment = step.deployment
-        let spec = deployment.spec
-        if spec.strategy.type == .blueGreen {
-            step.stalled("NotSupported", "strategy BlueGreen is not supported yet; the running revision is kept")
-            return .done
-        }
-        if spec.window != nil {
-            step.stalled("NotSupported", "deployment windows are not supported yet; the running revision is kept")
-            return .done
-        }
+        let spec = step.spec
         let applicationKey = ObjectKey(kind: .application, namespace: step.key.namespace, name: spec.application)
         guard let applicationObject = try await store.object(applicationKey), case .application(let application) = applicationObject.resource else {
             step.stalled("ApplicationNotFound", "application \(spec.application) does not exist in namespace \(step.key.namespace)")
             return .requeue(after: Self.retry)
         }
-        do {
-            try await workload.expose(step.key, port: spec.port)
-        } catch {
-            // The instances still run and self-heal; only the stable port is missing (after a
-            // leader handoff, the old leader may hold it for a moment): the rollout goes on.
-            step.portProblem = error
-        }
-
-        // Which revision runs: the spec's, unless a rollback holds and the spec is unchanged since.
-        let template = WorkloadTemplate(deployment: deployment, application: application, applicationFile: applicationObject.sourceFile)
-        let specHash = template.hash
-        step.specHash = specHash
-        if let rollback = step.status.rollback, rollback.specTemplateHash != specHash {
+        let template = WorkloadTemplate(deployment: step.deployment, application: application, applicationFile: applicationObject.sourceFile)
+        step.specHash = template.hash
+        if let rollback = step.status.rollback, rollback.specTemplateHash != step.specHash {
             step.status.rollback = nil  // the spec moved on: roll it out
         }
-        let target: WorkloadRevision
-        if let rollback = step.status.rollback,
-           let held = try await revisions.revisions(of: step.key).first(where: { $0.number == rollback.toRevision }) {
-            target = WorkloadRevision(number: held.number, template: try WorkloadTemplate.decode(held.template))
-        } else {
-            step.status.rollback = nil
-            let recorded = try await revisions.recordRevision(of: step.key, hash: specHash, template: template.encode())
-            target = WorkloadRevision(number: recorded.number, template: template)
+        let target = try await chooseTarget(template, &step)
+        if begin(target, &step) {
+            // The history dropped its oldest entries: so does the store (its releases go once
+            // no instance runs them).
+            try await pruneHistory(target, &step)
         }
-        begin(target, &step)
+        step.status.nextWindowTime = step.scheduled?.opensAt.map(Timestamp.init)
 
         do {
             for repair in try await workload.prepare(target, for: step.key, current: true) {
@@ -175,28 +217,52 @@ public struct DeploymentReconciler: Reconciler {
         } catch {
             step.stalled(error.reason, error.message)
             step.event(.warning, error.reason, error.message)
-            await observe(target, &step)
             return .requeue(after: Self.retry)
         }
-
-        if spec.paused && !(step.status.history.last?.outcome == "Succeeded") {
-            await observe(target, &step)
-            step.status.phase = .paused
-            step.status.markReconciling(reason: "Paused", message: "rollout of revision \(target.number) is paused", generation: step.generation, now: step.time)
-            step.status.conditions.set(DeploymentConditions.progressing, .unknown, reason: "Paused", message: "paused", observedGeneration: step.generation, now: step.time)
-            return .done
+        let state: TrackState?
+        if spec.strategy.type == .blueGreen {
+            state = try await blueGreen(target, application: application, &step)
+        } else {
+            state = try await inPlace(target, application: application, &step)
         }
+        var result = try await assess(target, state, &step)
+        if let due = step.due {
+            let wait = Duration.milliseconds(Int64(max(0.001, due.timeIntervalSince(step.time.date)) * 1000))
+            result = .requeue(after: min(result.requeueAfter ?? wait, wait))
+        }
+        return result
+    }
 
-        let startProblem = await roll(to: target, &step)
-        return try await assess(target, startProblem: startProblem, &step)
+    /// Which revision runs: a rollback held until the spec changes; the spec's; or, when the
+    /// spec's template is new and the deployment window is closed, the one running now (scaling,
+    /// rollbacks and the first rollout never wait for a window).
+    private func chooseTarget(_ template: WorkloadTemplate, _ step: inout Step) async throws -> WorkloadRevision {
+        if let rollback = step.status.rollback {
+            if let held = try await revisions.revisions(of: step.key).first(where: { $0.number == rollback.toRevision }) {
+                return WorkloadRevision(number: held.number, template: try WorkloadTemplate.decode(held.template))
+            }
+            step.status.rollback = nil  // its template is gone from the store: the spec's runs
+        }
+        if let last = step.status.history.last, last.templateHash == template.hash {
+            return WorkloadRevision(number: last.revision, template: template)
+        }
+        if let window = step.spec.window, let last = step.status.history.last {
+            let state = window.state(at: step.time.date)
+            if !state.isOpen, let running = try await revisions.revisions(of: step.key).last(where: { $0.hash == last.templateHash }) {
+                step.scheduled = state
+                return WorkloadRevision(number: last.revision, template: try WorkloadTemplate.decode(running.template))
+            }
+        }
+        let recorded = try await revisions.recordRevision(of: step.key, hash: template.hash, template: template.encode())
+        return WorkloadRevision(number: recorded.number, template: template)
     }
 
     /// A new target revision starts a history entry; the entry it replaces, unfinished, was
-    /// superseded.
-    private func begin(_ target: WorkloadRevision, _ step: inout Step) {
+    /// superseded. Returns whether the history dropped old entries.
+    private func begin(_ target: WorkloadRevision, _ step: inout Step) -> Bool {
         step.status.currentRevision = target.number
         step.status.version = target.template.version
-        guard step.status.history.last?.templateHash != target.hash || step.status.history.last?.revision != target.number else { return }
+        guard step.status.history.last?.templateHash != target.hash || step.status.history.last?.revision != target.number else { return false }
         if var last = step.status.history.popLast() {
             if last.outcome == nil {
                 last.outcome = "Superseded"
@@ -211,93 +277,96 @@ public struct DeploymentReconciler: Reconciler {
         record.startedAt = step.time
         record.progressedAt = step.time
         step.status.history.append(record)
-        let limit = max(step.deployment.spec.revisionHistoryLimit, 1) + 1
-        if step.status.history.count > limit { step.status.history.removeFirst(step.status.history.count - limit) }
+        let limit = max(step.spec.revisionHistoryLimit, 1) + 1
+        let trimmed = step.status.history.count > limit
+        if trimmed { step.status.history.removeFirst(step.status.history.count - limit) }
         step.status.phase = .progressing
         step.event(.normal, "RolloutStarted", "rolling out revision \(target.number) (version \(target.template.version))")
+        return trimmed
     }
 
-    /// One step of the strategy; returns why an instance could not be started, if it could not.
-    private func roll(to target: WorkloadRevision, _ step: inout Step) async -> WorkloadError? {
-        let spec = step.deployment.spec
-        let replicas = spec.replicas
-        let instances = await workload.instances(of: step.key)
-        var new = instances.filter { $0.templateHash == target.hash }
-        let old = instances.filter { $0.templateHash != target.hash }
-        let memory = target.template.spec.resources.memory.map(\.roundedUp)
-        var problem: WorkloadError?
+    /// What the spec's strategy asks of a track that rolls in place.
+    private func trackSpec(_ target: WorkloadRevision, _ spec: DeploymentSpec) -> TrackSpec {
+        let strategy: TrackSpec.Strategy = spec.strategy.type == .recreate
+            ? .recreate : .rollingUpdate(maxSurge: spec.strategy.effectiveMaxSurge, maxUnavailable: spec.strategy.effectiveMaxUnavailable)
+        return TrackSpec(revision: target, replicas: spec.replicas, strategy: strategy, paused: spec.paused,
+                         progressDeadline: spec.progressDeadline, revisionHistoryLimit: spec.revisionHistoryLimit)
+    }
 
-        func start(_ count: Int) async {
-            for _ in 0..<max(0, count) {
-                do {
-                    let id = try await workload.start(target, for: step.key, memoryLimit: memory)
-                    new.append(InstanceState(id: id, templateHash: target.hash, revision: target.number, ready: false))
-                    step.event(.normal, "InstanceStarted", "started instance \(id) of revision \(target.number)")
-                } catch {
-                    problem = error
-                    step.event(.warning, error.reason, "cannot start an instance of revision \(target.number): \(error.message)")
-                    return
-                }
-            }
+    /// RollingUpdate and Recreate: the active track rolls to the target in place; any other
+    /// track (a BlueGreen leftover) goes, a retiring one once its delay has passed.
+    func inPlace(_ target: WorkloadRevision, application: Application, _ step: inout Step) async throws -> TrackState {
+        let active = step.active
+        let deployment = step.deployment
+        let workload = self.workload, traffic = self.traffic
+        // The port and the track are independent: both in one round trip.
+        @Sendable func routeActive() async -> Result<[WorkloadEvent], any Error> {
+            do { return .success(try await traffic.route(deployment, application: application, Traffic(active: active))) } catch { return .failure(error) }
         }
-        /// Side by side: an app that ignores SIGTERM costs one grace period, not one per instance.
-        func stop(_ victims: some Sequence<InstanceState>, _ why: String) async {
-            let victims = Array(victims)
-            guard !victims.isEmpty else { return }
-            step.stoppedSome = true
-            let workload = self.workload, key = step.key
-            await withTaskGroup(of: Void.self) { group in
-                for instance in victims { group.addTask { await workload.stop(instance: instance.id, of: key) } }
-            }
-            for instance in victims { step.event(.normal, "InstanceStopped", "stopped instance \(instance.id) (\(why))") }
+        async let routed = routeActive()
+        let state = try await workload.ensure(active, of: deployment, trackSpec(target, step.spec))
+        switch await routed {
+        case .success(let events): step.events += events
+        case .failure(let error as WorkloadError): step.portProblem = error
+        case .failure(let error): throw error
         }
-        // Unready first, then the newest: the instances to let go of.
-        func victims(_ candidates: [InstanceState], _ count: Int) -> [InstanceState] {
-            Array(candidates.sorted { !$0.ready && $1.ready }.prefix(max(0, count)))
-        }
+        step.events += state.events
+        step.setTrack(active, role: .active, revision: target, state: state)
+        try await retire(except: [active], &step)
+        return state
+    }
 
-        if new.count > replicas { await stop(victims(new, new.count - replicas), "scaled down") }
-        new = Array(new.prefix(replicas))
-        switch spec.strategy.type {
-        case .recreate:
-            if !old.isEmpty {
-                await stop(old, "Recreate: replaced by revision \(target.number)")
-            } else {
-                await start(replicas - new.count)
+    /// Removes the tracks other than `keep`: at once, or a retiring one at its time.
+    func retire(except keep: Set<Track>, _ step: inout Step) async throws {
+        var names = Set(await workload.tracks(of: step.key).keys)
+        names.formUnion(step.status.tracks.map { Track($0.name) })
+        for track in names.subtracting(keep).sorted() {
+            if let entry = step.status.tracks.first(where: { $0.name == track.rawValue }), entry.role == .retiring,
+               let at = entry.retireAt?.date, at > step.time.date {
+                step.wake(at: at)
+                continue
             }
-        case .rollingUpdate, .blueGreen:
-            let surge = spec.strategy.effectiveMaxSurge.scaled(total: replicas, roundUp: true) ?? 1
-            var unavailable = spec.strategy.effectiveMaxUnavailable.scaled(total: replicas, roundUp: false) ?? 0
-            if surge == 0 && unavailable == 0 { unavailable = 1 }
-            // Scale up the new revision within replicas + maxSurge.
-            let total = new.count + old.count
-            await start(min(replicas - new.count, replicas + surge - total))
-            // Scale down the old one (Kubernetes' rule): unready instances first, then ready
-            // ones while at least replicas - maxUnavailable stay ready.
-            let minAvailable = replicas - unavailable
-            let newUnready = new.filter { !$0.ready }.count
-            var budget = new.count + old.count - minAvailable - newUnready
-            guard budget > 0 else { break }
-            let unreadyOld = old.filter { !$0.ready }.prefix(budget)
-            await stop(unreadyOld, "unready, replaced by revision \(target.number)")
-            budget -= unreadyOld.count
-            let readyOld = old.filter(\.ready)
-            let readyTotal = new.filter(\.ready).count + readyOld.count
-            let count = min(budget, readyTotal - minAvailable)
-            if count > 0 { await stop(readyOld.prefix(count), "replaced by revision \(target.number)") }
+            step.events += try await workload.removeTrack(track, of: step.deployment)
+            step.status.tracks.removeAll { $0.name == track.rawValue }
         }
-        return problem
+    }
+
+    /// Counts every track into the status and sets `Available` (the active track's ready
+    /// instances, which receive the traffic).
+    private func observe(_ target: WorkloadRevision, _ states: [Track: TrackState], _ step: inout Step) {
+        let active = states[step.active]
+        step.status.replicas = states.values.map(\.replicas).reduce(0, +)
+        step.status.updatedReplicas = states.values.filter { $0.templateHash == target.hash }.map(\.updated).reduce(0, +)
+        step.status.readyReplicas = states.values.map(\.ready).reduce(0, +)
+        step.status.availableReplicas = active?.available ?? 0
+        for (track, state) in states {
+            if let index = step.status.tracks.firstIndex(where: { $0.name == track.rawValue }) {
+                step.status.tracks[index].replicas = state.replicas
+                step.status.tracks[index].readyReplicas = state.ready
+            }
+        }
+        let spec = step.spec
+        let ready = active?.available ?? 0
+        let unavailable = spec.strategy.type == .rollingUpdate ? (spec.strategy.effectiveMaxUnavailable.scaled(total: spec.replicas, roundUp: false) ?? 0) : 0
+        let available = ready >= spec.replicas - unavailable
+        step.status.conditions.set(DeploymentConditions.available, available ? .true : .false,
+                                   reason: available ? "MinimumReplicasAvailable" : "MinimumReplicasUnavailable",
+                                   message: "\(ready) of \(spec.replicas) instance(s) available", observedGeneration: step.generation, now: step.time)
     }
 
     /// Observes where the rollout stands, writes it to the status, and decides on the deadline.
-    private func assess(_ target: WorkloadRevision, startProblem: WorkloadError?, _ step: inout Step) async throws -> ReconcileResult {
-        let spec = step.deployment.spec
-        let (new, old) = await observe(target, &step)
-        let readyNew = new.filter(\.ready).count
-        let complete = old.isEmpty && new.count == spec.replicas && readyNew == spec.replicas
+    /// `state` is the track that runs the target (nil: none does, a failed preview was removed).
+    private func assess(_ target: WorkloadRevision, _ state: TrackState?, _ step: inout Step) async throws -> ReconcileResult {
+        let spec = step.spec
+        var states = await workload.tracks(of: step.key)
+        if let state { states[Track(step.status.tracks.first { $0.templateHash == target.hash && $0.role != .retiring }?.name ?? step.active.rawValue)] = state }
+        observe(target, states, &step)
+        let onActive = step.status.tracks.first { $0.role == .active }?.templateHash == target.hash
+        let complete = onActive && (state?.complete(replicas: spec.replicas) ?? false)
         var entry = step.status.history.removeLast()
         defer { step.status.history.append(entry) }
-        let summary = "\(readyNew)/\(spec.replicas) ready at version \(target.template.version) (revision \(target.number))"
+        let ready = state?.ready ?? 0
+        let summary = "\(ready)/\(spec.replicas) ready at version \(target.template.version) (revision \(target.number))"
 
         if complete {
             if entry.outcome == nil {
@@ -313,6 +382,16 @@ public struct DeploymentReconciler: Reconciler {
                 if rollback.reason == "RollbackRequested" {
                     step.status.markReady(reason: "RollbackActive", message: "rolled back on request to revision \(target.number): \(summary)", generation: step.generation, now: step.time)
                 }
+            } else if let scheduled = step.scheduled {
+                step.status.phase = .scheduled
+                let when = scheduled.opensAt.map { "the window opens at \(Timestamp($0).description)" } ?? "the window never opens again"
+                let message = "version \(spec.version) waits for the deployment window (\(when)); revision \(target.number) runs: \(summary)"
+                step.reconciling("Scheduled", message)
+                step.status.conditions.set(ConditionType.ready, .false, reason: "Scheduled", message: message, observedGeneration: step.generation, now: step.time)
+                if step.deployment.status.phase != .scheduled || step.deployment.status.nextWindowTime != step.status.nextWindowTime {
+                    step.event(.normal, "RolloutScheduled", message)
+                }
+                if let opens = scheduled.opensAt { step.wake(at: opens) }
             } else {
                 step.status.phase = .succeeded
                 step.status.markReady(reason: "Succeeded", message: summary, generation: step.generation, now: step.time)
@@ -325,15 +404,14 @@ public struct DeploymentReconciler: Reconciler {
         if signature != (step.status.replicas, step.status.updatedReplicas, step.status.readyReplicas) {
             entry.progressedAt = step.time
         }
-        let problems = (new + old).compactMap { instance in instance.problem.map { "instance \(instance.id): \($0)" } }
-        var message = summary + (old.isEmpty ? "" : ", \(old.count) instance(s) of older revisions left")
-        if let startProblem { message += "; cannot start an instance: \(startProblem.message)" }
-        if let first = problems.first { message += "; \(first)" }
+        var message = summary + (state.map { $0.replicas > $0.updated ? ", \($0.replicas - $0.updated) instance(s) of older revisions left" : "" } ?? "")
+        if let startProblem = state?.startProblem { message += "; cannot start an instance: \(startProblem.message)" }
+        if let first = state?.problems.first { message += "; \(first)" }
 
         if entry.outcome == "Succeeded" {
-            // The revision rolled out; an instance is down and the supervisor restarts it.
+            // The revision rolled out; an instance is down and the platform restarts it.
             step.status.phase = step.status.rollback == nil ? .succeeded : .rolledBack
-            step.status.markReconciling(reason: "InstancesNotReady", message: message, generation: step.generation, now: step.time)
+            step.reconciling("InstancesNotReady", message)
             step.status.conditions.set(ConditionType.ready, .false, reason: "InstancesNotReady", message: message, observedGeneration: step.generation, now: step.time)
             return .requeue(after: Self.progressCheck)
         }
@@ -342,22 +420,42 @@ public struct DeploymentReconciler: Reconciler {
             step.stalled("ProgressDeadlineExceeded", "revision \(target.number) made no progress for \(spec.progressDeadline): \(message)")
             return .requeue(after: Self.retry)
         }
-        if let startProblem, startProblem.reason == "SecretUnavailable" {
+        if let startProblem = state?.startProblem, startProblem.reason == "SecretUnavailable" {
             step.stalled(startProblem.reason, startProblem.message)
             return .requeue(after: Self.retry)
+        }
+        if spec.paused {
+            step.status.phase = .paused
+            step.reconciling("Paused", "rollout of revision \(target.number) is paused: \(message)")
+            step.status.conditions.set(DeploymentConditions.progressing, .unknown, reason: "Paused", message: "paused", observedGeneration: step.generation, now: step.time)
+            return .done
+        }
+        if onActive == false, let state, state.complete(replicas: spec.replicas) {
+            // A BlueGreen preview ready and waiting for `capstan promote`: no deadline.
+            step.status.phase = .paused
+            let message = "revision \(target.number) (version \(target.template.version)) is ready on the preview; `capstan promote deployment/\(step.key.name)` switches the traffic to it"
+            step.reconciling("AwaitingPromotion", message)
+            step.status.conditions.set(DeploymentConditions.progressing, .true, reason: "AwaitingPromotion", message: message, observedGeneration: step.generation, now: step.time)
+            return .done
         }
 
         let progressedAt = entry.progressedAt?.date ?? step.time.date
         let elapsed = step.time.date.timeIntervalSince(progressedAt)
-        let deadline = spec.progressDeadline.duration
-        let deadlineSeconds = Double(deadline.components.seconds) + Double(deadline.components.attoseconds) / 1e18
+        let deadlineSeconds = spec.progressDeadline.seconds
         if elapsed >= deadlineSeconds {
             entry.outcome = "Failed"
             entry.finishedAt = step.time
             let failure = "revision \(target.number) (version \(target.template.version)) made no progress for \(spec.progressDeadline): \(message)"
             step.event(.warning, "ProgressDeadlineExceeded", failure)
+            if !onActive {
+                // A BlueGreen preview that failed goes; the active colour was never touched.
+                if let preview = step.status.tracks.first(where: { $0.role == .preview }) {
+                    step.events += try await workload.removeTrack(Track(preview.name), of: step.deployment)
+                    step.status.tracks.removeAll { $0.name == preview.name }
+                }
+            }
             if spec.autoRollback, let good = step.status.history.last(where: { $0.outcome == "Succeeded" && $0.templateHash != target.hash }),
-               let goodTemplate = try await revisions.revisions(of: step.key).first(where: { $0.hash == good.templateHash }) {
+               let goodTemplate = try await revisions.revisions(of: step.key).last(where: { $0.hash == good.templateHash }) {
                 let recorded = try await revisions.recordRevision(of: step.key, hash: good.templateHash, template: goodTemplate.template)
                 var rollback = DeploymentRollback()
                 rollback.toRevision = recorded.number
@@ -368,7 +466,7 @@ public struct DeploymentReconciler: Reconciler {
                 entry.outcome = "RolledBack"
                 step.status.phase = .rolledBack
                 step.event(.warning, "RolledBack", "rolling back to revision \(recorded.number) (version \(good.version)): \(rollback.message!)")
-                step.status.markReconciling(reason: "RolledBack", message: "rolling back to version \(good.version): \(rollback.message!)", generation: step.generation, now: step.time)
+                step.reconciling("RolledBack", "rolling back to version \(good.version): \(rollback.message!)")
                 return .requeue(after: .milliseconds(1))
             }
             step.status.phase = .failed
@@ -378,64 +476,29 @@ public struct DeploymentReconciler: Reconciler {
 
         step.status.phase = step.status.rollback == nil ? .progressing : .rolledBack
         let reason = step.status.rollback == nil ? "RollingOut" : "RollingBack"
-        step.status.markReconciling(reason: reason, message: message, generation: step.generation, now: step.time)
+        step.reconciling(reason, message)
         step.status.conditions.set(DeploymentConditions.progressing, .true, reason: "ReplicaSetUpdated", message: message, observedGeneration: step.generation, now: step.time)
-        if step.stoppedSome { return .requeue(after: .milliseconds(10)) }  // room for the next new instance
+        if step.movedOn || state?.movedOn == true { return .requeue(after: .milliseconds(10)) }  // room for the next new instance
         let remaining = deadlineSeconds - elapsed
         return .requeue(after: min(Self.progressCheck, .milliseconds(Int64(max(remaining, 0.01) * 1000))))
     }
 
-    /// Counts instances into the status and sets `Available`; returns the target's and the rest.
-    @discardableResult
-    private func observe(_ target: WorkloadRevision?, _ step: inout Step) async -> (new: [InstanceState], old: [InstanceState]) {
-        let instances = await workload.instances(of: step.key)
-        let new = instances.filter { $0.templateHash == target?.hash }
-        let old = instances.filter { $0.templateHash != target?.hash }
-        let ready = instances.filter(\.ready).count
-        step.status.replicas = instances.count
-        step.status.updatedReplicas = new.count
-        step.status.readyReplicas = ready
-        step.status.availableReplicas = ready
-        let spec = step.deployment.spec
-        let unavailable = spec.strategy.type == .rollingUpdate ? (spec.strategy.effectiveMaxUnavailable.scaled(total: spec.replicas, roundUp: false) ?? 0) : 0
-        let available = ready >= spec.replicas - unavailable
-        step.status.conditions.set(DeploymentConditions.available, available ? .true : .false,
-                                   reason: available ? "MinimumReplicasAvailable" : "MinimumReplicasUnavailable",
-                                   message: "\(ready) of \(spec.replicas) instance(s) ready", observedGeneration: step.generation, now: step.time)
-        return (new, old)
-    }
-
     /// Keeps `revisionHistoryLimit` old revisions (and their releases) besides the current one.
     private func pruneHistory(_ target: WorkloadRevision, _ step: inout Step) async throws {
-        let limit = step.deployment.spec.revisionHistoryLimit
-        try await revisions.pruneRevisions(of: step.key, keep: limit + 1, inUse: [target.number])
+        let limit = step.spec.revisionHistoryLimit
+        let inUse = Set(step.status.tracks.map(\.revision)).union([target.number])
+        try await revisions.pruneRevisions(of: step.key, keep: limit + 1, inUse: inUse)
         let kept = Set(try await revisions.revisions(of: step.key).map(\.number))
         await workload.pruneReleases(of: step.key, keeping: kept)
     }
+}
 
-    // MARK: - Requested rollback
-
-    /// `capstan rollback deployment/NAME [--to-revision N]`: holds revision N (default: the
-    /// one before the current) until the spec's template changes. Returns what was done.
-    /// Requests made with the CLI, taken inside the reconcile (the reconciler is the one writer
-    /// of the status): a rollback sets `status.rollback`, which this very reconcile rolls out,
-    /// or is refused with a `RollbackRefused` event.
-    private func takeRequests(_ step: inout Step) async throws {
-        for request in await store.requests(for: step.key) where request.type == ObjectRequest.rollback {
-            guard await store.take(request) else { continue }
-            do {
-                let requested = try RollbackRequest.revision(from: request.value)
-                let applicationKey = ObjectKey(kind: .application, namespace: step.key.namespace, name: step.deployment.spec.application)
-                guard let applicationObject = try await store.object(applicationKey), case .application(let application) = applicationObject.resource else {
-                    throw WorkloadError("ApplicationNotFound", "application \(step.deployment.spec.application) does not exist")
-                }
-                let specHash = WorkloadTemplate(deployment: step.deployment, application: application, applicationFile: applicationObject.sourceFile).hash
-                let (rollback, message) = try await RollbackRequest.plan(step.key, to: requested, status: step.status, specTemplateHash: specHash, revisions: revisions)
-                step.status.rollback = rollback
-                step.event(.normal, "RollbackRequested", message)
-            } catch let error as WorkloadError {
-                step.event(.warning, "RollbackRefused", error.message)
-            }
+extension TrackRole {
+    var order: Int {
+        switch self {
+        case .active: return 0
+        case .preview: return 1
+        case .retiring: return 2
         }
     }
 }

@@ -102,18 +102,25 @@ public protocol ObjectStore: Sendable {
     /// had is kept). Local: recorded when the object was read; Kubernetes: the annotation on
     /// the object being deleted.
     func pruneDisabled(_ key: ObjectKey) async -> Bool
-    /// Requests for `key` waiting for its reconcile (`capstan rollback` ...), oldest first: read
-    /// inside the reconcile, so the reconciler is the one writer of the status.
+    /// Requests for `key` waiting for its reconcile (`capstan rollback`, `promote`, `abort` ...),
+    /// oldest first: read inside the reconcile, so the reconciler is the one writer of the
+    /// status (local: the state store's request table; Kubernetes: `capstan.dev/...` annotations).
     func requests(for key: ObjectKey) async -> [ObjectRequest]
     /// Takes a request before acting on it: false when it is no longer waiting (withdrawn by
-    /// the CLI that gave up, expired, or taken already).
-    func take(_ request: ObjectRequest) async -> Bool
+    /// the CLI that gave up, expired, changed, or taken already).
+    func take(_ request: ObjectRequest, of key: ObjectKey) async -> Bool
+    /// Makes sure a live object is not deleted before its reconciler cleaned up after it
+    /// (Kubernetes: the finalizer `capstan.dev/cleanup`; locally the inventory does that).
+    func claim(_ key: ObjectKey) async throws
+    /// Lets a deleted object go once its reconciler cleaned up (removes the finalizer).
+    func release(_ key: ObjectKey) async throws
 }
 
 extension ObjectStore {
-    /// Stores whose requests come another way (Kubernetes: annotations on the object) have none.
     public func requests(for key: ObjectKey) async -> [ObjectRequest] { [] }
-    public func take(_ request: ObjectRequest) async -> Bool { false }
+    public func take(_ request: ObjectRequest, of key: ObjectKey) async -> Bool { false }
+    public func claim(_ key: ObjectKey) async throws {}
+    public func release(_ key: ObjectKey) async throws {}
 }
 
 /// A request for an object's reconciler, made with the CLI.
@@ -130,6 +137,21 @@ public struct ObjectRequest: Sendable, Hashable {
 
     /// `capstan rollback`: the value is the revision, or empty for the previous one.
     public static let rollback = "rollback"
+    /// `capstan promote`: a BlueGreen preview takes the traffic.
+    public static let promote = "promote"
+    /// `capstan abort`: back to the revision that ran before (a BlueGreen preview is removed, or
+    /// the traffic goes back to the colour kept for `scaleDownDelay`).
+    public static let abort = "abort"
+
+    /// The annotation carrying each request on a custom resource (`kubectl annotate` or
+    /// `capstan ... --kube` writes it; the operator removes it when it takes it).
+    public static let annotations: [(type: String, annotation: String)] = [
+        (rollback, "capstan.dev/rollback-to"), (promote, "capstan.dev/promote"), (abort, "capstan.dev/abort"),
+    ]
+
+    public static func annotation(of type: String) -> String? {
+        annotations.first { $0.type == type }?.annotation
+    }
 }
 
 /// Orphan cleanup settings (runtime.md). What a deleted object had (instances, ports,

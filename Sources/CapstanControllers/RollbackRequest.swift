@@ -8,7 +8,7 @@ import CapstanModel
 public enum RollbackRequest {
     /// The annotation that asks for it on a custom resource; its value is a revision number,
     /// or empty (or `previous`) for the revision before the current one.
-    public static let annotation = "capstan.dev/rollback-to"
+    public static let annotation = ObjectRequest.annotation(of: ObjectRequest.rollback)!
 
     /// What a request value asks: nil for "the previous revision".
     public static func revision(from value: String) throws(WorkloadError) -> Int? {
@@ -54,25 +54,5 @@ public enum RollbackRequest {
         rollback.message = "rolled back on request from revision \(current) to the template of revision \(chosen.number)"
         rollback.request = request
         return (rollback, message)
-    }
-
-    /// Takes a request from the state store (`capstan rollback` in directory mode): the
-    /// status's `rollback` is written, and the next reconcile runs the chosen revision.
-    public static func apply(_ key: ObjectKey, to requested: Int?, store: any ObjectStore, events: any EventRecorder,
-                             revisions: any RevisionStore) async throws -> String {
-        guard let stored = try await store.object(key), case .deployment(let deployment) = stored.resource else {
-            throw WorkloadError("NotFound", "deployment \(key.namespace)/\(key.name) does not exist")
-        }
-        guard let application = try await store.object(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application)),
-              case .application(let app) = application.resource else {
-            throw WorkloadError("ApplicationNotFound", "application \(deployment.spec.application) does not exist")
-        }
-        let specHash = WorkloadTemplate(deployment: deployment, application: app, applicationFile: application.sourceFile).hash
-        let (rollback, message) = try await plan(key, to: requested, status: deployment.status, specTemplateHash: specHash, revisions: revisions)
-        var status = deployment.status
-        status.rollback = rollback
-        _ = try await store.writeStatus(key, status.encode())
-        await events.record(.normal, reason: "RollbackRequested", message: message, about: key)
-        return message
     }
 }

@@ -91,20 +91,24 @@ public struct InstanceState: Sendable, Hashable {
     public var restarts: Int
     /// The last thing that went wrong: an exit, a failed probe, a start that failed.
     public var problem: String?
+    /// The track it belongs to.
+    public var track: Track
 
-    public init(id: String, templateHash: String, revision: Int, ready: Bool, restarts: Int = 0, problem: String? = nil) {
+    public init(id: String, templateHash: String, revision: Int, ready: Bool, restarts: Int = 0, problem: String? = nil, track: Track = .stable) {
         self.id = id
         self.templateHash = templateHash
         self.revision = revision
         self.ready = ready
         self.restarts = restarts
         self.problem = problem
+        self.track = track
     }
 }
 
 /// Why a platform could not do what was asked, with the condition reason it maps to.
-public struct WorkloadError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// `SourceUnavailable`, `BuildFailed`, `StartFailed`, `PortUnavailable`, `SecretUnavailable`.
+public struct WorkloadError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// `SourceUnavailable`, `BuildFailed`, `StartFailed`, `PortUnavailable`, `SecretUnavailable`,
+    /// `ImageMissing`, `ChildConflict`.
     public var reason: String
     public var message: String
 
@@ -116,25 +120,156 @@ public struct WorkloadError: Error, Sendable, Equatable, CustomStringConvertible
     public var description: String { message }
 }
 
-/// Runs Deployments' instances (local: supervised processes behind a router port).
+/// A named group of a Deployment's instances that runs one revision (platforms.md: `stable`;
+/// `blue` and `green` for BlueGreen; `canary` while a Canary runs).
+public struct Track: RawRepresentable, Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+    public init(_ name: String) { rawValue = name }
+
+    public static let stable = Track("stable")
+    public static let blue = Track("blue")
+    public static let green = Track("green")
+    public static let canary = Track("canary")
+
+    /// The colour a BlueGreen preview takes beside this active track.
+    public var otherColour: Track { self == .blue ? .green : .blue }
+    public var description: String { rawValue }
+    public static func < (a: Track, b: Track) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// What a track should run: the platform realises it in one level-based step.
+public struct TrackSpec: Sendable, Hashable {
+    public enum Strategy: Sendable, Hashable {
+        /// Stop every instance of other revisions before starting new ones.
+        case recreate
+        /// Replace instances a few at a time: at most `replicas + maxSurge` running, at least
+        /// `replicas - maxUnavailable` ready (both resolved against `replicas`).
+        case rollingUpdate(maxSurge: IntOrString, maxUnavailable: IntOrString)
+    }
+
+    public var revision: WorkloadRevision
+    public var replicas: Int
+    public var strategy: Strategy
+    /// Changes of revision wait (scaling too, on the local platform: nothing moves).
+    public var paused: Bool
+    /// Kubernetes copies these onto its `apps/v1` Deployment for `kubectl` readers; Capstan
+    /// decides the deadline itself on every platform.
+    public var progressDeadline: KubeDuration
+    public var revisionHistoryLimit: Int
+
+    public init(revision: WorkloadRevision, replicas: Int, strategy: Strategy, paused: Bool = false,
+                progressDeadline: KubeDuration = .minutes(10), revisionHistoryLimit: Int = 10) {
+        self.revision = revision
+        self.replicas = replicas
+        self.strategy = strategy
+        self.paused = paused
+        self.progressDeadline = progressDeadline
+        self.revisionHistoryLimit = revisionHistoryLimit
+    }
+
+    /// How many may be missing during a rolling step (Kubernetes' rounding; at least one of
+    /// surge and unavailable is positive).
+    public var rollingBounds: (surge: Int, unavailable: Int) {
+        guard case .rollingUpdate(let maxSurge, let maxUnavailable) = strategy else { return (0, replicas) }
+        let surge = maxSurge.scaled(total: replicas, roundUp: true) ?? 1
+        var unavailable = maxUnavailable.scaled(total: replicas, roundUp: false) ?? 0
+        if surge == 0 && unavailable == 0 { unavailable = 1 }
+        return (surge, unavailable)
+    }
+}
+
+/// Something the platform did or found while realising a track, for the owner's events.
+public struct WorkloadEvent: Sendable, Hashable {
+    public var type: EventType
+    public var reason: String
+    public var message: String
+
+    public init(_ type: EventType, _ reason: String, _ message: String) {
+        self.type = type
+        self.reason = reason
+        self.message = message
+    }
+}
+
+/// Where a track stands, as the platform observes it.
+public struct TrackState: Sendable, Hashable {
+    /// The revision the track is set to run (the platform's record of its last `ensure`).
+    public var revision: Int
+    public var templateHash: String
+    /// Instances of every revision, of the track's revision, ready, available.
+    public var replicas = 0
+    public var updated = 0
+    public var ready = 0
+    public var available = 0
+    /// The platform has acted on the track's latest spec (Kubernetes: the `apps/v1`
+    /// Deployment's `observedGeneration` caught up); counts of an unsettled track are old.
+    public var settled = true
+    /// What goes wrong with its instances (an exit, a failing probe), one line each.
+    public var problems: [String] = []
+    /// An instance could not be started.
+    public var startProblem: WorkloadError?
+    /// What the platform did in this step (instances started or stopped, children repaired).
+    public var events: [WorkloadEvent] = []
+    /// The next step can follow at once (instances were stopped and room was made).
+    public var movedOn = false
+
+    public init(revision: Int, templateHash: String) {
+        self.revision = revision
+        self.templateHash = templateHash
+    }
+
+    /// Every instance runs the track's revision, all ready, as many as asked.
+    public func complete(replicas wanted: Int) -> Bool {
+        settled && replicas == wanted && updated == wanted && ready >= wanted && available >= wanted
+    }
+}
+
+/// Runs Deployments' tracks (local: supervised processes; Kubernetes: one `apps/v1` Deployment
+/// per track). The reconciler decides which revision each track runs and when; the platform
+/// realises one track at a time, a level-based step per call.
 public protocol WorkloadPlatform: Sendable {
-    /// Makes the revision runnable (its artifact and release exist); idempotent. With
-    /// `current`, the revision becomes the Deployment's current one.
+    /// Makes the revision runnable (local: its artifact and release; Kubernetes: a valid image
+    /// reference); idempotent. With `current`, it becomes the Deployment's current one.
     /// Returns the repairs it made (a release or link removed behind Capstan's back).
     func prepare(_ revision: WorkloadRevision, for deployment: ObjectKey, current: Bool) async throws(WorkloadError) -> [String]
-    /// The Deployment's instances, sorted by id.
-    func instances(of deployment: ObjectKey) async -> [InstanceState]
-    /// Starts one instance of the revision; returns its id.
-    func start(_ revision: WorkloadRevision, for deployment: ObjectKey, memoryLimit: Int64?) async throws(WorkloadError) -> String
-    /// Takes the instance out of traffic, then stops it (SIGTERM, SIGKILL after the grace period).
-    func stop(instance: String, of deployment: ObjectKey) async
-    /// Serves the Deployment's stable port over its ready instances (nil: no port).
-    func expose(_ deployment: ObjectKey, port: Int?) async throws(WorkloadError)
+    /// One step of the track towards `spec`; returns where it stands after the step. A
+    /// `WorkloadError` is a condition to report (a conflict, a missing image); any other error
+    /// is a failure to retry (the API server did not answer).
+    func ensure(_ track: Track, of deployment: Deployment, _ spec: TrackSpec) async throws -> TrackState
+    /// The Deployment's tracks as they stand, without changing them.
+    func tracks(of deployment: ObjectKey) async -> [Track: TrackState]
+    /// Removes a track: its instances (side by side) or its `apps/v1` Deployment.
+    func removeTrack(_ track: Track, of deployment: Deployment) async throws -> [WorkloadEvent]
     /// Keeps only these revisions' releases (the history) for the Deployment.
     func pruneReleases(of deployment: ObjectKey, keeping revisions: Set<Int>) async
-    /// Removes everything of a deleted Deployment: instances, port, releases. Returns what
-    /// was removed, one line each (for the `OrphanDeleted` event); with `dryRun`, what would be.
-    func remove(_ deployment: ObjectKey, dryRun: Bool) async -> [String]
+    /// Removes everything of a deleted Deployment: tracks, ports, releases, children. Returns
+    /// what was removed, one line each (for the `OrphanDeleted` event). With `dryRun`, nothing
+    /// is removed: it returns what would be, and lets go of it (Kubernetes: the owner
+    /// references are dropped, so the garbage collector keeps it too).
+    func remove(_ deployment: ObjectKey, dryRun: Bool) async throws -> [String]
+}
+
+/// Who receives a Deployment's traffic.
+public struct Traffic: Sendable, Hashable {
+    /// The track behind the Deployment's port (the Service on Kubernetes).
+    public var active: Track
+    /// The track behind `blueGreen.previewPort` (the `NAME-preview` Service), if any.
+    public var preview: Track?
+
+    public init(active: Track, preview: Track? = nil) {
+        self.active = active
+        self.preview = preview
+    }
+}
+
+/// Sends a Deployment's port to its tracks (local: the routers; Kubernetes: the Services and
+/// the Ingress).
+public protocol TrafficPlatform: Sendable {
+    /// Serves `traffic`: the port (`deployment.spec.port`) over the active track's ready
+    /// instances, the preview port over the preview track's. The switch is immediate: new
+    /// connections go to the new track, open ones finish.
+    func route(_ deployment: Deployment, application: Application, _ traffic: Traffic) async throws -> [WorkloadEvent]
 }
 
 /// Revision history of an object (the local state store; Kubernetes: kept by Capstan too).

@@ -41,9 +41,20 @@ public enum Children {
         ] + selector(deployment)
     }
 
-    static func metadata(_ deployment: Deployment, application: String, extraLabels: [(String, SpecNode)] = []) -> SpecNode {
+    /// The label naming a pod's track (`stable`, `blue`, `green`, `canary`).
+    public static let trackLabel = "capstan.dev/track"
+
+    /// The name of a track's `apps/v1` Deployment: the owner's for `stable`, `NAME-<track>` otherwise.
+    public static func name(of track: Track, _ owner: String) -> String {
+        track == .stable ? owner : "\(owner)-\(track.rawValue)"
+    }
+
+    /// The name of the Service serving a BlueGreen preview.
+    public static func previewName(_ owner: String) -> String { "\(owner)-preview" }
+
+    static func metadata(_ deployment: Deployment, application: String, name: String? = nil, extraLabels: [(String, SpecNode)] = []) -> SpecNode {
         var metadata: [(String, SpecNode)] = [
-            ("name", .string(deployment.metadata.name)),
+            ("name", .string(name ?? deployment.metadata.name)),
             ("namespace", .string(deployment.metadata.namespace)),
             ("labels", .mapping(labels(deployment, application: application) + extraLabels)),
         ]
@@ -58,11 +69,15 @@ public enum Children {
         return .mapping(metadata)
     }
 
-    /// The `apps/v1` Deployment of a template.
-    public static func deployment(_ deployment: Deployment, template: WorkloadTemplate, image: String, revision: Int) -> SpecNode {
-        let spec = deployment.spec
+    /// The `apps/v1` Deployment of a track. The stable track's selector is the owner labels
+    /// (as children made before tracks existed: a selector cannot change); another track's adds
+    /// its track label. Every pod carries its track label, which the Services select.
+    public static func deployment(_ deployment: Deployment, track: Track, _ spec: TrackSpec, image: String) -> SpecNode {
+        let template = spec.revision.template
+        let revision = spec.revision.number
         let app = template.spec
-        let selector = selector(deployment)
+        let trackLabel: [(String, SpecNode)] = [(Self.trackLabel, .string(track.rawValue))]
+        let selector = selector(deployment) + (track == .stable ? [] : trackLabel)
         var container: [(String, SpecNode)] = [("name", .string("app")), ("image", .string(image))]
         if !app.command.isEmpty { container.append(("command", .sequence(app.command.map { .string($0) }))) }
         if !template.env.isEmpty { container.append(("env", .sequence(template.env.map { $0.encode() }))) }
@@ -86,13 +101,13 @@ public enum Children {
             container.append(("readinessProbe", probe))
         }
         var strategy: [(String, SpecNode)]
-        switch spec.strategy.type {
+        switch spec.strategy {
         case .recreate:
             strategy = [("type", .string("Recreate"))]
-        default:
+        case .rollingUpdate(let maxSurge, let maxUnavailable):
             strategy = [("type", .string("RollingUpdate")), ("rollingUpdate", .mapping([
-                ("maxSurge", spec.strategy.effectiveMaxSurge.encode()),
-                ("maxUnavailable", spec.strategy.effectiveMaxUnavailable.encode()),
+                ("maxSurge", maxSurge.encode()),
+                ("maxUnavailable", maxUnavailable.encode()),
             ]))]
         }
         var appsSpec: [(String, SpecNode)] = [
@@ -105,14 +120,14 @@ public enum Children {
         if spec.paused { appsSpec.append(("paused", .bool(true))) }
         appsSpec.append(("template", .mapping([
             ("metadata", .mapping([
-                ("labels", .mapping(labels(deployment, application: template.application) + [("app.kubernetes.io/version", .string(labelValue(template.version)))])),
+                ("labels", .mapping(labels(deployment, application: template.application) + [("app.kubernetes.io/version", .string(labelValue(template.version)))] + trackLabel)),
                 ("annotations", .mapping([("capstan.dev/revision", .string(String(revision))), ("capstan.dev/template-hash", .string(template.hash))])),
             ])),
             ("spec", .mapping([("containers", .sequence([.mapping(container)]))])),
         ])))
         return .mapping([
             ("apiVersion", .string("apps/v1")), ("kind", .string("Deployment")),
-            ("metadata", metadata(deployment, application: template.application)),
+            ("metadata", metadata(deployment, application: template.application, name: name(of: track, deployment.metadata.name), extraLabels: track == .stable ? [] : trackLabel)),
             ("spec", .mapping(appsSpec)),
         ])
     }
@@ -149,23 +164,24 @@ public enum Children {
     }
 
     /// The Service over the Application's ports (nil without ports). The first port is
-    /// served on the Deployment's `port` when it has one.
-    public static func service(_ deployment: Deployment, application: Application) -> SpecNode? {
+    /// served on `servicePort` (the Deployment's port, or the preview port) when there is one. It selects
+    /// the pods of `track`, or all the owner's pods when `track` is nil.
+    public static func service(_ deployment: Deployment, application: Application, name: String? = nil, servicePort: Int?, track: Track? = nil) -> SpecNode? {
         let ports = application.spec.ports
         guard !ports.isEmpty else { return nil }
         let entries: [SpecNode] = ports.enumerated().map { index, port in
             var entry: [(String, SpecNode)] = []
             entry.append(("name", .string(port.name ?? "port-\(port.containerPort)")))
-            entry.append(("port", .int(index == 0 ? deployment.spec.port ?? port.containerPort : port.containerPort)))
+            entry.append(("port", .int(index == 0 ? servicePort ?? port.containerPort : port.containerPort)))
             entry.append(("targetPort", port.name.map { .string($0) } ?? .int(port.containerPort)))
             entry.append(("protocol", .string(port.protocol.rawValue)))
             return .mapping(entry)
         }
         return .mapping([
             ("apiVersion", .string("v1")), ("kind", .string("Service")),
-            ("metadata", metadata(deployment, application: application.metadata.name)),
+            ("metadata", metadata(deployment, application: application.metadata.name, name: name)),
             ("spec", .mapping([
-                ("selector", .mapping(selector(deployment))),
+                ("selector", .mapping(selector(deployment) + (track.map { [(trackLabel, .string($0.rawValue))] } ?? []))),
                 ("ports", .sequence(entries)),
             ])),
         ])
@@ -239,12 +255,12 @@ public enum Children {
         }
     }
 
-    /// The uid of the Capstan Deployment controlling a child, if any.
-    public static func controller(of child: SpecNode) -> (name: String, uid: String)? {
+    /// The Capstan object controlling a child (of any of Capstan's kinds), if any.
+    public static func controller(of child: SpecNode) -> (kind: ResourceKind, name: String, uid: String)? {
         guard case .sequence(let references)? = child["metadata"]?["ownerReferences"]?.value else { return nil }
-        for reference in references where reference["controller"]?.scalarText == "true"
-            && reference["apiVersion"]?.scalarText == capstanAPIVersion && reference["kind"]?.scalarText == "Deployment" {
-            if let name = reference["name"]?.scalarText, let uid = reference["uid"]?.scalarText { return (name, uid) }
+        for reference in references where reference["controller"]?.scalarText == "true" && reference["apiVersion"]?.scalarText == capstanAPIVersion {
+            if let kind = reference["kind"]?.scalarText.flatMap(ResourceKind.init(rawValue:)),
+               let name = reference["name"]?.scalarText, let uid = reference["uid"]?.scalarText { return (kind, name, uid) }
         }
         return nil
     }

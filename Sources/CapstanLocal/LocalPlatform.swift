@@ -45,7 +45,7 @@ public struct LocalObjectStore: ObjectStore, EventRecorder {
         ((try? store.pendingRequests(now: now())) ?? []).filter { $0.key == key }.map { ObjectRequest(id: $0.id, type: $0.type, value: $0.value) }
     }
 
-    public func take(_ request: ObjectRequest) async -> Bool {
+    public func take(_ request: ObjectRequest, of key: ObjectKey) async -> Bool {
         (try? store.claimRequest(request.id, at: now())) ?? false
     }
 

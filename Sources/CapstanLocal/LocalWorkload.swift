@@ -6,59 +6,87 @@ import Foundation
 import Glibc
 #endif
 
-/// The routers of every Deployment, by owner; backends may arrive before the port is bound.
+/// The routers of every Deployment, by owner and role (its port; its BlueGreen preview port),
+/// each serving one track's ready instances; backends may arrive before the port is bound.
 actor RouterSet {
-    private var routers: [ObjectKey: TCPRouter] = [:]
+    enum Role: Sendable, Hashable { case main, preview }
+    struct Key: Hashable { var owner: ObjectKey; var role: Role }
+
+    private var routers: [Key: TCPRouter] = [:]
+    /// The track each router serves.
+    private var serves: [Key: String] = [:]
     private var backends: [ObjectKey: [Backend]] = [:]
 
-    func expose(_ key: ObjectKey, host: String, port: Int?) async throws(WorkloadError) {
-        if let existing = routers[key], existing.port == port, existing.host == host { return }
+    /// Serves `port` over `track`'s ready instances (nil port: closed). Changing only the track
+    /// is immediate: new connections go to the new track, open ones finish.
+    func expose(_ owner: ObjectKey, _ role: Role = .main, host: String, port: Int?, track: String = Track.stable.rawValue) async throws(WorkloadError) {
+        let key = Key(owner: owner, role: role)
+        serves[key] = track
+        if let existing = routers[key], existing.port == port, existing.host == host {
+            existing.setBackends(served(key))
+            return
+        }
         if let existing = routers.removeValue(forKey: key) { await existing.close() }
         guard let port else { return }
         do {
-            let router = try await TCPRouter(host: host, port: port, backends: backends[key] ?? [])
+            let router = try await TCPRouter(host: host, port: port, backends: served(key))
             // Readiness may have changed while the port was being bound (this actor is
             // re-entered at the await): the router gets what is current now.
-            router.setBackends(backends[key] ?? [])
+            router.setBackends(served(key))
             routers[key] = router
         } catch {
             throw WorkloadError("PortUnavailable", "cannot listen on \(host):\(port): \(Prober.describe(error))")
         }
     }
 
-    func setBackends(_ key: ObjectKey, _ list: [Backend]) {
-        backends[key] = list
-        routers[key]?.setBackends(list)
+    private func served(_ key: Key) -> [Backend] {
+        let track = serves[key] ?? Track.stable.rawValue
+        return (backends[key.owner] ?? []).filter { $0.track == track }
+    }
+
+    func setBackends(_ owner: ObjectKey, _ list: [Backend]) {
+        backends[owner] = list
+        for role in [Role.main, .preview] {
+            let key = Key(owner: owner, role: role)
+            routers[key]?.setBackends(served(key))
+        }
     }
 
     /// Waits until no connection to the backend port is open, at most `timeout`.
-    func drain(_ key: ObjectKey, port: Int, timeout: Duration) async {
-        guard let router = routers[key] else { return }
+    func drain(_ owner: ObjectKey, port: Int, timeout: Duration) async {
+        let open = [Role.main, .preview].compactMap { routers[Key(owner: owner, role: $0)] }
         let deadline = ContinuousClock.now + timeout
-        while router.activeConnections(to: port) > 0 && ContinuousClock.now < deadline {
+        while open.contains(where: { $0.activeConnections(to: port) > 0 }) && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
     }
 
-    func close(_ key: ObjectKey) async -> String? {
-        backends[key] = nil
-        guard let router = routers.removeValue(forKey: key) else { return nil }
-        await router.close()
-        return "listener \(router.host):\(router.port)"
+    /// Closes the owner's routers; returns what was closed.
+    func close(_ owner: ObjectKey) async -> [String] {
+        backends[owner] = nil
+        var closed: [String] = []
+        for role in [Role.main, .preview] {
+            let key = Key(owner: owner, role: role)
+            serves[key] = nil
+            guard let router = routers.removeValue(forKey: key) else { continue }
+            await router.close()
+            closed.append("listener \(router.host):\(router.port)")
+        }
+        return closed
     }
 
     func closeAll() async {
-        for key in Array(routers.keys) { _ = await close(key) }
+        for owner in Set(routers.keys.map(\.owner)) { _ = await close(owner) }
     }
 
-    func listening(_ key: ObjectKey) -> (host: String, port: Int)? {
-        routers[key].map { ($0.host, $0.port) }
+    func listening(_ owner: ObjectKey, _ role: Role = .main) -> (host: String, port: Int)? {
+        routers[Key(owner: owner, role: role)].map { ($0.host, $0.port) }
     }
 }
 
 /// The local platform for Applications and Deployments: artifacts, releases, supervised
 /// instances and the router, all under the state directory.
-public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
+public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, ArtifactPlatform {
     public static let releaseType = "release"
 
     public let stateDirectory: String
@@ -168,11 +196,12 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
         return true
     }
 
-    public func instances(of deployment: ObjectKey) async -> [InstanceState] {
+    func instances(of deployment: ObjectKey) async -> [InstanceState] {
         await supervisor.instances(of: deployment)
     }
 
-    public func start(_ revision: WorkloadRevision, for deployment: ObjectKey, memoryLimit: Int64?) async throws(WorkloadError) -> String {
+    /// Starts one instance of the revision on a track; returns its id.
+    func start(_ revision: WorkloadRevision, track: Track, for deployment: ObjectKey, memoryLimit: Int64?) async throws(WorkloadError) -> String {
         let template = revision.template
         guard !template.spec.command.isEmpty else {
             throw WorkloadError("StartFailed", "application \(template.application) has no command to run on the local platform")
@@ -205,7 +234,7 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
             command: command, environment: environment, workingDirectory: directory, logPath: "\(logDirectory)/\(id).log",
             memoryLimit: memoryLimit.map { UInt64(max(0, $0)) },
             probe: ProbeSpec(template.spec.healthCheck, ports: template.spec.ports, instancePort: port),
-            logMaxBytes: logRotation.maxBytes, logFiles: logRotation.files)
+            logMaxBytes: logRotation.maxBytes, logFiles: logRotation.files, track: track == .stable ? nil : track.rawValue)
         do {
             try await supervisor.start(launch, owner: deployment)
         } catch {
@@ -214,29 +243,26 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
         return id
     }
 
-    public func stop(instance: String, of deployment: ObjectKey) async {
+    /// Takes the instance out of traffic, lets its connections drain, then stops it (SIGTERM,
+    /// SIGKILL after the grace period).
+    func stop(instance: String, of deployment: ObjectKey) async {
         let routers = routers
         let timeout = drainTimeout
         await supervisor.stop(instance) { port in await routers.drain(deployment, port: port, timeout: timeout) }
-    }
-
-    public func expose(_ deployment: ObjectKey, port: Int?) async throws(WorkloadError) {
-        try await routers.expose(deployment, host: routerHost, port: port)
-        recordListener(deployment, port: port)
     }
 
     /// Listeners are in the inventory too, so that a restarted daemon serves a Deployment
     /// whose spec is gone but whose instances were kept (prune disabled).
     public static let listenerType = "listener"
 
-    private func recordListener(_ deployment: ObjectKey, port: Int?) {
+    func recordListener(_ deployment: ObjectKey, port: Int?, track: Track = .stable) {
         let id = port.map { "\(routerHost):\($0)" }
         let existing = (try? store.inventory(of: deployment, type: Self.listenerType)) ?? []
-        guard existing.map(\.id) != (id.map { [$0] } ?? []) else { return }
+        guard existing.map(\.id) != (id.map { [$0] } ?? []) || existing.first?.data["track"] ?? Track.stable.rawValue != track.rawValue else { return }
         for entry in existing { _ = try? store.removeInventory(type: Self.listenerType, id: entry.id) }
         if let id, let port {
             _ = try? store.recordInventory(.init(type: Self.listenerType, id: id, owner: deployment,
-                                                 data: ["host": routerHost, "port": String(port)], createdAt: Date()))
+                                                 data: ["host": routerHost, "port": String(port), "track": track.rawValue], createdAt: Date()))
         }
     }
 
@@ -252,14 +278,17 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
     public func remove(_ deployment: ObjectKey, dryRun: Bool) async -> [String] {
         if dryRun {
             var would: [String] = []
-            if let (host, port) = await routers.listening(deployment) { would.append("listener \(host):\(port)") }
+            for role in [RouterSet.Role.main, .preview] {
+                if let (host, port) = await routers.listening(deployment, role) { would.append("listener \(host):\(port)") }
+            }
             would += await supervisor.instances(of: deployment).map { "instance \($0.id)" }
             if FileManager.default.fileExists(atPath: deploymentDirectory(deployment)) { would.append("releases in \(deploymentDirectory(deployment))") }
             return would
         }
         var removed: [String] = []
-        if let listener = await routers.close(deployment) { removed.append(listener) }
+        removed += await routers.close(deployment)
         recordListener(deployment, port: nil)
+        removeTrackRecords(of: deployment)
         let routers = routers
         let timeout = drainTimeout
         let stopped = await supervisor.stopAll(of: deployment) { port in await routers.drain(deployment, port: port, timeout: timeout) }
@@ -285,7 +314,7 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, ArtifactPlatform {
         for entry in (try? store.inventory(type: Self.listenerType)) ?? [] {
             guard let port = Int(entry.data["port"] ?? ""), entry.data["host"] == routerHost else { continue }
             do {
-                try await routers.expose(entry.owner, host: routerHost, port: port)
+                try await routers.expose(entry.owner, host: routerHost, port: port, track: entry.data["track"] ?? Track.stable.rawValue)
             } catch {
                 unavailable.append("\(entry.owner): \(error.message)")
             }

@@ -270,15 +270,13 @@ struct Run: AsyncParsableCommand {
         var cluster: ClusterTarget?
         let artifacts: any ArtifactPlatform
         let deploymentService: any Service
-        var requestRollback: (@Sendable (ObjectKey, Int?) async throws -> String)?
         if platform == .kube {
             do {
                 let target = try ClusterTarget(options: kube, log: log)
                 cluster = target
                 artifacts = KubeArtifacts()
-                let reconciler = KubeDeploymentReconciler(store: objects, events: objects, cache: cache, client: target.client, children: target.children,
-                                                          inventory: StoreChildInventory(store: store), revisions: objects, prune: prune)
-                requestRollback = reconciler.requestRollback
+                let workload = KubeWorkload(client: target.client, children: target.children, ownership: .inventory(StoreChildInventory(store: store)))
+                let reconciler = DeploymentReconciler(store: objects, events: objects, workload: workload, revisions: objects, prune: prune)
                 deploymentService = Controller(
                     name: "deployment", reconciler: reconciler,
                     clock: clock, concurrency: concurrency, timeout: timeout, queue: deploymentQueue, metrics: metrics, observe: onOutcome, admit: admit)
@@ -306,7 +304,6 @@ struct Run: AsyncParsableCommand {
             name: "application",
             reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: artifacts, prune: prune),
             clock: clock, concurrency: concurrency, timeout: timeout, metrics: metrics, observe: onOutcome, admit: admit)
-        let rollback = requestRollback
         let (platformLocal, platformCluster) = (local, cluster)
 
         @Sendable func enqueue(_ key: ObjectKey, _ resource: AnyResource?) async {
@@ -451,9 +448,9 @@ struct Run: AsyncParsableCommand {
                     }
                     guard let requests = try? store.pendingRequests(now: now) else { continue }
                     for request in requests {
-                        // A rollback of a local Deployment is taken by its own reconcile (the
-                        // reconciler writes the status, no one else): it only needs waking.
-                        if request.type == ObjectRequest.rollback, platformCluster == nil {
+                        // A Deployment's requests are taken by its own reconcile (the reconciler
+                        // writes the status, no one else): it only needs waking.
+                        if [ObjectRequest.rollback, ObjectRequest.promote, ObjectRequest.abort].contains(request.type) {
                             await deploymentQueue.add(request.key)
                             continue
                         }
@@ -464,16 +461,6 @@ struct Run: AsyncParsableCommand {
                             log("reconcile of \(request.key) requested")
                             await objects.record(.normal, reason: "ReconcileRequested", message: "requested at \(request.value)", about: request.key)
                             await enqueue(request.key, cache.get(request.key)?.resource)
-                        case "rollback":
-                            do {
-                                guard let rollback else { throw WorkloadError("NotSupported", "no Deployment reconciler runs") }
-                                let message = try await rollback(request.key, Int(request.value))
-                                log("\(request.key): \(message)")
-                            } catch {
-                                log("rollback of \(request.key) refused: \(error)", level: "warning")
-                                await objects.record(.warning, reason: "RollbackRefused", message: "\(error)", about: request.key)
-                            }
-                            await deploymentQueue.add(request.key)
                         default:
                             break
                         }

@@ -145,7 +145,10 @@ extension Run {
             reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: KubeArtifacts(), prune: prune),
             clock: clock, concurrency: concurrency, timeout: timeout, metrics: metrics, observe: onOutcome)
         let deployments = Controller(
-            name: "deployment", reconciler: KubeDeploymentReconciler(store: objects, children: children, prune: prune),
+            name: "deployment",
+            reconciler: DeploymentReconciler(store: objects, events: objects,
+                                             workload: KubeWorkload(client: client, children: children, ownership: .ownerReference),
+                                             revisions: ConfigMapRevisions(client: client, cache: cache), prune: prune),
             clock: clock, concurrency: concurrency, timeout: timeout, metrics: metrics, observe: onOutcome)
         let leading = Gate(open: false)
         @Sendable func enqueue(_ key: ObjectKey, _ resource: AnyResource?) async {

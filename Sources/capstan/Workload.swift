@@ -52,23 +52,97 @@ struct Rollback: AsyncParsableCommand {
             }
             return
         }
-        let started = Date()
-        try await KubeRequest(connection: kube, key: key, annotation: RollbackRequest.annotation, value: value, what: what)
-            .run(wait: wait, namespace: namespace) { client, key in
-                // Taken when the operator has removed the annotation; the status or an event says how.
-                guard let object = try await client.get(.capstan(.deployment), namespace: key.namespace, name: key.name) else {
-                    throw KubeRequest.Refused(message: "the Deployment was deleted")
-                }
-                guard object["metadata"]?["annotations"]?[RollbackRequest.annotation] == nil else { return nil }
-                if let rollback = object["status"]?["rollback"], rollback["request"]?.scalarText == value {
-                    return rollback["message"]?.scalarText ?? "rolled back"
-                }
-                if let event = try await KubeRequest.event(client, about: key, reasons: ["RollbackRefused", "RollbackRequested"], since: started) {
-                    if event.reason == "RollbackRefused" { throw KubeRequest.Refused(message: event.message) }
-                    return event.message
-                }
-                return "the annotation was removed"
+        // An event of an earlier request may share the second: it must name this revision.
+        let wanted = self.toRevision
+        let named: @Sendable (String) -> Bool = { message in
+            guard let wanted else { return true }
+            return message.ranges(of: "revision \(wanted)").contains { range in
+                range.upperBound == message.endIndex || !message[range.upperBound].isNumber
             }
+        }
+        try await KubeRequest(connection: kube, key: key, annotation: RollbackRequest.annotation, value: value, what: what)
+            .answered(wait: wait, namespace: namespace, accepted: ["RollbackRequested"], refused: ["RollbackRefused"], matching: named)
+    }
+}
+
+/// `capstan promote` and `capstan abort`: requests for a Deployment's reconciler.
+struct DeploymentRequestOptions: ParsableArguments {
+    @Argument(help: ArgumentHelp("The Deployment, such as deployment/web.", valueName: "deployment/name"))
+    var object: String
+
+    @Option(name: .shortAndLong, help: "Namespace of the object (default: default, or with --kube the kubeconfig context's).")
+    var namespace: String?
+
+    @Option(help: ArgumentHelp("Wait this long for the daemon to take the request (0: do not wait).", valueName: "duration"))
+    var wait: String = "10s"
+
+    @OptionGroup var state: StateOptions
+    @OptionGroup var kube: KubeConnection
+
+    /// Hands the request to the daemon (the state store) or the operator (an annotation).
+    func submit(_ type: String, what: String, accepted: Set<String>, refused: Set<String>) async throws {
+        let key = try parseReference(object, namespace: namespace ?? "default")
+        guard key.kind == .deployment else { throw ValidationError("only Deployments take \(type); got \(key.kind.singular)") }
+        guard kube.enabled else {
+            try await submitRequest(type, for: key, value: "", what: what, wait: wait, state: state)
+            return
+        }
+        let value = Timestamp(Date()).description
+        try await KubeRequest(connection: kube, key: key, annotation: ObjectRequest.annotation(of: type)!, value: value, what: what)
+            .answered(wait: wait, namespace: namespace, accepted: accepted, refused: refused)
+    }
+}
+
+struct Promote: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Switch a BlueGreen Deployment's traffic to its preview (with autoPromote: false).",
+        discussion: """
+            The preview must be ready (phase Paused, reason AwaitingPromotion); otherwise the request is refused with a PromoteRefused event. With --kube the custom resource gets the annotation capstan.dev/promote.
+            """)
+
+    @OptionGroup var options: DeploymentRequestOptions
+
+    func run() async throws {
+        try await options.submit(ObjectRequest.promote, what: "promotion", accepted: ["PromoteRequested"], refused: ["PromoteRefused"])
+    }
+}
+
+struct Abort: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Return a BlueGreen Deployment to what served before: the preview goes, or the old colour takes the traffic back.",
+        discussion: """
+            Within scaleDownDelay after a switch, the colour that served before takes the traffic back at once. Before the switch, the preview is removed. Either way the earlier revision runs (status.rollback) until the spec changes; with nothing to abort the request is refused with an AbortRefused event. With --kube the custom resource gets the annotation capstan.dev/abort.
+            """)
+
+    @OptionGroup var options: DeploymentRequestOptions
+
+    func run() async throws {
+        try await options.submit(ObjectRequest.abort, what: "abort", accepted: ["Aborted"], refused: ["AbortRefused"])
+    }
+}
+
+extension KubeRequest {
+    /// Writes the request and waits until the operator removed the annotation and said what it
+    /// made of it (an accepted or refused event, written in the same reconcile).
+    func answered(wait: String, namespace: String?, accepted: Set<String>, refused: Set<String>,
+                  matching: @escaping @Sendable (String) -> Bool = { _ in true }) async throws {
+        let started = Date()
+        var removedAt: Date?
+        let annotation = self.annotation
+        try await run(wait: wait, namespace: namespace) { client, key in
+            guard let object = try await client.get(.capstan(key.kind), namespace: key.namespace, name: key.name) else {
+                throw KubeRequest.Refused(message: "the \(key.kind.singular) was deleted")
+            }
+            guard object["metadata"]?["annotations"]?[annotation] == nil else { return nil }
+            if let event = try await KubeRequest.event(client, about: key, reasons: accepted.union(refused), since: started, matching: matching) {
+                if refused.contains(event.reason) { throw KubeRequest.Refused(message: event.message) }
+                return event.message
+            }
+            // The events follow the status write of the reconcile that took the request.
+            let removed = removedAt ?? Date()
+            removedAt = removed
+            return Date().timeIntervalSince(removed) > 3 ? "the annotation was removed" : nil
+        }
     }
 }
 

@@ -29,7 +29,7 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
         state.withLock { $0.requests.filter { $0.key == key && !$0.taken }.map(\.request) }
     }
 
-    func take(_ request: ObjectRequest) async -> Bool {
+    func take(_ request: ObjectRequest, of key: ObjectKey) async -> Bool {
         state.withLock { state in
             guard let index = state.requests.firstIndex(where: { $0.request == request && !$0.taken }) else { return false }
             state.requests[index].taken = true

@@ -32,10 +32,12 @@ extension FakeStore: RevisionStore {
     }
 }
 
-/// Instances in memory: started unready; the test decides when they become ready.
-final class FakeWorkload: WorkloadPlatform, Sendable {
+/// Tracks of instances in memory, rolled by `TrackRollout`'s plan: instances start unready and
+/// the test decides when they become ready.
+final class FakeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
     struct State {
         var instances: [InstanceState] = []
+        var tracks: [Track: (revision: Int, hash: String)] = [:]
         var started = 0
         var stopped: [String] = []
         var startFailure: WorkloadError?
@@ -46,22 +48,71 @@ final class FakeWorkload: WorkloadPlatform, Sendable {
         var inFlight = 0
         var mostInFlight = 0
         var port: Int?
+        var traffic: Traffic?
         var removed = false
     }
     let state = Mutex(State())
 
     func prepare(_ revision: WorkloadRevision, for deployment: ObjectKey, current: Bool) async throws(WorkloadError) -> [String] { [] }
-    func instances(of deployment: ObjectKey) async -> [InstanceState] { state.withLock { $0.instances } }
-    func start(_ revision: WorkloadRevision, for deployment: ObjectKey, memoryLimit: Int64?) async throws(WorkloadError) -> String {
-        try state.withLock { state throws(WorkloadError) in
-            if let failure = state.startFailure { throw failure }
-            state.started += 1
-            let id = "i\(state.started)"
-            state.instances.append(InstanceState(id: id, templateHash: revision.hash, revision: revision.number, ready: false))
-            return id
+
+    func ensure(_ track: Track, of deployment: Deployment, _ spec: TrackSpec) async throws -> TrackState {
+        state.withLock { $0.tracks[track] = (spec.revision.number, spec.revision.hash) }
+        let plan = TrackRollout.plan(instances.filter { $0.track == track }, spec)
+        var result = TrackState(revision: spec.revision.number, templateHash: spec.revision.hash)
+        await stopAll(plan.scaleDown, &result)
+        for _ in 0..<plan.start {
+            let failure: WorkloadError? = state.withLock { state in
+                if let failure = state.startFailure { return failure }
+                state.started += 1
+                state.instances.append(InstanceState(id: "i\(state.started)", templateHash: spec.revision.hash, revision: spec.revision.number, ready: false, track: track))
+                return nil
+            }
+            if let failure {
+                result.startProblem = failure
+                result.events.append(WorkloadEvent(.warning, failure.reason, "cannot start an instance: \(failure.message)"))
+                break
+            }
+        }
+        await stopAll(plan.replace, &result)
+        let counted = await tracks(of: deployment.key)[track]
+        result.replicas = counted?.replicas ?? 0
+        result.updated = counted?.updated ?? 0
+        result.ready = counted?.ready ?? 0
+        result.available = counted?.available ?? 0
+        return result
+    }
+
+    private func stopAll(_ victims: [InstanceState], _ result: inout TrackState) async {
+        guard !victims.isEmpty else { return }
+        result.movedOn = true
+        await withTaskGroup(of: Void.self) { group in
+            for victim in victims { group.addTask { await self.stop(victim.id) } }
         }
     }
-    func stop(instance: String, of deployment: ObjectKey) async {
+
+    func tracks(of deployment: ObjectKey) async -> [Track: TrackState] {
+        state.withLock { state in
+            var result: [Track: TrackState] = [:]
+            for (track, target) in state.tracks {
+                let own = state.instances.filter { $0.track == track }
+                var counted = TrackState(revision: target.revision, templateHash: target.hash)
+                counted.replicas = own.count
+                counted.updated = own.filter { $0.templateHash == target.hash }.count
+                counted.ready = own.filter(\.ready).count
+                counted.available = counted.ready
+                result[track] = counted
+            }
+            return result
+        }
+    }
+
+    func removeTrack(_ track: Track, of deployment: Deployment) async throws -> [WorkloadEvent] {
+        for instance in instances where instance.track == track { await stop(instance.id) }
+        state.withLock { _ = $0.tracks.removeValue(forKey: track) }
+        return []
+    }
+
+    func stop(_ instance: String) async {
         let rendezvous = state.withLock { state in
             state.inFlight += 1
             state.mostInFlight = max(state.mostInFlight, state.inFlight)
@@ -74,18 +125,23 @@ final class FakeWorkload: WorkloadPlatform, Sendable {
             state.stopped.append(instance)
         }
     }
-    func expose(_ deployment: ObjectKey, port: Int?) async throws(WorkloadError) {
+
+    func route(_ deployment: Deployment, application: Application, _ traffic: Traffic) async throws -> [WorkloadEvent] {
         try state.withLock { state throws(WorkloadError) in
             if let failure = state.exposeFailure { throw failure }
-            state.port = port
+            state.port = deployment.spec.port
+            state.traffic = traffic
         }
+        return []
     }
+
     func pruneReleases(of deployment: ObjectKey, keeping revisions: Set<Int>) async {}
+
     func remove(_ deployment: ObjectKey, dryRun: Bool) async -> [String] {
         state.withLock { state in
             if dryRun { return state.instances.map { "instance \($0.id)" } }
             state.removed = true
-            defer { state.instances = [] }
+            defer { state.instances = []; state.tracks = [:] }
             return state.instances.map { "instance \($0.id)" }
         }
     }
@@ -303,18 +359,13 @@ final class FakeWorkload: WorkloadPlatform, Sendable {
         #expect(fake.deployment?.status.currentRevision == 3, "a refused request changes nothing")
     }
 
-    @Test func unsupportedStrategiesAndMissingApplicationsSayWhy() async throws {
+    @Test func aMissingApplicationSaysWhy() async throws {
         let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
         try fake.put(Self.deployment(version: "1.0"))
         let reconciler = reconciler(fake, workload, clock)
-        _ = try await reconciler.reconcile(Self.key)
+        let result = try await reconciler.reconcile(Self.key)
         #expect(fake.deployment?.status.condition("Stalled")?.reason == "ApplicationNotFound")
-        try fake.put(Self.app)
-        try fake.put(Self.deployment(version: "1.0", extra: "strategy: {type: BlueGreen}"), generation: 2)
-        _ = try await reconciler.reconcile(Self.key)
-        let stalled = try #require(fake.deployment?.status.condition("Stalled"))
-        #expect(stalled.reason == "NotSupported")
-        #expect(stalled.message.contains("not supported yet"))
+        #expect(result.requeueAfter == DeploymentReconciler.retry, "looked at again, as on every platform")
         #expect(workload.instances.isEmpty)
     }
 

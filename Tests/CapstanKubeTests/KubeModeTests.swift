@@ -176,7 +176,7 @@ import Glibc
             return object?["status"]?["observedGeneration"]?.scalarText == "1" && Self.condition(object, "Reconciling")?["reason"]?.scalarText == "RollingOut"
         }
         let withFinalizer = try await client.get(Self.deployments, namespace: "default", name: "web")
-        #expect(withFinalizer?["metadata"]?["finalizers"]?.sequenceItems?.contains { $0.scalarText == KubeDeploymentReconciler.finalizer } == true)
+        #expect(withFinalizer?["metadata"]?["finalizers"]?.sequenceItems?.contains { $0.scalarText == KubeObjectStore.finalizer } == true)
         _ = try await client.patch(.deployments, namespace: "default", name: "web", Self.rolledOut(child!), subresource: "status")
         try await Self.poll("Ready", log: log) {
             let object = try await client.get(Self.deployments, namespace: "default", name: "web")
@@ -253,14 +253,16 @@ import Glibc
         defer { daemon.kill() }
         let log = { daemon.log }
         _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
-        let owner = try await client.create(Self.deployments, namespace: "default", Self.deployment())
+        // The deadline is Capstan's own clock on every platform (the child's
+        // progressDeadlineSeconds is a copy for kubectl readers).
+        let owner = try await client.create(Self.deployments, namespace: "default", Self.deployment().setting(["spec", "progressDeadline"], .string("2s")))
         let child: SpecNode? = try await Self.child(client, log: log)
         _ = try await client.patch(.deployments, namespace: "default", name: "web", Self.rolledOut(child!), subresource: "status")
         try await Self.poll("revision 1 succeeded", log: log) {
             Self.condition(try await client.get(Self.deployments, namespace: "default", name: "web"), "Ready")?["status"]?.scalarText == "True"
         }
 
-        // Version 2 never becomes available: the cluster reports ProgressDeadlineExceeded.
+        // Version 2 never becomes available: the cluster's counts stop moving.
         _ = try await client.patch(Self.deployments, namespace: "default", name: "web", .mapping([("spec", .mapping([("version", .string("2.0.0"))]))]))
         try await Self.poll("version 2 applied", log: log) { try await Self.image(client) == "ghcr.io/example/web:2.0.0" }
         let stuck = try #require(try await client.get(.deployments, namespace: "default", name: "web"))

@@ -7,10 +7,13 @@ import Synchronization
 public struct Backend: Sendable, Hashable {
     public var port: Int
     public var weight: Int
+    /// The track of the instance (a router serves one track's instances).
+    public var track: String
 
-    public init(port: Int, weight: Int = 1) {
+    public init(port: Int, weight: Int = 1, track: String = "stable") {
         self.port = port
         self.weight = weight
+        self.track = track
     }
 }
 

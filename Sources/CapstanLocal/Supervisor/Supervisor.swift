@@ -22,6 +22,10 @@ public struct InstanceLaunch: Sendable, Hashable, Codable {
     /// (nil: appended directly, as instances started by older daemons are).
     public var logMaxBytes: Int?
     public var logFiles: Int?
+    /// The Deployment's track it belongs to (nil: `stable`, as instances of older daemons).
+    public var track: String?
+
+    public var trackName: Track { track.map { Track($0) } ?? .stable }
 
     /// The process; `CAPSTAN_INSTANCE` is always set: it names the instance to a daemon that
     /// must find it without a recorded pid.
@@ -121,11 +125,11 @@ public actor Supervisor {
 
     static func state(_ instance: Instance) -> InstanceState {
         InstanceState(id: instance.launch.id, templateHash: instance.launch.templateHash, revision: instance.launch.revision,
-                      ready: instance.ready, restarts: instance.restarts, problem: instance.ready ? nil : instance.problem)
+                      ready: instance.ready, restarts: instance.restarts, problem: instance.ready ? nil : instance.problem, track: instance.launch.trackName)
     }
 
     private func backends(of owner: ObjectKey) -> [Backend] {
-        instances.values.filter { $0.owner == owner && $0.ready && !$0.stopping }.map { Backend(port: $0.launch.port) }.sorted { $0.port < $1.port }
+        instances.values.filter { $0.owner == owner && $0.ready && !$0.stopping }.map { Backend(port: $0.launch.port, track: $0.launch.trackName.rawValue) }.sorted { $0.port < $1.port }
     }
 
     // MARK: - Start, stop, adopt

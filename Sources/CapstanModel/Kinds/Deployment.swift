@@ -171,6 +171,46 @@ public struct DeploymentRollback: SpecObject, Hashable {
     ]
 }
 
+/// One of a Deployment's running tracks (platforms.md: a named group of instances running one
+/// revision): `stable`, or the colours `blue` and `green` of BlueGreen; its role says whether it
+/// receives the Deployment's port (`active`), its preview port (`preview`), or is kept for
+/// `scaleDownDelay` after a switch (`retiring`, until `retireAt`).
+public struct TrackStatus: SpecObject, Hashable {
+    public var name = ""
+    public var role = TrackRole.active
+    public var revision = 0
+    public var version = ""
+    public var templateHash = ""
+    public var replicas: Int?
+    public var readyReplicas: Int?
+    public var retireAt: Timestamp?
+
+    public init() {}
+
+    public init(name: String, role: TrackRole, revision: Int, version: String, templateHash: String) {
+        self.name = name
+        self.role = role
+        self.revision = revision
+        self.version = version
+        self.templateHash = templateHash
+    }
+
+    public static let fields: [Field<TrackStatus>] = [
+        .required("name", \.name, "stable, blue or green."),
+        .required("role", \.role, "Active (serves the port), Preview (serves the preview port) or Retiring."),
+        .required("revision", \.revision, nil, .minimum(1)),
+        .required("version", \.version),
+        .required("templateHash", \.templateHash),
+        .optional("replicas", \.replicas, "Instances of the track."),
+        .optional("readyReplicas", \.readyReplicas, "Ready instances of the track."),
+        .optional("retireAt", \.retireAt, "A retiring track is removed at this time."),
+    ]
+}
+
+public enum TrackRole: String, SpecEnum {
+    case active = "Active", preview = "Preview", retiring = "Retiring"
+}
+
 public struct DeploymentStatus: CommonStatus, Hashable {
     public var observedGeneration: Int?
     public var conditions: [Condition] = []
@@ -185,6 +225,7 @@ public struct DeploymentStatus: CommonStatus, Hashable {
     public var nextWindowTime: Timestamp?
     public var history: [RevisionRecord] = []
     public var rollback: DeploymentRollback?
+    public var tracks: [TrackStatus] = []
 
     public init() {}
 
@@ -199,6 +240,7 @@ public struct DeploymentStatus: CommonStatus, Hashable {
         .optional("nextWindowTime", \.nextWindowTime, "When the deployment window opens next."),
         .defaulted("history", \.history, [], "Revisions, oldest first."),
         .optional("rollback", \.rollback, "Set while a rolled-back revision runs instead of the spec's."),
+        .defaulted("tracks", \.tracks, [], "The running tracks: which revision each runs and whether it serves the port."),
     ]
 }
 
