@@ -382,16 +382,8 @@ public struct DeploymentReconciler: Reconciler {
                 if rollback.reason == "RollbackRequested" {
                     step.status.markReady(reason: "RollbackActive", message: "rolled back on request to revision \(target.number): \(summary)", generation: step.generation, now: step.time)
                 }
-            } else if let scheduled = step.scheduled {
-                step.status.phase = .scheduled
-                let when = scheduled.opensAt.map { "the window opens at \(Timestamp($0).description)" } ?? "the window never opens again"
-                let message = "version \(spec.version) waits for the deployment window (\(when)); revision \(target.number) runs: \(summary)"
-                step.reconciling("Scheduled", message)
-                step.status.conditions.set(ConditionType.ready, .false, reason: "Scheduled", message: message, observedGeneration: step.generation, now: step.time)
-                if step.deployment.status.phase != .scheduled || step.deployment.status.nextWindowTime != step.status.nextWindowTime {
-                    step.event(.normal, "RolloutScheduled", message)
-                }
-                if let opens = scheduled.opensAt { step.wake(at: opens) }
+            } else if step.scheduled != nil {
+                scheduled(target, summary, &step)
             } else {
                 step.status.phase = .succeeded
                 step.status.markReady(reason: "Succeeded", message: summary, generation: step.generation, now: step.time)
@@ -408,6 +400,10 @@ public struct DeploymentReconciler: Reconciler {
         if let startProblem = state?.startProblem { message += "; cannot start an instance: \(startProblem.message)" }
         if let first = state?.problems.first { message += "; \(first)" }
 
+        if step.scheduled != nil {
+            scheduled(target, message, &step)
+            return .requeue(after: Self.progressCheck)
+        }
         if entry.outcome == "Succeeded" {
             // The revision rolled out; an instance is down and the platform restarts it.
             step.status.phase = step.status.rollback == nil ? .succeeded : .rolledBack
@@ -439,6 +435,10 @@ public struct DeploymentReconciler: Reconciler {
             return .done
         }
 
+        if step.deployment.status.phase == .paused && onActive {
+            // No deadline while paused: it counts again from the resume (as Kubernetes).
+            entry.progressedAt = step.time
+        }
         let progressedAt = entry.progressedAt?.date ?? step.time.date
         let elapsed = step.time.date.timeIntervalSince(progressedAt)
         let deadlineSeconds = spec.progressDeadline.seconds
@@ -481,6 +481,21 @@ public struct DeploymentReconciler: Reconciler {
         if step.movedOn || state?.movedOn == true { return .requeue(after: .milliseconds(10)) }  // room for the next new instance
         let remaining = deadlineSeconds - elapsed
         return .requeue(after: min(Self.progressCheck, .milliseconds(Int64(max(remaining, 0.01) * 1000))))
+    }
+
+    /// The spec's new template waits for the deployment window: the running revision is kept
+    /// (and scaled), the status says when the window opens, and the reconcile is woken then.
+    private func scheduled(_ target: WorkloadRevision, _ summary: String, _ step: inout Step) {
+        guard let scheduled = step.scheduled else { return }
+        step.status.phase = .scheduled
+        let when = scheduled.opensAt.map { "the window opens at \(Timestamp($0).description)" } ?? "the window never opens again"
+        let message = "version \(step.spec.version) waits for the deployment window (\(when)); revision \(target.number) runs: \(summary)"
+        step.reconciling("Scheduled", message)
+        step.status.conditions.set(ConditionType.ready, .false, reason: "Scheduled", message: message, observedGeneration: step.generation, now: step.time)
+        if step.deployment.status.phase != .scheduled || step.deployment.status.nextWindowTime != step.status.nextWindowTime {
+            step.event(.normal, "RolloutScheduled", message)
+        }
+        if let opens = scheduled.opensAt { step.wake(at: opens) }
     }
 
     /// Keeps `revisionHistoryLimit` old revisions (and their releases) besides the current one.

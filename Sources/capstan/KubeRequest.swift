@@ -15,7 +15,8 @@ struct KubeRequest {
 
     /// Writes the annotation on the object (in `namespace`, or the kubeconfig context's) and
     /// waits until `taken` has an answer.
-    func run(wait: String, namespace: String?, taken: (KubeClient, ObjectKey) async throws -> String?) async throws {
+    func run(wait: String, namespace: String?, before: (KubeClient, ObjectKey) async throws -> Void = { _, _ in },
+             taken: (KubeClient, ObjectKey) async throws -> String?) async throws {
         guard let timeout = try? KubeDuration.parse(wait) else { throw ValidationError("--wait \"\(wait)\" is not a duration") }
         let client: KubeClient
         let key: ObjectKey
@@ -28,6 +29,7 @@ struct KubeRequest {
             throw ExitCode(2)
         }
         do {
+            try await before(client, key)
             try await request(client, key, timeout: timeout, wait: wait, taken: taken)
         } catch {
             await client.shutdown()

@@ -102,8 +102,15 @@ struct Get: AsyncParsableCommand {
 
     @OptionGroup var state: StateOptions
 
-    func validate() throws {
+    mutating func validate() throws {
         if watch && (output == .yaml || output == .json) { throw ValidationError("-w prints tables: use -o table or -o wide") }
+        // `kind/name`, as kubectl takes it.
+        if let slash = kind.firstIndex(of: "/") {
+            guard name == nil else { throw ValidationError("give the object as kind/name or as kind name, not both") }
+            name = String(kind[kind.index(after: slash)...])
+            kind = String(kind[..<slash])
+            if name!.isEmpty || kind.isEmpty { throw ValidationError("\"\(kind)/\(name!)\" is not kind/name") }
+        }
     }
 
     func run() async throws {

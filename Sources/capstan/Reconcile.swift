@@ -42,6 +42,7 @@ struct Reconcile: AsyncParsableCommand {
 /// the CLI gives up on is withdrawn: it never runs later. With `--wait 0` it stays queued until
 /// a daemon takes it or it expires (`capstan requests` lists, `capstan requests cancel` withdraws).
 func submitRequest(_ type: String, for key: ObjectKey, value: String, what: String, wait: String, state: StateOptions,
+                   answers: (accepted: Set<String>, refused: Set<String>)? = nil,
                    check: ((StateStore) throws -> Void)? = nil) async throws {
     guard let timeout = try? KubeDuration.parse(wait) else { throw ValidationError("--wait \"\(wait)\" is not a duration") }
     let store: StateStore
@@ -73,19 +74,39 @@ func submitRequest(_ type: String, for key: ObjectKey, value: String, what: Stri
     // The request ends when this command does: if it is killed while waiting, the request
     // expires at the same moment it would have given up.
     let deadline = now.addingTimeInterval(timeout.seconds)
+    let seen = try store.events(for: key).map(\.seq).max() ?? 0
     let id = try store.request(type, for: key, value: value, at: now, expiresAt: deadline)
+    var taken = false
     while Date() < deadline {
         if try store.isHandled(id) {
-            print("\(key.kind.singular)/\(key.name): \(what) requested and taken by the daemon")
+            taken = true
+            break
+        }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    if !taken, try store.withdrawRequest(id) {
+        printError("capstan: no daemon took the request within \(wait): withdrawn, it will not run later. Is `capstan run` running on \(state.resolved)? (--wait 0 leaves a request queued)")
+        throw ExitCode(1)
+    }
+    let name = "\(key.kind.singular)/\(key.name)"
+    guard let answers else {
+        print("\(name): \(what) requested and taken by the daemon")
+        return
+    }
+    // The reconcile that took it says what it made of it (an event, after its status write).
+    let until = Date().addingTimeInterval(3)
+    while Date() < until {
+        if let answer = try store.events(for: key, after: seen).map(\.event).last(where: { answers.accepted.union(answers.refused).contains($0.reason) }) {
+            if answers.refused.contains(answer.reason) {
+                printError("capstan: \(name): \(what) refused: \(answer.message)")
+                throw ExitCode(1)
+            }
+            print("\(name): \(what) requested and taken by the daemon: \(answer.message)")
             return
         }
         try await Task.sleep(for: .milliseconds(100))
     }
-    if try store.withdrawRequest(id) {
-        printError("capstan: no daemon took the request within \(wait): withdrawn, it will not run later. Is `capstan run` running on \(state.resolved)? (--wait 0 leaves a request queued)")
-        throw ExitCode(1)
-    }
-    print("\(key.kind.singular)/\(key.name): \(what) requested and taken by the daemon")
+    print("\(name): \(what) requested and taken by the daemon")
 }
 
 /// `capstan requests`: what the CLI queued for the daemon, and `cancel ID` to withdraw one.

@@ -39,7 +39,8 @@ struct Rollback: AsyncParsableCommand {
         let value = toRevision.map(String.init) ?? ""
         let what = "rollback to \(toRevision.map { "revision \($0)" } ?? "the previous revision")"
         guard kube.enabled else {
-            try await submitRequest("rollback", for: key, value: value, what: what, wait: wait, state: state) { store in
+            try await submitRequest("rollback", for: key, value: value, what: what, wait: wait, state: state,
+                                    answers: (["RollbackRequested"], ["RollbackRefused"])) { store in
                 // A revision the store does not have is refused now, daemon or not.
                 let known = try store.revisions(of: key).map(\.number)
                 guard let toRevision else {
@@ -84,7 +85,7 @@ struct DeploymentRequestOptions: ParsableArguments {
         let key = try parseReference(object, namespace: namespace ?? "default")
         guard key.kind == .deployment else { throw ValidationError("only Deployments take \(type); got \(key.kind.singular)") }
         guard kube.enabled else {
-            try await submitRequest(type, for: key, value: "", what: what, wait: wait, state: state)
+            try await submitRequest(type, for: key, value: "", what: what, wait: wait, state: state, answers: (accepted, refused))
             return
         }
         let value = Timestamp(Date()).description
@@ -126,17 +127,31 @@ extension KubeRequest {
     /// made of it (an accepted or refused event, written in the same reconcile).
     func answered(wait: String, namespace: String?, accepted: Set<String>, refused: Set<String>,
                   matching: @escaping @Sendable (String) -> Bool = { _ in true }) async throws {
-        let started = Date()
         var removedAt: Date?
+        var before: Set<String>?
         let annotation = self.annotation
-        try await run(wait: wait, namespace: namespace) { client, key in
+        let reasons = accepted.union(refused)
+        /// The answering events (of this request's reasons) about the object, by name and count.
+        @Sendable func answers(_ client: KubeClient, _ key: ObjectKey) async throws -> [(identity: String, event: SpecNode)] {
+            let (items, _) = try await client.list(.events, namespace: key.namespace)
+            return items.filter { event in
+                event["involvedObject"]?["name"]?.scalarText == key.name && event["involvedObject"]?["kind"]?.scalarText == key.kind.rawValue
+                    && reasons.contains(event["reason"]?.scalarText ?? "") && matching(event["message"]?.scalarText ?? "")
+            }.map { ("\($0["metadata"]?["name"]?.scalarText ?? "")#\($0["count"]?.scalarText ?? "1")", $0) }
+        }
+        // Those of earlier requests, seen before this one is made: an answer is an event not among them.
+        try await run(wait: wait, namespace: namespace, before: { client, key in
+            before = Set(try await answers(client, key).map(\.identity))
+        }) { client, key in
+            let seen = before ?? []
             guard let object = try await client.get(.capstan(key.kind), namespace: key.namespace, name: key.name) else {
                 throw KubeRequest.Refused(message: "the \(key.kind.singular) was deleted")
             }
             guard object["metadata"]?["annotations"]?[annotation] == nil else { return nil }
-            if let event = try await KubeRequest.event(client, about: key, reasons: accepted.union(refused), since: started, matching: matching) {
-                if refused.contains(event.reason) { throw KubeRequest.Refused(message: event.message) }
-                return event.message
+            if let event = try await answers(client, key).last(where: { !seen.contains($0.identity) })?.event {
+                let reason = event["reason"]?.scalarText ?? "", message = event["message"]?.scalarText ?? ""
+                if refused.contains(reason) { throw KubeRequest.Refused(message: message) }
+                return message
             }
             // The events follow the status write of the reconcile that took the request.
             let removed = removedAt ?? Date()
