@@ -496,3 +496,121 @@ import Glibc
         #expect(body(goodPort) == "1")
     }
 }
+
+extension WorkloadTests {
+    /// A client on the router port from a thread, a new connection per request, keeping every
+    /// answer in order.
+    final class Recorder: Sendable {
+        let answers = Mutex([String?]())
+        let stopped = Mutex(false)
+        let done = DispatchSemaphore(value: 0)
+
+        init(port: Int) {
+            Thread.detachNewThread { [self] in
+                while !stopped.withLock({ $0 }) {
+                    let response = LoopbackHTTP.get(port: port, path: "/version")
+                    let body = response?.status == 200 ? response?.body.trimmingCharacters(in: .whitespacesAndNewlines) : nil
+                    answers.withLock { $0.append(body) }
+                }
+                done.signal()
+            }
+        }
+
+        func stop() -> [String?] {
+            stopped.withLock { $0 = true }
+            done.wait()
+            return answers.withLock { $0 }
+        }
+    }
+
+    static func blueGreen(version: String, port: Int, previewPort: Int) -> String {
+        deployment(version: version, port: port).replacingOccurrences(
+            of: "strategy: {type: RollingUpdate, maxSurge: 1, maxUnavailable: 0}",
+            with: "strategy: {type: BlueGreen, blueGreen: {previewPort: \(previewPort), autoPromote: false, scaleDownDelay: 2s}}")
+    }
+
+    /// BlueGreen on real processes: the preview port serves the new colour before the switch;
+    /// through `capstan promote`, a client on the port sees no failed request, and after the
+    /// first answer of the new colour never the old one again; the old colour goes after its delay.
+    @Test func blueGreenSwitchesTheRouterWithoutAFailedRequest() throws {
+        let port = LoopbackHTTP.freePort(), preview = LoopbackHTTP.freePort()
+        var daemon: Process?
+        defer { cleanUp(daemon) }
+        try write(Self.app() + "---\n" + Self.blueGreen(version: "1", port: port, previewPort: preview), to: "web.yaml")
+        daemon = try startDaemon()
+        try poll("version 1 answers") { body(port) == "1" }
+        #expect(body(preview) == nil, "no preview port without a preview")
+        let old = instancePIDs()
+
+        try write(Self.app() + "---\n" + Self.blueGreen(version: "2", port: port, previewPort: preview), to: "web.yaml")
+        try poll("the preview answers with version 2") { body(preview) == "2" }
+        try poll("awaiting promotion") { try condition("Reconciling")?["reason"] as? String == "AwaitingPromotion" }
+        #expect(body(port) == "1", "the port still serves the active colour")
+        #expect(instancePIDs().isSuperset(of: old) && instancePIDs().count == 4, "both colours at full size")
+
+        let recorder = Recorder(port: port)
+        Thread.sleep(forTimeInterval: 0.3)
+        let promote = try CLITests.capstan(["promote", "deployment/web", "--state-dir", state])
+        #expect(promote.status == 0, "\(promote.stdout)\(promote.stderr)")
+        try poll("version 2 on the port") { body(port) == "2" }
+        Thread.sleep(forTimeInterval: 0.3)
+        let answers = recorder.stop()
+        #expect(!answers.contains(nil), "no failed request: \(answers.filter { $0 == nil }.count) of \(answers.count)")
+        let first = try #require(answers.firstIndex(of: "2"))
+        #expect(answers[first...].allSatisfy { $0 == "2" }, "after the switch only the new colour answers")
+        #expect(answers[..<first].allSatisfy { $0 == "1" } && first > 0)
+        try poll("the old colour stopped after scaleDownDelay") { instancePIDs().isDisjoint(with: old) && instancePIDs().count == 2 }
+        try poll("the preview port closed") { body(preview) == nil }
+        #expect(try events().contains("TrafficSwitched"))
+    }
+}
+
+extension WorkloadTests {
+    /// Scaling 4 → 1 an app that ignores SIGTERM: the three stops run side by side, so it
+    /// costs one grace period (10 s), not three.
+    @Test func scalingDownAnAppThatIgnoresSIGTERMTakesOneGracePeriod() throws {
+        let stubborn = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nsignal.signal = lambda *args: None\nimport server\nserver.main()\n"
+        try stubborn.write(toFile: specs + "/web/stubborn.py", atomically: true, encoding: .utf8)
+        let port = LoopbackHTTP.freePort()
+        let app = Self.app(command: "[python3, stubborn.py]")
+        try write(app + "---\n" + Self.deployment(version: "1", port: port, replicas: 4), to: "web.yaml")
+        var daemon: Process?
+        defer { cleanUp(daemon) }
+        daemon = try startDaemon()
+        try poll("4/4 ready") { try status()["readyReplicas"] as? Int == 4 }
+        let started = Date()
+        try write(app + "---\n" + Self.deployment(version: "1", port: port, replicas: 1), to: "web.yaml")
+        try poll("one instance left", seconds: 40) { instancePIDs().count == 1 }
+        let took = Date().timeIntervalSince(started)
+        #expect(took > 9, "the grace period was waited out: \(took) s")
+        #expect(took < 18, "one grace period, not three: \(took) s")
+        #expect(body(port) == "1")
+    }
+
+    /// A router port held by someone else (the old leader, a moment after a handoff) is served
+    /// within a second of being freed, and holds no rollout meanwhile.
+    @Test func aBusyRouterPortIsServedWithinASecondOfBeingFreed() throws {
+        let port = LoopbackHTTP.freePort()
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        var one: Int32 = 1
+        setsockopt(holder, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        #expect(bound == 0 && listen(holder, 8) == 0)
+        try write(Self.app() + "---\n" + Self.deployment(version: "1", port: port), to: "web.yaml")
+        var daemon: Process?
+        defer { cleanUp(daemon) }
+        daemon = try startDaemon()
+        try poll("the instances run and are ready without their port") { try status()["readyReplicas"] as? Int == 2 }
+        try poll("PortUnavailable said") { try condition("Stalled")?["reason"] as? String == "PortUnavailable" }
+        close(holder)
+        let freed = Date()
+        try poll("served", seconds: 10) { body(port) == "1" }
+        let took = Date().timeIntervalSince(freed)
+        #expect(took < 1.5, "served \(took) s after the port was freed")
+        try poll("no longer stalled") { try condition("Stalled") == nil && status()["phase"] as? String == "Succeeded" }
+    }
+}
