@@ -30,31 +30,10 @@ enum Daemon {
         }
     }
 
-    /// Queues an object and what depends on it: an Application's Deployments run its
-    /// template; a Deployment is listed in its Application's status.
-    /// On a cluster an Application's reconcile only checks its image and lists its Deployments.
+    /// How long an Application waits for more changes of its Deployments before it is
+    /// reconciled on a cluster, where its reconcile only checks its image and lists its
+    /// Deployments (a burst of a thousand Deployments is one status write a second).
     static let clusterReferrerDelay: Duration = .seconds(1)
-
-    /// `referrerDelay`: how long an Application waits for more changes of its Deployments
-    /// before it is reconciled (its status lists them all: a burst of a thousand Deployments
-    /// is one status write a second, not a thousand). Zero where the Application's reconcile
-    /// does the Deployments' work (the local platform prepares their artifacts).
-    static func enqueue(_ key: ObjectKey, _ resource: AnyResource?, cache: ObjectCache,
-                        applications: WorkQueue<ObjectKey, ContinuousClock>, deployments: WorkQueue<ObjectKey, ContinuousClock>,
-                        referrerDelay: Duration = .zero) async {
-        switch key.kind {
-        case .application:
-            await applications.add(key)
-            for deployment in cache.objects(kind: .deployment, referencing: key) { await deployments.add(deployment.key) }
-        case .deployment:
-            await deployments.add(key)
-            if case .deployment(let deployment)? = resource {
-                await applications.add(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application), after: referrerDelay)
-            }
-        default:
-            break
-        }
-    }
 
     /// `/metrics`, `/healthz` and `/readyz` (ready once `ready` says so; the body says
     /// whether this daemon leads).
@@ -133,21 +112,12 @@ enum Daemon {
         }
     }
 
-    /// Queue gauges and object readiness (from the cache), every second.
-    static func gauges(metrics: RuntimeMetrics, cache: ObjectCache, applications: WorkQueue<ObjectKey, ContinuousClock>,
-                       deployments: WorkQueue<ObjectKey, ContinuousClock>) -> LoopService {
-        LoopService("gauges") {
-            while !Task.isCancelled {
-                for (kind, queue) in [("application", applications), ("deployment", deployments)] {
-                    metrics.queue(kind: kind, depth: await queue.depth, adds: await queue.adds, retries: await queue.retries)
-                }
-                let readiness = cache.readiness()
-                for kind in ResourceKind.allCases {
-                    let counts = readiness[kind] ?? (0, 0)
-                    metrics.resources(kind: kind.singular, ready: counts.ready, notReady: counts.notReady)
-                }
-                try await Task.sleep(for: .seconds(1))
-            }
+    /// Objects per kind that are ready at their generation, and not (the `capstan_resources` gauge).
+    static func readiness(_ cache: ObjectCache, _ metrics: RuntimeMetrics) {
+        let readiness = cache.readiness()
+        for kind in ResourceKind.allCases {
+            let counts = readiness[kind] ?? (0, 0)
+            metrics.resources(kind: kind.singular, ready: counts.ready, notReady: counts.notReady)
         }
     }
 

@@ -88,12 +88,18 @@ func submitRequest(_ type: String, for key: ObjectKey, value: String, what: Stri
         printError("capstan: no daemon took the request within \(wait): withdrawn, it will not run later. Is `capstan run` running on \(state.resolved)? (--wait 0 leaves a request queued)")
         throw ExitCode(1)
     }
+    try await answer(to: what, for: key, in: store, after: seen, answers: answers)
+}
+
+/// What the reconcile that took a request made of it: an accepted or refused event (written
+/// after its status write), waited for up to 3 s; a refusal is exit status 1.
+func answer(to what: String, for key: ObjectKey, in store: StateStore, after seen: Int64,
+            answers: (accepted: Set<String>, refused: Set<String>)?) async throws {
     let name = "\(key.kind.singular)/\(key.name)"
     guard let answers else {
         print("\(name): \(what) requested and taken by the daemon")
         return
     }
-    // The reconcile that took it says what it made of it (an event, after its status write).
     let until = Date().addingTimeInterval(3)
     while Date() < until {
         if let answer = try store.events(for: key, after: seen).map(\.event).last(where: { answers.accepted.union(answers.refused).contains($0.reason) }) {

@@ -120,146 +120,157 @@ struct StoreChildInventory: ChildInventory {
 }
 
 extension Run {
-    /// The daemon on a cluster: the six custom resources listed and watched into the cache,
-    /// the children watched to find drift, status and events written to the API, and with
-    /// --leader-elect a Lease.
     func runKube(log: DaemonLog) async throws {
-        let target: ClusterTarget
+        try await KubeDaemon(self, log: log).run()
+    }
+}
+
+/// `capstan run --kube`: the six custom resources listed and watched into the cache, the
+/// children watched to find drift, status and events written to the API, and with
+/// --leader-elect a Lease; one manager runs the controllers.
+final class KubeDaemon: Sendable {
+    let options: Run
+    let log: DaemonLog
+    let target: ClusterTarget
+    let objects: KubeObjectStore
+    let metrics = RuntimeMetrics()
+    let manager: ObjectManager
+    /// The custom resources whose watch has listed once.
+    let synced = Synchronized(Set<String>())
+
+    init(_ options: Run, log: DaemonLog) throws {
+        self.options = options
+        self.log = log
         do {
-            target = try ClusterTarget(options: kube, log: log)
+            target = try ClusterTarget(options: options.kube, log: log)
         } catch {
             log("\(error)", level: "error")
             throw ExitCode(2)
         }
         let client = target.client
-        let identity = electionConfig!.identity
-        let objects = KubeObjectStore(client: client, instance: identity, log: { log($0, level: "warning") })
-        let cache = objects.cache
-        let children = target.children
-        let clock = ContinuousClock()
-        let metrics = RuntimeMetrics()
-        let timeout = try KubeDuration.parse(reconcileTimeout).duration
-        let onOutcome = Daemon.outcomeObserver(metrics: metrics, events: objects, timeout: reconcileTimeout, log: log)
-        let applications = Controller(
-            name: "application",
-            reconciler: ApplicationReconciler(store: objects, events: objects, artifacts: KubeArtifacts(), prune: prune),
-            clock: clock, concurrency: concurrency, timeout: timeout, metrics: metrics, observe: onOutcome)
-        let deployments = Controller(
-            name: "deployment",
-            reconciler: DeploymentReconciler(store: objects, events: objects,
-                                             workload: KubeWorkload(client: client, children: children, ownership: .ownerReference),
-                                             revisions: ConfigMapRevisions(client: client, cache: cache), prune: prune),
-            clock: clock, concurrency: concurrency, timeout: timeout, metrics: metrics, observe: onOutcome)
-        let leading = Gate(open: false)
-        @Sendable func enqueue(_ key: ObjectKey, _ resource: AnyResource?) async {
-            guard await leading.opened else { return }  // a follower only keeps its cache warm
-            await Daemon.enqueue(key, resource, cache: cache, applications: applications.queue, deployments: deployments.queue,
-                                 referrerDelay: Daemon.clusterReferrerDelay)
+        objects = KubeObjectStore(client: client, instance: options.electionConfig!.identity, log: { log($0, level: "warning") })
+        manager = ObjectManager(options: ObjectManager.Options(
+            concurrency: options.concurrency, timeout: try KubeDuration.parse(options.reconcileTimeout).duration, metrics: metrics,
+            observe: Daemon.outcomeObserver(metrics: metrics, events: objects, timeout: options.reconcileTimeout, log: log)))
+        let workload = KubeWorkload(client: client, children: target.children, ownership: .ownerReference)
+        Controllers.register(on: manager, store: objects, events: objects, cache: objects.cache,
+                             platforms: Platforms(artifacts: KubeArtifacts(), workload: workload, traffic: workload,
+                                                  revisions: ConfigMapRevisions(client: client, cache: objects.cache)),
+                             prune: options.prune, referrerDelay: Daemon.clusterReferrerDelay)
+        // A Deployment's readiness or version shows in its Application's status.
+        objects.onReferrersChanged { [manager, objects] key in
+            if await manager.leading.opened { await manager.notifyWatchers(key, objects.cache.get(key)?.resource) }
         }
-        /// A Deployment's readiness or version shows in its Application's status.
-        @Sendable func referrersChanged(_ key: ObjectKey) async {
-            if await leading.opened, case .deployment(let deployment)? = cache.get(key)?.resource {
-                await applications.queue.add(ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application),
-                                             after: Daemon.clusterReferrerDelay)
-            }
-        }
-        objects.onReferrersChanged { await referrersChanged($0) }
-        @Sendable func enqueueAll() async {
-            for object in cache.objects(kind: .application) { await applications.queue.add(object.key) }
-            for object in cache.objects(kind: .deployment) { await deployments.queue.add(object.key) }
-        }
+    }
 
-        // Reflectors: Capstan's kinds, and the children it made (found by its label).
-        let scope = kube.namespace.map { "namespace \($0)" } ?? "all namespaces"
+    var caughtUp: Bool { synced.value.count >= ResourceKind.allCases.count && target.caughtUp }
+
+    func run() async throws {
+        let scope = options.kube.namespace.map { "namespace \($0)" } ?? "all namespaces"
         log("capstan \(Capstan.version) watching \(scope) on \(target.server)")
-        let synced = Synchronized(Set<String>())
-        let expected = ResourceKind.allCases.count
-        var reflectors: [any Service] = []
-        for kind in ResourceKind.allCases {
-            let reflector = Reflector(client: client, resource: .capstan(kind), namespace: kube.namespace, log: { log("\(kind.plural): \($0)", level: "warning") })
-            reflectors.append(LoopService("\(kind.plural) watch") {
+        let (host, port) = options.metricsHostPort!
+        let elector = try elector()
+        let services: [any Service] = leadership(elector) + [
+            Daemon.httpServer(host: host, port: port, address: options.metricsAddress, metrics: metrics, ready: { [self] in caughtUp },
+                              leader: { elector.map { $0.isLeader } }, log: log),
+            manager.gauges { [objects, metrics] in Daemon.readiness(objects.cache, metrics) },
+        ] + reflectors() + [try resync()] + manager.controllers
+        do {
+            try await Daemon.serviceGroup(services, shutdownGrace: options.shutdownGrace).run()
+        } catch {
+            log("stopped on error: \(error)", level: "error")
+            await target.client.shutdown()
+            throw ExitCode(1)
+        }
+        await target.client.shutdown()
+        log("stopped")
+    }
+
+    /// Act on complete caches: a reconcile before the children were listed would take an
+    /// existing child for a missing one.
+    @Sendable func lead() async throws {
+        while !caughtUp { try await Task.sleep(for: .milliseconds(50)) }
+        await manager.leading.open()
+        await enqueueAll()
+    }
+
+    @Sendable func enqueueAll() async {
+        for object in objects.cache.list() { await manager.add(object.key) }
+    }
+
+    var leaseNamespace: String {
+        options.kube.leaseNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? target.configNamespace
+    }
+
+    func elector() throws -> LeaderElector<ContinuousClock>? {
+        guard options.leaderElect else { return nil }
+        var config = options.electionConfig!
+        config.releaseCheck = nil  // an API read: every retry period, as client-go
+        return LeaderElector(config: config, store: KubeLeaseStore(client: target.client, namespace: leaseNamespace), clock: ContinuousClock(), log: { [log] in log($0) })
+    }
+
+    /// The election (a follower only keeps its cache warm), or leading at once.
+    func leadership(_ elector: LeaderElector<ContinuousClock>?) -> [any Service] {
+        guard let elector else {
+            metrics.leader(true)
+            return [LoopService("lead") { [self] in
+                try await lead()
+                // A service that returns ends the group: this one stays until shutdown.
+                while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
+            }]
+        }
+        metrics.leader(false)
+        let (objects, namespace, name) = (objects, leaseNamespace, elector.config.leaseName)
+        log("leader election on: waiting to lead as \(elector.config.identity) (Lease \(namespace)/\(name))")
+        let leaseEvent: @Sendable (EventType, String, String) async -> Void = { type, reason, message in
+            let lease = SpecNode.mapping([
+                ("apiVersion", .string("coordination.k8s.io/v1")), ("kind", .string("Lease")), ("namespace", .string(namespace)), ("name", .string(name)),
+            ])
+            await objects.record(type, reason: reason, message: message, involved: lease, namespace: namespace)
+        }
+        return [Daemon.election(elector, renewDeadline: "\(KubeDuration(elector.config.renewDeadline))", metrics: metrics, log: log,
+                                leaseEvent: leaseEvent, lead: lead)]
+    }
+
+    /// Reflectors: Capstan's kinds, and the children it made (found by its label).
+    func reflectors() -> [any Service] {
+        let (objects, manager, synced, log, client) = (objects, manager, synced, log, target.client)
+        let services: [any Service] = ResourceKind.allCases.map { kind in
+            let reflector = Reflector(client: client, resource: .capstan(kind), namespace: options.kube.namespace, log: { log("\(kind.plural): \($0)", level: "warning") })
+            return LoopService("\(kind.plural) watch") {
                 await reflector.run { change in
                     if change == .synced {
                         synced.update { _ = $0.insert(kind.plural) }
                         return
                     }
-                    let previous = KubeObjectStore.key(of: change.object, kind: kind).flatMap { cache.get($0)?.resource }
+                    let previous = KubeObjectStore.key(of: change.object, kind: kind).flatMap { objects.cache.get($0)?.resource }
+                    guard await manager.leading.opened else {
+                        _ = objects.apply(change, kind: kind)  // a follower only keeps its cache warm
+                        return
+                    }
                     switch objects.apply(change, kind: kind) {
-                    case .reconcile(let key):
-                        await enqueue(key, cache.get(key)?.resource ?? previous)
-                    case .referrers(let key):
-                        await referrersChanged(key)
-                    case .none:
-                        break
+                    case .reconcile(let key): await manager.enqueue(key, objects.cache.get(key)?.resource ?? previous)
+                    case .referrers(let key): await manager.notifyWatchers(key, objects.cache.get(key)?.resource)
+                    case .none: break
                     }
                 }
-            })
+            }
         }
-        reflectors += target.watches { owner in
-            if await leading.opened { await deployments.queue.add(owner) }
+        return services + target.watches { owner in
+            if await manager.leading.opened { await manager.add(owner) }
         }
-        let caughtUp: @Sendable () -> Bool = { synced.value.count >= expected && target.caughtUp }
-        let lead: @Sendable () async throws -> Void = {
-            // Act on complete caches: a reconcile before the children were listed would take
-            // an existing child for a missing one.
-            while !caughtUp() { try await Task.sleep(for: .milliseconds(50)) }
-            await leading.open()
-            await enqueueAll()
-        }
+    }
 
-        let leaseNamespace = kube.leaseNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? target.configNamespace
-        let election = {
-            var config = electionConfig!
-            config.releaseCheck = nil  // an API read: every retry period, as client-go
-            return config
-        }()
-        let elector = leaderElect ? LeaderElector(config: election, store: KubeLeaseStore(client: client, namespace: leaseNamespace), clock: clock, log: { log($0) }) : nil
-        let leaseEvent: @Sendable (EventType, String, String) async -> Void = { type, reason, message in
-            let lease = SpecNode.mapping([
-                ("apiVersion", .string("coordination.k8s.io/v1")), ("kind", .string("Lease")),
-                ("namespace", .string(leaseNamespace)), ("name", .string(election.leaseName)),
-            ])
-            await objects.record(type, reason: reason, message: message, involved: lease, namespace: leaseNamespace)
+    /// Drift the watches missed is found here at the latest.
+    func resync() throws -> LoopService {
+        let interval = try KubeDuration.parse(options.resync).duration
+        return LoopService("resync") { [self] in
+            await manager.leading.wait()
+            while !Task.isCancelled {
+                try await Task.sleep(for: interval)
+                await enqueueAll()
+            }
         }
-        var services: [any Service] = []
-        if let elector {
-            metrics.leader(false)
-            log("leader election on: waiting to lead as \(identity) (Lease \(leaseNamespace)/\(election.leaseName))")
-            services.append(Daemon.election(elector, renewDeadline: "\(KubeDuration(elector.config.renewDeadline))", metrics: metrics, log: log, leaseEvent: leaseEvent, lead: lead))
-        } else {
-            metrics.leader(true)
-            services.append(LoopService("lead") {
-                try await lead()
-                // A service that returns ends the group: this one stays until shutdown.
-                while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
-            })
-        }
-        let (host, port) = metricsHostPort!
-        let resyncInterval = try KubeDuration.parse(resync).duration
-        services += [
-            Daemon.httpServer(host: host, port: port, address: metricsAddress, metrics: metrics, ready: caughtUp,
-                              leader: { elector.map { $0.isLeader } }, log: log),
-            Daemon.gauges(metrics: metrics, cache: cache, applications: applications.queue, deployments: deployments.queue),
-        ] + reflectors + [
-            LoopService("resync") {
-                await leading.wait()
-                while !Task.isCancelled {
-                    try await Task.sleep(for: resyncInterval)
-                    await enqueueAll()  // drift the watches missed is found here at the latest
-                }
-            },
-            applications,
-            deployments,
-        ]
-        do {
-            try await Daemon.serviceGroup(services, shutdownGrace: shutdownGrace).run()
-        } catch {
-            log("stopped on error: \(error)", level: "error")
-            await client.shutdown()
-            throw ExitCode(1)
-        }
-        await client.shutdown()
-        log("stopped")
     }
 }
 

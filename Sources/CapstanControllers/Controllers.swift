@@ -1,0 +1,57 @@
+import CapstanModel
+import CapstanRuntime
+import Foundation
+
+/// The manager of Capstan's objects: keys are objects, a change carries the object (nil once deleted).
+public typealias ObjectManager = Manager<ObjectKey, AnyResource>
+
+/// The platform services the reconcilers are written against; each platform provides them.
+public struct Platforms: Sendable {
+    public var artifacts: any ArtifactPlatform
+    public var workload: any WorkloadPlatform
+    public var traffic: any TrafficPlatform
+    public var revisions: any RevisionStore
+
+    public init(artifacts: any ArtifactPlatform, workload: any WorkloadPlatform, traffic: any TrafficPlatform, revisions: any RevisionStore) {
+        self.artifacts = artifacts
+        self.workload = workload
+        self.traffic = traffic
+        self.revisions = revisions
+    }
+}
+
+/// Every kind's controller, with what it watches: the one list a new kind joins (one line).
+public enum Controllers {
+    /// - Parameter referrerDelay: how long an Application waits for more changes of its
+    ///   Deployments before it is reconciled (its status lists them all: a burst of a thousand
+    ///   Deployments is one status write a second). Zero where its reconcile does their work.
+    public static func register(on manager: ObjectManager, store: any ObjectStore, events: any EventRecorder, cache: ObjectCache,
+                                platforms: Platforms, prune: Bool, referrerDelay: Duration) {
+        manager.register("application", ApplicationReconciler(store: store, events: events, artifacts: platforms.artifacts, prune: prune),
+                         for: { $0.kind == .application }, watches: ApplicationReconciler.watches(referrerDelay: referrerDelay))
+        manager.register("deployment", DeploymentReconciler(store: store, events: events, workload: platforms.workload, traffic: platforms.traffic,
+                                                            revisions: platforms.revisions, prune: prune),
+                         for: { $0.kind == .deployment }, watches: DeploymentReconciler.watches(cache: cache))
+    }
+}
+
+extension ApplicationReconciler {
+    /// A Deployment's change enqueues its Application: the Application's status lists its
+    /// Deployments and their readiness.
+    public static func watches(referrerDelay: Duration) -> [ObjectManager.Watch] {
+        [ObjectManager.Watch(delay: referrerDelay) { key, object in
+            guard case .deployment(let deployment)? = object else { return [] }
+            return [ObjectKey(kind: .application, namespace: key.namespace, name: deployment.spec.application)]
+        }]
+    }
+}
+
+extension DeploymentReconciler {
+    /// An Application's change enqueues the Deployments that run it (their template is its).
+    public static func watches(cache: ObjectCache) -> [ObjectManager.Watch] {
+        [ObjectManager.Watch { key, _ in
+            guard key.kind == .application else { return [] }
+            return cache.objects(kind: .deployment, referencing: key).map(\.key)
+        }]
+    }
+}
