@@ -9,6 +9,9 @@
    write to phase Succeeded.
 3. Router throughput: wrk against the router port and straight against the one instance
    behind it.
+4. BlueGreen switch time: 2 instances per colour, autoPromote; a client on the port (a new
+   connection per request) from the moment the last preview instance answered its first health
+   check (the app notes the time) to the first answer of the new colour, BG_RUNS times.
 
 Environment: CAPSTAN_BIN (hack/bench sets it), KILLS (default 100), WRK_SECONDS (default 10).
 """
@@ -26,6 +29,103 @@ import time
 BIN = os.environ.get("CAPSTAN_BIN", ".build/debug/capstan")
 KILLS = int(os.environ.get("KILLS", "100"))
 WRK_SECONDS = int(os.environ.get("WRK_SECONDS", "10"))
+BG_RUNS = int(os.environ.get("BG_RUNS", "20"))
+
+# The BlueGreen app: answers its version; notes when it first answered a health check.
+BG_APP = """import http.server, os, time
+V, D, I = os.environ["V"], os.environ["READY_DIR"], os.environ["CAPSTAN_INSTANCE"]
+first = [True]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/healthz" and first[0]:
+            first[0] = False
+            with open(f"{D}/{V}-{I}", "w") as f:
+                f.write(repr(time.time()))
+        body = V.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+def bg_spec(version, port, preview, ready):
+    return f"""apiVersion: capstan.dev/v1alpha1
+kind: Application
+metadata: {{name: bg}}
+spec:
+  source: {{path: bg}}
+  command: [python3, app.py]
+  env: [{{name: READY_DIR, value: "{ready}"}}]
+  ports: [{{name: http, containerPort: 8000}}]
+  healthCheck: {{http: {{path: /healthz, port: http}}, interval: 2s, timeout: 1s}}
+---
+apiVersion: capstan.dev/v1alpha1
+kind: Deployment
+metadata: {{name: bg}}
+spec:
+  application: bg
+  version: "{version}"
+  replicas: 2
+  port: {port}
+  env: [{{name: V, value: "{version}"}}]
+  strategy: {{type: BlueGreen, blueGreen: {{previewPort: {preview}, autoPromote: true, scaleDownDelay: 1s}}}}
+"""
+
+
+def bluegreen(specs, root):
+    import threading
+    os.makedirs(f"{specs}/bg", exist_ok=True)
+    with open(f"{specs}/bg/app.py", "w") as f:
+        f.write(BG_APP)
+    ready = f"{root}/bg-ready"
+    os.makedirs(ready, exist_ok=True)
+    port, preview = free_port(), free_port()
+    with open(f"{specs}/bg.yaml", "w") as f:
+        f.write(bg_spec("g0", port, preview, ready))
+    assert wait_until(lambda: answers_body(port) == "g0", 60, 0.05)
+    samples = []
+    for run in range(1, BG_RUNS + 1):
+        version = f"g{run}"
+        seen = {}
+        stop = threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                body = answers_body(port)
+                if body == version and "first" not in seen:
+                    seen["first"] = time.time()
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        with open(f"{specs}/bg.yaml", "w") as f:
+            f.write(bg_spec(version, port, preview, ready))
+        wait_until(lambda: "first" in seen, 60, 0.01)
+        stop.set()
+        thread.join()
+        marks = [float(open(f"{ready}/{name}").read()) for name in os.listdir(ready) if name.startswith(version + "-")]
+        assert len(marks) == 2 and "first" in seen, (marks, seen)
+        samples.append((seen["first"] - max(marks)) * 1000)
+        time.sleep(2)  # the old colour goes after scaleDownDelay
+    return samples
+
+
+def answers_body(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return body.decode() if head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200") else None
+    except OSError:
+        return None
 
 
 def free_port():
@@ -241,6 +341,11 @@ def main():
         print("| path | requests/s |\n|---|---|")
         print(f"| through the router | {routed:.0f} |\n| straight to one instance | {direct:.0f} |")
         print(f"\nrouter/direct: {routed / direct:.2f}")
+
+        switch = bluegreen(specs, root)
+        print(f"\n## BlueGreen switch: last preview instance ready -> first answer of the new colour on the port ({len(switch)} switches)\n")
+        print("| runs | p50 ms | p99 ms | max ms |\n|---|---|---|---|")
+        print(f"| {len(switch)} | {percentile(switch, 50):.0f} | {percentile(switch, 99):.0f} | {max(switch):.0f} |")
     finally:
         if daemon:
             daemon.terminate()
