@@ -121,7 +121,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanKubeTests",
-            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanControllers", "CapstanKube"]
+            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanControllers", "CapstanKube", "CapstanLocal"]
         ),
         .testTarget(
             name: "CapstanCLITests",

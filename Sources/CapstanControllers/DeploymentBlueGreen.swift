@@ -11,7 +11,7 @@ extension DeploymentReconciler {
     func blueGreen(_ target: WorkloadRevision, application: Application, _ step: inout Step) async throws -> TrackState? {
         let spec = step.spec
         let active = step.active
-        let states = await workload.tracks(of: step.key)
+        let states = step.observed
         let activeHash = step.status.tracks.first { $0.role == .active }?.templateHash ?? states[active]?.templateHash
         guard let activeHash, activeHash != target.hash else {
             // The first rollout, or the active colour runs the target: it stays as it is (scaled

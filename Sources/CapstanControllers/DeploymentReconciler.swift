@@ -101,6 +101,8 @@ public struct DeploymentReconciler: Reconciler {
         var movedOn = false
         /// The earliest time something is due (a retiring track's removal).
         var due: Date?
+        /// The tracks as the platform reported them before this reconcile acted (read once).
+        var observed: [Track: TrackState] = [:]
 
         init(key: ObjectKey, stored: StoredObject, deployment: Deployment, time: Timestamp) {
             self.key = key
@@ -219,6 +221,7 @@ public struct DeploymentReconciler: Reconciler {
             step.event(.warning, error.reason, error.message)
             return .requeue(after: Self.retry)
         }
+        step.observed = await workload.tracks(of: step.key)
         let state: TrackState?
         if spec.strategy.type == .blueGreen {
             state = try await blueGreen(target, application: application, &step)
@@ -318,7 +321,7 @@ public struct DeploymentReconciler: Reconciler {
 
     /// Removes the tracks other than `keep`: at once, or a retiring one at its time.
     func retire(except keep: Set<Track>, _ step: inout Step) async throws {
-        var names = Set(await workload.tracks(of: step.key).keys)
+        var names = Set(step.observed.keys)
         names.formUnion(step.status.tracks.map { Track($0.name) })
         for track in names.subtracting(keep).sorted() {
             if let entry = step.status.tracks.first(where: { $0.name == track.rawValue }), entry.role == .retiring,
@@ -328,6 +331,7 @@ public struct DeploymentReconciler: Reconciler {
             }
             step.events += try await workload.removeTrack(track, of: step.deployment)
             step.status.tracks.removeAll { $0.name == track.rawValue }
+            step.observed[track] = nil
         }
     }
 
@@ -358,7 +362,7 @@ public struct DeploymentReconciler: Reconciler {
     /// `state` is the track that runs the target (nil: none does, a failed preview was removed).
     private func assess(_ target: WorkloadRevision, _ state: TrackState?, _ step: inout Step) async throws -> ReconcileResult {
         let spec = step.spec
-        var states = await workload.tracks(of: step.key)
+        var states = step.observed
         if let state { states[Track(step.status.tracks.first { $0.templateHash == target.hash && $0.role != .retiring }?.name ?? step.active.rawValue)] = state }
         observe(target, states, &step)
         let onActive = step.status.tracks.first { $0.role == .active }?.templateHash == target.hash
@@ -452,6 +456,7 @@ public struct DeploymentReconciler: Reconciler {
                 if let preview = step.status.tracks.first(where: { $0.role == .preview }) {
                     step.events += try await workload.removeTrack(Track(preview.name), of: step.deployment)
                     step.status.tracks.removeAll { $0.name == preview.name }
+                    step.observed[Track(preview.name)] = nil
                 }
             }
             if spec.autoRollback, let good = step.status.history.last(where: { $0.outcome == "Succeeded" && $0.templateHash != target.hash }),

@@ -11,6 +11,8 @@ import Foundation
 /// Every decision about them is the `DeploymentReconciler`'s; this is platform code only.
 public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
     static let appliedHash = "capstan.dev/applied-hash"
+    /// The kinds of the children it makes (their watches find drift and wake the owner).
+    public static let childResources: [KubeResource] = [.deployments, .services, .ingresses]
     /// The tracks a Deployment may have.
     static let knownTracks: [Track] = [.stable, .blue, .green, .canary]
 

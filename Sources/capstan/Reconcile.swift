@@ -11,19 +11,10 @@ struct Reconcile: AsyncParsableCommand {
             With a state directory the request is recorded in its state store; the daemon picks it up within a second. With --kube the object gets the annotation capstan.dev/reconcile-requested-at (as `kubectl annotate` would write it), and the operator answers with a ReconcileRequested event.
             """)
 
-    @Argument(help: ArgumentHelp("The object, such as application/web.", valueName: "kind/name"))
-    var object: String
-
-    @Option(name: .shortAndLong, help: "Namespace of the object (default: default, or with --kube the kubeconfig context's).")
-    var namespace: String?
-
-    @Option(help: ArgumentHelp("Wait this long for the daemon to take the request (0: do not wait).", valueName: "duration"))
-    var wait: String = "10s"
-
-    @OptionGroup var state: StateOptions
-    @OptionGroup var kube: KubeConnection
+    @OptionGroup var options: RequestOptions
 
     func run() async throws {
+        let (object, namespace, wait, state, kube) = (options.object, options.namespace, options.wait, options.state, options.kube)
         let key = try parseReference(object, namespace: namespace ?? "default")
         let value = Timestamp(Date()).description
         guard kube.enabled else {

@@ -75,7 +75,6 @@ struct ClusterTarget: Sendable {
     let children = ChildCache()
     private let synced = Synchronized(Set<String>())
     private let log: DaemonLog
-    static let childResources: [KubeResource] = [.deployments, .services, .ingresses]
 
     init(options: KubeOptions, log: DaemonLog) throws {
         let config = try options.config()
@@ -87,11 +86,11 @@ struct ClusterTarget: Sendable {
     }
 
     /// Every child watch has listed once.
-    var caughtUp: Bool { synced.value.count >= Self.childResources.count }
+    var caughtUp: Bool { synced.value.count >= KubeWorkload.childResources.count }
 
     /// The child watches as services; a change of a child calls `owner` with its Capstan Deployment.
     func watches(_ owner: @escaping @Sendable (ObjectKey) async -> Void) -> [any Service] {
-        Self.childResources.map { resource in
+        KubeWorkload.childResources.map { resource in
             let reflector = Reflector(client: client, resource: resource, namespace: namespace,
                                       log: { [log] in log("\(resource.plural).\(resource.group): \($0)", level: "warning") })
             return LoopService("\(resource.plural) watch") { [children, synced] in

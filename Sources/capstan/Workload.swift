@@ -14,26 +14,17 @@ struct Rollback: AsyncParsableCommand {
             With --kube the custom resource gets the annotation capstan.dev/rollback-to (the revision, or empty for the previous one), as `kubectl annotate` would write it; the operator removes it when it has taken the request, and status.rollback shows the result.
             """)
 
-    @Argument(help: ArgumentHelp("The Deployment, such as deployment/web.", valueName: "deployment/name"))
-    var object: String
+    @OptionGroup var options: RequestOptions
 
     @Option(name: .customLong("to-revision"), help: "The revision to return to.")
     var toRevision: Int?
-
-    @Option(name: .shortAndLong, help: "Namespace of the object (default: default, or with --kube the kubeconfig context's).")
-    var namespace: String?
-
-    @Option(help: ArgumentHelp("Wait this long for the daemon to take the request (0: do not wait).", valueName: "duration"))
-    var wait: String = "10s"
-
-    @OptionGroup var state: StateOptions
-    @OptionGroup var kube: KubeConnection
 
     func validate() throws {
         if let toRevision, toRevision < 1 { throw ValidationError("--to-revision must be 1 or more") }
     }
 
     func run() async throws {
+        let (object, namespace, wait, state, kube) = (options.object, options.namespace, options.wait, options.state, options.kube)
         let key = try parseReference(object, namespace: namespace ?? "default")
         guard key.kind == .deployment else { throw ValidationError("only Deployments roll back; got \(key.kind.singular)") }
         let value = toRevision.map(String.init) ?? ""
@@ -66,9 +57,9 @@ struct Rollback: AsyncParsableCommand {
     }
 }
 
-/// `capstan promote` and `capstan abort`: requests for a Deployment's reconciler.
-struct DeploymentRequestOptions: ParsableArguments {
-    @Argument(help: ArgumentHelp("The Deployment, such as deployment/web.", valueName: "deployment/name"))
+/// What every request command takes: the object, where it is, how long to wait for an answer.
+struct RequestOptions: ParsableArguments {
+    @Argument(help: ArgumentHelp("The object, such as deployment/web.", valueName: "kind/name"))
     var object: String
 
     @Option(name: .shortAndLong, help: "Namespace of the object (default: default, or with --kube the kubeconfig context's).")
@@ -101,7 +92,7 @@ struct Promote: AsyncParsableCommand {
             The preview must be ready (phase Paused, reason AwaitingPromotion); otherwise the request is refused with a PromoteRefused event. With --kube the custom resource gets the annotation capstan.dev/promote.
             """)
 
-    @OptionGroup var options: DeploymentRequestOptions
+    @OptionGroup var options: RequestOptions
 
     func run() async throws {
         try await options.submit(ObjectRequest.promote, what: "promotion", accepted: ["PromoteRequested"], refused: ["PromoteRefused"])
@@ -115,7 +106,7 @@ struct Abort: AsyncParsableCommand {
             Within scaleDownDelay after a switch, the colour that served before takes the traffic back at once. Before the switch, the preview is removed. Either way the earlier revision runs (status.rollback) until the spec changes; with nothing to abort the request is refused with an AbortRefused event. With --kube the custom resource gets the annotation capstan.dev/abort.
             """)
 
-    @OptionGroup var options: DeploymentRequestOptions
+    @OptionGroup var options: RequestOptions
 
     func run() async throws {
         try await options.submit(ObjectRequest.abort, what: "abort", accepted: ["Aborted"], refused: ["AbortRefused"])

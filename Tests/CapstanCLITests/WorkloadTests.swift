@@ -128,9 +128,11 @@ import Glibc
         return response.body.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// A client hammering the router port from a thread: new connection per request.
+    /// A client hammering the router port from a thread: new connection per request, every
+    /// answer kept in order (nil: failed).
     final class Hammer: Sendable {
-        let counts = Mutex((ok: 0, failed: 0, failures: [String]()))
+        let answers = Mutex([String?]())
+        let failures = Mutex([String]())
         let stopped = Mutex(false)
         let done = DispatchSemaphore(value: 0)
 
@@ -138,21 +140,27 @@ import Glibc
             Thread.detachNewThread { [self] in
                 while !stopped.withLock({ $0 }) {
                     let response = LoopbackHTTP.get(port: port, path: "/version")
-                    counts.withLock { counts in
-                        if response?.status == 200 { counts.ok += 1 } else {
-                            counts.failed += 1
-                            if counts.failures.count < 5 { counts.failures.append(response.map { "HTTP \($0.status)" } ?? "no response") }
-                        }
+                    let body = response?.status == 200 ? response?.body.trimmingCharacters(in: .whitespacesAndNewlines) : nil
+                    if body == nil, failures.withLock({ $0.count }) < 5 {
+                        failures.withLock { $0.append(response.map { "HTTP \($0.status)" } ?? "no response") }
                     }
+                    answers.withLock { $0.append(body) }
                 }
                 done.signal()
             }
         }
 
-        func stop() -> (ok: Int, failed: Int, failures: [String]) {
+        /// Stops; returns the answers in order.
+        func stopAnswers() -> [String?] {
             stopped.withLock { $0 = true }
             done.wait()
-            return counts.withLock { $0 }
+            return answers.withLock { $0 }
+        }
+
+        func stop() -> (ok: Int, failed: Int, failures: [String]) {
+            let answers = stopAnswers()
+            let failed = answers.filter { $0 == nil }.count
+            return (answers.count - failed, failed, failures.withLock { $0 })
         }
     }
 
@@ -498,31 +506,6 @@ import Glibc
 }
 
 extension WorkloadTests {
-    /// A client on the router port from a thread, a new connection per request, keeping every
-    /// answer in order.
-    final class Recorder: Sendable {
-        let answers = Mutex([String?]())
-        let stopped = Mutex(false)
-        let done = DispatchSemaphore(value: 0)
-
-        init(port: Int) {
-            Thread.detachNewThread { [self] in
-                while !stopped.withLock({ $0 }) {
-                    let response = LoopbackHTTP.get(port: port, path: "/version")
-                    let body = response?.status == 200 ? response?.body.trimmingCharacters(in: .whitespacesAndNewlines) : nil
-                    answers.withLock { $0.append(body) }
-                }
-                done.signal()
-            }
-        }
-
-        func stop() -> [String?] {
-            stopped.withLock { $0 = true }
-            done.wait()
-            return answers.withLock { $0 }
-        }
-    }
-
     static func blueGreen(version: String, port: Int, previewPort: Int) -> String {
         deployment(version: version, port: port).replacingOccurrences(
             of: "strategy: {type: RollingUpdate, maxSurge: 1, maxUnavailable: 0}",
@@ -548,13 +531,13 @@ extension WorkloadTests {
         #expect(body(port) == "1", "the port still serves the active colour")
         #expect(instancePIDs().isSuperset(of: old) && instancePIDs().count == 4, "both colours at full size")
 
-        let recorder = Recorder(port: port)
+        let recorder = Hammer(port: port)
         Thread.sleep(forTimeInterval: 0.3)
         let promote = try CLITests.capstan(["promote", "deployment/web", "--state-dir", state])
         #expect(promote.status == 0, "\(promote.stdout)\(promote.stderr)")
         try poll("version 2 on the port") { body(port) == "2" }
         Thread.sleep(forTimeInterval: 0.3)
-        let answers = recorder.stop()
+        let answers = recorder.stopAnswers()
         #expect(!answers.contains(nil), "no failed request: \(answers.filter { $0 == nil }.count) of \(answers.count)")
         let first = try #require(answers.firstIndex(of: "2"))
         #expect(answers[first...].allSatisfy { $0 == "2" }, "after the switch only the new colour answers")

@@ -1,4 +1,5 @@
 import CapstanKube
+@testable import CapstanLocal
 import CapstanModel
 import Foundation
 import Synchronization
@@ -13,7 +14,7 @@ import Glibc
 /// stand-in for the cluster's Deployment controller rolls). Each scenario asserts the same
 /// phases, conditions (type, status, reason) and events on both: the decisions are one
 /// reconciler's.
-@Suite(.timeLimit(.minutes(5))) struct DeploymentScenarioTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct DeploymentScenarioTests {
     enum Kind: String, CaseIterable, Sendable, CustomStringConvertible {
         case local, kube
         var description: String { rawValue }
@@ -271,7 +272,7 @@ import Glibc
 
     @Test(arguments: Kind.allCases) func firstRolloutThenRollingUpdate(_ kind: Kind) async throws {
         try await on(kind) { platform in
-            let port = LoopbackPort.free()
+            let port = LocalWorkloadPlatform.freePort()!
             try await rolledOut(platform, port: port)
             try await platform.put([Self.application(), Self.deployment("2", port: port)])
             try await expect(platform, phase: "Succeeded", version: "2", conditions: Self.succeeded)
@@ -283,7 +284,7 @@ import Glibc
 
     @Test(arguments: Kind.allCases) func recreate(_ kind: Kind) async throws {
         try await on(kind) { platform in
-            let port = LoopbackPort.free()
+            let port = LocalWorkloadPlatform.freePort()!
             let recreate: (String, SpecNode) = ("strategy", .mapping([("type", .string("Recreate"))]))
             try await rolledOut(platform, port: port, extra: [recreate])
             try await platform.put([Self.application(), Self.deployment("2", port: port, extra: [recreate])])
@@ -293,7 +294,7 @@ import Glibc
 
     @Test(arguments: Kind.allCases) func pausedHoldsARolloutUntilResumed(_ kind: Kind) async throws {
         try await on(kind) { platform in
-            let port = LoopbackPort.free()
+            let port = LocalWorkloadPlatform.freePort()!
             try await rolledOut(platform, port: port)
             try await platform.put([Self.application(), Self.deployment("2", port: port, extra: [("paused", .bool(true))])])
             try await expect(platform, phase: "Paused", conditions: ["Reconciling": ("True", "Paused"), "Progressing": ("Unknown", "Paused")])
@@ -306,7 +307,7 @@ import Glibc
 
     @Test(arguments: Kind.allCases) func aDeadlineRollsBackToTheLastGoodRevision(_ kind: Kind) async throws {
         try await on(kind) { platform in
-            let port = LoopbackPort.free()
+            let port = LocalWorkloadPlatform.freePort()!
             try await rolledOut(platform, port: port)
             try await platform.put([Self.application(), Self.deployment("2", port: port, broken: true)])
             try await expect(platform, phase: "RolledBack", version: "1", conditions: ["Stalled": ("True", "RollbackActive"), "Ready": ("False", "RollbackActive")],
@@ -319,7 +320,7 @@ import Glibc
 
     @Test(arguments: Kind.allCases) func aRollbackOnRequestHoldsAndABadOneIsRefused(_ kind: Kind) async throws {
         try await on(kind) { platform in
-            let port = LoopbackPort.free()
+            let port = LocalWorkloadPlatform.freePort()!
             try await rolledOut(platform, port: port)
             try await platform.put([Self.application(), Self.deployment("2", port: port)])
             try await expect(platform, phase: "Succeeded", version: "2")
@@ -335,7 +336,7 @@ import Glibc
 
     @Test(arguments: Kind.allCases) func blueGreenSwitchesWhenThePreviewIsReady(_ kind: Kind) async throws {
         try await on(kind) { platform in
-            let port = LoopbackPort.free(), preview = LoopbackPort.free()
+            let port = LocalWorkloadPlatform.freePort()!, preview = LocalWorkloadPlatform.freePort()!
             let strategy = Self.blueGreen(previewPort: preview)
             try await rolledOut(platform, port: port, extra: [strategy])
             try await platform.put([Self.application(), Self.deployment("2", port: port, extra: [strategy])])
@@ -360,7 +361,7 @@ import Glibc
 
     @Test(arguments: Kind.allCases) func blueGreenWaitsForPromote(_ kind: Kind) async throws {
         try await on(kind) { platform in
-            let port = LoopbackPort.free(), preview = LoopbackPort.free()
+            let port = LocalWorkloadPlatform.freePort()!, preview = LocalWorkloadPlatform.freePort()!
             let strategy = Self.blueGreen(autoPromote: false, previewPort: preview)
             try await rolledOut(platform, port: port, extra: [strategy])
             try await platform.put([Self.application(), Self.deployment("2", port: port, extra: [strategy])])
@@ -381,7 +382,7 @@ import Glibc
 
     @Test(arguments: Kind.allCases) func abortDuringScaleDownDelaySwitchesBack(_ kind: Kind) async throws {
         try await on(kind) { platform in
-            let port = LoopbackPort.free(), preview = LoopbackPort.free()
+            let port = LocalWorkloadPlatform.freePort()!, preview = LocalWorkloadPlatform.freePort()!
             let strategy = Self.blueGreen(previewPort: preview, delay: "60s")
             try await rolledOut(platform, port: port, extra: [strategy])
             try await platform.put([Self.application(), Self.deployment("2", port: port, extra: [strategy])])
@@ -395,16 +396,22 @@ import Glibc
     }
 
     /// A window that opens at the next minute: the new version waits (Scheduled) and starts
-    /// within a second of the opening.
-    @Test(arguments: Kind.allCases) func aWindowHoldsANewVersionUntilItOpens(_ kind: Kind) async throws {
+    /// within a second of the opening. Both platforms at once (the wait is a minute).
+    @Test func aWindowHoldsANewVersionUntilItOpens() async throws {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        // The next minute at least 15 s away (the version must be seen waiting first).
+        var opens = calendar.date(bySetting: .second, value: 0, of: Date().addingTimeInterval(60))!
+        if opens.timeIntervalSinceNow < 15 { opens = opens.addingTimeInterval(60) }
+        async let local: Void = window(.local, opens: opens, calendar)
+        async let kube: Void = window(.kube, opens: opens, calendar)
+        _ = try await (local, kube)
+    }
+
+    func window(_ kind: Kind, opens: Date, _ calendar: Calendar) async throws {
         try await on(kind) { platform in
-            let port = LoopbackPort.free()
+            let port = LocalWorkloadPlatform.freePort()!
             try await rolledOut(platform, port: port)
-            var calendar = Calendar(identifier: .gregorian)
-            calendar.timeZone = TimeZone(identifier: "UTC")!
-            // The next minute at least 8 s away (the version must be seen waiting first).
-            var opens = calendar.date(bySetting: .second, value: 0, of: Date().addingTimeInterval(60))!
-            if opens.timeIntervalSinceNow < 8 { opens = opens.addingTimeInterval(60) }
             let minute = calendar.component(.minute, from: opens), hour = calendar.component(.hour, from: opens)
             let window: (String, SpecNode) = ("window", .mapping([("schedule", .string("\(minute) \(hour) * * *")), ("duration", .string("1m")), ("timeZone", .string("UTC"))]))
             try await platform.put([Self.application(), Self.deployment("1", port: port, extra: [window])])
@@ -433,21 +440,5 @@ extension SpecNode {
     var entriesOrItems: [SpecNode] {
         if case .sequence(let items) = value { return items }
         return []
-    }
-}
-
-/// A free TCP port on 127.0.0.1.
-enum LoopbackPort {
-    static func free() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }
