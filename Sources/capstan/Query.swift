@@ -292,7 +292,10 @@ struct Describe: ParsableCommand {
             printTable(rows)
         }
         if let observed = status["observedGeneration"]?.scalarText { print("Observed generation: \(observed)") }
-        if key.kind == .deployment { try printInstances(of: key, store: store) }
+        if key.kind == .deployment {
+            printTracks(status)
+            try printInstances(of: key, store: store)
+        }
         print("Events:")
         let events = try store.events(for: key).suffix(20)
         if events.isEmpty {
@@ -309,15 +312,30 @@ struct Describe: ParsableCommand {
 }
 
 extension Describe {
+    /// A Deployment's tracks: which revision each runs, whether it serves the port.
+    func printTracks(_ status: SpecNode) {
+        let tracks = JSONPath.evaluate(".tracks[*]", on: status)
+        guard !tracks.isEmpty else { return }
+        print("Tracks:")
+        var rows = [["  TRACK", "ROLE", "REVISION", "VERSION", "READY", "UNTIL"]]
+        for track in tracks {
+            let ready = "\(track["readyReplicas"]?.scalarText ?? "0")/\(track["replicas"]?.scalarText ?? "0")"
+            rows.append(["  " + (track["name"]?.scalarText ?? ""), track["role"]?.scalarText ?? "", track["revision"]?.scalarText ?? "",
+                         track["version"]?.scalarText ?? "", ready, track["retireAt"]?.scalarText ?? ""])
+        }
+        printTable(rows)
+    }
+
     /// The instances the inventory records for a Deployment (this host), with their logs.
     func printInstances(of key: ObjectKey, store: StateStore) throws {
         let entries = try store.inventory(of: key, type: Supervisor.inventoryType)
         guard !entries.isEmpty else { return }
         print("Instances:")
-        var rows = [["  INSTANCE", "REVISION", "PID", "PORT", "LOG"]]
+        var rows = [["  INSTANCE", "TRACK", "REVISION", "PID", "PORT", "LOG"]]
         for entry in entries {
-            let log = entry.data["launch"].flatMap { try? JSONDecoder().decode(InstanceLaunch.self, from: Data($0.utf8)) }?.logPath ?? ""
-            rows.append(["  " + entry.id, entry.data["revision"] ?? "", entry.data["pid"] ?? "-", entry.data["port"] ?? "", log])
+            let launch = entry.data["launch"].flatMap { try? JSONDecoder().decode(InstanceLaunch.self, from: Data($0.utf8)) }
+            rows.append(["  " + entry.id, launch?.trackName.rawValue ?? "", entry.data["revision"] ?? "", entry.data["pid"] ?? "-", entry.data["port"] ?? "",
+                         launch?.logPath ?? ""])
         }
         printTable(rows)
     }
