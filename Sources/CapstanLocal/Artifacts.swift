@@ -91,9 +91,11 @@ public actor Artifacts {
         return status
     }
 
+    /// A finished artifact: a directory made read-only as the last step of its build (one whose
+    /// removal an earlier build had begun is writable again, and is built anew).
     private func isDirectory(_ path: String) -> Bool {
-        var directory: ObjCBool = false
-        return FileManager.default.fileExists(atPath: path, isDirectory: &directory) && directory.boolValue
+        var info = stat()
+        return lstat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR && (info.st_mode & S_IWUSR) == 0
     }
 
     // MARK: - Building
@@ -138,7 +140,14 @@ public actor Artifacts {
             }
         }
         makeReadOnly(temporary)
-        removeTree(path)  // a half-removed earlier artifact (drift) is replaced whole
+        // An artifact already there (its record lost with a damaged store, or drift) is moved
+        // aside whole before the new one takes its name, and removed after: a daemon killed at
+        // any moment leaves the artifact complete, or absent (made again), never half-removed
+        // under its name (which a later daemon would take for a prepared artifact).
+        let aside = "\(parent)/.\(template.version).old.tmp-\(UUID().uuidString.prefix(8))"
+        let movedAside = rename(path, aside) == 0
+        defer { if movedAside { removeTree(aside) } }
+        if !movedAside { removeTree(path) }  // not a directory rename could move (a file, say)
         guard rename(temporary, path) == 0 else {
             throw WorkloadError("BuildFailed", "cannot move the artifact into \(path): \(String(cString: strerror(errno)))")
         }
