@@ -44,7 +44,7 @@ let package = Package(
         // The reconcilers, written against platform protocols (no SQLite, processes or HTTP).
         .target(
             name: "CapstanControllers",
-            dependencies: ["CapstanModel", "CapstanRuntime"]
+            dependencies: ["CapstanModel", "CapstanRuntime", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // Linux calls Swift cannot import (variadic syscall): pidfd_open, prlimit.
         .target(name: "CSystemShims"),
