@@ -9,7 +9,7 @@ import Glibc
 /// The routers of every Deployment, by owner and role (its port; its BlueGreen preview port),
 /// each serving one track's ready instances; backends may arrive before the port is bound.
 actor RouterSet {
-    enum Role: Sendable, Hashable { case main, preview }
+    enum Role: Sendable, Hashable, CaseIterable { case main, preview }
     struct Key: Hashable { var owner: ObjectKey; var role: Role }
 
     private var routers: [Key: TCPRouter] = [:]
@@ -46,7 +46,7 @@ actor RouterSet {
 
     func setBackends(_ owner: ObjectKey, _ list: [Backend]) {
         backends[owner] = list
-        for role in [Role.main, .preview] {
+        for role in Role.allCases {
             let key = Key(owner: owner, role: role)
             routers[key]?.setBackends(served(key))
         }
@@ -54,7 +54,7 @@ actor RouterSet {
 
     /// Waits until no connection to the backend port is open, at most `timeout`.
     func drain(_ owner: ObjectKey, port: Int, timeout: Duration) async {
-        let open = [Role.main, .preview].compactMap { routers[Key(owner: owner, role: $0)] }
+        let open = Role.allCases.compactMap { routers[Key(owner: owner, role: $0)] }
         let deadline = ContinuousClock.now + timeout
         while open.contains(where: { $0.activeConnections(to: port) > 0 }) && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
@@ -65,7 +65,7 @@ actor RouterSet {
     func close(_ owner: ObjectKey) async -> [String] {
         backends[owner] = nil
         var closed: [String] = []
-        for role in [Role.main, .preview] {
+        for role in Role.allCases {
             let key = Key(owner: owner, role: role)
             serves[key] = nil
             guard let router = routers.removeValue(forKey: key) else { continue }
@@ -278,7 +278,7 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, Art
     public func remove(_ deployment: ObjectKey, dryRun: Bool) async -> [String] {
         if dryRun {
             var would: [String] = []
-            for role in [RouterSet.Role.main, .preview] {
+            for role in RouterSet.Role.allCases {
                 if let (host, port) = await routers.listening(deployment, role) { would.append("listener \(host):\(port)") }
             }
             would += await supervisor.instances(of: deployment).map { "instance \($0.id)" }

@@ -10,8 +10,7 @@ import Glibc
 #endif
 
 /// What both daemons (spec directory, Kubernetes) share: reconcile outcome reporting, the
-/// two controllers and how an object's change reaches them, the HTTP endpoints, the leader
-/// election service.
+/// readiness gauges, the HTTP endpoints, the leader election service, the service group.
 enum Daemon {
     /// Metrics, a log line and, for failures, a Warning event per reconcile.
     static func outcomeObserver(metrics: RuntimeMetrics, events: any EventRecorder, timeout: String, log: DaemonLog)

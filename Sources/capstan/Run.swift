@@ -57,9 +57,9 @@ struct Run: AsyncParsableCommand {
         discussion: """
             Reads every spec below --spec-dir, keeps status and events in the state directory, reacts to file changes at once (inotify) and re-reads everything every --resync. SIGHUP re-reads now; SIGTERM or SIGINT stop gracefully (in-flight reconciles finish) with exit status 0.
 
-            Reconciled so far: Application and Deployment (artifacts, supervised instances, health checks, a router port per Deployment, rollouts and rollbacks). The other kinds are read, validated and stored; their reconcilers come in later releases.
+            Reconciled so far: Application and Deployment (artifacts, supervised instances, health checks, a router port per Deployment, RollingUpdate/Recreate/BlueGreen rollouts, deployment windows, rollbacks, promote and abort). The other kinds are read, validated and stored; their reconcilers come in later releases.
 
-            With --kube, the six custom resources are listed and watched through the Kubernetes API (--kubeconfig, --context, or the pod's service account); each Capstan Deployment becomes an owned apps/v1 Deployment, Service and (for routes) Ingress; status goes to /status and events are core/v1 Events; --leader-elect uses a coordination.k8s.io/v1 Lease.
+            With --kube, the six custom resources are listed and watched through the Kubernetes API (--kubeconfig, --context, or the pod's service account); each Capstan Deployment becomes owned apps/v1 Deployments (one per track: NAME, NAME-blue, NAME-green), a Service (and NAME-preview for a BlueGreen preview) and (for routes) an Ingress; status goes to /status and events are core/v1 Events; --leader-elect uses a coordination.k8s.io/v1 Lease.
 
             One daemon acts on a state directory: a second one is refused (exit status 2) unless every daemon of it runs with --leader-elect. A daemon whose state directory is deleted or replaced under it stops at once (exit status 4); a busy --metrics-addr is exit status 3.
 

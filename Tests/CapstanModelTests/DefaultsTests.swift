@@ -51,4 +51,25 @@ import Testing
         let deployment = "apiVersion: capstan.dev/v1alpha1\nkind: Deployment\nmetadata: {name: web}\nspec: {application: web, version: v1, env: [{name: PORT, value: \"1\"}]}\n"
         #expect(errorLines(deployment).contains { $0.contains("spec.env[0].name: PORT is set by Capstan") })
     }
+
+    /// A BlueGreen preview on the Deployment's own port could never be served beside it.
+    @Test func aPreviewPortEqualToThePortIsRefusedByName() throws {
+        func deployment(previewPort: Int) -> String {
+            """
+            apiVersion: capstan.dev/v1alpha1
+            kind: Deployment
+            metadata: {name: web}
+            spec:
+              application: web
+              version: "1"
+              port: 8080
+              strategy: {type: BlueGreen, blueGreen: {previewPort: \(previewPort)}}
+
+            """
+        }
+        #expect(errorLines(deployment(previewPort: 8080)) == [
+            "test.yaml:8:56: Deployment/web: spec.strategy.blueGreen.previewPort: must differ from port 8080: the preview serves the new colour beside the port, not on it",
+        ])
+        #expect(try decodeValid(deployment(previewPort: 8081)).count == 1)
+    }
 }

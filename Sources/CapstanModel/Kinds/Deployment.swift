@@ -118,6 +118,11 @@ public struct DeploymentSpec: SpecObject, Hashable {
             context.fail("version \"\(value.version)\" must not contain spaces", field: "version", at: node["version"]?.mark)
         }
         ReservedEnv.check(value.env, node, &context)
+        if let preview = value.strategy.blueGreen?.previewPort, preview == value.port {
+            context.fail("must differ from port \(preview): the preview serves the new colour beside the port, not on it",
+                         relative: FieldPath.root.appending("strategy").appending("blueGreen").appending("previewPort"),
+                         at: node["strategy"]?["blueGreen"]?["previewPort"]?.mark)
+        }
     }
 }
 
