@@ -43,7 +43,7 @@ import Glibc
         if broken { env.append(.mapping([("name", .string("BIND_ADDR")), ("value", .string("127.0.0.2"))])) }
         var spec: [(String, SpecNode)] = [
             ("application", .string("web")), ("version", .string(version)), ("replicas", .int(replicas)), ("port", .int(port)),
-            ("env", .sequence(env)), ("progressDeadline", .string("4s")),
+            ("env", .sequence(env)), ("progressDeadline", .string("30s")),
             ("strategy", .mapping([("type", .string("RollingUpdate")), ("maxSurge", .int(1)), ("maxUnavailable", .int(0))])),
         ]
         for (key, value) in extra {
@@ -296,9 +296,11 @@ import Glibc
         try await on(kind) { platform in
             let port = LocalWorkloadPlatform.freePort()!
             try await rolledOut(platform, port: port)
-            try await platform.put([Self.application(), Self.deployment("2", port: port, extra: [("paused", .bool(true))])])
+            // A short deadline, waited out while paused: a paused rollout has none.
+            let deadline: (String, SpecNode) = ("progressDeadline", .string("4s"))
+            try await platform.put([Self.application(), Self.deployment("2", port: port, extra: [("paused", .bool(true)), deadline])])
             try await expect(platform, phase: "Paused", conditions: ["Reconciling": ("True", "Paused"), "Progressing": ("Unknown", "Paused")])
-            try await Task.sleep(for: .seconds(5))  // past the deadline: a paused rollout has none
+            try await Task.sleep(for: .seconds(5))
             try await expect(platform, phase: "Paused", seconds: 1)
             try await platform.put([Self.application(), Self.deployment("2", port: port, extra: [("paused", .bool(false))])])
             try await expect(platform, phase: "Succeeded", version: "2", conditions: Self.succeeded)
@@ -309,7 +311,7 @@ import Glibc
         try await on(kind) { platform in
             let port = LocalWorkloadPlatform.freePort()!
             try await rolledOut(platform, port: port)
-            try await platform.put([Self.application(), Self.deployment("2", port: port, broken: true)])
+            try await platform.put([Self.application(), Self.deployment("2", port: port, broken: true, extra: [("progressDeadline", .string("6s"))])])
             try await expect(platform, phase: "RolledBack", version: "1", conditions: ["Stalled": ("True", "RollbackActive"), "Ready": ("False", "RollbackActive")],
                              seconds: 40)
             try await expectEvents(platform, ["ProgressDeadlineExceeded", "RolledBack"])
