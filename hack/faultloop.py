@@ -324,8 +324,31 @@ spec:
             self.start(name)
         return where
 
+    def all_hold_the_lock(self):
+        """Every running daemon has the lifetime lock open (it takes the directory's identity next)."""
+        lock = os.path.realpath(f"{self.state}/daemon.lock")
+        for process, _ in self.daemons.values():
+            if process.poll() is not None:
+                continue
+            try:
+                fds = os.listdir(f"/proc/{process.pid}/fd")
+                if not any(os.readlink(f"/proc/{process.pid}/fd/{fd}") == lock for fd in fds):
+                    return False
+            except OSError:
+                return False
+        return True
+
     def remove_state_directory(self):
         """The state directory deleted under the running daemons: they stop, nothing is orphaned."""
+        # A daemon started a moment ago may not have opened the directory yet (one that opens
+        # it after the deletion makes a new one, rightly): wait until each holds the lifetime
+        # lock, which it takes just before the directory's identity.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not self.all_hold_the_lock():
+            time.sleep(0.05)
+        if not self.all_hold_the_lock():
+            raise SystemExit("a daemon never took the state directory's lifetime lock")
+        time.sleep(0.3)
         before = self.instance_processes()
         shutil.rmtree(self.state)
         deadline = time.monotonic() + 5

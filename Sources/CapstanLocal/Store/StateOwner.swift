@@ -48,13 +48,21 @@ public final class StateOwner: Sendable {
             }
         }
         descriptor = fd
-        // Who holds it: one line per holder (electing daemons share the file). A line whose
-        // pid is gone is left by a daemon that died; readers skip it.
-        var lines = Self.holders(path).filter { $0.isAlive && $0.pid != getpid() }.map(\.line)
-        lines.append(Holder(pid: getpid(), mode: mode, since: now).line)
-        let text = lines.joined(separator: "\n") + "\n"
-        _ = ftruncate(fd, 0)
-        _ = text.withCString { pwrite(fd, $0, strlen($0), 0) }
+        // Who holds it: one line per holder. Alone, the file is rewritten; electing daemons
+        // share it and each appends its line in one write (a read-and-rewrite by two daemons
+        // starting together lost one of them). A line whose pid is gone is left by a daemon
+        // that died; readers skip it.
+        let line = Holder(pid: getpid(), mode: mode, since: now).line + "\n"
+        if mode == .exclusive {
+            _ = ftruncate(fd, 0)
+            _ = line.withCString { pwrite(fd, $0, strlen($0), 0) }
+        } else {
+            let append = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+            if append >= 0 {
+                _ = line.withCString { write(append, $0, strlen($0)) }
+                close(append)
+            }
+        }
     }
 
     deinit {
