@@ -13,6 +13,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -44,7 +46,8 @@ let package = Package(
         // The reconcilers, written against platform protocols (no SQLite, processes or HTTP).
         .target(
             name: "CapstanControllers",
-            dependencies: ["CapstanModel", "CapstanRuntime", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["CapstanModel", "CapstanRuntime", .product(name: "Crypto", package: "swift-crypto"),
+                           .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1")]
         ),
         // Linux calls Swift cannot import (variadic syscall): pidfd_open, prlimit.
         .target(name: "CSystemShims"),
@@ -89,6 +92,7 @@ let package = Package(
                 "CapstanLocal",
                 "CapstanKube",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

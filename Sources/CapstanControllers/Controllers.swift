@@ -11,12 +11,19 @@ public struct Platforms: Sendable {
     public var workload: any WorkloadPlatform
     public var traffic: any TrafficPlatform
     public var revisions: any RevisionStore
+    /// Versioned secrets and where a rotation's commands run (nil: SecretRotations are read
+    /// and stored, not reconciled).
+    public var secrets: (any SecretPlatform)?
+    public var actions: (any ActionRunner)?
 
-    public init(artifacts: any ArtifactPlatform, workload: any WorkloadPlatform, traffic: any TrafficPlatform, revisions: any RevisionStore) {
+    public init(artifacts: any ArtifactPlatform, workload: any WorkloadPlatform, traffic: any TrafficPlatform, revisions: any RevisionStore,
+                secrets: (any SecretPlatform)? = nil, actions: (any ActionRunner)? = nil) {
         self.artifacts = artifacts
         self.workload = workload
         self.traffic = traffic
         self.revisions = revisions
+        self.secrets = secrets
+        self.actions = actions
     }
 }
 
@@ -32,6 +39,10 @@ public enum Controllers {
         manager.register("deployment", DeploymentReconciler(store: store, events: events, workload: platforms.workload, traffic: platforms.traffic,
                                                             revisions: platforms.revisions, prune: prune),
                          for: { $0.kind == .deployment }, watches: DeploymentReconciler.watches(cache: cache))
+        if let secrets = platforms.secrets, let actions = platforms.actions {
+            manager.register("secretrotation", SecretRotationReconciler(store: store, events: events, secrets: secrets, actions: actions, prune: prune),
+                             for: { $0.kind == .secretRotation }, watches: SecretRotationReconciler.watches(cache: cache))
+        }
     }
 }
 
@@ -49,9 +60,31 @@ extension ApplicationReconciler {
 extension DeploymentReconciler {
     /// An Application's change enqueues the Deployments that run it (their template is its).
     public static func watches(cache: ObjectCache) -> [ObjectManager.Watch] {
+        [ObjectManager.Watch { key, object in
+            switch key.kind {
+            case .application:
+                return cache.objects(kind: .deployment, referencing: key).map(\.key)
+            case .secretRotation:
+                // Its restart token rolls the dependents; its secret heals those waiting for it.
+                var keys = Set(object?.references ?? [])
+                for stored in cache.objects(kind: .deployment) where stored.key.namespace == key.namespace {
+                    let reason = stored.resource.resource.status.conditions[type: ConditionType.stalled]?.reason
+                    if reason == "SecretNotFound" || reason == "SecretUnavailable" { keys.insert(stored.key) }
+                }
+                return keys.sorted()
+            default:
+                return []
+            }
+        }]
+    }
+}
+
+extension SecretRotationReconciler {
+    /// A Deployment's change enqueues the rotations that restart it (they wait for its rollout).
+    public static func watches(cache: ObjectCache) -> [ObjectManager.Watch] {
         [ObjectManager.Watch { key, _ in
-            guard key.kind == .application else { return [] }
-            return cache.objects(kind: .deployment, referencing: key).map(\.key)
+            guard key.kind == .deployment else { return [] }
+            return cache.objects(kind: .secretRotation, referencing: key).map(\.key)
         }]
     }
 }

@@ -199,7 +199,8 @@ public struct DeploymentReconciler: Reconciler {
             step.stalled("ApplicationNotFound", "application \(spec.application) does not exist in namespace \(step.key.namespace)")
             return .requeue(after: Self.retry)
         }
-        let template = WorkloadTemplate(deployment: step.deployment, application: application, applicationFile: applicationObject.sourceFile)
+        var template = WorkloadTemplate(deployment: step.deployment, application: application, applicationFile: applicationObject.sourceFile)
+        template.secretRestarts = try await secretRestarts(step.key)
         step.specHash = template.hash
         if let rollback = step.status.rollback, rollback.specTemplateHash != step.specHash {
             step.status.rollback = nil  // the spec moved on: roll it out
@@ -234,6 +235,17 @@ public struct DeploymentReconciler: Reconciler {
             result = .requeue(after: min(result.requeueAfter ?? wait, wait))
         }
         return result
+    }
+
+    /// The restart tokens of the SecretRotations that name this Deployment in
+    /// `restartDeployments` (each rotation's new token rolls it).
+    private func secretRestarts(_ key: ObjectKey) async throws -> [String: String] {
+        var restarts: [String: String] = [:]
+        for object in try await store.objects(kind: .secretRotation, referencing: key) {
+            guard case .secretRotation(let rotation) = object.resource, let token = rotation.status.restartToken else { continue }
+            restarts[rotation.spec.secretName] = token
+        }
+        return restarts
     }
 
     /// Which revision runs: a rollback held until the spec changes; the spec's; or, when the
@@ -373,6 +385,8 @@ public struct DeploymentReconciler: Reconciler {
         let summary = "\(ready)/\(spec.replicas) ready at version \(target.template.version) (revision \(target.number))"
 
         if complete {
+            // The rotations waiting for this Deployment see their restart done.
+            step.status.secretRestarts = StringMap(target.template.secretRestarts)
             if entry.outcome == nil {
                 entry.outcome = "Succeeded"
                 entry.finishedAt = step.time
@@ -420,9 +434,10 @@ public struct DeploymentReconciler: Reconciler {
             step.stalled("ProgressDeadlineExceeded", "revision \(target.number) made no progress for \(spec.progressDeadline): \(message)")
             return .requeue(after: Self.retry)
         }
-        if let startProblem = state?.startProblem, startProblem.reason == "SecretUnavailable" {
+        if let startProblem = state?.startProblem, ["SecretUnavailable", "SecretNotFound"].contains(startProblem.reason) {
+            // Heals when the secret appears (its rotation's change wakes this reconcile).
             step.stalled(startProblem.reason, startProblem.message)
-            return .requeue(after: Self.retry)
+            return .requeue(after: Self.progressCheck)
         }
         if spec.paused {
             step.status.phase = .paused

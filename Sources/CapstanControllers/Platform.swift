@@ -142,11 +142,13 @@ public struct ObjectRequest: Sendable, Hashable {
     /// `capstan abort`: back to the revision that ran before (a BlueGreen preview is removed, or
     /// the traffic goes back to the colour kept for `scaleDownDelay`).
     public static let abort = "abort"
+    /// `capstan rotate`: a SecretRotation rotates now.
+    public static let rotate = "rotate"
 
     /// The annotation carrying each request on a custom resource (`kubectl annotate` or
     /// `capstan ... --kube` writes it; the operator removes it when it takes it).
     public static let annotations: [(type: String, annotation: String)] = [
-        (rollback, "capstan.dev/rollback-to"), (promote, "capstan.dev/promote"), (abort, "capstan.dev/abort"),
+        (rollback, "capstan.dev/rollback-to"), (promote, "capstan.dev/promote"), (abort, "capstan.dev/abort"), (rotate, "capstan.dev/rotate-now"),
     ]
 
     public static func annotation(of type: String) -> String? {

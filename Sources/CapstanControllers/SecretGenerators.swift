@@ -1,6 +1,8 @@
 import CapstanModel
 import Crypto
 import Foundation
+import SwiftASN1
+import X509
 
 /// The values a SecretRotation generates (issue 18), from the system CSPRNG (`getrandom`):
 /// one key's generator gives one value, or two for the kinds that come in pairs (`NAME` and
@@ -18,7 +20,44 @@ public enum SecretGenerators {
             let pair = ed25519(comment: comment)
             return [(key.name, pair.privateKey), (key.name + ".pub", pair.publicKey)]
         case .selfSignedCertificate:
-            throw WorkloadError("NotSupported", "selfSignedCertificate keys are not generated yet")
+            let pair = try certificate(commonName: generator.commonName ?? key.name, dnsNames: generator.dnsNames,
+                                       ipAddresses: generator.ipAddresses ?? [], validity: generator.effectiveValidity.seconds)
+            return [(key.name + ".crt", pair.certificate), (key.name + ".key", pair.privateKey)]
+        }
+    }
+
+    /// A self-signed X.509 v3 certificate for a server or client (ECDSA P-256, SHA-256),
+    /// valid from five minutes ago (clock skew) for `validity` seconds, with the common name
+    /// and the subject alternative names (the common name is the DNS name when none are
+    /// given: clients check SANs only); the certificate and its PKCS#8 key in PEM.
+    public static func certificate(commonName: String, dnsNames: [String]?, ipAddresses: [String], validity: TimeInterval,
+                                   now: Date = Date()) throws(WorkloadError) -> (certificate: String, privateKey: String) {
+        let key = P256.Signing.PrivateKey()
+        do {
+            let name = try DistinguishedName { CommonName(commonName) }
+            var alternatives: [GeneralName] = (dnsNames ?? [commonName]).map { .dnsName($0) }
+            for address in ipAddresses {
+                guard let bytes = GeneratorAddress.parse(address) else { throw WorkloadError("InvalidSpec", "\(address) is not an IP address") }
+                alternatives.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(bytes))))
+            }
+            let sans = alternatives
+            let extensions = try Certificate.Extensions {
+                Critical(BasicConstraints.notCertificateAuthority)
+                Critical(KeyUsage(digitalSignature: true, keyEncipherment: true))
+                try ExtendedKeyUsage([.serverAuth, .clientAuth])
+                SubjectAlternativeNames(sans)
+                SubjectKeyIdentifier(hash: Certificate.PublicKey(key.publicKey))
+            }
+            let certificate = try Certificate(
+                version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: Certificate.PublicKey(key.publicKey),
+                notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(validity),
+                issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256, extensions: extensions,
+                issuerPrivateKey: Certificate.PrivateKey(key))
+            return (try certificate.serializeAsPEM().pemString + "\n", key.pemRepresentation + "\n")
+        } catch let error as WorkloadError {
+            throw error
+        } catch {
+            throw WorkloadError("GenerationFailed", "cannot make the certificate for \(commonName): \(error)")
         }
     }
 

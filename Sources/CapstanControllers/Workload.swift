@@ -13,13 +13,18 @@ public struct WorkloadTemplate: Sendable, Hashable {
     /// Where a relative `source.path` is resolved from (the Application's spec file's
     /// directory). Not part of the hash: moving a spec file is no new revision.
     public var sourceRoot: String
+    /// Per secret, the rotation restart this revision rolls out with (a SecretRotation's
+    /// `restartToken`): a new token is a new revision, so the instances restart with the
+    /// Deployment's own strategy. Part of the hash only when there is one.
+    public var secretRestarts: [String: String] = [:]
 
-    public init(application: String, version: String, spec: ApplicationSpec, env: [EnvVar], sourceRoot: String) {
+    public init(application: String, version: String, spec: ApplicationSpec, env: [EnvVar], sourceRoot: String, secretRestarts: [String: String] = [:]) {
         self.application = application
         self.version = version
         self.spec = spec
         self.env = env
         self.sourceRoot = sourceRoot
+        self.secretRestarts = secretRestarts
     }
 
     /// The template a Deployment asks of its Application.
@@ -35,7 +40,16 @@ public struct WorkloadTemplate: Sendable, Hashable {
     private var hashedEntries: [(String, SpecNode)] {
         var spec = spec
         spec.env = []  // the merged env below is what counts
-        return [("application", .string(application)), ("version", .string(version)), ("spec", spec.encode()), ("env", env.encode())]
+        var entries: [(String, SpecNode)] = [("application", .string(application)), ("version", .string(version)), ("spec", spec.encode()), ("env", env.encode())]
+        if !secretRestarts.isEmpty {
+            entries.append(("secretRestarts", .mapping(secretRestarts.keys.sorted().map { ($0, .string(secretRestarts[$0]!)) })))
+        }
+        return entries
+    }
+
+    /// `name=token,...` (the pod template annotation on a cluster).
+    public var secretRestartsText: String {
+        secretRestarts.keys.sorted().map { "\($0)=\(secretRestarts[$0]!)" }.joined(separator: ",")
     }
 
     /// The revision's identity: a hash of everything an instance is made of.
@@ -54,8 +68,10 @@ public struct WorkloadTemplate: Sendable, Hashable {
         var spec = try ApplicationSpec.decoded(from: specNode)
         let env = try [EnvVar].decodedList(from: envNode)
         spec.env = []
+        var restarts: [String: String] = [:]
+        for entry in node["secretRestarts"]?.entries ?? [] { restarts[entry.key] = entry.value.scalarText ?? "" }
         return WorkloadTemplate(application: application, version: version, spec: spec, env: env,
-                                sourceRoot: node["sourceRoot"]?.scalarText ?? ".")
+                                sourceRoot: node["sourceRoot"]?.scalarText ?? ".", secretRestarts: restarts)
     }
 }
 
@@ -315,19 +331,74 @@ public enum EnvExpansion {
 
     /// The environment of an instance: `base` (PORT, CAPSTAN_*, PATH ...) then the template's
     /// variables in order, each expanded against what is defined before it (as Kubernetes).
-    /// Returns nil and the name of a variable that takes its value from a secret (not
-    /// available before SecretRotation lands).
-    public static func environment(base: [(String, String)], variables: [EnvVar]) -> (environment: [String: String], unresolved: String?) {
+    /// A variable from a secret, and one whose value refers to such a variable, is not
+    /// resolved here: it is `deferred`, in order, to be resolved when the process starts (its
+    /// value is never recorded). `secretNames`: the variables that hold a secret, for a check
+    /// that none reaches a command line.
+    public static func environment(base: [(String, String)], variables: [EnvVar]) -> (environment: [String: String], deferred: [DeferredEnv], secretNames: Set<String>) {
         var environment: [String: String] = [:]
+        var deferred: [DeferredEnv] = []
+        var tainted = Set<String>()
         for (name, value) in base { environment[name] = value }
         for variable in variables {
-            guard let value = variable.value else {
-                if variable.valueFrom != nil { return (environment, variable.name) }
-                environment[variable.name] = ""
+            if let ref = variable.valueFrom?.secretKeyRef {
+                tainted.insert(variable.name)
+                environment[variable.name] = nil
+                deferred.append(DeferredEnv(name: variable.name, secret: ref.name, key: ref.key))
                 continue
             }
+            let value = variable.value ?? ""
+            if !references(value).isDisjoint(with: tainted) {
+                tainted.insert(variable.name)
+                environment[variable.name] = nil
+                deferred.append(DeferredEnv(name: variable.name, value: value))
+                continue
+            }
+            tainted.remove(variable.name)
+            deferred.removeAll { $0.name == variable.name }
             environment[variable.name] = expand(value) { environment[$0] }
         }
-        return (environment, nil)
+        return (environment, deferred, tainted)
+    }
+
+    /// The `$(NAME)` references in a value.
+    public static func references(_ text: String) -> Set<String> {
+        var names = Set<String>()
+        _ = expand(text) { name in
+            names.insert(name)
+            return nil
+        }
+        return names
+    }
+
+    /// The deferred variables resolved over `environment`, in order.
+    public static func resolve(_ deferred: [DeferredEnv], into environment: inout [String: String], secret: (String, String) throws -> String) rethrows {
+        for entry in deferred {
+            if let name = entry.secret, let key = entry.key {
+                environment[entry.name] = try secret(name, key)
+            } else {
+                let current = environment
+                environment[entry.name] = expand(entry.value ?? "") { current[$0] }
+            }
+        }
+    }
+}
+
+/// A variable resolved when its process starts: a secret's key, or a value that refers to one.
+public struct DeferredEnv: Sendable, Hashable, Codable {
+    public var name: String
+    public var secret: String?
+    public var key: String?
+    public var value: String?
+
+    public init(name: String, secret: String, key: String) {
+        self.name = name
+        self.secret = secret
+        self.key = key
+    }
+
+    public init(name: String, value: String) {
+        self.name = name
+        self.value = value
     }
 }

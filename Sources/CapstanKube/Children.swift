@@ -121,7 +121,9 @@ public enum Children {
         appsSpec.append(("template", .mapping([
             ("metadata", .mapping([
                 ("labels", .mapping(labels(deployment, application: template.application) + [("app.kubernetes.io/version", .string(labelValue(template.version)))] + trackLabel)),
-                ("annotations", .mapping([("capstan.dev/revision", .string(String(revision))), ("capstan.dev/template-hash", .string(template.hash))])),
+                ("annotations", .mapping([("capstan.dev/revision", .string(String(revision))), ("capstan.dev/template-hash", .string(template.hash))]
+                    // What a secret rotation restarted the pods for (the Reloader way).
+                    + (template.secretRestarts.isEmpty ? [] : [("capstan.dev/secret-restarts", .string(template.secretRestartsText))]))),
             ])),
             ("spec", .mapping([("containers", .sequence([.mapping(container)]))])),
         ])))

@@ -107,9 +107,17 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
     /// Whether a status change shows in the objects that refer to it: a Deployment's
     /// readiness and version are listed in its Application's status.
     static func shownByReferrers(_ old: StoredObject, _ new: StoredObject) -> Bool {
-        guard case .deployment(let before) = old.resource, case .deployment(let after) = new.resource else { return false }
-        return before.status.isReady(generation: old.generation) != after.status.isReady(generation: new.generation)
-            || before.status.version != after.status.version
+        switch (old.resource, new.resource) {
+        case (.deployment(let before), .deployment(let after)):
+            // Its Application shows readiness and version; a rotation waits for its restart.
+            return before.status.isReady(generation: old.generation) != after.status.isReady(generation: new.generation)
+                || before.status.version != after.status.version || before.status.secretRestarts != after.status.secretRestarts
+        case (.secretRotation(let before), .secretRotation(let after)):
+            // Its restart token rolls the dependents; its first version heals those waiting.
+            return before.status.restartToken != after.status.restartToken || before.status.currentVersion != after.status.currentVersion
+        default:
+            return false
+        }
     }
 
     /// Called when our own status write changed what referrers show (the watch event that

@@ -1,6 +1,22 @@
 import CapstanControllers
 import CapstanModel
 import Foundation
+import Synchronization
+
+/// Where status writes are reported (the manager's watches).
+public final class StatusWatchers: Sendable {
+    private let handler = Mutex<(@Sendable (ObjectKey, AnyResource) async -> Void)?>(nil)
+
+    public init() {}
+
+    public func set(_ handler: @escaping @Sendable (ObjectKey, AnyResource) async -> Void) {
+        self.handler.withLock { $0 = handler }
+    }
+
+    func notify(_ key: ObjectKey, _ resource: AnyResource) async {
+        if let handler = handler.withLock({ $0 }) { await handler(key, resource) }
+    }
+}
 
 /// The reconcilers' `ObjectStore` and `EventRecorder` in directory mode: reads come from the
 /// cache (no I/O), status writes go to the state store and then to the cache.
@@ -9,6 +25,8 @@ public struct LocalObjectStore: ObjectStore, EventRecorder {
     public let cache: ObjectCache
     let now: @Sendable () -> Date
     let log: @Sendable (String) -> Void
+    /// Told of status writes that other objects' reconciles wait for (set once the manager exists).
+    public let statusWatchers = StatusWatchers()
 
     public init(store: StateStore, cache: ObjectCache, now: @escaping @Sendable () -> Date = Date.init, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.store = store
@@ -38,6 +56,11 @@ public struct LocalObjectStore: ObjectStore, EventRecorder {
         let written = try store.writeStatus(key, status: status)
         let resource = try cache.get(key)?.resource.withStatus(status)
         if let resource { cache.update(key) { $0.resource = resource } }
+        // A status others wait for wakes them: a rotation's (its restart token, its secret),
+        // and a Deployment's that a rotation restarts.
+        if written, let resource, key.kind == .secretRotation || (key.kind == .deployment && !cache.objects(kind: .secretRotation, referencing: key).isEmpty) {
+            await statusWatchers.notify(key, resource)
+        }
         return written
     }
 

@@ -93,6 +93,8 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, Art
     public let routerHost: String
     public let artifacts: Artifacts
     public let supervisor: Supervisor
+    /// The secrets instances' environments take values from.
+    public let vault: Vault
     let routers = RouterSet()
     let store: StateStore
     /// How long a stopped instance's connections may drain before it gets SIGTERM.
@@ -116,10 +118,22 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, Art
         self.drainTimeout = drainTimeout
         self.logRotation = logRotation
         artifacts = Artifacts(stateDirectory: stateDirectory, store: store)
+        let vault = Vault(store: store, stateDirectory: stateDirectory)
+        self.vault = vault
         let routers = routers
         supervisor = try Supervisor(store: store, events: events, grace: grace, maxLogBytes: logRotation.maxBytes, logFiles: logRotation.files,
                                     onReady: { key, backends in await routers.setBackends(key, backends) },
-                                    onChange: enqueue, restarted: restarted, admit: admit)
+                                    onChange: enqueue, restarted: restarted, admit: admit, secrets: Self.resolver(vault))
+    }
+
+    static func resolver(_ vault: Vault) -> SecretResolver {
+        { namespace, name, key throws in
+            do {
+                return String(decoding: try vault.value(of: name, key: key, namespace: namespace), as: UTF8.self)
+            } catch {
+                throw error
+            }
+        }
     }
 
     func deploymentDirectory(_ key: ObjectKey) -> String { "\(stateDirectory)/deployments/\(key.namespace)/\(key.name)" }
@@ -219,9 +233,18 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, Art
             // The marker that finds the instance without the database (MarkedInstance).
             (MarkedInstance.stateVariable, stateDirectory),
         ]
-        let (environment, secret) = EnvExpansion.environment(base: base, variables: template.env)
-        if let secret {
-            throw WorkloadError("SecretUnavailable", "env \(secret) takes its value from a secret; secrets come with SecretRotation and are not available yet")
+        let (environment, deferred, secretNames) = EnvExpansion.environment(base: base, variables: template.env)
+        if let leak = template.spec.command.lazy.map(EnvExpansion.references).first(where: { !$0.isDisjoint(with: secretNames) }) {
+            throw WorkloadError("StartFailed", "the command refers to $(\(leak.intersection(secretNames).sorted().joined(separator: "), $("))), which holds a secret: a secret is never put on a command line (anyone on the host can read it there); let the program read it from its environment")
+        }
+        // Every secret must be there before an instance starts (each start resolves them again).
+        var check = environment
+        do {
+            try EnvExpansion.resolve(deferred, into: &check) { name, key in try Self.resolver(vault)(deployment.namespace, name, key) }
+        } catch let error as SecretError {
+            throw WorkloadError(error.reason == "SecretNotFound" ? "SecretNotFound" : "SecretUnavailable", "env: \(error.message)")
+        } catch {
+            throw WorkloadError("SecretUnavailable", "env: \(error)")
         }
         let command = template.spec.command.map { EnvExpansion.expand($0) { environment[$0] } }
         guard Spawner.resolve(command[0], path: environment["PATH"], workingDirectory: directory) != nil else {
@@ -234,7 +257,8 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, Art
             command: command, environment: environment, workingDirectory: directory, logPath: "\(logDirectory)/\(id).log",
             memoryLimit: memoryLimit.map { UInt64(max(0, $0)) },
             probe: ProbeSpec(template.spec.healthCheck, ports: template.spec.ports, instancePort: port),
-            logMaxBytes: logRotation.maxBytes, logFiles: logRotation.files, track: track == .stable ? nil : track.rawValue)
+            logMaxBytes: logRotation.maxBytes, logFiles: logRotation.files, track: track == .stable ? nil : track.rawValue,
+            deferred: deferred.isEmpty ? nil : deferred)
         do {
             try await supervisor.start(launch, owner: deployment)
         } catch {

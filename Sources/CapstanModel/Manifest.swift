@@ -75,7 +75,8 @@ extension AnyResource {
         switch self {
         case .deployment(let d): return [ObjectKey(kind: .application, namespace: namespace, name: d.spec.application)]
         case .canary(let c): return [ObjectKey(kind: .deployment, namespace: namespace, name: c.spec.deployment)]
-        case .application, .alertRule, .secretRotation, .backupSchedule: return []
+        case .secretRotation(let r): return r.spec.restartDeployments.map { ObjectKey(kind: .deployment, namespace: namespace, name: $0) }
+        case .application, .alertRule, .backupSchedule: return []
         }
     }
 

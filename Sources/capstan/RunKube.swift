@@ -154,13 +154,18 @@ final class KubeDaemon: Sendable {
         let workload = KubeWorkload(client: client, children: target.children, ownership: .ownerReference)
         Controllers.register(on: manager, store: objects, events: objects, cache: objects.cache,
                              platforms: Platforms(artifacts: KubeArtifacts(), workload: workload, traffic: workload,
-                                                  revisions: ConfigMapRevisions(client: client, cache: objects.cache)),
+                                                  revisions: ConfigMapRevisions(client: client, cache: objects.cache),
+                                                  secrets: KubeSecrets(client: client, uid: { [cache = objects.cache] key in cache.get(key)?.resource.metadata.uid }),
+                                                  actions: Self.actions),
                              prune: options.prune, referrerDelay: Daemon.clusterReferrerDelay)
         // A Deployment's readiness or version shows in its Application's status.
         objects.onReferrersChanged { [manager, objects] key in
             if await manager.leading.opened { await manager.notifyWatchers(key, objects.cache.get(key)?.resource) }
         }
     }
+
+    /// A rotation's apply and verify commands run in the operator's container.
+    static let actions = ProcessActions(directory: NSTemporaryDirectory() + "capstan-actions-\(getpid())", http: HTTPCheck.get)
 
     var caughtUp: Bool { synced.value.count >= ResourceKind.allCases.count && target.caughtUp }
 

@@ -62,14 +62,18 @@ final class LocalDaemon: Sendable {
             admit: Self.fence(elector, log: log))
         let manager = ObjectManager(options: managerOptions)
         self.manager = manager
+        objects.statusWatchers.set { key, resource in await manager.notifyWatchers(key, resource) }
         let (local, cluster) = try Self.platform(options, store: store, events: objects, manager: manager, metrics: metrics, admit: managerOptions.admit, log: log)
         (self.local, self.cluster) = (local, cluster)
         let platforms: Platforms
         if let local {
-            platforms = Platforms(artifacts: local, workload: local, traffic: local, revisions: objects)
+            platforms = Platforms(artifacts: local, workload: local, traffic: local, revisions: objects, secrets: local.vault,
+                                  actions: ProcessActions(directory: options.state.resolved + "/actions", http: HTTPCheck.get))
         } else {
             let workload = KubeWorkload(client: cluster!.client, children: cluster!.children, ownership: .inventory(StoreChildInventory(store: store)))
-            platforms = Platforms(artifacts: KubeArtifacts(), workload: workload, traffic: workload, revisions: objects)
+            // Secrets go to the cluster; with no custom resource to own them, their labels say whose they are.
+            platforms = Platforms(artifacts: KubeArtifacts(), workload: workload, traffic: workload, revisions: objects,
+                                  secrets: KubeSecrets(client: cluster!.client, uid: { _ in nil }), actions: KubeDaemon.actions)
         }
         Controllers.register(on: manager, store: objects, events: objects, cache: cache, platforms: platforms, prune: options.prune,
                              referrerDelay: cluster == nil ? .zero : Daemon.clusterReferrerDelay)

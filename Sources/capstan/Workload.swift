@@ -7,9 +7,11 @@ import Foundation
 
 struct Rollback: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Roll a Deployment back to an earlier revision (default: the one before the current).",
+        abstract: "Roll a Deployment back to an earlier revision, or a SecretRotation's secret to a kept version (default: the one before the current).",
         discussion: """
             The rollback is itself a new revision with the template of the chosen one, and it holds until the Deployment's spec changes its template (version, env, or the Application's template). `capstan describe deployment/NAME` lists the revisions.
+
+            A secretrotation/NAME is restored to --to-version N (default: the newest kept before the current) the way a failed rotation is rolled back: the version is current again, the apply command runs with its values, the restartDeployments roll. `capstan secret get NAME` lists the versions kept.
 
             With --kube the custom resource gets the annotation capstan.dev/rollback-to (the revision, or empty for the previous one), as `kubectl annotate` would write it; the operator removes it when it has taken the request, and status.rollback shows the result.
             """)
@@ -19,14 +21,23 @@ struct Rollback: AsyncParsableCommand {
     @Option(name: .customLong("to-revision"), help: "The revision to return to.")
     var toRevision: Int?
 
+    @Option(name: .customLong("to-version"), help: "A SecretRotation: the kept version to restore.")
+    var toVersion: Int?
+
     func validate() throws {
         if let toRevision, toRevision < 1 { throw ValidationError("--to-revision must be 1 or more") }
+        if let toVersion, toVersion < 1 { throw ValidationError("--to-version must be 1 or more") }
     }
 
     func run() async throws {
         let (object, namespace, wait, state, kube) = (options.object, options.namespace, options.wait, options.state, options.kube)
         let key = try parseReference(object, namespace: namespace ?? "default")
-        guard key.kind == .deployment else { throw ValidationError("only Deployments roll back; got \(key.kind.singular)") }
+        if key.kind == .secretRotation {
+            guard toRevision == nil else { throw ValidationError("a SecretRotation rolls back to a version: use --to-version") }
+            return try await rollbackSecret(key)
+        }
+        guard toVersion == nil else { throw ValidationError("--to-version is for SecretRotations; a Deployment rolls back --to-revision") }
+        guard key.kind == .deployment else { throw ValidationError("only Deployments and SecretRotations roll back; got \(key.kind.singular)") }
         let value = toRevision.map(String.init) ?? ""
         let what = "rollback to \(toRevision.map { "revision \($0)" } ?? "the previous revision")"
         guard kube.enabled else {
@@ -54,6 +65,42 @@ struct Rollback: AsyncParsableCommand {
         }
         try await KubeRequest(connection: kube, key: key, annotation: RollbackRequest.annotation, value: value, what: what)
             .answered(wait: wait, namespace: namespace, accepted: ["RollbackRequested"], refused: ["RollbackRefused"], matching: named)
+    }
+}
+
+extension Rollback {
+    func rollbackSecret(_ key: ObjectKey) async throws {
+        let value = toVersion.map(String.init) ?? ""
+        let what = "rollback to \(toVersion.map { "version \($0)" } ?? "the previous version")"
+        guard options.kube.enabled else {
+            try await submitRequest("rollback", for: key, value: value, what: what, wait: options.wait, state: options.state,
+                                    answers: (["RollbackRequested"], ["RollbackRefused"])) { _ in }
+            return
+        }
+        try await KubeRequest(connection: options.kube, key: key, annotation: RollbackRequest.annotation, value: value, what: what)
+            .answered(wait: options.wait, namespace: options.namespace, accepted: ["RollbackRequested"], refused: ["RollbackRefused"], matching: { _ in true })
+    }
+}
+
+struct Rotate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Rotate a SecretRotation's secret now.",
+        discussion: """
+            The rotation runs as a scheduled one does: a new version, the apply command, the restartDeployments rolled, verify; a failure rolls it back. With --kube the custom resource gets the annotation capstan.dev/rotate-now.
+            """)
+
+    @OptionGroup var options: RequestOptions
+
+    func run() async throws {
+        let key = try parseReference(options.object, namespace: options.namespace ?? "default")
+        guard key.kind == .secretRotation else { throw ValidationError("only SecretRotations rotate; got \(key.kind.singular)") }
+        guard options.kube.enabled else {
+            try await submitRequest(ObjectRequest.rotate, for: key, value: "", what: "rotation", wait: options.wait, state: options.state,
+                                    answers: (["RotationRequested"], [])) { _ in }
+            return
+        }
+        try await KubeRequest(connection: options.kube, key: key, annotation: ObjectRequest.annotation(of: ObjectRequest.rotate)!, value: "", what: "rotation")
+            .answered(wait: options.wait, namespace: options.namespace, accepted: ["RotationRequested"], refused: [], matching: { _ in true })
     }
 }
 

@@ -413,7 +413,25 @@ final class FakeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
         #expect(environment.environment["URL"] == "http://127.0.0.1:8080/")
         #expect(environment.environment["LITERAL"] == "$(PORT) and $(MISSING)")
         #expect(environment.environment["LATER"] == "http://127.0.0.1:8080/x")
-        #expect(environment.unresolved == nil)
+        #expect(environment.deferred.isEmpty)
         #expect(EnvExpansion.expand("a$b$(", { _ in "x" }) == "a$b$(")
+    }
+
+    @Test func secretVariablesAndTheValuesMadeOfThemAreResolvedOnlyAtStart() throws {
+        var secret = EnvVar()
+        secret.name = "PASSWORD"
+        secret.valueFrom = SecretSource(SecretKeySelector(name: "db", key: "password"))
+        let result = EnvExpansion.environment(base: [("PORT", "8080")], variables: [
+            secret,
+            EnvVar(name: "URL", value: "postgres://app:$(PASSWORD)@127.0.0.1:$(PORT)/app"),
+            EnvVar(name: "PLAIN", value: "port $(PORT)"),
+        ])
+        #expect(result.environment["PASSWORD"] == nil && result.environment["URL"] == nil)
+        #expect(result.environment["PLAIN"] == "port 8080")
+        #expect(result.secretNames == ["PASSWORD", "URL"])
+        var environment = result.environment
+        EnvExpansion.resolve(result.deferred, into: &environment) { name, key in "\(name).\(key).s3cret" }
+        #expect(environment["PASSWORD"] == "db.password.s3cret")
+        #expect(environment["URL"] == "postgres://app:db.password.s3cret@127.0.0.1:8080/app")
     }
 }

@@ -60,7 +60,7 @@ import Testing
         #expect(reconciler.cancelled.withLock { $0 }.isEmpty)
         #expect(reconciler.started.withLock { $0 } == ["a"], "no new work after shutdown began")
         #expect(loopEnded.withLock { $0 }, "loops are cancelled by the shutdown")
-        #expect(ContinuousClock.now - start < .seconds(20), "the loop sleeping 60 s was cancelled")
+        #expect(ContinuousClock.now - start < .seconds(50), "the loop sleeping 60 s was cancelled (under a loaded machine the rest takes seconds)")
     }
 
     @Test func aReconcileOutlastingTheGraceIsCancelled() async throws {

@@ -167,7 +167,7 @@ public final class StateStore: Sendable {
     // MARK: - Schema
 
     /// Migrations in order. Never edit a shipped one: add a new one.
-    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests", "v4-inventory-revisions", "v5-leases", "v6-holds-request-expiry"]
+    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests", "v4-inventory-revisions", "v5-leases", "v6-holds-request-expiry", "v7-vault"]
 
     static let migrator: DatabaseMigrator = {
         var migrator = DatabaseMigrator()
@@ -259,6 +259,35 @@ public final class StateStore: Sendable {
                     renew_time REAL NOT NULL,
                     transitions INTEGER NOT NULL,
                     version INTEGER NOT NULL
+                );
+                """)
+        }
+        migrator.registerMigration("v7-vault") { db in
+            // The vault: each secret's current version and owner; each version's key names,
+            // fingerprint and values (JSON of key -> AES-256-GCM sealed box, base64); the
+            // master key's check value (a constant sealed under it: a wrong key is told apart
+            // from damaged data).
+            try db.execute(sql: """
+                CREATE TABLE secrets (
+                    namespace TEXT NOT NULL,
+                    name TEXT NOT NULL,
+                    current_version INTEGER NOT NULL,
+                    owner TEXT NOT NULL,
+                    PRIMARY KEY (namespace, name)
+                );
+                CREATE TABLE secret_versions (
+                    namespace TEXT NOT NULL,
+                    name TEXT NOT NULL,
+                    version INTEGER NOT NULL,
+                    created_at REAL NOT NULL,
+                    keys TEXT NOT NULL,
+                    fingerprint TEXT NOT NULL,
+                    sealed TEXT NOT NULL,
+                    PRIMARY KEY (namespace, name, version)
+                );
+                CREATE TABLE vault_meta (
+                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    key_check TEXT NOT NULL
                 );
                 """)
         }

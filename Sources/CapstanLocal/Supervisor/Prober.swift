@@ -145,6 +145,17 @@ public enum Prober {
         } catch {
             return "exec \(command.first ?? ""): \(error.description)"
         }
+        guard let exit = await Spawner.wait(identity, timeout: timeout) else {
+            return "exec \(command.first ?? ""): timed out"
+        }
+        return exit == .exited(0) ? nil : "exec \(command.first ?? ""): \(exit)"
+    }
+}
+
+extension Spawner {
+    /// Waits for our own child at most `timeout`; nil when it did not exit in time (it is then
+    /// killed with its process group, and reaped).
+    public static func wait(_ identity: ProcessIdentity, timeout: Duration) async -> ProcessExit? {
         let exit = await withTaskGroup(of: ProcessExit?.self) { group in
             group.addTask { await Spawner.wait(identity) }
             group.addTask {
@@ -155,16 +166,13 @@ public enum Prober {
             group.cancelAll()
             return first
         }
-        guard let exit else {
+        if exit == nil {
             kill(-identity.pid, SIGKILL)
             _ = await Spawner.wait(identity)
-            return "exec \(command.first ?? ""): timed out"
         }
-        return exit == .exited(0) ? nil : "exec \(command.first ?? ""): \(exit)"
+        return exit
     }
-}
 
-extension Spawner {
     /// Waits for our own child to exit and reaps it (polls at 10 ms: for short-lived commands).
     public static func wait(_ identity: ProcessIdentity) async -> ProcessExit {
         while true {

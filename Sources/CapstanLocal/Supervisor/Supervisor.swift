@@ -24,18 +24,33 @@ public struct InstanceLaunch: Sendable, Hashable, Codable {
     public var logFiles: Int?
     /// The Deployment's track it belongs to (nil: `stable`, as instances of older daemons).
     public var track: String?
+    /// Variables from secrets (and values made of them), resolved from the vault at every
+    /// start: their values are never recorded.
+    public var deferred: [DeferredEnv]?
 
     public var trackName: Track { track.map { Track($0) } ?? .stable }
 
     /// The process; `CAPSTAN_INSTANCE` is always set: it names the instance to a daemon that
     /// must find it without a recorded pid.
-    var process: ProcessSpec {
-        var spec = ProcessSpec(command: command, environment: environment.merging(["CAPSTAN_INSTANCE": id]) { $1 },
+    func process(namespace: String, secrets: SecretResolver?) throws(SpawnError) -> ProcessSpec {
+        var environment = environment.merging(["CAPSTAN_INSTANCE": id]) { $1 }
+        if let deferred, !deferred.isEmpty {
+            guard let secrets else { throw SpawnError(description: "its environment takes values from secrets, and no vault is open") }
+            do {
+                try EnvExpansion.resolve(deferred, into: &environment) { name, key in try secrets(namespace, name, key) }
+            } catch {
+                throw SpawnError(description: "\(error)")
+            }
+        }
+        var spec = ProcessSpec(command: command, environment: environment,
                                workingDirectory: workingDirectory, logPath: logPath, memoryLimit: memoryLimit)
         if let logMaxBytes { spec.logRotation = LogRotation(maxBytes: logMaxBytes, files: logFiles ?? 3) }
         return spec
     }
 }
+
+/// Resolves a secret's key for an instance's environment: namespace, secret, key.
+public typealias SecretResolver = @Sendable (String, String, String) throws -> String
 
 /// Runs instances as supervised child processes: restarts them when they exit (at once after
 /// a run that reached ready, else with exponential backoff), probes their health, tells the
@@ -89,6 +104,8 @@ public actor Supervisor {
     /// daemon that leads now (this one's lease may have lapsed while it was frozen).
     private let admit: @Sendable () -> Bool
     private var rotation: Task<Void, Never>?
+    /// Secrets for instances' environments (the vault).
+    private let secrets: SecretResolver?
 
     /// Files kept per log by the old rotation (instances started without a log writer).
     public let logFiles: Int
@@ -98,8 +115,9 @@ public actor Supervisor {
                 onReady: @escaping @Sendable (ObjectKey, [Backend]) async -> Void,
                 onChange: @escaping @Sendable (ObjectKey) async -> Void,
                 restarted: @escaping @Sendable () -> Void = {},
-                admit: @escaping @Sendable () -> Bool = { true }) throws(SpawnError) {
+                admit: @escaping @Sendable () -> Bool = { true }, secrets: SecretResolver? = nil) throws(SpawnError) {
         self.store = store
+        self.secrets = secrets
         self.admit = admit
         self.events = events
         self.grace = grace
@@ -244,7 +262,7 @@ public actor Supervisor {
     }
 
     private func spawn(_ instance: inout Instance) throws(SpawnError) {
-        let identity = try Spawner.spawn(instance.launch.process)
+        let identity = try Spawner.spawn(try instance.launch.process(namespace: instance.owner.namespace, secrets: secrets))
         instance.identity = identity
         instance.run += 1
         instance.everReady = false

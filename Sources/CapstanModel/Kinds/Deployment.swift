@@ -231,6 +231,9 @@ public struct DeploymentStatus: CommonStatus, Hashable {
     public var history: [RevisionRecord] = []
     public var rollback: DeploymentRollback?
     public var tracks: [TrackStatus] = []
+    /// The secrets whose rotation restarted this Deployment, with the restart token its
+    /// running revision has rolled out with (a SecretRotation waits for it).
+    public var secretRestarts = StringMap()
 
     public init() {}
 
@@ -246,6 +249,7 @@ public struct DeploymentStatus: CommonStatus, Hashable {
         .defaulted("history", \.history, [], "Revisions, oldest first."),
         .optional("rollback", \.rollback, "Set while a rolled-back revision runs instead of the spec's."),
         .defaulted("tracks", \.tracks, [], "The running tracks: which revision each runs and whether it serves the port."),
+        .defaulted("secretRestarts", \.secretRestarts, StringMap(), "Per secret, the rotation restart the running revision rolled out with."),
     ]
 }
 

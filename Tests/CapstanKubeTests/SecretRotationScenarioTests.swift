@@ -1,0 +1,133 @@
+import CapstanKube
+@testable import CapstanLocal
+import CapstanModel
+import Foundation
+import Testing
+
+/// SecretRotation scenarios, the same on both platforms (the built binary; a spec directory
+/// with the vault, or custom resources on the fake API server with `v1` Secrets): a first
+/// version, a rotation that rolls the dependent Deployment, a rotation whose verify fails and
+/// is rolled back, a version restored on request.
+@Suite(.serialized, .timeLimit(.minutes(5))) struct SecretRotationScenarioTests {
+    typealias Platform = DeploymentScenarioTests.Platform
+    typealias Kind = DeploymentScenarioTests.Kind
+
+    static func application() -> SpecNode {
+        var application = DeploymentScenarioTests.application()
+        let env: SpecNode = .sequence([.mapping([
+            ("name", .string("DB_PASSWORD")),
+            ("valueFrom", .mapping([("secretKeyRef", .mapping([("name", .string("web-credentials")), ("key", .string("password"))]))])),
+        ])])
+        application = application.setting(["spec", "env"], env)
+        return application
+    }
+
+    static func rotation(verifies: Bool = true) -> SpecNode {
+        .mapping([
+            ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("SecretRotation")), ("metadata", .mapping([("name", .string("web"))])),
+            ("spec", .mapping([
+                ("secretName", .string("web-credentials")),
+                ("keys", .sequence([.mapping([("name", .string("password")), ("generator", .mapping([("type", .string("random")), ("length", .int(20))]))])])),
+                ("keepVersions", .int(2)),
+                ("restartDeployments", .sequence([.string("web")])),
+                ("verify", .mapping([("exec", .mapping([("command", .sequence(
+                    verifies ? [.string("sh"), .string("-c"), .string("test ${#NEW_PASSWORD} -eq 20")] : [.string("sh"), .string("-c"), .string("echo no such login; exit 3")]))]))])),
+            ])),
+        ])
+    }
+
+    func rotationObject(_ platform: Platform) async throws -> SpecNode? {
+        if platform.kind == .kube { return try await platform.client!.get(.capstan(.secretRotation), namespace: "default", name: "web") }
+        let result = try await KubeModeTests.capstan(["get", "secretrotation/web", "-o", "json", "--state-dir", platform.state])
+        guard result.status == 0, let start = result.output.firstIndex(of: "{") else { return nil }
+        return try? JSONReader.parse(Data(result.output[start...].utf8))
+    }
+
+    /// Waits until the rotation's status satisfies `condition`.
+    func expect(_ platform: Platform, _ what: String, seconds: Double = 40, _ condition: (SpecNode?) -> Bool) async throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        var last: SpecNode?
+        while Date() < deadline {
+            last = try await rotationObject(platform)
+            if condition(last?["status"]) { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let status = last?["status"].map { JSONEmitter.emit($0, pretty: true) } ?? "none"
+        throw KubeModeTests.Failure(description: "\(platform.kind): not \(what) after \(seconds) s; status: \(status)")
+    }
+
+    static func reason(_ status: SpecNode?, _ type: String) -> String? {
+        status?["conditions"]?.entriesOrItems.first { $0["type"]?.scalarText == type && $0["status"]?.scalarText == "True" }?["reason"]?.scalarText
+    }
+
+    func restarted(_ platform: Platform, token: String) async throws {
+        let deadline = Date().addingTimeInterval(40)
+        while Date() < deadline {
+            let status = try await platform.deployment()?["status"]
+            if status?["secretRestarts"]?["web-credentials"]?.scalarText == token, status?["phase"]?.scalarText == "Succeeded" { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw KubeModeTests.Failure(description: "\(platform.kind): the Deployment did not roll out for \(token)")
+    }
+
+    /// The Secrets on the fake API server: name -> version annotation (or label).
+    func secrets(_ platform: Platform) async throws -> [String: String] {
+        let items = try await platform.client!.list(KubeSecrets.secrets, namespace: "default").items
+        return Dictionary(uniqueKeysWithValues: items.compactMap { item in
+            item["metadata"]?["name"]?.scalarText.map { name in
+                (name, item["metadata"]?["annotations"]?["capstan.dev/version"]?.scalarText ?? item["metadata"]?["labels"]?["capstan.dev/version"]?.scalarText ?? "")
+            }
+        })
+    }
+
+    @Test(arguments: Kind.allCases) func rotateRollTheDependentsRollBackAFailedVerifyAndRestoreOnRequest(_ kind: Kind) async throws {
+        try await DeploymentScenarioTests().on(kind) { platform in
+            let port = LocalWorkloadPlatform.freePort()!
+            try await platform.put([Self.application(), DeploymentScenarioTests.deployment("1", port: port), Self.rotation()])
+            try await expect(platform, "version 1") { $0?["currentVersion"]?.scalarText == "1" && Self.reason($0, "Ready") != nil }
+            try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "1")
+            if kind == .kube {
+                let secrets = try await secrets(platform)
+                #expect(secrets["web-credentials"] == "1" && secrets["web-credentials-v1"] == "1", "\(secrets)")
+                let pod = try await platform.client!.get(.deployments, namespace: "default", name: "web")
+                let env = pod?["spec"]?["template"]?["spec"]?["containers"]?.entriesOrItems.first?["env"]?.entriesOrItems ?? []
+                #expect(env.contains { $0["valueFrom"]?["secretKeyRef"]?["name"]?.scalarText == "web-credentials" }, "a native secretKeyRef")
+            }
+
+            // A rotation rolls the Deployment with its own strategy.
+            let rotate = try await platform.cli(["rotate", "secretrotation/web"])
+            #expect(rotate.status == 0, "\(kind): \(rotate.output)")
+            try await expect(platform, "version 2") { $0?["currentVersion"]?.scalarText == "2" && $0?["rotation"] == nil && Self.reason($0, "Ready") != nil }
+            try await restarted(platform, token: "v2")
+            if kind == .kube {
+                let apps = try await platform.client!.get(.deployments, namespace: "default", name: "web")
+                #expect(apps?["spec"]?["template"]?["metadata"]?["annotations"]?["capstan.dev/secret-restarts"]?.scalarText == "web-credentials=v2")
+                #expect(try await secrets(platform)["web-credentials"] == "2")
+            }
+
+            // A verify that fails: version 3 is rolled back, the Deployment rolled again.
+            try await platform.put([Self.application(), DeploymentScenarioTests.deployment("1", port: port), Self.rotation(verifies: false)])
+            try await Task.sleep(for: .seconds(1))
+            #expect(try await platform.cli(["rotate", "secretrotation/web"]).status == 0)
+            try await expect(platform, "rolled back") { Self.reason($0, "Stalled") == "VerificationFailed" && $0?["rotation"] == nil }
+            try await restarted(platform, token: "v2-after-v3")
+            let status = try await rotationObject(platform)?["status"]
+            #expect(status?["currentVersion"]?.scalarText == "2")
+            #expect(status?["versions"]?.entriesOrItems.map { $0["version"]?.scalarText ?? "" } == ["1", "2"])
+            if kind == .kube {
+                let secrets = try await secrets(platform)
+                #expect(secrets["web-credentials"] == "2" && secrets["web-credentials-v3"] == nil, "\(secrets)")
+            }
+
+            // Version 1 restored on request.
+            try await platform.put([Self.application(), DeploymentScenarioTests.deployment("1", port: port), Self.rotation()])
+            try await Task.sleep(for: .seconds(1))
+            let rollback = try await platform.cli(["rollback", "secretrotation/web", "--to-version", "1"])
+            #expect(rollback.status == 0, "\(kind): \(rollback.output)")
+            try await expect(platform, "version 1 restored") { $0?["currentVersion"]?.scalarText == "1" && $0?["rotation"] == nil && Self.reason($0, "Ready") != nil }
+            try await restarted(platform, token: "v1")
+            let refused = try await platform.cli(["rollback", "secretrotation/web", "--to-version", "7"])
+            #expect(refused.status != 0, "\(kind): a version that is not kept is refused")
+        }
+    }
+}
