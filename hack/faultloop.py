@@ -23,7 +23,10 @@ for the world to match the specs and checks:
 At the end the state directory is deleted under the running daemons: both must stop within a
 second or two, and `capstan down` must still stop every instance.
 
-    hack/faultloop.py [ITERATIONS]      # default 50; hack/test runs a few
+    hack/faultloop.py [ITERATIONS] [--rotations N]   # default 50; hack/test runs a few
+
+With --rotations N it then runs the rotation loop (RotationLoop below): N kills of a daemon in
+the middle of SecretRotations.
 
 Environment: CAPSTAN_BIN (default .build/debug/capstan), SEED (random seed, printed).
 """
@@ -416,17 +419,225 @@ spec:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+# The app of the rotation loop: it "logs in" at start (its DB_PASSWORD must be what the
+# database file holds, else it exits 1 and is never ready) and keeps that session: every
+# request is served while it runs, as a database session outlives a password change.
+DB_APP = r"""
+import os, signal, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+with open(os.environ["DB_FILE"]) as f:
+    if f.read() != os.environ["DB_PASSWORD"]:
+        print("login failed", flush=True)
+        sys.exit(1)
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+server.serve_forever()
+"""
+
+
+class RotationLoop:
+    """SecretRotation under kill -9 (issue 18): each iteration asks for a rotation (a third of
+    them with a verify that fails), kills the daemon at a random moment of it, starts it again
+    and waits until it settles. Every time the rotation must end rotated (one version more) or
+    rolled back (the same version, Stalled VerificationFailed), the database (a file the apply
+    step writes) must hold the vault's current password, the app must log in with it and serve,
+    and the versions in the status must be those in the vault."""
+
+    def __init__(self, iterations, seed):
+        self.iterations = iterations
+        self.random = random.Random(seed)
+        self.root = tempfile.mkdtemp(prefix="capstan-rotationloop-")
+        self.specs, self.state = f"{self.root}/specs", f"{self.root}/state"
+        self.db, self.fail_flag = f"{self.root}/db-password", f"{self.root}/verify-fails"
+        self.port = free_port()
+        self.daemon = None
+        os.makedirs(f"{self.specs}/db")
+        with open(f"{self.specs}/db/app.py", "w") as f:
+            f.write(DB_APP)
+        with open(self.db, "w") as f:
+            f.write("")
+        with open(f"{self.specs}/db.yaml", "w") as f:
+            f.write(f"""apiVersion: capstan.dev/v1alpha1
+kind: Application
+metadata: {{name: db}}
+spec:
+  source: {{path: db}}
+  command: [python3, app.py]
+  ports: [{{name: http, containerPort: 8080}}]
+  healthCheck: {{http: {{path: /, port: http}}, interval: 1s, timeout: 1s, failureThreshold: 2}}
+  env:
+  - {{name: DB_FILE, value: "{self.db}"}}
+  - name: DB_PASSWORD
+    valueFrom: {{secretKeyRef: {{name: db-credentials, key: password}}}}
+---
+apiVersion: capstan.dev/v1alpha1
+kind: Deployment
+metadata: {{name: db}}
+spec:
+  application: db
+  version: "1"
+  replicas: 2
+  port: {self.port}
+  strategy: {{type: RollingUpdate, maxSurge: 1, maxUnavailable: 0}}
+  progressDeadline: 20s
+---
+apiVersion: capstan.dev/v1alpha1
+kind: SecretRotation
+metadata: {{name: db-credentials}}
+spec:
+  secretName: db-credentials
+  keys:
+  - {{name: password, generator: {{type: random, length: 16}}}}
+  keepVersions: 2
+  apply:
+    exec: {{command: [sh, -c, 'printf %s "$NEW_PASSWORD" > {self.db}.tmp && mv {self.db}.tmp {self.db}']}}
+  restartDeployments: [db]
+  verify:
+    exec: {{command: [sh, -c, 'test "$(cat {self.db})" = "$NEW_PASSWORD" && test ! -e {self.fail_flag}']}}
+""")
+
+    def start(self):
+        self.daemon = subprocess.Popen(
+            [BIN, "run", "--spec-dir", self.specs, "--state-dir", self.state, "--metrics-addr", "127.0.0.1:0", "--resync", "1h"],
+            stdout=subprocess.DEVNULL, stderr=open(f"{self.root}/daemon.log", "a"))
+
+    def kill(self):
+        self.daemon.send_signal(signal.SIGKILL)
+        self.daemon.wait()
+
+    def get(self, reference):
+        out = subprocess.run([BIN, "get", reference, "-o", "json", "--state-dir", self.state], capture_output=True, text=True).stdout
+        return json.loads(out) if out.startswith("{") else None
+
+    def password(self):
+        return subprocess.run([BIN, "secret", "get", "db-credentials", "--key", "password", "--reveal", "--state-dir", self.state],
+                              capture_output=True, text=True).stdout
+
+    @staticmethod
+    def condition(obj, kind):
+        for c in (obj or {}).get("status", {}).get("conditions", []):
+            if c.get("type") == kind and c.get("status") == "True":
+                return c.get("reason")
+        return None
+
+    def requested(self):
+        """How many rotation requests the daemons took (the events' aggregated counts)."""
+        out = subprocess.run([BIN, "events", "secretrotation/db-credentials", "--state-dir", self.state], capture_output=True, text=True).stdout
+        return sum(int(line.split()[4]) for line in out.splitlines() if len(line.split()) > 4 and line.split()[2] == "RotationRequested")
+
+    def settled(self, requests):
+        """The request was taken, the rotation finished, the Deployment rolled out with its token."""
+        if self.requested() < requests:
+            return None
+        rotation, deployment = self.get("secretrotation/db-credentials"), self.get("deployment/db")
+        if not rotation or not deployment:
+            return None
+        status, dstatus = rotation.get("status", {}), deployment.get("status", {})
+        if "rotation" in status or status.get("currentVersion") is None:
+            return None
+        token = status.get("restartToken")
+        if token and dstatus.get("secretRestarts", {}).get("db-credentials") != token:
+            return None
+        if dstatus.get("phase") != "Succeeded" or dstatus.get("readyReplicas") != 2 or dstatus.get("replicas") != 2:
+            return None
+        return rotation
+
+    def converge(self, iteration):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            rotation = self.settled(iteration)
+            if rotation:
+                return rotation
+            time.sleep(0.2)
+        raise SystemExit(f"rotation iteration {iteration}: did not settle in 120 s; see {self.root}")
+
+    def check(self, iteration, rotation, before, fails):
+        status = rotation["status"]
+        current = status["currentVersion"]
+        if fails:
+            if current != before or self.condition(rotation, "Stalled") != "VerificationFailed":
+                raise SystemExit(f"rotation iteration {iteration}: a failing verify should roll back to {before}: {json.dumps(status)}")
+        elif current != before + 1 or self.condition(rotation, "Ready") is None:
+            raise SystemExit(f"rotation iteration {iteration}: expected version {before + 1}, ready: {json.dumps(status)}")
+        with open(self.db) as f:
+            database = f.read()
+        if database != self.password():
+            raise SystemExit(f"rotation iteration {iteration}: the database does not hold the vault's current password (version {current})")
+        listed = subprocess.run([BIN, "secret", "get", "db-credentials", "--state-dir", self.state], capture_output=True, text=True).stdout
+        in_vault = sorted(int(line.split()[0]) for line in listed.splitlines() if line.startswith("  ") and line.split()[0].isdigit())
+        if in_vault != sorted(v["version"] for v in status.get("versions", [])):
+            raise SystemExit(f"rotation iteration {iteration}: vault versions {in_vault} differ from the status: {status.get('versions')}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=5) as response:
+                if response.status != 200:
+                    raise SystemExit(f"rotation iteration {iteration}: the app answered {response.status}")
+        except OSError as error:
+            raise SystemExit(f"rotation iteration {iteration}: the app does not answer: {error}")
+        return current
+
+    def run(self):
+        self.start()
+        current = self.converge(0)["status"]["currentVersion"]
+        outcomes = {"rotated": 0, "rolled back": 0}
+        steps = {}
+        for iteration in range(1, self.iterations + 1):
+            fails = self.random.random() < 0.33
+            if fails:
+                open(self.fail_flag, "w").close()
+            elif os.path.exists(self.fail_flag):
+                os.remove(self.fail_flag)
+            subprocess.run([BIN, "rotate", "secretrotation/db-credentials", "--wait", "0", "--state-dir", self.state], capture_output=True, check=True)
+            time.sleep(self.random.uniform(0, 2.0))
+            during = ((self.get("secretrotation/db-credentials") or {}).get("status", {}).get("rotation") or {}).get("step", "no step")
+            self.kill()
+            steps[during] = steps.get(during, 0) + 1
+            if self.random.random() < 0.3:
+                time.sleep(self.random.uniform(0, 1.0))
+            self.start()
+            started = time.monotonic()
+            rotation = self.converge(iteration)
+            current = self.check(iteration, rotation, current, fails)
+            outcomes["rolled back" if fails else "rotated"] += 1
+            print(f"rotation iteration {iteration}: killed at {during}, {'rolled back' if fails else 'rotated'} to version {current}, "
+                  f"settled in {time.monotonic() - started:.1f} s", flush=True)
+        print(f"rotationloop: {self.iterations} kills (at {', '.join(f'{k}: {v}' for k, v in sorted(steps.items()))}), "
+              f"{outcomes['rotated']} rotated, {outcomes['rolled back']} rolled back; "
+              f"the database always held the vault's current password and the app logged in", flush=True)
+
+    def close(self, keep):
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.kill()
+            self.daemon.wait()
+        subprocess.run([BIN, "down", "--grace", "2s", "--state-dir", self.state], capture_output=True)
+        if not keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
 def main():
-    iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    arguments = sys.argv[1:]
+    rotations = 0
+    if "--rotations" in arguments:
+        index = arguments.index("--rotations")
+        rotations = int(arguments[index + 1])
+        del arguments[index:index + 2]
+    iterations = int(arguments[0]) if arguments else 50
     seed = int(os.environ.get("SEED", str(random.randrange(1 << 30))))
-    print(f"faultloop: {iterations} iterations, SEED={seed}", flush=True)
-    loop = Loop(iterations, seed)
-    passed = False
-    try:
-        loop.run()
-        passed = True
-    finally:
-        loop.close(keep=not passed)
+    print(f"faultloop: {iterations} iterations, {rotations} rotation kills, SEED={seed}", flush=True)
+    for loop in ([Loop(iterations, seed)] if iterations else []) + ([RotationLoop(rotations, seed)] if rotations else []):
+        passed = False
+        try:
+            loop.run()
+            passed = True
+        finally:
+            loop.close(keep=not passed)
 
 
 if __name__ == "__main__":

@@ -211,9 +211,12 @@ public struct SecretRotationReconciler: Reconciler {
             progress.failure = message
             step.event(.warning, reason, "\(describe(progress)) of secret \(name) failed: \(message)")
             guard let from = progress.fromVersion else {
-                // The first version has nothing before it to go back to: it stays.
-                step.status.rotation = nil
-                step.stalled(reason, "version \(progress.toVersion) of secret \(name) was kept (there is no earlier one): \(message)")
+                // The first version has nothing before it to go back to: it stays current, and
+                // apply and verify are tried again until they pass.
+                progress.step = .apply
+                progress.stepStartedAt = step.time
+                step.status.rotation = progress
+                step.stalled(reason, "version 1 of secret \(name) is kept (there is no earlier one) and apply and verify are tried again every \(Self.retry): \(message)")
                 return .requeue(after: Self.retry)
             }
             step.event(.warning, "RotationRollingBack", "restoring version \(from) of secret \(name)")
@@ -245,6 +248,7 @@ public struct SecretRotationReconciler: Reconciler {
                 return move(to: .verify, &step)
             }
             step.status.restartToken = "v\(progress.toVersion)"
+            try await warnMissingDependents(&step)
             return move(to: .restart, &step)
 
         case .restart, .rollbackRestart:
@@ -349,12 +353,7 @@ public struct SecretRotationReconciler: Reconciler {
             let key = ObjectKey(kind: .deployment, namespace: step.key.namespace, name: name)
             let object: StoredObject?
             do { object = try await store.object(key) } catch { throw SecretError("StoreError", "cannot read deployment \(name): \(error)") }
-            guard case .deployment(let deployment)? = object?.resource else {
-                if progress.stepStartedAt == step.time || step.rotation.status.rotation?.stepStartedAt != progress.stepStartedAt {
-                    step.event(.warning, "DeploymentNotFound", "restartDeployments names deployment \(name), which does not exist in namespace \(step.key.namespace): not restarted")
-                }
-                continue
-            }
+            guard case .deployment(let deployment)? = object?.resource else { continue }  // warned when the restart began
             deadline = max(deadline, deployment.spec.progressDeadline.seconds)
             if deployment.status.secretRestarts[secret] == token, deployment.status.isReady(generation: object!.generation) { continue }
             let last = deployment.status.history.last
@@ -369,6 +368,18 @@ public struct SecretRotationReconciler: Reconciler {
             return .failed("deployment(s) \(waiting.joined(separator: ", ")) did not roll out with the new values within \(Int(deadline + Self.restartGrace)) s")
         }
         return .waiting("waiting for deployment(s) \(waiting.joined(separator: ", ")) to roll out")
+    }
+
+    /// A `restartDeployments` entry that does not exist is skipped, with a Warning event.
+    private func warnMissingDependents(_ step: inout Step) async throws(SecretError) {
+        for name in step.spec.restartDeployments {
+            let key = ObjectKey(kind: .deployment, namespace: step.key.namespace, name: name)
+            let object: StoredObject?
+            do { object = try await store.object(key) } catch { throw SecretError("StoreError", "cannot read deployment \(name): \(error)") }
+            if object == nil {
+                step.event(.warning, "DeploymentNotFound", "restartDeployments names deployment \(name), which does not exist in namespace \(step.key.namespace): not restarted")
+            }
+        }
     }
 
     /// The rotation worked: versions beyond `keepVersions` go, the status says so.

@@ -21,13 +21,14 @@ import CapstanModel
     }
 
     @discardableResult
-    static func capstan(_ arguments: [String], in directory: String = root) throws -> Run {
+    static func capstan(_ arguments: [String], in directory: String = root, environment: [String: String] = [:]) throws -> Run {
         guard FileManager.default.isExecutableFile(atPath: binary) else {
             throw CLIError("capstan binary not found at \(binary): run `swift build` first (hack/test does)")
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
         let out = Pipe(), err = Pipe()
         process.standardOutput = out

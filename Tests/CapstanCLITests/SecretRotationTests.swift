@@ -349,4 +349,81 @@ final class Postgres: @unchecked Sendable {
             (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))).map { String(decoding: $0, as: UTF8.self) }
         }
     }
+
+    static func rotation(apply: String, verify: String, keep: Int = 0) -> String {
+        """
+        apiVersion: capstan.dev/v1alpha1
+        kind: SecretRotation
+        metadata: {name: api}
+        spec:
+          secretName: api
+          keys: [{name: token, generator: {type: token, bytes: 16}}]
+          keepVersions: \(keep)
+          restartDeployments: [nosuch]
+          \(apply)
+          \(verify)
+
+        """
+    }
+
+    /// A TCP port that accepts connections and never answers.
+    static func silentPort() -> (fd: Int32, port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        listen(fd, 16)
+        return (fd, Int(UInt16(bigEndian: address.sin_port)))
+    }
+
+    @Test func badInputIsToldClearlyAndNothingIsLost() throws {
+        let silent = Self.silentPort()
+        defer { close(silent.fd) }
+        try write(Self.rotation(apply: "apply: {exec: {command: [/nonexistent/apply-db]}}", verify: ""), to: "api.yaml")
+        let daemon = try startDaemon()
+        defer { cleanUp([daemon]) }
+        do {
+            // An apply command that does not exist: the first version stays, apply is retried.
+            try poll("ApplyFailed") {
+                try status("secretrotation/api", ".status.conditions[?(@.type==\"Stalled\")].reason") == "ApplyFailed"
+            }
+            let message = try status("secretrotation/api", ".status.conditions[?(@.type==\"Stalled\")].message")
+            #expect(message.contains("/nonexistent/apply-db") && message.contains("not found"), "\(message)")
+            #expect(try status("secretrotation/api", ".status.currentVersion") == "1")
+
+            // A verify URL that never answers: its timeout fails it.
+            try write(Self.rotation(apply: "apply: {exec: {command: [\"true\"]}}", verify: "verify: {http: {url: \"http://127.0.0.1:\(silent.port)/ok\"}, timeout: 2s}"), to: "api.yaml")
+            try poll("VerificationFailed") {
+                try status("secretrotation/api", ".status.conditions[?(@.type==\"Stalled\")].reason") == "VerificationFailed"
+            }
+
+            // Fixed: Ready; keepVersions 0 keeps only the current one; a dependent that does
+            // not exist is a Warning, not a failure.
+            try write(Self.rotation(apply: "apply: {exec: {command: [\"true\"]}}", verify: ""), to: "api.yaml")
+            try poll("Ready") { try status("secretrotation/api", ".status.conditions[?(@.type==\"Ready\")].status") == "True" }
+            #expect(try CLITests.capstan(["rotate", "secretrotation/api", "--state-dir", state]).status == 0)
+            try poll("version 2") {
+                try status("secretrotation/api", ".status.currentVersion") == "2" && status("secretrotation/api", ".status.rotation").isEmpty
+            }
+            #expect(try status("secretrotation/api", ".status.versions[*].version") == "2")
+            let events = try CLITests.capstan(["events", "secretrotation/api", "--state-dir", state]).stdout
+            #expect(events.contains("DeploymentNotFound") && events.contains("nosuch"), "\(events)")
+
+            // A wrong master key: values are refused, the vault is unchanged.
+            let wrong = try CLITests.capstan(["secret", "get", "api", "--reveal", "--state-dir", state],
+                                             environment: ["CAPSTAN_MASTER_KEY": String(repeating: "00", count: 32)])
+            #expect(wrong.status == 1 && wrong.stderr.contains("not the one this vault was sealed with"), "\(wrong.stderr)")
+            #expect(try CLITests.capstan(["secret", "get", "api", "--reveal", "--state-dir", state]).stdout.hasPrefix("token="))
+            // A master key file others can read: refused, saying how to fix it.
+            chmod(state + "/master.key", 0o644)
+            let exposed = try CLITests.capstan(["secret", "get", "api", "--reveal", "--state-dir", state])
+            #expect(exposed.status == 1 && exposed.stderr.contains("chmod 600"), "\(exposed.stderr)")
+            chmod(state + "/master.key", 0o600)
+        } catch {
+            Issue.record("\(error)\n\(diagnosis())")
+        }
+    }
 }
