@@ -62,13 +62,13 @@ def get(reference, state):
     return json.loads(out) if out.startswith("{") else None
 
 
-def wait(condition, seconds=120):
+def wait(condition, seconds=120, interval=0.02):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.02)
+        time.sleep(interval)
     raise SystemExit("timed out")
 
 
@@ -195,12 +195,13 @@ spec:
                               stdout=subprocess.DEVNULL, stderr=open(f"{root}/daemon.log", "w"))
     try:
         def generated():
-            out = capstan("secret", "get", state=state).stdout
-            return len([line for line in out.splitlines()[1:] if line.strip()]) >= count
+            # Every rotation done with its first version (Ready), not only its secret written.
+            out = capstan("get", "secretrotations", state=state).stdout
+            return len([line for line in out.splitlines()[1:] if line.split()[2:3] == ["True"]]) >= count
         if count:
-            wait(generated, seconds=600)
+            wait(generated, seconds=600, interval=0.5)  # listing 1,000 secrets is not free: not too often
         ready = time.monotonic() - start
-        time.sleep(2)
+        time.sleep(5)
         cpu0 = cpu_seconds(daemon.pid)
         time.sleep(IDLE_SECONDS)
         cpu = cpu_seconds(daemon.pid) - cpu0

@@ -60,7 +60,7 @@ public final class KubeSecrets: SecretPlatform, Sendable {
         .mapping(values.keys.sorted().map { ($0, .string(values[$0]!.base64EncodedString())) })
     }
 
-    static func values(of secret: SpecNode) -> [String: Data] {
+    public static func values(of secret: SpecNode) -> [String: Data] {
         var values: [String: Data] = [:]
         for entry in secret["data"]?.entries ?? [] {
             values[entry.key] = entry.value.scalarText.flatMap { Data(base64Encoded: $0) } ?? Data()

@@ -128,6 +128,59 @@ import Testing
             try await restarted(platform, token: "v1")
             let refused = try await platform.cli(["rollback", "secretrotation/web", "--to-version", "7"])
             #expect(refused.status != 0, "\(kind): a version that is not kept is refused")
+            try await noValueShows(platform)
         }
+    }
+
+    /// No generated value in anything the run showed: the daemon's log, events, statuses,
+    /// `get`/`describe`, `/metrics`, the instances' command lines.
+    func noValueShows(_ platform: Platform) async throws {
+        var values: [String] = []
+        var outputs = [platform.log]
+        if platform.kind == .kube {
+            for item in try await platform.client!.list(KubeSecrets.secrets, namespace: "default").items {
+                values += KubeSecrets.values(of: item).values.map { String(decoding: $0, as: UTF8.self) }
+            }
+            for resource in [KubeResource.events, .capstan(.secretRotation), .capstan(.deployment), .deployments] {
+                outputs += try await platform.client!.list(resource, namespace: "default").items.map { JSONEmitter.emit($0, pretty: false) }
+            }
+        } else {
+            for version in ["1", "2"] {
+                values.append(try await KubeModeTests.capstan(["secret", "get", "web-credentials", "--key", "password", "--reveal", "--version", version, "--state-dir", platform.state]).output)
+            }
+            for arguments in [["events"], ["get", "all", "-o", "yaml"], ["get", "all", "-o", "json"], ["describe", "secretrotation/web"], ["describe", "deployment/web"], ["secret", "get", "web-credentials"]] {
+                outputs.append(try await KubeModeTests.capstan(arguments + ["--state-dir", platform.state]).output)
+            }
+            outputs += ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { $0.allSatisfy(\.isNumber) }.compactMap { pid in
+                (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))).map { String(decoding: $0, as: UTF8.self) }
+            }
+        }
+        if let serving = platform.log.range(of: "serving /metrics"),
+           let range = platform.log[serving.upperBound...].range(of: #"127\.0\.0\.1:[0-9]+"#, options: .regularExpression),
+           let port = Int(platform.log[range].split(separator: ":").last!) {
+            let metrics = LoopbackMetrics.get(port: port) ?? ""
+            #expect(metrics.contains("capstan_"), "\(platform.kind): /metrics was read")
+            outputs.append(metrics)
+        }
+        values = values.filter { $0.count >= 8 }
+        #expect(values.count >= 2, "\(platform.kind): the values to look for")
+        for (index, output) in outputs.enumerated() {
+            for value in values { #expect(!output.contains(value), "\(platform.kind): output \(index) shows a generated value") }
+        }
+    }
+}
+
+/// GET /metrics from the daemon's listener.
+enum LoopbackMetrics {
+    static func get(port: Int) -> String? {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:\(port)/metrics', timeout=5).read().decode())"]
+        let output = Pipe()
+        process.standardOutput = output
+        guard (try? process.run()) != nil else { return nil }
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
     }
 }

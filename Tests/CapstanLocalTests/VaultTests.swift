@@ -2,6 +2,7 @@ import CapstanControllers
 import CapstanModel
 import Foundation
 import GRDB
+import Synchronization
 import Testing
 @testable import CapstanLocal
 
@@ -101,5 +102,28 @@ import Testing
         #expect(error.message.contains("chmod 600"))
         chmod(directory + "/master.key", 0o600)
         #expect(try vault().values(of: "db", namespace: "default", version: 1) == values)
+    }
+
+    /// Workers writing their first secrets at once share one master key: none reads a
+    /// half-written key file (a race that stalled rotations for a retry interval).
+    @Test func concurrentFirstWritesMakeOneMasterKey() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try StateStore(directory: directory)
+        let failures = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 16) { index in
+            let vault = Vault(store: store, stateDirectory: directory, environment: [:])
+            do {
+                try vault.write("s\(index)", namespace: "default", version: 1, values: values, createdAt: t0,
+                                owner: ObjectKey(kind: .secretRotation, namespace: "default", name: "s\(index)"))
+            } catch {
+                failures.withLock { $0.append("\(error)") }
+            }
+        }
+        #expect(failures.withLock { $0 }.isEmpty)
+        let reader = Vault(store: store, stateDirectory: directory, environment: [:])
+        for index in 0..<16 {
+            #expect(try reader.values(of: "s\(index)", namespace: "default", version: 1) == values)
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasPrefix("master.key") } == ["master.key"])
     }
 }

@@ -48,19 +48,25 @@ public struct MasterKey: Sendable {
             throw SecretError("VaultLocked", "the vault holds secrets but its master key is missing: neither $\(environmentVariable) nor \(path) is there. Put the key back (the secrets cannot be read without it); Capstan never makes a new key over existing secrets")
         }
         guard create else { return nil }
+        // Written whole under a private name, then linked to its name: a daemon racing to make
+        // it too finds either no key or the whole of one, never a half-written file.
         let key = SymmetricKey(size: .bits256)
         let text = key.withUnsafeBytes { Data($0) }.base64EncodedString() + "\n"
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        let temporary = "\(path).\(getpid()).\(UInt64.random(in: 0...UInt64.max))"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
-            if errno == EEXIST { return try load(stateDirectory: stateDirectory, environment: environment, vaultInUse: vaultInUse, create: false) }
             throw SecretError("VaultLocked", "cannot create the master key \(path): \(String(cString: strerror(errno)))")
         }
+        defer { unlink(temporary) }
         let written = text.withCString { write(fd, $0, strlen($0)) }
         let synced = fsync(fd)
         close(fd)
         guard written == text.utf8.count, synced == 0 else {
-            unlink(path)
             throw SecretError("VaultLocked", "cannot write the master key \(path)")
+        }
+        guard link(temporary, path) == 0 else {
+            if errno == EEXIST { return try load(stateDirectory: stateDirectory, environment: environment, vaultInUse: vaultInUse, create: false) }
+            throw SecretError("VaultLocked", "cannot create the master key \(path): \(String(cString: strerror(errno)))")
         }
         return MasterKey(key: key, source: path)
     }
