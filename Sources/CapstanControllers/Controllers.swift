@@ -37,7 +37,7 @@ public enum Controllers {
         manager.register("application", ApplicationReconciler(store: store, events: events, artifacts: platforms.artifacts, prune: prune),
                          for: { $0.kind == .application }, watches: ApplicationReconciler.watches(referrerDelay: referrerDelay))
         manager.register("deployment", DeploymentReconciler(store: store, events: events, workload: platforms.workload, traffic: platforms.traffic,
-                                                            revisions: platforms.revisions, prune: prune),
+                                                            revisions: platforms.revisions, secrets: platforms.secrets, prune: prune),
                          for: { $0.kind == .deployment }, watches: DeploymentReconciler.watches(cache: cache))
         if let secrets = platforms.secrets, let actions = platforms.actions {
             manager.register("secretrotation", SecretRotationReconciler(store: store, events: events, secrets: secrets, actions: actions, prune: prune),

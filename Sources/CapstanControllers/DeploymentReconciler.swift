@@ -17,6 +17,8 @@ public struct DeploymentReconciler: Reconciler {
     let workload: any WorkloadPlatform
     let traffic: any TrafficPlatform
     let revisions: any RevisionStore
+    /// Where `secretKeyRef`s are checked before a revision starts (nil: not checked here).
+    let secrets: (any SecretPlatform)?
     let now: @Sendable () -> Date
     /// Whether a deleted Deployment's leftovers are removed (`--prune`).
     let prune: Bool
@@ -35,8 +37,9 @@ public struct DeploymentReconciler: Reconciler {
     }
 
     public init(store: any ObjectStore, events: any EventRecorder, workload: any WorkloadPlatform, traffic: any TrafficPlatform,
-                revisions: any RevisionStore, prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
+                revisions: any RevisionStore, secrets: (any SecretPlatform)? = nil, prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
         self.prune = prune
+        self.secrets = secrets
         self.store = store
         self.events = events
         self.workload = workload
@@ -212,6 +215,12 @@ public struct DeploymentReconciler: Reconciler {
             try await pruneHistory(target, &step)
         }
         step.status.nextWindowTime = step.scheduled?.opensAt.map(Timestamp.init)
+        if let missing = await missingSecret(target, namespace: step.key.namespace) {
+            // Nothing of the revision starts without its secrets (what runs keeps running); the
+            // rotation that makes the secret wakes this reconcile, and it is looked at again soon.
+            step.stalled("SecretNotFound", "\(missing): revision \(target.number) waits for it")
+            return .requeue(after: Self.progressCheck)
+        }
 
         do {
             for repair in try await workload.prepare(target, for: step.key, current: true) {
@@ -235,6 +244,16 @@ public struct DeploymentReconciler: Reconciler {
             result = .requeue(after: min(result.requeueAfter ?? wait, wait))
         }
         return result
+    }
+
+    /// The first `secretKeyRef` of the revision's env that cannot be resolved now.
+    private func missingSecret(_ target: WorkloadRevision, namespace: String) async -> String? {
+        guard let secrets else { return nil }
+        for variable in target.template.env {
+            guard let ref = variable.valueFrom?.secretKeyRef else { continue }
+            if let missing = await secrets.missing(ref.name, key: ref.key, namespace: namespace) { return "env \(variable.name): \(missing)" }
+        }
+        return nil
     }
 
     /// The restart tokens of the SecretRotations that name this Deployment in

@@ -59,6 +59,9 @@ public protocol SecretPlatform: Sendable {
     func makeCurrent(_ name: String, namespace: String, version: Int, owner: ObjectKey) async throws(SecretError)
     /// Removes one version (never the current one).
     func removeVersion(_ name: String, namespace: String, version: Int, owner: ObjectKey) async throws(SecretError)
+    /// Why an instance could not get `key` of secret `name` now (the secret or the key is
+    /// missing), whoever made the secret; nil when it is there.
+    func missing(_ name: String, key: String, namespace: String) async -> String?
     /// Removes every secret of `owner` and all their versions (the rotation was deleted);
     /// what went, as lines for an event. With `dryRun`, only says what would go.
     func remove(ownedBy owner: ObjectKey, dryRun: Bool) async throws(SecretError) -> [String]

@@ -114,6 +114,18 @@ public final class KubeSecrets: SecretPlatform, Sendable {
         return SecretState(current: version, versions: versions)
     }
 
+    public func missing(_ name: String, key: String, namespace: String) async -> String? {
+        let found: SpecNode?
+        do {
+            found = try await secret(name, namespace: namespace)
+        } catch {
+            return nil  // unknown: the pods will tell
+        }
+        guard let found else { return "Secret \(name) does not exist in namespace \(namespace)" }
+        let keys = (found["data"]?.entries ?? []).map(\.key) + (found["stringData"]?.entries ?? []).map(\.key)
+        return keys.contains(key) ? nil : "Secret \(name) has no key \(key) (it has \(keys.sorted().joined(separator: ", ")))"
+    }
+
     public func values(of name: String, namespace: String, version: Int) async throws(SecretError) -> [String: Data] {
         guard let secret = try await secret(Self.versionName(name, version), namespace: namespace) else {
             throw SecretError("SecretNotFound", "Secret \(name) has no version \(version) (Secret \(Self.versionName(name, version)) is missing)")

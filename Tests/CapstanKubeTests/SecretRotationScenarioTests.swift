@@ -132,6 +132,18 @@ import Testing
         }
     }
 
+    @Test(arguments: Kind.allCases) func aMissingSecretIsSecretNotFoundAndHealsWhenItAppears(_ kind: Kind) async throws {
+        try await DeploymentScenarioTests().on(kind) { platform in
+            let port = LocalWorkloadPlatform.freePort()!
+            try await platform.put([Self.application(), DeploymentScenarioTests.deployment("1", port: port)])
+            try await DeploymentScenarioTests().expect(platform, phase: "Progressing", conditions: ["Stalled": ("True", "SecretNotFound")])
+            let message = try await platform.deployment()?["status"]?["conditions"]?.entriesOrItems.first { $0["type"]?.scalarText == "Stalled" }?["message"]?.scalarText ?? ""
+            #expect(message.contains("web-credentials"), "\(kind): \(message)")
+            try await platform.put([Self.application(), DeploymentScenarioTests.deployment("1", port: port), Self.rotation()])
+            try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "1", conditions: DeploymentScenarioTests.succeeded)
+        }
+    }
+
     /// No generated value in anything the run showed: the daemon's log, events, statuses,
     /// `get`/`describe`, `/metrics`, the instances' command lines.
     func noValueShows(_ platform: Platform) async throws {

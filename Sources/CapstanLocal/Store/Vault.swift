@@ -199,6 +199,18 @@ public final class Vault: SecretPlatform, Sendable {
         return result
     }
 
+    public func missing(_ name: String, key: String, namespace: String) -> String? {
+        do {
+            guard let (state, _) = try read(name, namespace: namespace) else {
+                return "secret \(name) does not exist in namespace \(namespace) (a SecretRotation makes it, or `capstan secret set \(name)`)"
+            }
+            let keys = state.versions.first { $0.version == state.current }?.keys ?? []
+            return keys.contains(key) ? nil : "secret \(name) has no key \(key) (it has \(keys.joined(separator: ", ")))"
+        } catch {
+            return error.message
+        }
+    }
+
     public func values(of name: String, namespace: String, version: Int) throws(SecretError) -> [String: Data] {
         let sealed: String?
         do {
