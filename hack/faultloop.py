@@ -443,6 +443,84 @@ server.serve_forever()
 """
 
 
+# The same with a real PostgreSQL: the login is a psql session opened at start (a pool of one),
+# and every request runs a query on it.
+PG_APP = r"""
+import os, signal, subprocess, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+env = dict(os.environ, PGPASSWORD=os.environ["DB_PASSWORD"])
+psql = subprocess.Popen(["psql", "-X", "-q", "-A", "-t", "-h", "127.0.0.1", "-p", os.environ["DB_PORT"], "-U", "app", "-d", "app"],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1)
+lock = threading.Lock()
+def query():
+    with lock:
+        try:
+            psql.stdin.write("SELECT 'ok-' || 1;\n")
+            psql.stdin.flush()
+            return psql.stdout.readline().strip()
+        except OSError:
+            return ""
+if query() != "ok-1":
+    print("login failed", flush=True)
+    sys.exit(1)
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = query() == "ok-1"
+        self.send_response(200 if ok else 500)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok" if ok else b"no")
+    def log_message(self, *args):
+        pass
+server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+server.serve_forever()
+psql.terminate()
+"""
+
+
+def pg_binary(name):
+    for candidate in (f"/usr/local/bin/{name}", f"/usr/bin/{name}"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    versions = sorted(os.listdir("/usr/lib/postgresql"), reverse=True) if os.path.isdir("/usr/lib/postgresql") else []
+    for version in versions:
+        path = f"/usr/lib/postgresql/{version}/bin/{name}"
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+class Postgres:
+    """initdb and pg_ctl in a directory, as `nobody` when run as root; `app` logs in over TCP
+    with a password, `postgres` over the private socket without one."""
+
+    def __init__(self, root):
+        self.dir, self.port = f"{root}/pg", free_port()
+        self.socket = f"{self.dir}/sock"
+        os.makedirs(self.socket)
+        self.user = ["runuser", "-u", "nobody", "--"] if os.getuid() == 0 else []
+        if self.user:
+            os.chmod(root, 0o711)  # mkdtemp makes it 0700: nobody must reach its own directory
+            subprocess.run(["chown", "-R", "nobody", self.dir], check=True)
+        subprocess.run(self.user + [pg_binary("initdb"), "-D", f"{self.dir}/data", "-U", "postgres", "--auth-local=trust",
+                                    "--auth-host=scram-sha-256", "-E", "UTF8"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        subprocess.run(self.user + [pg_binary("pg_ctl"), "-D", f"{self.dir}/data", "-l", f"{self.dir}/server.log", "-w", "start",
+                                    "-o", f"-p {self.port} -k {self.socket} -c listen_addresses=127.0.0.1 -c fsync=off"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        for sql in ("CREATE USER app", "CREATE DATABASE app OWNER app"):
+            subprocess.run([pg_binary("psql"), "-X", "-q", "-h", self.socket, "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-c", sql],
+                           stdout=subprocess.DEVNULL, check=True)
+
+    def logs_in(self, password):
+        return subprocess.run([pg_binary("psql"), "-X", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "app", "-d", "app", "-c", "select 1"],
+                              env=dict(os.environ, PGPASSWORD=password), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+    def stop(self):
+        subprocess.run(self.user + [pg_binary("pg_ctl"), "-D", f"{self.dir}/data", "-m", "immediate", "-w", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class RotationLoop:
     """SecretRotation under kill -9 (issue 18): each iteration asks for a rotation (a third of
     them with a verify that fails), kills the daemon at a random moment of it, starts it again
@@ -460,10 +538,25 @@ class RotationLoop:
         self.port = free_port()
         self.daemon = None
         os.makedirs(f"{self.specs}/db")
+        # A real PostgreSQL when it is installed (hack/test installs it); else a file.
+        self.postgres = Postgres(self.root) if pg_binary("initdb") and pg_binary("pg_ctl") else None
         with open(f"{self.specs}/db/app.py", "w") as f:
-            f.write(DB_APP)
+            f.write(PG_APP if self.postgres else DB_APP)
         with open(self.db, "w") as f:
             f.write("")
+        if self.postgres:
+            psql, pg = pg_binary("psql"), self.postgres
+            env = f'  - {{name: DB_PORT, value: "{pg.port}"}}'
+            apply = (f"""echo "ALTER USER app PASSWORD '$NEW_PASSWORD';" | {psql} -X -q -v ON_ERROR_STOP=1 """
+                     f"""-h {pg.socket} -p {pg.port} -U postgres -d postgres""")
+            verify = (f"""PGPASSWORD="$NEW_PASSWORD" {psql} -X -q -h 127.0.0.1 -p {pg.port} -U app -d app -c "select 1" """
+                      f"""&& test ! -e {self.fail_flag}""")
+        else:
+            env = ""
+            apply = f"""printf %s "$NEW_PASSWORD" > {self.db}.tmp && mv {self.db}.tmp {self.db}"""
+            verify = f"""test "$(cat {self.db})" = "$NEW_PASSWORD" && test ! -e {self.fail_flag}"""
+        # The commands as JSON (valid YAML): no quoting of quotes by hand.
+        apply, verify = json.dumps(["sh", "-c", apply]), json.dumps(["sh", "-c", verify])
         with open(f"{self.specs}/db.yaml", "w") as f:
             f.write(f"""apiVersion: capstan.dev/v1alpha1
 kind: Application
@@ -475,6 +568,7 @@ spec:
   healthCheck: {{http: {{path: /, port: http}}, interval: 1s, timeout: 1s, failureThreshold: 2}}
   env:
   - {{name: DB_FILE, value: "{self.db}"}}
+{env}
   - name: DB_PASSWORD
     valueFrom: {{secretKeyRef: {{name: db-credentials, key: password}}}}
 ---
@@ -498,10 +592,10 @@ spec:
   - {{name: password, generator: {{type: random, length: 16}}}}
   keepVersions: 2
   apply:
-    exec: {{command: [sh, -c, 'printf %s "$NEW_PASSWORD" > {self.db}.tmp && mv {self.db}.tmp {self.db}']}}
+    exec: {{command: {apply}}}
   restartDeployments: [db]
   verify:
-    exec: {{command: [sh, -c, 'test "$(cat {self.db})" = "$NEW_PASSWORD" && test ! -e {self.fail_flag}']}}
+    exec: {{command: {verify}}}
 """)
 
     def start(self):
@@ -567,10 +661,14 @@ spec:
                 raise SystemExit(f"rotation iteration {iteration}: a failing verify should roll back to {before}: {json.dumps(status)}")
         elif current != before + 1 or self.condition(rotation, "Ready") is None:
             raise SystemExit(f"rotation iteration {iteration}: expected version {before + 1}, ready: {json.dumps(status)}")
-        with open(self.db) as f:
-            database = f.read()
-        if database != self.password():
-            raise SystemExit(f"rotation iteration {iteration}: the database does not hold the vault's current password (version {current})")
+        password = self.password()
+        if self.postgres:
+            if not self.postgres.logs_in(password):
+                raise SystemExit(f"rotation iteration {iteration}: PostgreSQL does not take the vault's current password (version {current})")
+        else:
+            with open(self.db) as f:
+                if f.read() != password:
+                    raise SystemExit(f"rotation iteration {iteration}: the database does not hold the vault's current password (version {current})")
         listed = subprocess.run([BIN, "secret", "get", "db-credentials", "--state-dir", self.state], capture_output=True, text=True).stdout
         in_vault = sorted(int(line.split()[0]) for line in listed.splitlines() if line.startswith("  ") and line.split()[0].isdigit())
         if in_vault != sorted(v["version"] for v in status.get("versions", [])):
@@ -595,7 +693,7 @@ spec:
             elif os.path.exists(self.fail_flag):
                 os.remove(self.fail_flag)
             subprocess.run([BIN, "rotate", "secretrotation/db-credentials", "--wait", "0", "--state-dir", self.state], capture_output=True, check=True)
-            time.sleep(self.random.uniform(0, 2.0))
+            time.sleep(self.random.uniform(0, 1.2))  # a rotation here takes about a second
             during = ((self.get("secretrotation/db-credentials") or {}).get("status", {}).get("rotation") or {}).get("step", "no step")
             self.kill()
             steps[during] = steps.get(during, 0) + 1
@@ -608,15 +706,18 @@ spec:
             outcomes["rolled back" if fails else "rotated"] += 1
             print(f"rotation iteration {iteration}: killed at {during}, {'rolled back' if fails else 'rotated'} to version {current}, "
                   f"settled in {time.monotonic() - started:.1f} s", flush=True)
-        print(f"rotationloop: {self.iterations} kills (at {', '.join(f'{k}: {v}' for k, v in sorted(steps.items()))}), "
+        print(f"rotationloop ({'PostgreSQL' if self.postgres else 'a file as the database'}): "
+              f"{self.iterations} kills (at {', '.join(f'{k}: {v}' for k, v in sorted(steps.items()))}), "
               f"{outcomes['rotated']} rotated, {outcomes['rolled back']} rolled back; "
-              f"the database always held the vault's current password and the app logged in", flush=True)
+              f"the database always took the vault's current password and the app served", flush=True)
 
     def close(self, keep):
         if self.daemon and self.daemon.poll() is None:
             self.daemon.kill()
             self.daemon.wait()
         subprocess.run([BIN, "down", "--grace", "2s", "--state-dir", self.state], capture_output=True)
+        if self.postgres:
+            self.postgres.stop()
         if not keep:
             shutil.rmtree(self.root, ignore_errors=True)
 

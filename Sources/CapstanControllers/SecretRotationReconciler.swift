@@ -106,7 +106,7 @@ public struct SecretRotationReconciler: Reconciler {
         let name = step.spec.secretName, namespace = step.key.namespace
         var state = try await secrets.state(of: name, namespace: namespace, owner: step.key)
         if step.status.rotation == nil {
-            try await takeRequests(state, &step)
+            await answerRequests(state, &step)
         }
         if step.status.rotation == nil, state == nil {
             begin(from: nil, to: 1, reason: "Initial", &step)
@@ -115,7 +115,14 @@ public struct SecretRotationReconciler: Reconciler {
             begin(from: state.current, to: state.latest + 1, reason: "Scheduled", &step)
         }
         var result = ReconcileResult.done
+        if step.status.rotation != nil, step.rotation.status.rotation == nil {
+            // Begun here: written first (with the request it answers), taken by the next
+            // reconcile. A daemon killed before that write did nothing; after it, the next
+            // one resumes — never a version written that no status knows of.
+            return .requeue(after: .milliseconds(1))
+        }
         if step.status.rotation != nil {
+            guard await takeRequest(&step) else { return .requeue(after: .milliseconds(1)) }
             result = try await advance(&step)
             state = try await secrets.state(of: name, namespace: namespace, owner: step.key)
         }
@@ -147,35 +154,57 @@ public struct SecretRotationReconciler: Reconciler {
     }
 
     /// `capstan rotate` (or `capstan.dev/rotate-now`) and `capstan rollback --to-version N`
-    /// (or `capstan.dev/rollback-to`), taken while no rotation runs.
-    private func takeRequests(_ state: SecretState?, _ step: inout Step) async throws(SecretError) {
+    /// (or `capstan.dev/rollback-to`), answered while no rotation runs: a refusal takes the
+    /// request at once; a rotation begins naming the request, which is taken once that is
+    /// written (`takeRequest`).
+    private func answerRequests(_ state: SecretState?, _ step: inout Step) async {
         for request in await store.requests(for: step.key) {
-            guard await store.take(request, of: step.key) else { continue }
             switch request.type {
             case ObjectRequest.rotate:
-                step.event(.normal, "RotationRequested", "rotation requested")
                 begin(from: state?.current, to: (state?.latest ?? 0) + 1, reason: "Requested", &step)
+                step.status.rotation?.request = Self.tag(request)
                 return
             case ObjectRequest.rollback:
-                guard let state else {
-                    step.event(.warning, "RollbackRefused", "secret \(step.spec.secretName) has no versions yet")
-                    continue
-                }
                 let trimmed = request.value.trimmingCharacters(in: .whitespaces)
-                let older = state.versions.map(\.version).filter { $0 < state.current }
+                let older = state.map { state in state.versions.map(\.version).filter { $0 < state.current } } ?? []
                 let wanted = trimmed.isEmpty || trimmed == "previous" ? older.max() : Int(trimmed)
-                guard let wanted, wanted != state.current, state.versions.contains(where: { $0.version == wanted }) else {
-                    let kept = state.versions.map { String($0.version) }.joined(separator: ", ")
-                    step.event(.warning, "RollbackRefused", "cannot roll secret \(step.spec.secretName) back to version \(trimmed.isEmpty ? "previous" : trimmed): kept versions are \(kept), \(state.current) is current")
+                guard let state, let wanted, wanted != state.current, state.versions.contains(where: { $0.version == wanted }) else {
+                    guard await store.take(request, of: step.key) else { continue }
+                    let kept = state.map { "kept versions are \($0.versions.map { String($0.version) }.joined(separator: ", ")), \($0.current) is current" } ?? "it has no versions yet"
+                    step.event(.warning, "RollbackRefused", "cannot roll secret \(step.spec.secretName) back to version \(trimmed.isEmpty ? "previous" : trimmed): \(kept)")
                     continue
                 }
-                step.event(.normal, "RollbackRequested", "restoring version \(wanted) of secret \(step.spec.secretName) (version \(state.current) is current)")
                 begin(from: state.current, to: wanted, reason: "RollbackRequested", &step)
+                step.status.rotation?.request = Self.tag(request)
                 return
             default:
                 continue
             }
         }
+    }
+
+    static func tag(_ request: ObjectRequest) -> String { "\(request.id):\(request.type):\(request.value)" }
+
+    /// Takes the request the rotation under way answers (it was written with it). False when
+    /// it can no longer be taken before anything was done (withdrawn by the CLI that gave up,
+    /// expired): the rotation is dropped, as a request past its end never runs.
+    private func takeRequest(_ step: inout Step) async -> Bool {
+        guard let tag = step.status.rotation?.request else { return true }
+        step.status.rotation?.request = nil
+        let request = await store.requests(for: step.key).first { Self.tag($0) == tag }
+        if let request, await store.take(request, of: step.key) {
+            if request.type == ObjectRequest.rotate {
+                step.event(.normal, "RotationRequested", "rotation requested")
+            } else {
+                step.event(.normal, "RollbackRequested", "restoring version \(step.status.rotation?.toVersion ?? 0) of secret \(step.spec.secretName) (version \(step.status.rotation?.fromVersion ?? 0) is current)")
+            }
+            return true
+        }
+        if step.status.rotation?.step == .write, step.status.rotation?.stepStartedAt == step.status.rotation?.startedAt, request != nil {
+            step.status.rotation = nil  // withdrawn or expired before anything was done
+            return false
+        }
+        return true  // taken before a crash: the rotation goes on
     }
 
     private func begin(from: Int?, to: Int, reason: String, _ step: inout Step) {

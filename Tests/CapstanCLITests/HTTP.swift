@@ -7,8 +7,15 @@ import Glibc
 enum LoopbackHTTP {
     /// A port that was free a moment ago.
     static func freePort() -> Int {
+        let (fd, port) = bound(listening: false)
+        close(fd)
+        return port
+    }
+
+    /// A socket bound to a free port on 127.0.0.1 (listening: it accepts connections into its
+    /// backlog and never answers them), which the caller closes.
+    static func bound(listening: Bool = true) -> (fd: Int32, port: Int) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -16,7 +23,8 @@ enum LoopbackHTTP {
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        return Int(UInt16(bigEndian: address.sin_port))
+        if listening { listen(fd, 16) }
+        return (fd, Int(UInt16(bigEndian: address.sin_port)))
     }
 
     /// GET `path` from 127.0.0.1:`port`; nil when nothing answers.

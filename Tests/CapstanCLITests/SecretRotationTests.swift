@@ -366,24 +366,11 @@ final class Postgres: @unchecked Sendable {
         """
     }
 
-    /// A TCP port that accepts connections and never answers.
-    static func silentPort() -> (fd: Int32, port: Int) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        listen(fd, 16)
-        return (fd, Int(UInt16(bigEndian: address.sin_port)))
-    }
-
     @Test func badInputIsToldClearlyAndNothingIsLost() throws {
-        let silent = Self.silentPort()
+        let silent = LoopbackHTTP.bound()  // accepts, never answers
         defer { close(silent.fd) }
         try write(Self.rotation(apply: "apply: {exec: {command: [/nonexistent/apply-db]}}", verify: ""), to: "api.yaml")
-        let daemon = try startDaemon()
+        let daemon = try startDaemon(["--log-format", "json"])
         defer { cleanUp([daemon]) }
         do {
             // An apply command that does not exist: the first version stays, apply is retried.
@@ -404,6 +391,7 @@ final class Postgres: @unchecked Sendable {
             // not exist is a Warning, not a failure.
             try write(Self.rotation(apply: "apply: {exec: {command: [\"true\"]}}", verify: ""), to: "api.yaml")
             try poll("Ready") { try status("secretrotation/api", ".status.conditions[?(@.type==\"Ready\")].status") == "True" }
+            var tokens = [try CLITests.capstan(["secret", "get", "api", "--key", "token", "--reveal", "--state-dir", state]).stdout]
             #expect(try CLITests.capstan(["rotate", "secretrotation/api", "--state-dir", state]).status == 0)
             try poll("version 2") {
                 try status("secretrotation/api", ".status.currentVersion") == "2" && status("secretrotation/api", ".status.rotation").isEmpty
@@ -411,6 +399,13 @@ final class Postgres: @unchecked Sendable {
             #expect(try status("secretrotation/api", ".status.versions[*].version") == "2")
             let events = try CLITests.capstan(["events", "secretrotation/api", "--state-dir", state]).stdout
             #expect(events.contains("DeploymentNotFound") && events.contains("nosuch"), "\(events)")
+
+            // No value in the JSON log.
+            tokens.append(try CLITests.capstan(["secret", "get", "api", "--key", "token", "--reveal", "--state-dir", state]).stdout)
+            for (index, token) in tokens.enumerated() {
+                #expect(token.count >= 16 && !log().contains(token), "the JSON log shows token \(index + 1)")
+            }
+            #expect(log().contains("\"level\""), "the log is JSON")
 
             // A wrong master key: values are refused, the vault is unchanged.
             let wrong = try CLITests.capstan(["secret", "get", "api", "--reveal", "--state-dir", state],

@@ -450,16 +450,8 @@ import Glibc
     @Test func badInputGivesAClearConditionAndDisturbsNothingElse() throws {
         let goodPort = LoopbackHTTP.freePort()
         // A port someone else holds.
-        let taken = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (taken, takenPort) = LoopbackHTTP.bound()
         defer { close(taken) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(taken, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(taken, $0, &length) } }
-        listen(taken, 1)
-        let takenPort = Int(UInt16(bigEndian: address.sin_port))
 
         var daemon: Process?
         defer { cleanUp(daemon) }

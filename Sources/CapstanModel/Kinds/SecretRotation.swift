@@ -219,6 +219,9 @@ public struct RotationProgress: SpecObject, Hashable {
     /// Why it is being rolled back (the failed step's reason and output tail).
     public var failureReason: String?
     public var failure: String?
+    /// The request it answers, until that is taken (written first: a crash in between neither
+    /// loses the request nor rotates twice).
+    public var request: String?
 
     public init() {}
 
@@ -227,6 +230,7 @@ public struct RotationProgress: SpecObject, Hashable {
         .defaulted("reason", \.reason, "", "Why it rotates: Scheduled, Requested, Initial or RollbackRequested."),
         .required("startedAt", \.startedAt), .required("stepStartedAt", \.stepStartedAt),
         .optional("failureReason", \.failureReason), .optional("failure", \.failure),
+        .optional("request", \.request, "The request it answers, until taken."),
     ]
 }
 
