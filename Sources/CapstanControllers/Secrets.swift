@@ -3,7 +3,7 @@ import Crypto
 import Foundation
 
 /// A failure of a secret platform, with the condition reason it is reported under:
-/// `SecretNotFound`, `SecretConflict` (a secret of that name Capstan does not manage),
+/// `SecretNotFound`, `ChildConflict` (a secret of that name Capstan does not manage),
 /// `VaultLocked` (no usable master key), `VaultError`.
 public struct SecretError: Error, Sendable, Equatable, CustomStringConvertible {
     public var reason: String
@@ -47,7 +47,7 @@ public struct SecretState: Sendable, Hashable {
 
 /// Versioned secrets (the local vault; `v1` Secrets on Kubernetes). Every secret written here
 /// has an owner (the SecretRotation that manages it); one that exists under another owner, or
-/// none Capstan knows of, is a `SecretConflict` and is never written over.
+/// none Capstan knows of, is a `ChildConflict` and is never written over.
 public protocol SecretPlatform: Sendable {
     /// The secret's versions; nil when it does not exist.
     func state(of name: String, namespace: String, owner: ObjectKey) async throws(SecretError) -> SecretState?

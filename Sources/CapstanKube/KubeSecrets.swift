@@ -7,7 +7,7 @@ import Foundation
 /// version is the Secret `NAME-vN` (labels `capstan.dev/secret`, `capstan.dev/version`). All
 /// carry the Capstan owner labels and, for a custom resource, a controller ownerReference (the
 /// garbage collector removes them with it). A Secret of that name Capstan did not make is
-/// never written over (`SecretConflict`).
+/// never written over (`ChildConflict`).
 public final class KubeSecrets: SecretPlatform, Sendable {
     public static let secrets = KubeResource(group: "", version: "v1", plural: "secrets", kind: "Secret")
     static let versionAnnotation = "capstan.dev/version"
@@ -89,7 +89,7 @@ public final class KubeSecrets: SecretPlatform, Sendable {
     public func state(of name: String, namespace: String, owner: ObjectKey) async throws(SecretError) -> SecretState? {
         let current = try await secret(name, namespace: namespace)
         if let current, !isOurs(current, owner: owner) {
-            throw SecretError("SecretConflict", "Secret \(name) exists in namespace \(namespace) and was not made by secretrotation/\(owner.name): Capstan leaves it alone (delete it or choose another secretName)")
+            throw SecretError("ChildConflict", "Secret \(name) exists in namespace \(namespace) and was not made by secretrotation/\(owner.name): Capstan leaves it alone (delete it or choose another secretName)")
         }
         let items: [SpecNode]
         do {
@@ -135,7 +135,7 @@ public final class KubeSecrets: SecretPlatform, Sendable {
 
     public func write(_ name: String, namespace: String, version: Int, values: [String: Data], createdAt: Date, owner: ObjectKey) async throws(SecretError) {
         if let current = try await secret(name, namespace: namespace), !isOurs(current, owner: owner) {
-            throw SecretError("SecretConflict", "Secret \(name) exists in namespace \(namespace) and was not made by secretrotation/\(owner.name): Capstan leaves it alone")
+            throw SecretError("ChildConflict", "Secret \(name) exists in namespace \(namespace) and was not made by secretrotation/\(owner.name): Capstan leaves it alone")
         }
         let versionName = Self.versionName(name, version)
         try await apply(.mapping([
@@ -158,7 +158,7 @@ public final class KubeSecrets: SecretPlatform, Sendable {
 
     public func makeCurrent(_ name: String, namespace: String, version: Int, owner: ObjectKey) async throws(SecretError) {
         if let current = try await secret(name, namespace: namespace), !isOurs(current, owner: owner) {
-            throw SecretError("SecretConflict", "Secret \(name) exists in namespace \(namespace) and was not made by secretrotation/\(owner.name): Capstan leaves it alone")
+            throw SecretError("ChildConflict", "Secret \(name) exists in namespace \(namespace) and was not made by secretrotation/\(owner.name): Capstan leaves it alone")
         }
         let values = try await values(of: name, namespace: namespace, version: version)
         try await makeCurrent(name, namespace: namespace, values: values, version: version, owner: owner)

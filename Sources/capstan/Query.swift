@@ -296,6 +296,7 @@ struct Describe: ParsableCommand {
             printTracks(status)
             try printInstances(of: key, store: store)
         }
+        if key.kind == .secretRotation { printVersions(status) }
         print("Events:")
         let events = try store.events(for: key).suffix(20)
         if events.isEmpty {
@@ -324,6 +325,29 @@ extension Describe {
                          track["version"]?.scalarText ?? "", ready, track["retireAt"]?.scalarText ?? ""])
         }
         printTable(rows)
+    }
+
+    /// A SecretRotation's versions (key names and fingerprints, never values) and the
+    /// rotation under way.
+    func printVersions(_ status: SpecNode) {
+        let versions = JSONPath.evaluate(".versions[*]", on: status)
+        if !versions.isEmpty {
+            print("Versions:")
+            let current = status["currentVersion"]?.scalarText
+            var rows = [["  VERSION", "CREATED", "KEYS", "FINGERPRINT"]]
+            for version in versions.reversed() {
+                let number = version["version"]?.scalarText ?? ""
+                rows.append(["  " + number + (number == current ? " (current)" : ""), version["createdAt"]?.scalarText ?? "",
+                             JSONPath.evaluate(".keys[*]", on: version).compactMap(\.scalarText).joined(separator: ","), version["fingerprint"]?.scalarText ?? ""])
+            }
+            printTable(rows)
+        }
+        if let rotation = status["rotation"] {
+            let from = rotation["fromVersion"]?.scalarText.map { "from version \($0) " } ?? ""
+            print("Rotation: \(rotation["reason"]?.scalarText ?? ""), \(from)to version \(rotation["toVersion"]?.scalarText ?? ""), step \(rotation["step"]?.scalarText ?? "")"
+                  + (rotation["failure"]?.scalarText.map { " (rolling back: \($0))" } ?? ""))
+        }
+        if let token = status["restartToken"]?.scalarText { print("Dependents restarted for: \(token)") }
     }
 
     /// The instances the inventory records for a Deployment (this host), with their logs.

@@ -144,6 +144,32 @@ import Testing
         }
     }
 
+    @Test(arguments: Kind.allCases) func aSecretCapstanDidNotMakeIsLeftAlone(_ kind: Kind) async throws {
+        try await DeploymentScenarioTests().on(kind) { platform in
+            // Made by someone else first: a Secret on the cluster; `capstan secret set` here.
+            if kind == .kube {
+                _ = try await platform.client!.create(KubeSecrets.secrets, namespace: "default", .mapping([
+                    ("apiVersion", .string("v1")), ("kind", .string("Secret")), ("metadata", .mapping([("name", .string("web-credentials"))])),
+                    ("data", .mapping([("password", .string(Data("theirs-12345".utf8).base64EncodedString()))])),
+                ]))
+            } else {
+                try await platform.put([Self.application()])
+                try await Task.sleep(for: .milliseconds(500))
+                let set = try await KubeModeTests.capstan(["secret", "set", "web-credentials", "--from-literal", "password=theirs-12345", "--state-dir", platform.state])
+                #expect(set.status == 0, "\(set.output)")
+            }
+            try await platform.put([Self.application(), Self.rotation()])
+            try await expect(platform, "ChildConflict") { Self.reason($0, "Stalled") == "ChildConflict" }
+            if kind == .kube {
+                let secret = try await platform.client!.get(KubeSecrets.secrets, namespace: "default", name: "web-credentials")
+                #expect(KubeSecrets.values(of: secret!)["password"] == Data("theirs-12345".utf8), "left alone")
+            } else {
+                let value = try await KubeModeTests.capstan(["secret", "get", "web-credentials", "--key", "password", "--reveal", "--state-dir", platform.state])
+                #expect(value.output == "theirs-12345", "left alone")
+            }
+        }
+    }
+
     /// No generated value in anything the run showed: the daemon's log, events, statuses,
     /// `get`/`describe`, `/metrics`, the instances' command lines.
     func noValueShows(_ platform: Platform) async throws {

@@ -65,7 +65,7 @@ import Testing
         let vault = try vault()
         try vault.write("db", namespace: "default", version: 1, values: values, createdAt: t0, ownerName: Vault.manualOwner)
         let error = try #require(throws: SecretError.self) { try vault.state(of: "db", namespace: "default", owner: owner) }
-        #expect(error.reason == "SecretConflict")
+        #expect(error.reason == "ChildConflict")
         #expect(throws: SecretError.self) { try vault.write("db", namespace: "default", version: 2, values: values, createdAt: t0, owner: owner) }
         #expect(try vault.read("db", namespace: "default")?.0.current == 1)
     }

@@ -155,7 +155,7 @@ public final class Vault: SecretPlatform, Sendable {
     public func state(of name: String, namespace: String, owner: ObjectKey) throws(SecretError) -> SecretState? {
         guard let (state, recordedOwner) = try read(name, namespace: namespace) else { return nil }
         guard recordedOwner == Self.ownerName(owner) else {
-            throw SecretError("SecretConflict", "secret \(name) exists in the vault, set by \(recordedOwner): left alone (delete it with `capstan secret delete \(name)` to let \(Self.ownerName(owner)) manage it)")
+            throw SecretError("ChildConflict", "secret \(name) exists in the vault, set by \(recordedOwner): left alone (delete it with `capstan secret delete \(name)` to let \(Self.ownerName(owner)) manage it)")
         }
         return state
     }
@@ -273,7 +273,7 @@ public final class Vault: SecretPlatform, Sendable {
             try store.pool.write { db in
                 if let recorded = try String.fetchOne(db, sql: "SELECT owner FROM secrets WHERE namespace = ? AND name = ?", arguments: [namespace, name]),
                    recorded != ownerName {
-                    throw SecretError("SecretConflict", "secret \(name) exists in the vault, set by \(recorded): left alone")
+                    throw SecretError("ChildConflict", "secret \(name) exists in the vault, set by \(recorded): left alone")
                 }
                 try db.execute(sql: """
                     INSERT INTO secret_versions (namespace, name, version, created_at, keys, fingerprint, sealed) VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -347,7 +347,7 @@ public final class Vault: SecretPlatform, Sendable {
                 guard let recorded = try String.fetchOne(db, sql: "SELECT owner FROM secrets WHERE namespace = ? AND name = ?", arguments: [namespace, name]) else {
                     throw SecretError("SecretNotFound", "secret \(name) does not exist in the vault")
                 }
-                guard recorded == ownerName else { throw SecretError("SecretConflict", "secret \(name) exists in the vault, set by \(recorded): left alone") }
+                guard recorded == ownerName else { throw SecretError("ChildConflict", "secret \(name) exists in the vault, set by \(recorded): left alone") }
                 try body(db)
             }
         } catch let error as SecretError {
