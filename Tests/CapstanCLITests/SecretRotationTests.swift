@@ -99,43 +99,6 @@ final class Postgres: @unchecked Sendable {
         scratch = try Scratch("secrets")
     }
 
-    /// The app: one psql session opened at start with $DB_PASSWORD (a pool of one); every
-    /// request runs a query on it. A login that fails exits 1 (never ready).
-    static let dbApp = #"""
-        import os, signal, subprocess, sys, threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        env = dict(os.environ, PGPASSWORD=os.environ["DB_PASSWORD"])
-        psql = subprocess.Popen(["psql", "-X", "-q", "-A", "-t", "-h", "127.0.0.1", "-p", os.environ["DB_PORT"], "-U", "app", "-d", "app"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1)
-        lock = threading.Lock()
-        def query():
-            with lock:
-                try:
-                    psql.stdin.write("SELECT 'ok-' || 1;\n")
-                    psql.stdin.flush()
-                    return psql.stdout.readline().strip()
-                except OSError:
-                    return ""
-        if query() != "ok-1":
-            print("cannot log in to the database", flush=True)
-            sys.exit(1)
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                answer = query()
-                status = 200 if answer == "ok-1" else 500
-                body = (answer or "database session lost").encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            def log_message(self, *args):
-                pass
-        server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
-        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-        server.serve_forever()
-        psql.terminate()
-        """#
-
     func specs(port: Int, database: Postgres, verifyDatabase: String = "app") -> String {
         let psql = Postgres.binary("psql")!
         return """
@@ -257,7 +220,9 @@ final class Postgres: @unchecked Sendable {
         try database.superuser("CREATE USER app")
         try database.superuser("CREATE DATABASE app OWNER app")
         try FileManager.default.createDirectory(atPath: specs + "/db", withIntermediateDirectories: true)
-        try Self.dbApp.write(toFile: specs + "/db/app.py", atomically: true, encoding: .utf8)
+        // One psql session opened at start with $DB_PASSWORD (a pool of one); every request
+        // runs a query on it; a failed login exits 1.
+        try FileManager.default.copyItem(atPath: CLITests.root + "/hack/testapps/pg_session_app.py", toPath: specs + "/db/app.py")
         let daemon = try startDaemon()
         defer { cleanUp([daemon]) }
         do {

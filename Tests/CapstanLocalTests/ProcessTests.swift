@@ -103,9 +103,7 @@ import Testing
         // A well-behaved process and its child: both go on SIGTERM.
         let polite = try Spawner.spawn(try spec("sleep 30 & wait"))
         try await Task.sleep(for: .milliseconds(100))
-        // A grace far beyond what SIGTERM needs (a loaded machine has taken over 5 s to
-        // schedule the shell's exit), and far below the child's 30 s: a kill would mean TERM failed.
-        let killed = await Spawner.stop(polite, grace: .seconds(15))
+        let killed = await Spawner.stop(polite, grace: .seconds(5))
         #expect(!killed)
         var status: Int32 = 0
         #expect(waitpid(polite.pid, &status, 0) == polite.pid)  // the watcher's job in the daemon

@@ -283,6 +283,8 @@ extension Spawner {
             if !identity.isAlive { return false }
             try? await Task.sleep(for: .milliseconds(20))
         }
+        // Looked at once more: a task resumed late (a busy executor) may find it gone already.
+        if !identity.isAlive { return false }
         kill(-identity.pid, SIGKILL)
         return true
     }
