@@ -252,7 +252,8 @@ import Glibc
             (try? FileManager.default.destinationOfSymbolicLink(atPath: releases + "/current")) == current
                 && FileManager.default.fileExists(atPath: releases + "/" + current + "/server.py")
         }
-        #expect(try events().contains("DriftCorrected"))
+        // The event is recorded when that reconcile ends, a moment after the files are back.
+        try poll("the DriftCorrected event") { try events().contains("DriftCorrected") }
 
         // Deleting the spec file leaves no process, no listener and no release behind.
         try FileManager.default.removeItem(atPath: specs + "/web.yaml")
