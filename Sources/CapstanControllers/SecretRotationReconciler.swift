@@ -281,7 +281,7 @@ public struct SecretRotationReconciler: Reconciler {
             return move(to: .restart, &step)
 
         case .restart, .rollbackRestart:
-            switch try await restartState(progress, &step) {
+            switch try await restartState(progress, step) {
             case .waiting(let message):
                 step.status.markReconciling(reason: "Rotating", message: "\(describe(progress)) of secret \(name): \(message)", generation: step.generation, now: step.time)
                 return .requeue(after: Self.restartCheck)
@@ -373,7 +373,7 @@ public struct SecretRotationReconciler: Reconciler {
     /// Whether every `restartDeployments` entry has rolled out with the status's restart token.
     /// One that does not exist is skipped (with a Warning event once); one whose rollout failed,
     /// or that is not done within its progress deadline (and a grace), fails the step.
-    private func restartState(_ progress: RotationProgress, _ step: inout Step) async throws(SecretError) -> RestartState {
+    private func restartState(_ progress: RotationProgress, _ step: Step) async throws(SecretError) -> RestartState {
         guard let token = step.status.restartToken else { return .done }
         let secret = step.spec.secretName
         var waiting: [String] = []

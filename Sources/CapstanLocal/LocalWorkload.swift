@@ -127,13 +127,7 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, Art
     }
 
     static func resolver(_ vault: Vault) -> SecretResolver {
-        { namespace, name, key throws in
-            do {
-                return String(decoding: try vault.value(of: name, key: key, namespace: namespace), as: UTF8.self)
-            } catch {
-                throw error
-            }
-        }
+        { namespace, name, key in String(decoding: try vault.value(of: name, key: key, namespace: namespace), as: UTF8.self) }
     }
 
     func deploymentDirectory(_ key: ObjectKey) -> String { "\(stateDirectory)/deployments/\(key.namespace)/\(key.name)" }
