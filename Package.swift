@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
     ],
     targets: [
         // The six kinds, their decoding, defaulting, validation and CRD schemas. Pure: no I/O.
@@ -51,6 +52,17 @@ let package = Package(
         ),
         // Linux calls Swift cannot import (variadic syscall): pidfd_open, prlimit.
         .target(name: "CSystemShims"),
+        // HTTP integrations both platforms use: S3-compatible storage (Signature V4).
+        .target(
+            name: "CapstanIntegrations",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // The local platform: the SQLite state store, artifacts, the process supervisor, the
         // health prober and the TCP router.
         .target(
@@ -60,7 +72,10 @@ let package = Package(
                 "CapstanModel",
                 "CapstanRuntime",
                 "CapstanControllers",
+                "CapstanIntegrations",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -91,6 +106,7 @@ let package = Package(
                 "CapstanControllers",
                 "CapstanLocal",
                 "CapstanKube",
+                "CapstanIntegrations",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -121,7 +137,8 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanLocalTests",
-            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanControllers", "CapstanLocal"]
+            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanControllers", "CapstanLocal", "CapstanIntegrations",
+                           .product(name: "NIOCore", package: "swift-nio"), .product(name: "Crypto", package: "swift-crypto")]
         ),
         .testTarget(
             name: "CapstanKubeTests",

@@ -15,15 +15,18 @@ public struct Platforms: Sendable {
     /// and stored, not reconciled).
     public var secrets: (any SecretPlatform)?
     public var actions: (any ActionRunner)?
+    /// Backup jobs (nil: BackupSchedules are read and stored, not reconciled).
+    public var backups: (any BackupPlatform)?
 
     public init(artifacts: any ArtifactPlatform, workload: any WorkloadPlatform, traffic: any TrafficPlatform, revisions: any RevisionStore,
-                secrets: (any SecretPlatform)? = nil, actions: (any ActionRunner)? = nil) {
+                secrets: (any SecretPlatform)? = nil, actions: (any ActionRunner)? = nil, backups: (any BackupPlatform)? = nil) {
         self.artifacts = artifacts
         self.workload = workload
         self.traffic = traffic
         self.revisions = revisions
         self.secrets = secrets
         self.actions = actions
+        self.backups = backups
     }
 }
 
@@ -42,6 +45,10 @@ public enum Controllers {
         if let secrets = platforms.secrets, let actions = platforms.actions {
             manager.register("secretrotation", SecretRotationReconciler(store: store, events: events, secrets: secrets, actions: actions, prune: prune),
                              for: { $0.kind == .secretRotation }, watches: SecretRotationReconciler.watches(cache: cache))
+        }
+        if let backups = platforms.backups {
+            manager.register("backupschedule", BackupScheduleReconciler(store: store, events: events, backups: backups),
+                             for: { $0.kind == .backupSchedule })
         }
     }
 }

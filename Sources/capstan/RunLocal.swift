@@ -67,8 +67,10 @@ final class LocalDaemon: Sendable {
         (self.local, self.cluster) = (local, cluster)
         let platforms: Platforms
         if let local {
+            let backups = LocalBackups(executable: LocalBackups.currentExecutable, stateDirectory: options.state.resolved, vault: local.vault,
+                                       version: Capstan.version, enqueue: { key in await manager.add(key) })
             platforms = Platforms(artifacts: local, workload: local, traffic: local, revisions: objects, secrets: local.vault,
-                                  actions: ProcessActions(directory: options.state.resolved + "/actions", http: HTTPCheck.get))
+                                  actions: ProcessActions(directory: options.state.resolved + "/actions", http: HTTPCheck.get), backups: backups)
         } else {
             let workload = KubeWorkload(client: cluster!.client, children: cluster!.children, ownership: .inventory(StoreChildInventory(store: store)))
             // Secrets go to the cluster; with no custom resource to own them, their labels say whose they are.

@@ -91,7 +91,7 @@ public struct MasterKey: Sendable {
 /// AES-256-GCM under the master key, bound to its secret, version and key (a sealed value
 /// moved to another row does not open).
 public final class Vault: SecretPlatform, Sendable {
-    let store: StateStore
+    public let store: StateStore
     let stateDirectory: String
     let environment: [String: String]
     private let key = Mutex<MasterKey?>(nil)

@@ -48,6 +48,7 @@ public struct S3Destination: SpecObject, Hashable {
     public var prefix = ""
     public var region = "us-east-1"
     public var credentialsFrom: SecretSource?
+    public var pathStyle: Bool?
 
     public init() {}
 
@@ -60,6 +61,7 @@ public struct S3Destination: SpecObject, Hashable {
         .defaulted("prefix", \.prefix, "", "Key prefix."),
         .defaulted("region", \.region, "us-east-1"),
         .optional("credentialsFrom", \.credentialsFrom, "A Secret key holding accessKeyId:secretAccessKey."),
+        .optional("pathStyle", \.pathStyle, "Address the bucket as ENDPOINT/BUCKET (true) or BUCKET.ENDPOINT (false); default: path-style for an IP address, localhost or an endpoint with a port."),
     ]
 }
 
@@ -154,13 +156,24 @@ public struct BackupRecord: SpecObject, Hashable {
     public var time = Timestamp(.init(timeIntervalSince1970: 0))
     public var size: Int?
     public var sha256: String?
+    /// `Succeeded` or `Failed`.
     public var outcome = ""
+    /// Why it failed (`SourceFailed`, `DestinationFailed`, `VerifyFailed`, `Timeout`,
+    /// `Interrupted`, ...), and the tool's or server's message.
+    public var reason: String?
+    public var message: String?
+    /// `digest` or `restore`.
+    public var verified: String?
 
     public init() {}
 
+    public static let succeeded = "Succeeded"
+    public static let failed = "Failed"
+
     public static let fields: [Field<BackupRecord>] = [
         .required("id", \.id), .required("time", \.time), .optional("size", \.size), .optional("sha256", \.sha256),
-        .required("outcome", \.outcome),
+        .required("outcome", \.outcome), .optional("reason", \.reason), .optional("message", \.message),
+        .optional("verified", \.verified, "How it was verified: digest, or restore (restored into a scratch database or file and queried)."),
     ]
 }
 

@@ -1,0 +1,197 @@
+import ArgumentParser
+import CapstanControllers
+import CapstanLocal
+import CapstanModel
+import CapstanRuntime
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct BackupCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backup",
+        abstract: "Take a BackupSchedule's backup now, list its backups, restore one.",
+        discussion: """
+            Backups are taken by the daemon as jobs (here: a child process; on a cluster: a batch/v1 Job), streamed from the source through gzip and, with encryption, AES-256-GCM to the destination with a SHA-256, verified by reading them back (and, for PostgreSQL and SQLite, by restoring into a scratch database). Each backup is an object SCHEDULE-<UTC time> with a JSON manifest beside it.
+            """,
+        subcommands: [BackupRun.self, BackupList.self, BackupRestore.self])
+}
+
+/// The schedule named on the command line, as stored, and the job that reaches its
+/// destination (secrets from the vault).
+func backupJob(_ reference: String, namespace: String?, state: StateOptions) throws -> (ObjectKey, BackupJobSpec) {
+    let key = try parseReference(reference, namespace: namespace ?? "default")
+    guard key.kind == .backupSchedule else { throw ValidationError("backups belong to BackupSchedules; got \(key.kind.singular)") }
+    let vault = try openVault(state, create: false)
+    guard let record = try vault.store.object(key), case .backupSchedule(let schedule) = record.resource else {
+        printError("capstan: backupschedule \"\(key.name)\" not found in namespace \(key.namespace)")
+        throw ExitCode(1)
+    }
+    let run = CapstanControllers.BackupRun(id: "", owner: key, spec: schedule.spec, sourceFile: record.sourceFile)
+    do {
+        return (key, try LocalBackups.job(for: run, vault: vault, version: Capstan.version, scratch: state.resolved + "/backups/\(key.namespace)/\(key.name)/scratch"))
+    } catch {
+        printError("capstan: \(error.message)")
+        throw ExitCode(1)
+    }
+}
+
+struct BackupRun: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Take a backup now.",
+        discussion: "The daemon starts the run as a scheduled one (concurrencyPolicy applies: Forbid refuses while a run is going). With --kube the custom resource gets the annotation capstan.dev/backup-now.")
+
+    @OptionGroup var options: RequestOptions
+
+    func run() async throws {
+        let key = try parseReference(options.object, namespace: options.namespace ?? "default")
+        guard key.kind == .backupSchedule else { throw ValidationError("only BackupSchedules take backups; got \(key.kind.singular)") }
+        guard options.kube.enabled else {
+            try await submitRequest(ObjectRequest.backupNow, for: key, value: "", what: "backup", wait: options.wait, state: options.state,
+                                    answers: (["BackupRequested"], ["RunRefused"])) { _ in }
+            return
+        }
+        try await KubeRequest(connection: options.kube, key: key, annotation: ObjectRequest.annotation(of: ObjectRequest.backupNow)!, value: "", what: "backup")
+            .answered(wait: options.wait, namespace: options.namespace, accepted: ["BackupRequested"], refused: ["RunRefused"], matching: { _ in true })
+    }
+}
+
+struct BackupList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list",
+        abstract: "List the backups of a BackupSchedule at its destination (those with a manifest: finished and verified).")
+
+    @Argument(help: ArgumentHelp("The schedule.", valueName: "backupschedule/name"))
+    var object: String
+    @Option(name: [.short, .long], help: "Namespace of the schedule.") var namespace: String?
+    @Option(name: [.short, .customLong("output")], help: "Output format: table or json.") var output: String = "table"
+    @OptionGroup var state: StateOptions
+
+    func run() async throws {
+        let (_, job) = try backupJob(object, namespace: namespace, state: state)
+        let manifests: [BackupManifest]
+        do {
+            manifests = try await BackupRunner.list(job)
+        } catch {
+            printError("capstan: \(error.message)")
+            throw ExitCode(1)
+        }
+        if output == "json" {
+            let encoder = BackupManifest.encoder
+            print(String(decoding: try encoder.encode(manifests), as: UTF8.self))
+            return
+        }
+        guard !manifests.isEmpty else {
+            printError("No backups found.")
+            return
+        }
+        var rows = [["ID", "FINISHED", "SIZE", "SHA256", "ENCRYPTION", "VERIFIED"]]
+        for manifest in manifests {
+            rows.append([manifest.id, Timestamp(manifest.finishedAt).description, Self.size(manifest.size), String(manifest.sha256.prefix(12)),
+                         manifest.encryption ?? "none", manifest.verified ?? "no"])
+        }
+        printTable(rows)
+    }
+
+    static func size(_ bytes: Int) -> String {
+        if bytes < 1024 { return "\(bytes)B" }
+        if bytes < 1 << 20 { return String(format: "%.1fKi", Double(bytes) / 1024) }
+        if bytes < 1 << 30 { return String(format: "%.1fMi", Double(bytes) / 1_048_576) }
+        return String(format: "%.2fGi", Double(bytes) / 1_073_741_824)
+    }
+}
+
+struct BackupRestore: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Restore a backup: PostgreSQL into a database, SQLite and directories into a path.",
+        discussion: """
+            The backup's digest is checked first; an encrypted backup needs the key its schedule names. A database with tables, an existing SQLite file or a directory that is not empty is refused unless --force. The restore is recorded as an event on the BackupSchedule.
+            """)
+
+    @Argument(help: ArgumentHelp("The schedule.", valueName: "backupschedule/name"))
+    var object: String
+    @Argument(help: ArgumentHelp("The backup (`capstan backup list`); the newest when left out.", valueName: "backup-id"))
+    var id: String?
+    @Option(help: ArgumentHelp("Restore into this path (SQLite file, directory, or the file a command's output is written to).", valueName: "path"))
+    var to: String?
+    @Option(help: ArgumentHelp("Restore a PostgreSQL backup into this database (made when it does not exist) on the source's server.", valueName: "name"))
+    var database: String?
+    @Flag(help: "Replace what the target holds.") var force = false
+    @Option(name: [.short, .long], help: "Namespace of the schedule.") var namespace: String?
+    @OptionGroup var state: StateOptions
+
+    func validate() throws {
+        if (to == nil) == (database == nil) { throw ValidationError("give one of --to PATH or --database NAME") }
+    }
+
+    func run() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        let (key, job) = try backupJob(object, namespace: namespace, state: state)
+        var backupID = id
+        if backupID == nil {
+            do { backupID = try await BackupRunner.list(job).first?.id } catch {
+                printError("capstan: \(error.message)")
+                throw ExitCode(1)
+            }
+            guard backupID != nil else {
+                printError("capstan: backupschedule/\(key.name) has no backups yet")
+                throw ExitCode(1)
+            }
+        }
+        let target: RestoreTarget = database.map { .database($0) } ?? .path(FilePaths.absolute(to!))
+        let store = try openVault(state, create: false).store
+        do {
+            let line = try await BackupRunner.restore(job, id: backupID!, into: target, force: force)
+            _ = try? store.recordEvent(.normal, reason: "BackupRestored", message: line + (force ? " (--force)" : ""), about: key, at: Date())
+            print(line)
+        } catch {
+            _ = try? store.recordEvent(.warning, reason: "RestoreFailed", message: "restoring \(backupID!) failed: \(error.message)", about: key, at: Date())
+            printError("capstan: \(error.message)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// The body of one backup run (started by the daemon; not for people).
+struct BackupJobCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backup-job",
+        abstract: "Run one backup job read from standard input (started by the daemon).",
+        shouldDisplay: false)
+
+    func run() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        guard let line = readLine(strippingNewline: true), let job = try? JSONDecoder().decode(BackupJobSpec.self, from: Data(line.utf8)) else {
+            printError("capstan backup-job: no job on standard input")
+            throw ExitCode(2)
+        }
+        let interruption = BackupInterruption()
+        // The daemon keeps our input open while it lives: its end (even by kill -9) cuts the
+        // run off, which then removes what it wrote.
+        Thread.detachNewThread {
+            var byte: UInt8 = 0
+            while true {
+                let count = Glibc.read(0, &byte, 1)
+                if count == 0 || (count < 0 && errno != EINTR) { break }
+            }
+            interruption.interrupt(BackupError.interrupted, "the daemon that started the backup stopped")
+        }
+        signal(SIGTERM, SIG_IGN)
+        let terminate = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
+        terminate.setEventHandler { interruption.interrupt(BackupError.interrupted, "the backup was stopped") }
+        terminate.resume()
+        let timeout = job.timeoutSeconds
+        let timer = Task.detached {
+            try? await Task.sleep(for: .milliseconds(Int64(timeout * 1000)))
+            if !Task.isCancelled { interruption.interrupt(BackupError.timeout, "the backup did not finish within its timeout (\(KubeDuration(nanoseconds: Int64(timeout * 1e9))))") }
+        }
+        let result = await BackupRunner.run(job, interruption: interruption)
+        timer.cancel()
+        let data = try JSONEncoder().encode(result)
+        FileHandle.standardOutput.write(data + Data("\n".utf8))
+        printError("capstan backup-job: \(result.id): \(result.succeeded ? "succeeded" : "failed (\(result.reason))"): \(result.message)")
+    }
+}
