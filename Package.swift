@@ -146,7 +146,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanCLITests",
-            dependencies: ["CapstanModel", "CapstanRuntime"]
+            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanIntegrations", .product(name: "NIOCore", package: "swift-nio")]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -143,6 +143,9 @@ public struct BackupScheduleReconciler: Reconciler {
             if !outcome.pruned.isEmpty {
                 step.event(.normal, "BackupsPruned", "retention deleted \(outcome.pruned.count) backup\(outcome.pruned.count == 1 ? "" : "s"): \(outcome.pruned.joined(separator: ", "))")
             }
+            if let problem = outcome.pruneError {
+                step.event(.warning, "PruneFailed", "retention did not run after \(id): \(problem)")
+            }
         } else {
             step.event(.warning, outcome.reason == "Succeeded" ? "BackupFailed" : outcome.reason, "backup \(id) failed: \(outcome.message)")
         }

@@ -27,10 +27,12 @@ public struct BackupOutcome: Sendable, Hashable {
     public var verified: String?
     /// Backups retention deleted after this one succeeded.
     public var pruned: [String]
+    /// Why retention could not run after this success.
+    public var pruneError: String?
     public var finishedAt: Date
 
     public init(succeeded: Bool, reason: String, message: String, size: Int? = nil, sha256: String? = nil, verified: String? = nil,
-                pruned: [String] = [], finishedAt: Date) {
+                pruned: [String] = [], pruneError: String? = nil, finishedAt: Date) {
         self.succeeded = succeeded
         self.reason = reason
         self.message = message
@@ -38,6 +40,7 @@ public struct BackupOutcome: Sendable, Hashable {
         self.sha256 = sha256
         self.verified = verified
         self.pruned = pruned
+        self.pruneError = pruneError
         self.finishedAt = finishedAt
     }
 }

@@ -23,9 +23,9 @@ struct Scratch {
     }
 
     /// Starts `capstan ARGUMENTS` in `directory` (default: the root), standard output and error into `log`.
-    func start(_ arguments: [String], in directory: String? = nil, log: String = "daemon.log") throws -> Process {
+    func start(_ arguments: [String], in directory: String? = nil, log: String = "daemon.log", executable: String? = nil) throws -> Process {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: CLITests.binary)
+        process.executableURL = URL(fileURLWithPath: executable ?? CLITests.binary)
         process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: directory ?? root)
         let path = root + "/" + log
@@ -80,8 +80,8 @@ extension ScratchSuite {
 
     func cleanUp(_ daemons: [Process], stateDirectories: [String]? = nil) { scratch.cleanUp(daemons, stateDirectories: stateDirectories) }
     func write(_ text: String, to name: String) throws { try scratch.write(text, to: name) }
-    func start(_ arguments: [String], in directory: String? = nil, log: String = "daemon.log") throws -> Process {
-        try scratch.start(arguments, in: directory, log: log)
+    func start(_ arguments: [String], in directory: String? = nil, log: String = "daemon.log", executable: String? = nil) throws -> Process {
+        try scratch.start(arguments, in: directory, log: log, executable: executable)
     }
     func startDaemon(_ extra: [String] = [], log: String = "daemon.log") throws -> Process { try scratch.startDaemon(extra, log: log) }
     func log(_ name: String = "daemon.log") -> String { scratch.log(name) }

@@ -132,9 +132,11 @@ public struct BackupJobResult: Codable, Sendable, Hashable {
     public var verified: String?
     /// Backups retention deleted after this one succeeded.
     public var pruned: [String]
+    /// Why retention could not run (the backup itself succeeded).
+    public var pruneError: String?
 
     public init(id: String, succeeded: Bool, reason: String, message: String, size: Int? = nil, sha256: String? = nil, startedAt: Date,
-                finishedAt: Date, verified: String? = nil, pruned: [String] = []) {
+                finishedAt: Date, verified: String? = nil, pruned: [String] = [], pruneError: String? = nil) {
         self.id = id
         self.succeeded = succeeded
         self.reason = reason
@@ -145,6 +147,7 @@ public struct BackupJobResult: Codable, Sendable, Hashable {
         self.finishedAt = finishedAt
         self.verified = verified
         self.pruned = pruned
+        self.pruneError = pruneError
     }
 }
 
@@ -253,19 +256,19 @@ public enum BackupRunner {
         let started = Date()
         try? FileManager.default.createDirectory(atPath: job.scratch, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         do {
-            let (manifest, pruned) = try await take(job, interruption: interruption, started: started)
+            let (manifest, pruned, pruneError) = try await take(job, interruption: interruption, started: started)
             let megabytes = String(format: "%.1f", Double(manifest.size) / 1_048_576)
             let how = manifest.verified == "restore" ? ", verified by restore" : manifest.verified == "digest" ? ", verified by digest" : ""
             return BackupJobResult(id: job.id, succeeded: true, reason: "Succeeded", message: "backup \(job.id): \(megabytes) MiB\(how)",
                                    size: manifest.size, sha256: manifest.sha256, startedAt: started, finishedAt: Date(), verified: manifest.verified,
-                                   pruned: pruned)
+                                   pruned: pruned, pruneError: pruneError)
         } catch {
             let failure = interruption.current ?? (error as? BackupError) ?? BackupError(BackupError.destinationFailed, "\(error)")
             return BackupJobResult(id: job.id, succeeded: false, reason: failure.reason, message: failure.message, startedAt: started, finishedAt: Date())
         }
     }
 
-    static func take(_ job: BackupJobSpec, interruption: BackupInterruption, started: Date) async throws -> (BackupManifest, [String]) {
+    static func take(_ job: BackupJobSpec, interruption: BackupInterruption, started: Date) async throws -> (BackupManifest, [String], String?) {
         let target = try target(job.destination, credentials: job.secrets.s3Credentials)
         let key = try key(job.secrets)
         if job.encrypted, key == nil { throw BackupError(BackupError.encryptionFailed, "the encryption key is missing") }
@@ -313,8 +316,11 @@ public enum BackupRunner {
             throw interruption.current ?? error
         }
         // Retention runs after a success only; a failure to prune does not fail the backup.
-        let pruned = (try? await prune(job, target: target)) ?? []
-        return (manifest, pruned)
+        do {
+            return (manifest, try await prune(job, target: target), nil)
+        } catch {
+            return (manifest, [], (error as? BackupError)?.message ?? "\(error)")
+        }
     }
 
     static func sourceTool(_ job: BackupJobSpec) throws(BackupError) -> BackupTool {

@@ -131,7 +131,7 @@ public actor LocalBackups: BackupPlatform {
         let line = output.split(separator: "\n").last.map(String.init) ?? ""
         if let result = try? decoder.decode(BackupJobResult.self, from: Data(line.utf8)) {
             var outcome = BackupOutcome(succeeded: result.succeeded, reason: result.reason, message: result.message, size: result.size, sha256: result.sha256,
-                                        verified: result.verified, pruned: result.pruned, finishedAt: result.finishedAt)
+                                        verified: result.verified, pruned: result.pruned, pruneError: result.pruneError, finishedAt: result.finishedAt)
             if !outcome.succeeded, let stop = job.stopReason {
                 outcome.reason = stop
                 outcome.message = (stop == "Replaced" ? "stopped for a newer run (concurrencyPolicy Replace)" : "stopped (\(stop))") + ": " + outcome.message
@@ -183,7 +183,7 @@ public actor LocalBackups: BackupPlatform {
 extension BackupJobResult {
     public var outcome: BackupOutcome {
         BackupOutcome(succeeded: succeeded, reason: reason, message: message, size: size, sha256: sha256, verified: verified, pruned: pruned,
-                      finishedAt: finishedAt)
+                      pruneError: pruneError, finishedAt: finishedAt)
     }
 }
 

@@ -1,0 +1,334 @@
+import CapstanIntegrations
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// moto's server mode, started once for the process (hack/testapps/s3_server.py): an
+/// S3-compatible server that checks request signatures, with a user, its key and the bucket
+/// `capstan-backups`. It stops when the test process ends (its standard input closes).
+final class S3Server: Sendable {
+    let endpoint: String
+    let accessKeyID: String
+    let secretAccessKey: String
+    let bucket: String
+    let process: Process
+
+    static let shared = Result { try S3Server() }
+
+    init() throws {
+        let info = NSTemporaryDirectory() + "capstan-s3-\(UUID().uuidString).json"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", CLITests.root + "/hack/testapps/s3_server.py", String(LoopbackHTTP.freePort()), info]
+        process.standardInput = Pipe()
+        let log = FileHandle(forWritingAtPath: "/dev/null")!
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        self.process = process
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: info) {
+            guard process.isRunning, Date() < deadline else {
+                throw CLITests.CLIError("the S3 test server (moto) did not start: is moto[server] installed? (hack/test installs it)")
+            }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        let fields = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: info))) as! [String: String]
+        unlink(info)
+        endpoint = fields["endpoint"]!
+        accessKeyID = fields["accessKeyId"]!
+        secretAccessKey = fields["secretAccessKey"]!
+        bucket = fields["bucket"]!
+    }
+
+    var credentials: String { "\(accessKeyID):\(secretAccessKey)" }
+
+    func client() throws -> S3Client {
+        try S3Client(endpoint: endpoint, bucket: bucket, region: "us-east-1", credentials: AWSCredentials(accessKeyID: accessKeyID, secretAccessKey: secretAccessKey))
+    }
+}
+
+/// Runs async work from the tests' blocking code.
+func blocking<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) throws -> T {
+    let result = Mutex<Result<T, Error>?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    Task.detached {
+        let value = await Result { try await work() }
+        result.withLock { $0 = value }
+        done.signal()
+    }
+    done.wait()
+    return try result.withLock { $0! }.get()
+}
+
+extension Result where Failure == Error {
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+}
+
+/// BackupSchedule end to end on this host: the built daemon, a real PostgreSQL and moto's
+/// S3 server (signatures checked), SQLite under a writer, directories, commands, bad input.
+@Suite(.serialized, .timeLimit(.minutes(10))) struct BackupTests: ScratchSuite {
+    let scratch: Scratch
+
+    init() throws {
+        scratch = try Scratch("backups")
+    }
+
+    func capstan(_ arguments: [String]) throws -> CLITests.Run {
+        try CLITests.capstan(arguments + ["--state-dir", state], in: root)
+    }
+
+    func setSecret(_ name: String, _ key: String, _ value: String) throws {
+        let run = try capstan(["secret", "set", name, "--from-literal", "\(key)=\(value)"])
+        #expect(run.status == 0, "\(run.stderr)")
+    }
+
+    /// `status.backups` of a schedule, newest first.
+    func backups(_ name: String) throws -> [[String: Any]] {
+        let output = try capstan(["get", "backupschedule/\(name)", "-o", "json"]).stdout
+        guard output.hasPrefix("{"), let object = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any] else { return [] }
+        return ((object["status"] as? [String: Any])?["backups"] as? [[String: Any]]) ?? []
+    }
+
+    /// Asks for a backup and waits for the run it started to end; returns its record.
+    @discardableResult
+    func backupNow(_ name: String, seconds: Double = 60) throws -> [String: Any] {
+        let before = try backups(name).count
+        let run = try capstan(["backup", "run", "backupschedule/\(name)"])
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        var record: [String: Any] = [:]
+        try poll("a run of \(name) to end", seconds: seconds) {
+            let records = try backups(name)
+            guard records.count > before || (records.count == 20 && records.first?["id"] as? String != nil && before == 20) else { return false }
+            record = records[0]
+            return true
+        }
+        return record
+    }
+
+    func describe(_ name: String) throws -> String {
+        try capstan(["describe", "backupschedule", name]).stdout
+    }
+
+    func listed(_ name: String) throws -> [String] {
+        let run = try capstan(["backup", "list", "backupschedule/\(name)", "-o", "json"])
+        guard run.status == 0, let array = try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [[String: Any]] else {
+            Issue.record("backup list failed: \(run.stderr)")
+            return []
+        }
+        return array.compactMap { $0["id"] as? String }
+    }
+
+    static let postgres = Result { try Postgres() }
+
+    func psql(_ database: Postgres, _ sql: String, in name: String = "app") throws -> String {
+        try Postgres.run([Postgres.binary("psql")!, "-X", "-q", "-h", database.socket, "-p", String(database.port), "-U", "postgres", "-d", name,
+                          "-v", "ON_ERROR_STOP=1", "-tAc", sql]).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func postgresSpec(_ database: Postgres, _ s3: S3Server, bucket: String? = nil, port: Int? = nil) -> String {
+        """
+        apiVersion: capstan.dev/v1alpha1
+        kind: BackupSchedule
+        metadata: {name: db}
+        spec:
+          schedule: "0 3 * * *"
+          source: {postgres: {host: 127.0.0.1, port: \(port ?? database.port), database: app, user: app, passwordFrom: {secretKeyRef: {name: db, key: password}}}}
+          # moto decodes %2F in a query before it checks the signature (AWS and botocore do not), so no '/' in the prefix here.
+          destination: {s3: {endpoint: "\(s3.endpoint)", bucket: \(bucket ?? s3.bucket), prefix: "pg-", credentialsFrom: {secretKeyRef: {name: s3, key: credentials}}}}
+          encryption: {keyFrom: {secretKeyRef: {name: backup-key, key: key}}}
+          retention: {keepLast: 3}
+        """
+    }
+
+    @Test func aPostgresBackupToS3IsEncryptedVerifiedAndRestoredAndBadInputFailsClearly() throws {
+        let database = try Self.postgres.get()
+        let s3 = try S3Server.shared.get()
+        try database.superuser("DROP DATABASE IF EXISTS app")
+        try database.superuser("DROP DATABASE IF EXISTS restored")
+        try database.superuser("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') THEN CREATE USER app CREATEDB PASSWORD 'app-password'; END IF; END $$")
+        try database.superuser("CREATE DATABASE app OWNER app")
+        _ = try psql(database, "CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 5000) i; ALTER TABLE items OWNER TO app")
+        let digest = try psql(database, "SELECT md5(string_agg(id || name, ',' ORDER BY id)) FROM items")
+        try setSecret("db", "password", "app-password")
+        try setSecret("s3", "credentials", s3.credentials)
+        try setSecret("backup-key", "key", Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString())
+        try write(postgresSpec(database, s3), to: "db.yaml")
+        let daemon = try startDaemon()
+        defer { cleanUp([daemon]) }
+
+        let record = try backupNow("db")
+        let described = try describe("db")
+        #expect(record["outcome"] as? String == "Succeeded", "\(record)\n\(described)")
+        #expect(record["verified"] as? String == "restore")
+        let id = try #require(record["id"] as? String)
+        // Encrypted at rest: Capstan's format, not a pg_dump archive (which starts "PGDMP").
+        let stored = try blocking { try await s3.client().get("pg-" + id, limit: 64 << 20) }
+        #expect(String(buffer: stored).hasPrefix("CAPSTAN-AES256GCM-1\n"))
+        #expect(!String(decoding: stored.readableBytesView, as: UTF8.self).contains("PGDMP"))
+        #expect(try listed("db") == [id])
+
+        // Restored into a fresh database: the same rows.
+        let restore = try capstan(["backup", "restore", "backupschedule/db", id, "--database", "restored"])
+        #expect(restore.status == 0, "\(restore.stderr)")
+        #expect(try psql(database, "SELECT md5(string_agg(id || name, ',' ORDER BY id)) FROM items", in: "restored") == digest)
+        let again = try capstan(["backup", "restore", "backupschedule/db", id, "--database", "restored"])
+        #expect(again.status == 1)
+        #expect(again.stderr.contains("is not empty"), "\(again.stderr)")
+        #expect(try capstan(["events", "backupschedule/db"]).stdout.contains("BackupRestored"))
+
+        // Bad input: each run fails with the server's or tool's own message, and retention deletes nothing.
+        try setSecret("s3", "credentials", "\(s3.accessKeyID):wrong-secret")
+        var failed = try backupNow("db")
+        #expect(failed["reason"] as? String == "DestinationFailed")
+        #expect((failed["message"] as? String ?? "").contains("SignatureDoesNotMatch"), "\(failed)")
+        #expect(try describe("db").contains("SignatureDoesNotMatch"))
+        try setSecret("s3", "credentials", s3.credentials)
+
+        try write(postgresSpec(database, s3, bucket: "no-such-bucket"), to: "db.yaml")
+        try poll("the new spec", seconds: 20) { try describe("db").contains("no-such-bucket") }
+        failed = try backupNow("db")
+        #expect((failed["message"] as? String ?? "").contains("NoSuchBucket"), "\(failed)")
+        try write(postgresSpec(database, s3), to: "db.yaml")
+        try poll("the spec back", seconds: 20) { try describe("db").contains("bucket: \(s3.bucket)") }
+
+        try setSecret("db", "password", "wrong-password")
+        failed = try backupNow("db")
+        #expect(failed["reason"] as? String == "SourceFailed")
+        #expect((failed["message"] as? String ?? "").contains("password authentication failed"), "\(failed)")
+        try setSecret("db", "password", "app-password")
+
+        let down = LoopbackHTTP.freePort()
+        try write(postgresSpec(database, s3, port: down), to: "db.yaml")
+        try poll("the spec with a closed port", seconds: 20) { try describe("db").contains("port: \(down)") }
+        failed = try backupNow("db")
+        #expect(failed["reason"] as? String == "SourceFailed")
+        #expect((failed["message"] as? String ?? "").contains("Connection refused"), "\(failed)")
+        #expect(try describe("db").contains("Connection refused"))
+
+        #expect(try listed("db") == [id], "a failed run must not prune")
+        let uploads = try blocking { try await s3.client().uploads(prefix: "pg-") }
+        #expect(uploads.isEmpty, "multipart uploads left: \(uploads)")
+    }
+
+    @Test func anSQLiteBackupTakenWhileAWriterCommitsIsConsistent() throws {
+        let db = root + "/app.db"
+        // Each transaction adds one row to each of two tables: a consistent copy has as many in both.
+        let writer = try start(["python3", "-c", """
+            import sqlite3, time, sys
+            db = sqlite3.connect(sys.argv[1], isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS a (n INTEGER)")
+            db.execute("CREATE TABLE IF NOT EXISTS b (n INTEGER)")
+            n = 0
+            while True:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT INTO a VALUES (?)", (n,))
+                db.execute("INSERT INTO b VALUES (?)", (n,))
+                db.execute("COMMIT")
+                n += 1
+                time.sleep(0.01)
+            """, db], log: "writer.log", executable: "/usr/bin/env")
+        defer { kill(writer.processIdentifier, SIGKILL) }
+        try FileManager.default.createDirectory(atPath: root + "/dest", withIntermediateDirectories: true)
+        try write("""
+            apiVersion: capstan.dev/v1alpha1
+            kind: BackupSchedule
+            metadata: {name: app-db}
+            spec:
+              schedule: "@daily"
+              source: {sqlite: {path: ../app.db}}
+              destination: {local: {path: ../dest}}
+            """, to: "sqlite.yaml")
+        let daemon = try startDaemon()
+        defer { cleanUp([daemon]) }
+        Thread.sleep(forTimeInterval: 0.5)
+        var ids: [String] = []
+        for _ in 0..<3 {
+            let record = try backupNow("app-db")
+            #expect(record["outcome"] as? String == "Succeeded", "\(record)")
+            #expect(record["verified"] as? String == "restore")
+            ids.append(record["id"] as? String ?? "")
+        }
+        for (index, id) in ids.enumerated() {
+            let target = root + "/restored-\(index).db"
+            let run = try capstan(["backup", "restore", "backupschedule/app-db", id, "--to", target])
+            #expect(run.status == 0, "\(run.stderr)")
+            let counts = try Postgres.run(["/usr/bin/sqlite3", target, "SELECT (SELECT count(*) FROM a) || ' ' || (SELECT count(*) FROM b) || ' ' || (SELECT max(n) FROM a); PRAGMA integrity_check;"])
+            let lines = counts.split(separator: "\n")
+            let numbers = lines.first?.split(separator: " ") ?? []
+            #expect(numbers.count == 3 && numbers[0] == numbers[1] && Int(numbers[0]) ?? 0 > 0, "tables differ in \(id): \(counts)")
+            #expect(lines.last == "ok")
+        }
+    }
+
+    @Test func directoriesCommandsAndBadInput() throws {
+        try FileManager.default.createDirectory(atPath: root + "/data/sub", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: root + "/dest", withIntermediateDirectories: true)
+        try "hello\n".write(toFile: root + "/data/a.txt", atomically: true, encoding: .utf8)
+        try Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 * 7) }).write(to: URL(fileURLWithPath: root + "/data/sub/b.bin"))
+        func schedule(_ name: String, source: String, destination: String = "{local: {path: ../dest}}", extra: String = "") -> String {
+            """
+            apiVersion: capstan.dev/v1alpha1
+            kind: BackupSchedule
+            metadata: {name: \(name)}
+            spec:
+              schedule: "@daily"
+              source: \(source)
+              destination: \(destination)
+              retention: {keepLast: 2}
+            \(extra)
+            ---
+
+            """
+        }
+        try write(schedule("files", source: "{directory: {path: ../data}}")
+                  + schedule("dump", source: "{command: {command: [sh, -c, 'echo line one; echo line two']}}")
+                  + schedule("broken", source: "{command: {command: [sh, -c, 'echo partial; echo no space left on device >&2; exit 1']}}")
+                  + schedule("slow", source: "{command: {command: [sleep, '30']}}", extra: "  timeout: 1s")
+                  + schedule("nowhere", source: "{directory: {path: ../data}}", destination: "{local: {path: ../missing}}"), to: "backups.yaml")
+        let daemon = try startDaemon()
+        defer { cleanUp([daemon]) }
+
+        let files = try backupNow("files")
+        #expect(files["outcome"] as? String == "Succeeded", "\(files)")
+        let restored = root + "/restored"
+        #expect(try capstan(["backup", "restore", "backupschedule/files", "--to", restored]).status == 0)
+        #expect(FileManager.default.contentsEqual(atPath: root + "/data/sub/b.bin", andPath: restored + "/sub/b.bin"))
+        #expect(try String(contentsOfFile: restored + "/a.txt", encoding: .utf8) == "hello\n")
+
+        let dump = try backupNow("dump")
+        #expect(dump["outcome"] as? String == "Succeeded", "\(dump)")
+        #expect(try capstan(["backup", "restore", "backupschedule/dump", "--to", root + "/dump.txt"]).status == 0)
+        #expect(try String(contentsOfFile: root + "/dump.txt", encoding: .utf8) == "line one\nline two\n")
+
+        // Retention keeps the last 2; a failing run deletes nothing.
+        for _ in 0..<2 { try backupNow("files") }
+        let kept = try listed("files")
+        #expect(kept.count == 2)
+        #expect(try capstan(["events", "backupschedule/files"]).stdout.contains("BackupsPruned"))
+
+        let broken = try backupNow("broken")
+        #expect(broken["reason"] as? String == "SourceFailed")
+        #expect((broken["message"] as? String ?? "").contains("no space left on device"), "\(broken)")
+        #expect((broken["message"] as? String ?? "").contains("exited with status 1"))
+
+        let slow = try backupNow("slow", seconds: 30)
+        #expect(slow["reason"] as? String == "Timeout", "\(slow)")
+
+        let nowhere = try backupNow("nowhere")
+        #expect(nowhere["reason"] as? String == "DestinationFailed")
+        #expect((nowhere["message"] as? String ?? "").contains("does not exist"), "\(nowhere)")
+        #expect(try describe("nowhere").contains("does not exist"))
+
+        #expect(try listed("files") == kept)
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: root + "/dest").filter { $0.hasSuffix(".partial") }
+        #expect(leftovers.isEmpty, "partial files left: \(leftovers)")
+    }
+}
