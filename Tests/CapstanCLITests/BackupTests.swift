@@ -331,4 +331,118 @@ extension Result where Failure == Error {
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: root + "/dest").filter { $0.hasSuffix(".partial") }
         #expect(leftovers.isEmpty, "partial files left: \(leftovers)")
     }
+
+    /// kill -9 of the daemon at a random moment of a backup, alternately to a directory and to
+    /// S3: the run is `Interrupted` on restart, nothing partial is left (no `.partial` file, no
+    /// object, no multipart upload), and the next run succeeds.
+    @Test func aDaemonKilledMidBackupLeavesNothingPartial() throws {
+        let s3 = try S3Server.shared.get()
+        let kills = Int(ProcessInfo.processInfo.environment["CAPSTAN_BACKUP_KILLS"] ?? "") ?? 20
+        let size = root + "/size"
+        try "400\n".write(toFile: size, atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: root + "/dest", withIntermediateDirectories: true)
+        try setSecret("s3", "credentials", s3.credentials)
+        let prefix = "kill-\(UUID().uuidString.prefix(8).lowercased())-"
+        // Megabytes of random data, 50 a second: a backup that takes seconds.
+        let source = "{command: {command: [sh, -c, 'n=$(cat \(size)); i=0; while [ $i -lt $n ]; do head -c 1000000 /dev/urandom; sleep 0.02; i=$((i+1)); done']}}"
+        try write("""
+            apiVersion: capstan.dev/v1alpha1
+            kind: BackupSchedule
+            metadata: {name: local}
+            spec:
+              schedule: "@yearly"
+              source: \(source)
+              destination: {local: {path: ../dest}}
+            ---
+            apiVersion: capstan.dev/v1alpha1
+            kind: BackupSchedule
+            metadata: {name: remote}
+            spec:
+              schedule: "@yearly"
+              source: \(source)
+              destination: {s3: {endpoint: "\(s3.endpoint)", bucket: \(s3.bucket), prefix: "\(prefix)", credentialsFrom: {secretKeyRef: {name: s3, key: credentials}}}}
+            """, to: "backups.yaml")
+        var daemon = try startDaemon()
+        defer { cleanUp([daemon]) }
+        let client = try s3.client()
+        func active(_ name: String) throws -> String? {
+            let output = try capstan(["get", "backupschedule/\(name)", "-o", "json"]).stdout
+            guard output.hasPrefix("{"), let object = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any] else { return nil }
+            return ((object["status"] as? [String: Any])?["active"] as? [String])?.first
+        }
+        func leftovers(_ name: String, _ id: String) throws -> [String] {
+            if name == "local" {
+                return try FileManager.default.contentsOfDirectory(atPath: root + "/dest").filter { $0.hasPrefix(id) }
+            }
+            let uploads = try blocking { try await client.uploads(prefix: prefix) }.map { "upload of \($0.key)" }
+            let objects = try blocking { try await client.list(prefix: prefix + id) }.map(\.key)
+            return uploads + objects
+        }
+        try poll("both schedules read") { try active("local") == nil && backups("remote").isEmpty && capstan(["get", "backupschedule/remote"]).status == 0 }
+        var outcomes: [String: Int] = [:]
+        for kill in 0..<kills {
+            let name = kill % 2 == 0 ? "local" : "remote"
+            let run = try capstan(["backup", "run", "backupschedule/\(name)"])
+            #expect(run.status == 0, "\(run.stderr)")
+            var id = ""
+            try poll("a run of \(name) to start", seconds: 20) {
+                id = try active(name) ?? ""
+                return !id.isEmpty
+            }
+            Thread.sleep(forTimeInterval: Double.random(in: 0.05...1.5))
+            Glibc.kill(daemon.processIdentifier, SIGKILL)
+            daemon.waitUntilExit()
+            daemon = try startDaemon(log: "daemon-\(kill).log")
+            var record: [String: Any] = [:]
+            try poll("run \(id) recorded after the restart", seconds: 30, log: "daemon-\(kill).log") {
+                guard let found = try backups(name).first(where: { $0["id"] as? String == id }) else { return false }
+                record = found
+                return true
+            }
+            let outcome = "\(record["outcome"] ?? "")/\(record["reason"] ?? "")"
+            outcomes[outcome, default: 0] += 1
+            #expect(outcome == "Failed/Interrupted" || outcome == "Succeeded/", "\(record)")
+            // The job cut off removes what it wrote; so does the restarted daemon: nothing stays.
+            if outcome != "Succeeded/" {
+                var left: [String] = []
+                try poll("nothing left of \(id)", seconds: 20) {
+                    left = try leftovers(name, id)
+                    return left.isEmpty
+                }
+            }
+        }
+        // The job itself killed (it cannot clean up): the daemon removes what it left.
+        for name in ["local", "remote"] {
+            _ = try capstan(["backup", "run", "backupschedule/\(name)"])
+            var id = ""
+            try poll("a run of \(name) to start", seconds: 20) {
+                id = try active(name) ?? ""
+                return !id.isEmpty
+            }
+            Thread.sleep(forTimeInterval: 0.7)
+            let children = try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap(Int32.init).filter { pid in
+                let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+                let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+                let command = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? ""
+                return fields.count > 2 && Int32(fields[1]) == daemon.processIdentifier && command.contains("backup-job")
+            }
+            #expect(children.count == 1, "backup-job children: \(children)")
+            for child in children { Glibc.kill(child, SIGKILL) }
+            var record: [String: Any] = [:]
+            try poll("run \(id) recorded", seconds: 30) {
+                guard let found = try backups(name).first(where: { $0["id"] as? String == id }) else { return false }
+                record = found
+                return true
+            }
+            #expect(record["reason"] as? String == "Interrupted")
+            #expect((record["message"] as? String ?? "").contains("killed by signal 9"), "\(record)")
+            #expect(try leftovers(name, id).isEmpty)
+        }
+        try "3\n".write(toFile: size, atomically: true, encoding: .utf8)
+        for name in ["local", "remote"] {
+            let record = try backupNow(name)
+            #expect(record["outcome"] as? String == "Succeeded", "\(record)")
+        }
+        print("backup kills: \(outcomes)")
+    }
 }

@@ -21,6 +21,7 @@ public actor LocalBackups: BackupPlatform {
     let enqueue: @Sendable (ObjectKey) async -> Void
 
     struct Job {
+        var spec: BackupJobSpec
         var pid: pid_t
         var input: Int32
         var outcome: BackupOutcome?
@@ -109,7 +110,7 @@ public actor LocalBackups: BackupPlatform {
         }
         // The job and its secrets go through the pipe; the pipe stays open while the daemon lives.
         payload.withUnsafeBytes { bytes in _ = Glibc.write(input[1], bytes.baseAddress!, bytes.count) }
-        jobs[key] = Job(pid: pid, input: input[1], outcome: nil, stopReason: nil)
+        jobs[key] = Job(spec: job, pid: pid, input: input[1], outcome: nil, stopReason: nil)
         let reader = output[0]
         Task.detached { [weak self] in
             var text = ByteBuffer()
@@ -138,10 +139,18 @@ public actor LocalBackups: BackupPlatform {
             }
             job.outcome = outcome
         } else {
+            // Killed before it could clean up after itself: what it wrote is removed here.
             let how = status > 0 ? "exited with status \(status)" : "was killed by signal \(-status)"
             let tail = LogTail.lastLines(of: log, count: 3).joined(separator: " | ")
-            job.outcome = BackupOutcome(succeeded: false, reason: job.stopReason ?? BackupError.interrupted,
-                                        message: "the backup job \(how) before it finished" + (tail.isEmpty ? "" : ": \(tail)"), finishedAt: Date())
+            let recovered = await BackupRunner.recover(job.spec)
+            if recovered.succeeded {
+                job.outcome = recovered.outcome
+            } else {
+                let removed = recovered.message.components(separatedBy: "; ").dropFirst().joined(separator: "; ")
+                job.outcome = BackupOutcome(succeeded: false, reason: job.stopReason ?? BackupError.interrupted,
+                                            message: "the backup job \(how) before it finished" + (tail.isEmpty ? "" : " (\(tail))") + (removed.isEmpty ? "" : "; \(removed)"),
+                                            finishedAt: Date())
+            }
         }
         jobs[key] = job
         await enqueue(owner)
