@@ -137,6 +137,9 @@ public struct BackupScheduleReconciler: Reconciler {
         step.status.backups.removeAll { $0.id == id }
         step.status.backups.insert(record, at: 0)
         step.status.backups = Array(step.status.backups.prefix(Self.history))
+        for index in step.status.backups.indices where outcome.pruned.contains(step.status.backups[index].id) {
+            step.status.backups[index].outcome = BackupRecord.pruned
+        }
         if outcome.succeeded {
             step.status.lastSuccessfulTime = Timestamp(outcome.finishedAt)
             step.event(.normal, "BackupSucceeded", outcome.message)

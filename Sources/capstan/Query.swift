@@ -297,6 +297,7 @@ struct Describe: ParsableCommand {
             try printInstances(of: key, store: store)
         }
         if key.kind == .secretRotation { printVersions(status) }
+        if key.kind == .backupSchedule { printBackups(status) }
         print("Events:")
         let events = try store.events(for: key).suffix(20)
         if events.isEmpty {
@@ -348,6 +349,27 @@ extension Describe {
                   + (rotation["failure"]?.scalarText.map { " (rolling back: \($0))" } ?? ""))
         }
         if let token = status["restartToken"]?.scalarText { print("Dependents restarted for: \(token)") }
+    }
+
+    /// A BackupSchedule's runs: those going, the last ones with their outcome (a failure's
+    /// reason and the tool's or server's message), and the runs missed.
+    func printBackups(_ status: SpecNode) {
+        let active = JSONPath.evaluate(".active[*]", on: status).compactMap(\.scalarText)
+        if !active.isEmpty { print("Running: \(active.joined(separator: ", "))") }
+        let backups = JSONPath.evaluate(".backups[*]", on: status)
+        if !backups.isEmpty {
+            print("Backups:")
+            var rows = [["  ID", "FINISHED", "OUTCOME", "SIZE", "VERIFIED", "MESSAGE"]]
+            for backup in backups {
+                let outcome = backup["outcome"]?.scalarText ?? ""
+                let reason = backup["reason"]?.scalarText.map { "/\($0)" } ?? ""
+                rows.append(["  " + (backup["id"]?.scalarText ?? ""), backup["time"]?.scalarText ?? "", outcome + reason,
+                             backup["size"]?.scalarText.flatMap(Int.init).map(BackupList.size) ?? "", backup["verified"]?.scalarText ?? "",
+                             backup["message"]?.scalarText ?? ""])
+            }
+            printTable(rows)
+        }
+        if let missed = status["missedRuns"]?.scalarText { print("Missed runs: \(missed)") }
     }
 
     /// The instances the inventory records for a Deployment (this host), with their logs.

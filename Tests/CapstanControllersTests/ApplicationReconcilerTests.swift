@@ -54,6 +54,7 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
         switch (previous, next) {
         case (.application(let p), .application(var n)): n.status = p.status; return .application(n)
         case (.deployment(let p), .deployment(var n)): n.status = p.status; return .deployment(n)
+        case (.backupSchedule(let p), .backupSchedule(var n)): n.status = p.status; return .backupSchedule(n)
         default: return next
         }
     }

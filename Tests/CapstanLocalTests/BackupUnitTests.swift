@@ -161,3 +161,37 @@ final class CollectSink: ByteSink {
         #expect(BackupRunner.time(ofID: "db-nightly-x", schedule: "db-nightly") == nil)
     }
 }
+
+/// Retention as a run applies it: twenty simulated days of backups (twice a day, three days
+/// missed) in a real destination directory, pruned after the newest run.
+@Suite struct BackupRetentionTests {
+    @Test func twentySimulatedDaysKeepWhatResticKeeps() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-retention-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let formatter = ISO8601DateFormatter()
+        var ids: [String] = []
+        for day in 1...20 where day != 5 && day != 11 && day != 12 {
+            for hour in [2, 14] {
+                let id = BackupRunner.id(schedule: "db", at: formatter.date(from: String(format: "2026-11-%02dT%02d:00:00Z", day, hour))!)
+                ids.append(id)
+                _ = FileManager.default.createFile(atPath: directory + "/" + id, contents: Data("backup".utf8))
+                _ = FileManager.default.createFile(atPath: directory + "/" + id + ".json", contents: Data("{}".utf8))
+            }
+        }
+        // Another schedule's backups and a stray file are never touched.
+        _ = FileManager.default.createFile(atPath: directory + "/db-other-20261101T020000Z.json", contents: Data())
+        _ = FileManager.default.createFile(atPath: directory + "/notes.txt", contents: Data())
+        var destination = BackupJobSpec.Destination()
+        destination.path = directory
+        let job = BackupJobSpec(id: ids.last!, namespace: "default", schedule: "db", source: .init(type: "directory"), destination: destination,
+                                encrypted: false, verify: false, retention: [2, 0, 5, 2, 2, 0], timeZone: "UTC", timeoutSeconds: 60,
+                                capstanVersion: "test", secrets: .init(), scratch: directory)
+        let pruned = try await BackupRunner.prune(job, target: DirectoryTarget(path: directory))
+        let left = Set(try FileManager.default.contentsOfDirectory(atPath: directory))
+        let expected = ["20261120T140000Z", "20261120T020000Z", "20261119T140000Z", "20261118T140000Z", "20261117T140000Z",
+                        "20261116T140000Z", "20261115T140000Z"].map { "db-" + $0 }
+        #expect(left == Set(expected + expected.map { $0 + ".json" } + ["db-other-20261101T020000Z.json", "notes.txt"]))
+        #expect(pruned.count == ids.count - expected.count)
+    }
+}

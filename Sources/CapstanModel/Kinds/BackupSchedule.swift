@@ -156,7 +156,7 @@ public struct BackupRecord: SpecObject, Hashable {
     public var time = Timestamp(.init(timeIntervalSince1970: 0))
     public var size: Int?
     public var sha256: String?
-    /// `Succeeded` or `Failed`.
+    /// `Succeeded`, `Failed`, or `Pruned` (succeeded, since deleted by retention).
     public var outcome = ""
     /// Why it failed (`SourceFailed`, `DestinationFailed`, `VerifyFailed`, `Timeout`,
     /// `Interrupted`, ...), and the tool's or server's message.
@@ -169,6 +169,7 @@ public struct BackupRecord: SpecObject, Hashable {
 
     public static let succeeded = "Succeeded"
     public static let failed = "Failed"
+    public static let pruned = "Pruned"
 
     public static let fields: [Field<BackupRecord>] = [
         .required("id", \.id), .required("time", \.time), .optional("size", \.size), .optional("sha256", \.sha256),
