@@ -1,5 +1,6 @@
 import ArgumentParser
 import CapstanControllers
+import CapstanKube
 import CapstanLocal
 import CapstanModel
 import CapstanRuntime
@@ -15,7 +16,7 @@ struct BackupCommand: AsyncParsableCommand {
         discussion: """
             Backups are taken by the daemon as jobs (here: a child process; on a cluster: a batch/v1 Job), streamed from the source through gzip and, with encryption, AES-256-GCM to the destination with a SHA-256, verified by reading them back (and, for PostgreSQL and SQLite, by restoring into a scratch database). Each backup is an object SCHEDULE-<UTC time> with a JSON manifest beside it.
             """,
-        subcommands: [BackupRun.self, BackupList.self, BackupRestore.self])
+        subcommands: [BackupRunCommand.self, BackupList.self, BackupRestore.self])
 }
 
 /// The schedule named on the command line, as stored, and the job that reaches its
@@ -28,7 +29,7 @@ func backupJob(_ reference: String, namespace: String?, state: StateOptions) thr
         printError("capstan: backupschedule \"\(key.name)\" not found in namespace \(key.namespace)")
         throw ExitCode(1)
     }
-    let run = CapstanControllers.BackupRun(id: "", owner: key, spec: schedule.spec, sourceFile: record.sourceFile)
+    let run = BackupRun(id: "", owner: key, spec: schedule.spec, sourceFile: record.sourceFile)
     do {
         return (key, try LocalBackups.job(for: run, vault: vault, version: Capstan.version, scratch: state.resolved + "/backups/\(key.namespace)/\(key.name)/scratch"))
     } catch {
@@ -37,7 +38,7 @@ func backupJob(_ reference: String, namespace: String?, state: StateOptions) thr
     }
 }
 
-struct BackupRun: AsyncParsableCommand {
+struct BackupRunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
         abstract: "Take a backup now.",
@@ -162,23 +163,33 @@ struct BackupJobCommand: AsyncParsableCommand {
         abstract: "Run one backup job read from standard input (started by the daemon).",
         shouldDisplay: false)
 
+    @Flag(name: .customLong("from-env"), help: "Read the job from $CAPSTAN_BACKUP_JOB and its secrets from the environment (a Kubernetes Job).")
+    var fromEnvironment = false
+
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
-        guard let line = readLine(strippingNewline: true), let job = try? JSONDecoder().decode(BackupJobSpec.self, from: Data(line.utf8)) else {
-            printError("capstan backup-job: no job on standard input")
+        let environment = ProcessInfo.processInfo.environment
+        let text = fromEnvironment ? environment[KubeBackups.jobVariable] : readLine(strippingNewline: true)
+        guard let text, var job = try? JSONDecoder().decode(BackupJobSpec.self, from: Data(text.utf8)) else {
+            printError("capstan backup-job: no job " + (fromEnvironment ? "in $\(KubeBackups.jobVariable)" : "on standard input"))
             throw ExitCode(2)
+        }
+        if fromEnvironment {
+            job.secrets.postgresPassword = environment["CAPSTAN_BACKUP_PGPASSWORD"]
+            job.secrets.encryptionKey = environment["CAPSTAN_BACKUP_KEY"].map { Data($0.utf8).base64EncodedString() }
+            job.secrets.s3Credentials = environment["CAPSTAN_BACKUP_S3_CREDENTIALS"]
         }
         let interruption = BackupInterruption()
         // The daemon keeps our input open while it lives: its end (even by kill -9) cuts the
-        // run off, which then removes what it wrote.
-        Thread.detachNewThread {
+        // run off, which then removes what it wrote. (A Kubernetes Job's pod is stopped by SIGTERM.)
+        if !fromEnvironment { Thread.detachNewThread {
             var byte: UInt8 = 0
             while true {
                 let count = Glibc.read(0, &byte, 1)
                 if count == 0 || (count < 0 && errno != EINTR) { break }
             }
             interruption.interrupt(BackupError.interrupted, "the daemon that started the backup stopped")
-        }
+        } }
         signal(SIGTERM, SIG_IGN)
         let terminate = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
         terminate.setEventHandler { interruption.interrupt(BackupError.interrupted, "the backup was stopped") }
@@ -192,6 +203,28 @@ struct BackupJobCommand: AsyncParsableCommand {
         timer.cancel()
         let data = try JSONEncoder().encode(result)
         FileHandle.standardOutput.write(data + Data("\n".utf8))
+        // On a cluster the result is the pod's termination message, which the operator reads.
+        if fromEnvironment { try? data.write(to: URL(fileURLWithPath: "/dev/termination-log")) }
         printError("capstan backup-job: \(result.id): \(result.succeeded ? "succeeded" : "failed (\(result.reason))"): \(result.message)")
+    }
+}
+
+/// After a run on a cluster was cut off (its Job deleted before it ended), the operator
+/// removes what it left at an S3 destination, with the credentials read from the cluster.
+enum KubeBackupRecovery {
+    static func recover(client: KubeClient) -> @Sendable (BackupRun, BackupJobSpec) async -> BackupOutcome {
+        { run, job in
+            var job = job
+            job.scratch = NSTemporaryDirectory() + "capstan-backup-recovery"
+            if let ref = run.spec.destination.s3?.credentialsFrom?.secretKeyRef,
+               let secret = try? await client.get(KubeSecrets.secrets, namespace: run.owner.namespace, name: ref.name) {
+                job.secrets.s3Credentials = KubeSecrets.values(of: secret)[ref.key].map { String(decoding: $0, as: UTF8.self) }
+            }
+            if run.spec.destination.local != nil {
+                // A directory on a node: the pod removed what it wrote when it was stopped.
+                return BackupOutcome(succeeded: false, reason: BackupError.interrupted, message: "its pod was stopped before it finished", finishedAt: Date())
+            }
+            return await BackupRunner.recover(job).outcome
+        }
     }
 }

@@ -43,6 +43,9 @@ struct KubeOptions: ParsableArguments {
     @Option(name: .customLong("lease-namespace"), help: ArgumentHelp("Where the leader-election Lease lives (default: $POD_NAMESPACE, the pod's namespace, or default).", valueName: "name"))
     var leaseNamespace: String?
 
+    @Option(name: .customLong("backup-image"), help: ArgumentHelp("The image of a BackupSchedule's Jobs on a cluster: capstan with pg_dump, sqlite3 and tar.", valueName: "image"))
+    var backupImage: String = KubeBackups.defaultImage
+
     @Option(name: .customLong("kube-qps"), help: ArgumentHelp("Client-side requests per second to the API server (0: no client-side limit).", valueName: "n"))
     var qps: Double = 50
 
@@ -156,7 +159,10 @@ final class KubeDaemon: Sendable {
                              platforms: Platforms(artifacts: KubeArtifacts(), workload: workload, traffic: workload,
                                                   revisions: ConfigMapRevisions(client: client, cache: objects.cache),
                                                   secrets: KubeSecrets(client: client, uid: { [cache = objects.cache] key in cache.get(key)?.resource.metadata.uid }),
-                                                  actions: Self.actions),
+                                                  actions: Self.actions,
+                                                  backups: KubeBackups(client: client, image: options.kube.backupImage, version: Capstan.version,
+                                                                       uid: { [cache = objects.cache] key in cache.get(key)?.resource.metadata.uid },
+                                                                       recover: KubeBackupRecovery.recover(client: client))),
                              prune: options.prune, referrerDelay: Daemon.clusterReferrerDelay)
         // A Deployment's readiness or version shows in its Application's status.
         objects.onReferrersChanged { [manager, objects] key in

@@ -75,7 +75,9 @@ final class LocalDaemon: Sendable {
             let workload = KubeWorkload(client: cluster!.client, children: cluster!.children, ownership: .inventory(StoreChildInventory(store: store)))
             // Secrets go to the cluster; with no custom resource to own them, their labels say whose they are.
             platforms = Platforms(artifacts: KubeArtifacts(), workload: workload, traffic: workload, revisions: objects,
-                                  secrets: KubeSecrets(client: cluster!.client, uid: { _ in nil }), actions: KubeDaemon.actions)
+                                  secrets: KubeSecrets(client: cluster!.client, uid: { _ in nil }), actions: KubeDaemon.actions,
+                                  backups: KubeBackups(client: cluster!.client, image: options.kube.backupImage, version: Capstan.version, uid: { _ in nil },
+                                                       recover: KubeBackupRecovery.recover(client: cluster!.client)))
         }
         Controllers.register(on: manager, store: objects, events: objects, cache: cache, platforms: platforms, prune: options.prune,
                              referrerDelay: cluster == nil ? .zero : Daemon.clusterReferrerDelay)

@@ -1,3 +1,4 @@
+import CapstanControllers
 import CapstanIntegrations
 import CapstanModel
 import Crypto

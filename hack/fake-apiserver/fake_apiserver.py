@@ -75,6 +75,7 @@ BUILTIN = [
     Resource("", "v1", "serviceaccounts", "ServiceAccount", short=["sa"]),
     Resource("", "v1", "pods", "Pod", status=True, short=["po"]),
     Resource("apps", "v1", "deployments", "Deployment", status=True, generation=True, short=["deploy"]),
+    Resource("batch", "v1", "jobs", "Job", status=True, generation=True),
     Resource("networking.k8s.io", "v1", "ingresses", "Ingress", status=True, generation=True, short=["ing"]),
     Resource("coordination.k8s.io", "v1", "leases", "Lease"),
     Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False),

@@ -1,3 +1,4 @@
+import CapstanControllers
 import Crypto
 import Foundation
 import NIOCore

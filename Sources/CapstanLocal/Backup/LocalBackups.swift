@@ -189,13 +189,6 @@ public actor LocalBackups: BackupPlatform {
     }
 }
 
-extension BackupJobResult {
-    public var outcome: BackupOutcome {
-        BackupOutcome(succeeded: succeeded, reason: reason, message: message, size: size, sha256: sha256, verified: verified, pruned: pruned,
-                      pruneError: pruneError, finishedAt: finishedAt)
-    }
-}
-
 extension BackupRunner {
     /// A run found cut off: finished after all when its manifest is there; else what it left
     /// is removed and it is `Interrupted`.

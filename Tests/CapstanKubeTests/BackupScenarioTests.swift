@@ -1,0 +1,154 @@
+import CapstanControllers
+import CapstanKube
+import CapstanModel
+import Foundation
+import Testing
+
+/// BackupSchedule scenarios on both platforms with the built binary: locally a run is a real
+/// `capstan backup-job`; on the fake API server it is a `batch/v1` Job whose pod this test plays
+/// (no kubelet there): it leaves the result as its termination message, or fails.
+@Suite(.serialized, .timeLimit(.minutes(5))) struct BackupScenarioTests {
+    typealias Platform = DeploymentScenarioTests.Platform
+    typealias Kind = DeploymentScenarioTests.Kind
+
+    static func schedule(root: String, timeout: String = "1h") -> SpecNode {
+        .mapping([
+            ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("BackupSchedule")), ("metadata", .mapping([("name", .string("web"))])),
+            ("spec", .mapping([
+                ("schedule", .string("@yearly")),
+                ("source", .mapping([("directory", .mapping([("path", .string(root + "/data"))]))])),
+                ("destination", .mapping([("local", .mapping([("path", .string(root + "/dest"))]))])),
+                ("encryption", .mapping([("keyFrom", .mapping([("secretKeyRef", .mapping([("name", .string("backup-key")), ("key", .string("key"))]))]))])),
+                ("timeout", .string(timeout)),
+            ])),
+        ])
+    }
+
+    func schedule(_ platform: Platform) async throws -> SpecNode? {
+        if platform.kind == .kube { return try await platform.client!.get(.capstan(.backupSchedule), namespace: "default", name: "web") }
+        let result = try await KubeModeTests.capstan(["get", "backupschedule/web", "-o", "json", "--state-dir", platform.state])
+        guard result.status == 0, let start = result.output.firstIndex(of: "{") else { return nil }
+        return try? JSONReader.parse(Data(result.output[start...].utf8))
+    }
+
+    /// Waits for the newest record to satisfy `condition`; returns it.
+    func record(_ platform: Platform, _ what: String, seconds: Double = 40, _ condition: (SpecNode) -> Bool) async throws -> SpecNode {
+        let deadline = Date().addingTimeInterval(seconds)
+        var last: SpecNode?
+        while Date() < deadline {
+            last = try await schedule(platform)
+            if let newest = last?["status"]?["backups"]?.entriesOrItems.first, condition(newest) { return newest }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw KubeModeTests.Failure(description: "\(platform.kind): no \(what) after \(seconds) s; status: \(last?["status"].map { JSONEmitter.emit($0, pretty: true) } ?? "none")")
+    }
+
+    /// The cluster's part for a Job: its pod ends with `result` as termination message, or fails.
+    func finish(_ platform: Platform, job: SpecNode, result: BackupJobResult?, failure: (reason: String, message: String)? = nil) async throws {
+        let client = platform.client!
+        let name = job["metadata"]?["name"]?.scalarText ?? ""
+        if let result {
+            let pod: SpecNode = .mapping([
+                ("apiVersion", .string("v1")), ("kind", .string("Pod")),
+                ("metadata", .mapping([("name", .string(name + "-pod")), ("labels", job["spec"]?["template"]?["metadata"]?["labels"] ?? .mapping([]))])),
+                ("spec", .mapping([("containers", .sequence([.mapping([("name", .string("backup")), ("image", .string("x"))])]))])),
+            ])
+            _ = try await client.create(KubeBackups.pods, namespace: "default", pod)
+            let message = String(decoding: try JSONEncoder().encode(result), as: UTF8.self)
+            let status: SpecNode = .mapping([("containerStatuses", .sequence([.mapping([("name", .string("backup")), ("state", .mapping([
+                ("terminated", .mapping([("exitCode", .int(0)), ("message", .string(message))])),
+            ]))])]))])
+            _ = try await client.patch(KubeBackups.pods, namespace: "default", name: name + "-pod", .mapping([("status", status)]), subresource: "status")
+        }
+        let now = Timestamp(Date()).description
+        let condition: SpecNode = failure.map { failure in
+            .mapping([("type", .string("Failed")), ("status", .string("True")), ("reason", .string(failure.reason)), ("message", .string(failure.message)),
+                      ("lastTransitionTime", .string(now))])
+        } ?? .mapping([("type", .string("Complete")), ("status", .string("True")), ("lastTransitionTime", .string(now))])
+        _ = try await client.patch(KubeBackups.jobs, namespace: "default", name: name, .mapping([("status", .mapping([("conditions", .sequence([condition]))]))]),
+                                   subresource: "status")
+    }
+
+    func jobs(_ platform: Platform) async throws -> [SpecNode] {
+        try await platform.client!.list(KubeBackups.jobs, namespace: "default").items
+    }
+
+    /// Asks for a run; on a cluster waits for its Job (the new one).
+    func requestRun(_ platform: Platform, known: Int = 0) async throws -> SpecNode? {
+        let run = try await platform.cli(["backup", "run", "backupschedule/web"])
+        #expect(run.status == 0, "\(platform.kind): \(run.output)")
+        guard platform.kind == .kube else { return nil }
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            let all = try await jobs(platform)
+            if all.count > known { return all.max { ($0["metadata"]?["name"]?.scalarText ?? "") < ($1["metadata"]?["name"]?.scalarText ?? "") } }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let status = try await schedule(platform)?["status"]
+        throw KubeModeTests.Failure(description: "no Job for the run; status: \(status.map { JSONEmitter.emit($0, pretty: true) } ?? "none")")
+    }
+
+    @Test(arguments: Kind.allCases) func aRequestedRunIsAJobWhoseResultIsTheStatus(_ kind: Kind) async throws {
+        try await DeploymentScenarioTests().on(kind) { platform in
+            let root = NSTemporaryDirectory() + "capstan-backup-scenario-" + UUID().uuidString
+            try FileManager.default.createDirectory(atPath: root + "/data", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: root + "/dest", withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: root) }
+            try "backed up\n".write(toFile: root + "/data/file.txt", atomically: true, encoding: .utf8)
+            let key = Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
+            if kind == .kube {
+                _ = try await platform.client!.create(KubeSecrets.secrets, namespace: "default", .mapping([
+                    ("apiVersion", .string("v1")), ("kind", .string("Secret")), ("metadata", .mapping([("name", .string("backup-key"))])),
+                    ("data", .mapping([("key", .string(Data(key.utf8).base64EncodedString()))])),
+                ]))
+            } else {
+                let set = try await KubeModeTests.capstan(["secret", "set", "backup-key", "--from-literal", "key=\(key)", "--state-dir", platform.state])
+                #expect(set.status == 0, "\(set.output)")
+            }
+            try await platform.put([Self.schedule(root: root)])
+            try await Task.sleep(for: .milliseconds(500))
+            let job = try await requestRun(platform)
+            if let job {
+                // A Job the cluster runs: owned, labelled, one attempt, bounded, collected, no secret value in it.
+                let metadata = job["metadata"]
+                let owner = metadata?["ownerReferences"]?.entriesOrItems.first
+                #expect(owner?["kind"]?.scalarText == "BackupSchedule" && owner?["controller"]?.scalarText == "true")
+                #expect(metadata?["labels"]?["capstan.dev/owner-name"]?.scalarText == "web")
+                #expect(job["spec"]?["backoffLimit"]?.scalarText == "0")
+                #expect(job["spec"]?["activeDeadlineSeconds"]?.scalarText == "3600")
+                #expect(job["spec"]?["ttlSecondsAfterFinished"]?.scalarText == "86400")
+                let container = job["spec"]?["template"]?["spec"]?["containers"]?.entriesOrItems.first
+                #expect(container?["image"]?.scalarText == KubeBackups.defaultImage)
+                let env = container?["env"]?.entriesOrItems ?? []
+                #expect(env.contains { $0["valueFrom"]?["secretKeyRef"]?["name"]?.scalarText == "backup-key" })
+                #expect(!JSONEmitter.emit(job, pretty: false).contains(key), "the key is not in the Job")
+                let id = metadata?["labels"]?["capstan.dev/backup-id"]?.scalarText ?? ""
+                #expect(metadata?["name"]?.scalarText == id.lowercased())
+                try await finish(platform, job: job, result: BackupJobResult(id: id, succeeded: true, reason: "Succeeded", message: "backup \(id): 0.1 MiB, verified by restore",
+                                                                             size: 1234, sha256: "ab12", startedAt: Date(), finishedAt: Date(), verified: "restore"))
+            }
+            let succeeded = try await record(platform, "success") { $0["outcome"]?.scalarText == "Succeeded" }
+            #expect(succeeded["verified"]?.scalarText == "restore")
+            let status = try await schedule(platform)?["status"]
+            #expect(status?["lastSuccessfulTime"] != nil)
+            #expect(status?["active"]?.entriesOrItems.isEmpty ?? true)
+            if kind == .local {
+                #expect(try FileManager.default.contentsOfDirectory(atPath: root + "/dest").count == 2, "the backup and its manifest")
+                return
+            }
+            #expect(succeeded["size"]?.scalarText == "1234")
+
+            // A Job past its deadline: Timeout, with the cluster's message.
+            let late = try await requestRun(platform, known: 1)!
+            try await finish(platform, job: late, result: nil, failure: ("DeadlineExceeded", "Job was active longer than specified deadline"))
+            let timedOut = try await record(platform, "a timeout") { $0["reason"]?.scalarText == "Timeout" }
+            #expect(timedOut["message"]?.scalarText?.contains("longer than specified deadline") == true)
+
+            // A Job deleted while it ran (kubectl delete job): Interrupted.
+            let doomed = try await requestRun(platform, known: 2)!
+            _ = try await platform.client!.delete(KubeBackups.jobs, namespace: "default", name: doomed["metadata"]?["name"]?.scalarText ?? "")
+            let interrupted = try await record(platform, "an interruption") { $0["reason"]?.scalarText == "Interrupted" }
+            #expect(interrupted["id"]?.scalarText == doomed["metadata"]?["labels"]?["capstan.dev/backup-id"]?.scalarText)
+        }
+    }
+}
