@@ -16,6 +16,8 @@ public struct BackupScheduleReconciler: Reconciler {
     let events: any EventRecorder
     let backups: any BackupPlatform
     let now: @Sendable () -> Date
+    /// Counts each run that ended, by result (`capstan_backups_total`).
+    let counted: @Sendable (String) -> Void
 
     /// How often a running job is looked at when no notice of its end came (a backstop: the
     /// platform enqueues the schedule when a job ends).
@@ -27,7 +29,9 @@ public struct BackupScheduleReconciler: Reconciler {
     /// Missed schedule times counted at most (a minutely schedule down for a year).
     static let missedCap = 10_000
 
-    public init(store: any ObjectStore, events: any EventRecorder, backups: any BackupPlatform, now: @escaping @Sendable () -> Date = Date.init) {
+    public init(store: any ObjectStore, events: any EventRecorder, backups: any BackupPlatform, now: @escaping @Sendable () -> Date = Date.init,
+                counted: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.counted = counted
         self.store = store
         self.events = events
         self.backups = backups
@@ -123,6 +127,7 @@ public struct BackupScheduleReconciler: Reconciler {
     }
 
     private func record(_ id: String, _ outcome: BackupOutcome, _ step: inout Step) {
+        counted(outcome.succeeded ? BackupRecord.succeeded : outcome.reason)
         var record = BackupRecord()
         record.id = id
         record.time = Timestamp(outcome.finishedAt)

@@ -36,7 +36,7 @@ public enum Controllers {
     ///   Deployments before it is reconciled (its status lists them all: a burst of a thousand
     ///   Deployments is one status write a second). Zero where its reconcile does their work.
     public static func register(on manager: ObjectManager, store: any ObjectStore, events: any EventRecorder, cache: ObjectCache,
-                                platforms: Platforms, prune: Bool, referrerDelay: Duration) {
+                                platforms: Platforms, prune: Bool, referrerDelay: Duration, metrics: RuntimeMetrics? = nil) {
         manager.register("application", ApplicationReconciler(store: store, events: events, artifacts: platforms.artifacts, prune: prune),
                          for: { $0.kind == .application }, watches: ApplicationReconciler.watches(referrerDelay: referrerDelay))
         manager.register("deployment", DeploymentReconciler(store: store, events: events, workload: platforms.workload, traffic: platforms.traffic,
@@ -47,7 +47,8 @@ public enum Controllers {
                              for: { $0.kind == .secretRotation }, watches: SecretRotationReconciler.watches(cache: cache))
         }
         if let backups = platforms.backups {
-            manager.register("backupschedule", BackupScheduleReconciler(store: store, events: events, backups: backups),
+            manager.register("backupschedule", BackupScheduleReconciler(store: store, events: events, backups: backups,
+                                                                                counted: { metrics?.backupFinished(result: $0) }),
                              for: { $0.kind == .backupSchedule })
         }
     }

@@ -83,7 +83,7 @@ public final class ChildCache: Sendable {
 
     /// The Capstan object a child belongs to, of any kind: its controller ownerReference, or
     /// (children of a spec directory's objects have none) its owner labels.
-    static func owner(of node: SpecNode) -> ObjectKey? {
+    public static func owner(of node: SpecNode) -> ObjectKey? {
         let namespace = node["metadata"]?["namespace"]?.scalarText ?? "default"
         if let controller = Children.controller(of: node) {
             return ObjectKey(kind: controller.kind, namespace: namespace, name: controller.name)

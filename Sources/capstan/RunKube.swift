@@ -93,7 +93,22 @@ struct ClusterTarget: Sendable {
 
     /// The child watches as services; a change of a child calls `owner` with its Capstan Deployment.
     func watches(_ owner: @escaping @Sendable (ObjectKey) async -> Void) -> [any Service] {
-        KubeWorkload.childResources.map { resource in
+        // A BackupSchedule's Jobs: each change (running, complete, failed, deleted) wakes the
+        // schedule at once, instead of its next look.
+        let jobs = Reflector(client: client, resource: KubeBackups.jobs, namespace: namespace,
+                             labelSelector: "\(Children.ownerKindLabel)=BackupSchedule",
+                             log: { [log] in log("jobs.batch: \($0)", level: "warning") })
+        let jobWatch = LoopService("jobs watch") {
+            await jobs.run { change in
+                switch change {
+                case .upsert(let node), .delete(let node):
+                    if let key = ChildCache.owner(of: node) { await owner(key) }
+                case .synced:
+                    break
+                }
+            }
+        }
+        return [jobWatch] + KubeWorkload.childResources.map { resource in
             let reflector = Reflector(client: client, resource: resource, namespace: namespace,
                                       log: { [log] in log("\(resource.plural).\(resource.group): \($0)", level: "warning") })
             return LoopService("\(resource.plural) watch") { [children, synced] in
@@ -163,7 +178,7 @@ final class KubeDaemon: Sendable {
                                                   backups: KubeBackups(client: client, image: options.kube.backupImage, version: Capstan.version,
                                                                        uid: { [cache = objects.cache] key in cache.get(key)?.resource.metadata.uid },
                                                                        recover: KubeBackupRecovery.recover(client: client))),
-                             prune: options.prune, referrerDelay: Daemon.clusterReferrerDelay)
+                             prune: options.prune, referrerDelay: Daemon.clusterReferrerDelay, metrics: metrics)
         // A Deployment's readiness or version shows in its Application's status.
         objects.onReferrersChanged { [manager, objects] key in
             if await manager.leading.opened { await manager.notifyWatchers(key, objects.cache.get(key)?.resource) }

@@ -80,7 +80,7 @@ final class LocalDaemon: Sendable {
                                                        recover: KubeBackupRecovery.recover(client: cluster!.client)))
         }
         Controllers.register(on: manager, store: objects, events: objects, cache: cache, platforms: platforms, prune: options.prune,
-                             referrerDelay: cluster == nil ? .zero : Daemon.clusterReferrerDelay)
+                             referrerDelay: cluster == nil ? .zero : Daemon.clusterReferrerDelay, metrics: metrics)
         source = SpecDirectorySource(root: options.specDirectory, store: store, cache: cache, allowEmpty: options.allowEmpty,
                                      maxFileSize: options.maxFileBytes, log: { log($0, level: $1.rawValue) }) { key, resource in
             await manager.enqueue(key, resource)

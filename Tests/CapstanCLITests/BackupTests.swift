@@ -292,7 +292,7 @@ extension Result where Failure == Error {
                   + schedule("dump", source: "{command: {command: [sh, -c, 'echo line one; echo line two']}}")
                   + schedule("broken", source: "{command: {command: [sh, -c, 'echo partial; echo no space left on device >&2; exit 1']}}")
                   + schedule("slow", source: "{command: {command: [sleep, '30']}}", extra: "  timeout: 1s")
-                  + schedule("nowhere", source: "{directory: {path: ../data}}", destination: "{local: {path: ../missing}}"), to: "backups.yaml")
+                  + schedule("nowhere", source: "{directory: {path: ../data}}", destination: "{local: {path: ../missing/backups}}"), to: "backups.yaml")
         let daemon = try startDaemon()
         defer { cleanUp([daemon]) }
 

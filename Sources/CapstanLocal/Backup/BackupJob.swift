@@ -133,20 +133,21 @@ public enum BackupRunner {
         var head: any ByteSink = digest
         if let key { head = EncryptSink(key: key, next: head) }
         if compressed { head = try ZlibSink(.compress, next: head) }
-        do {
+        let streamed = await Result {
             let tool = try sourceTool(job)
-            try interruption.add(tool)
-            defer { interruption.remove(tool) }
-            do {
-                try await ByteReader.pump(tool.descriptor, into: head, what: tool.name, reason: BackupError.sourceFailed)
-            } catch {
-                await tool.kill()
-                throw error
+            try await using(tool, interruption) {
+                do {
+                    try await ByteReader.pump(tool.descriptor, into: head, what: tool.name, reason: BackupError.sourceFailed)
+                } catch {
+                    await tool.kill()
+                    throw error
+                }
+                try await tool.finish()
             }
-            try await tool.finish()
             if let cut = interruption.current { throw cut }
             try await head.finish()
-        } catch {
+        }
+        if case .failure(let error) = streamed {
             await head.abort()
             _ = try? await target.discard(job.id)
             throw interruption.current ?? error
@@ -175,6 +176,14 @@ public enum BackupRunner {
         } catch {
             return (manifest, [], (error as? BackupError)?.message ?? "\(error)")
         }
+    }
+
+    /// Runs `body` with `tool` known to the interruption (a stop kills it at once).
+    static func using(_ tool: BackupTool, _ interruption: BackupInterruption, _ body: () async throws -> Void) async throws {
+        try interruption.add(tool)
+        let result = await Result { try await body() }
+        interruption.remove(tool)
+        try result.get()
     }
 
     static func sourceTool(_ job: BackupJobSpec) throws(BackupError) -> BackupTool {
@@ -222,9 +231,7 @@ public enum BackupRunner {
             let file = "\(job.scratch)/verify-\(UUID().uuidString).db"
             defer { for suffix in ["", "-journal", "-wal", "-shm"] { unlink(file + suffix) } }
             let tool = try BackupTool(["sqlite3", "-bail", file], direction: .writeInput, scratch: job.scratch, reason: BackupError.verifyFailed)
-            try interruption.add(tool)
-            defer { interruption.remove(tool) }
-            try await restoreStream(job.id, from: target, key: key, compressed: true, into: ToolInputSink(tool))
+            try await using(tool, interruption) { try await restoreStream(job.id, from: target, key: key, compressed: true, into: ToolInputSink(tool)) }
             let integrity = try await BackupTool.run(["sqlite3", file, "PRAGMA integrity_check; SELECT count(*) FROM sqlite_master;"], scratch: job.scratch,
                                                      reason: BackupError.verifyFailed)
             guard integrity.split(separator: "\n").first == "ok" else {
@@ -233,9 +240,7 @@ public enum BackupRunner {
             return "restore"
         case "directory":
             let tool = try BackupTool(["tar", "-tf", "-"], direction: .writeInput, scratch: job.scratch, reason: BackupError.verifyFailed)
-            try interruption.add(tool)
-            defer { interruption.remove(tool) }
-            try await restoreStream(job.id, from: target, key: key, compressed: true, into: ToolInputSink(tool))
+            try await using(tool, interruption) { try await restoreStream(job.id, from: target, key: key, compressed: true, into: ToolInputSink(tool)) }
             return "restore"
         default:
             if key != nil { try await restoreStream(job.id, from: target, key: key, compressed: true, into: DiscardSink()) }
@@ -253,24 +258,27 @@ public enum BackupRunner {
     static func verifyPostgres(_ job: BackupJobSpec, target: any BackupTarget, key: SymmetricKey?, interruption: BackupInterruption) async throws {
         let environment = postgresEnvironment(job)
         let scratch = "capstan_verify_" + UUID().uuidString.prefix(8).lowercased()
-        _ = try await BackupTool.run(["createdb", "--no-password", "--maintenance-db", job.source.database ?? "postgres", scratch], environment: environment,
+        let maintenance = job.source.database ?? "postgres"
+        _ = try await BackupTool.run(["createdb", "--no-password", "--maintenance-db", maintenance, scratch], environment: environment,
                                      scratch: job.scratch, reason: BackupError.verifyFailed)
-        do {
-            let tool = try BackupTool(["pg_restore", "--no-password", "--no-owner", "--exit-on-error", "--dbname", scratch], environment: environment,
-                                      direction: .writeInput, scratch: job.scratch, reason: BackupError.verifyFailed)
-            try interruption.add(tool)
-            defer { interruption.remove(tool) }
-            try await restoreStream(job.id, from: target, key: key, compressed: false, into: ToolInputSink(tool))
-            _ = try await BackupTool.run(["psql", "--no-password", "--dbname", scratch, "-tAc",
-                                          "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"],
-                                         environment: environment, scratch: job.scratch, reason: BackupError.verifyFailed)
-        } catch {
-            _ = try? await BackupTool.run(["dropdb", "--no-password", "--maintenance-db", job.source.database ?? "postgres", scratch], environment: environment,
-                                          scratch: job.scratch, reason: BackupError.verifyFailed)
-            throw error
+        let restored = await Result { try await restoreAndQuery(job, into: scratch, environment: environment, target: target, key: key, interruption: interruption) }
+        let dropped = await Result {
+            try await BackupTool.run(["dropdb", "--no-password", "--maintenance-db", maintenance, scratch], environment: environment,
+                                     scratch: job.scratch, reason: BackupError.verifyFailed)
         }
-        _ = try await BackupTool.run(["dropdb", "--no-password", "--maintenance-db", job.source.database ?? "postgres", scratch], environment: environment,
-                                     scratch: job.scratch, reason: BackupError.verifyFailed)
+        try restored.get()
+        _ = try dropped.get()
+    }
+
+    /// `pg_restore` of the stored dump into `database`, then a query of what it holds.
+    static func restoreAndQuery(_ job: BackupJobSpec, into database: String, environment: [String: String], target: any BackupTarget,
+                                key: SymmetricKey?, interruption: BackupInterruption) async throws {
+        let tool = try BackupTool(["pg_restore", "--no-password", "--no-owner", "--exit-on-error", "--dbname", database], environment: environment,
+                                  direction: .writeInput, scratch: job.scratch, reason: BackupError.verifyFailed)
+        try await using(tool, interruption) { try await restoreStream(job.id, from: target, key: key, compressed: false, into: ToolInputSink(tool)) }
+        _ = try await BackupTool.run(["psql", "--no-password", "--dbname", database, "-tAc",
+                                      "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"],
+                                     environment: environment, scratch: job.scratch, reason: BackupError.verifyFailed)
     }
 
     /// The stored object, decrypted and decompressed, into `sink`.

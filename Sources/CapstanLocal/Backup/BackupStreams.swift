@@ -431,3 +431,10 @@ enum ByteReader {
         if let failure { throw failure }
     }
 }
+
+extension Result where Failure == any Error {
+    /// The result of async work (a thrown error as `.failure`).
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+}

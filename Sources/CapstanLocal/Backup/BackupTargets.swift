@@ -33,10 +33,20 @@ struct DirectoryTarget: BackupTarget {
 
     func check() async throws(BackupError) {
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw BackupError(BackupError.destinationFailed, "destination \(path) does not exist")
+        if !FileManager.default.fileExists(atPath: path) {
+            // Made when its parent exists; a missing parent (a disk not mounted) is a failure,
+            // never a backup written somewhere else.
+            let parent = (path as NSString).deletingLastPathComponent
+            guard FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw BackupError(BackupError.destinationFailed, "destination \(path) does not exist, nor does its parent \(parent) (a disk not mounted?)")
+            }
+            guard mkdir(path, 0o700) == 0 || errno == EEXIST else {
+                throw BackupError(BackupError.destinationFailed, "destination \(path) does not exist and cannot be made: \(String(cString: strerror(errno)))")
+            }
         }
-        guard isDirectory.boolValue else { throw BackupError(BackupError.destinationFailed, "destination \(path) is not a directory") }
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw BackupError(BackupError.destinationFailed, "destination \(path) is not a directory")
+        }
         guard access(path, W_OK | X_OK) == 0 else {
             throw BackupError(BackupError.destinationFailed, "destination \(path) is not writable: \(String(cString: strerror(errno)))")
         }

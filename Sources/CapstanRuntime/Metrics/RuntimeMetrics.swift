@@ -60,6 +60,12 @@ public final class RuntimeMetrics: Sendable {
         registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "source_errors", unitName: "total", helpText: "Source reads with problems."), labels: [("source", source)]).increment()
     }
 
+    /// Counts a backup run that ended, by result (`Succeeded`, or the reason it failed).
+    public func backupFinished(result: String) {
+        registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "backups", unitName: "total", helpText: "Backup runs that ended, by result."),
+                             labels: [("result", result)]).increment()
+    }
+
     /// Counts an instance restarted by the supervisor.
     public func instanceRestarted() {
         registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "instance_restarts", unitName: "total", helpText: "Instances restarted after they exited.")).increment()
