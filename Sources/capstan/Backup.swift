@@ -19,22 +19,85 @@ struct BackupCommand: AsyncParsableCommand {
         subcommands: [BackupRunCommand.self, BackupList.self, BackupRestore.self])
 }
 
-/// The schedule named on the command line, as stored, and the job that reaches its
-/// destination (secrets from the vault).
-func backupJob(_ reference: String, namespace: String?, state: StateOptions) throws -> (ObjectKey, BackupJobSpec) {
-    let key = try parseReference(reference, namespace: namespace ?? "default")
-    guard key.kind == .backupSchedule else { throw ValidationError("backups belong to BackupSchedules; got \(key.kind.singular)") }
-    let vault = try openVault(state, create: false)
-    guard let record = try vault.store.object(key), case .backupSchedule(let schedule) = record.resource else {
-        printError("capstan: backupschedule \"\(key.name)\" not found in namespace \(key.namespace)")
-        throw ExitCode(1)
+/// A schedule named on the command line and the job that reaches its destination: from the
+/// state directory (secrets from its vault), or with `--kube` from the cluster (the custom
+/// resource; secrets from its Secrets). `record` writes an event about the schedule there.
+struct BackupAccess {
+    let key: ObjectKey
+    let job: BackupJobSpec
+    let record: (EventType, String, String) async -> Void
+    let close: () async -> Void
+
+    static func open(_ reference: String, namespace: String?, state: StateOptions, kube: KubeConnection) async throws -> BackupAccess {
+        let parsed = try parseReference(reference, namespace: namespace ?? "default")
+        guard parsed.kind == .backupSchedule else { throw ValidationError("backups belong to BackupSchedules; got \(parsed.kind.singular)") }
+        if kube.enabled { return try await cluster(parsed, namespace: namespace, kube: kube) }
+        let key = parsed
+        let vault = try openVault(state, create: false)
+        guard let record = try vault.store.object(key), case .backupSchedule(let schedule) = record.resource else {
+            printError("capstan: backupschedule \"\(key.name)\" not found in namespace \(key.namespace)")
+            throw ExitCode(1)
+        }
+        let run = BackupRun(id: "", owner: key, spec: schedule.spec, sourceFile: record.sourceFile)
+        do {
+            let job = try LocalBackups.job(for: run, vault: vault, version: Capstan.version, scratch: state.resolved + "/backups/\(key.namespace)/\(key.name)/scratch")
+            return BackupAccess(key: key, job: job, record: { type, reason, message in
+                _ = try? vault.store.recordEvent(type, reason: reason, message: message, about: key, at: Date())
+            }, close: {})
+        } catch {
+            printError("capstan: \(error.message)")
+            throw ExitCode(1)
+        }
     }
-    let run = BackupRun(id: "", owner: key, spec: schedule.spec, sourceFile: record.sourceFile)
-    do {
-        return (key, try LocalBackups.job(for: run, vault: vault, version: Capstan.version, scratch: state.resolved + "/backups/\(key.namespace)/\(key.name)/scratch"))
-    } catch {
-        printError("capstan: \(error.message)")
-        throw ExitCode(1)
+
+    static func cluster(_ parsed: ObjectKey, namespace: String?, kube: KubeConnection) async throws -> BackupAccess {
+        let client: KubeClient
+        let key: ObjectKey
+        do {
+            let config = try kube.config()
+            client = try KubeClient(config: config, qps: 0, userAgent: "capstan/\(Capstan.version)")
+            key = ObjectKey(kind: .backupSchedule, namespace: namespace ?? config.namespace, name: parsed.name)
+        } catch {
+            printError("capstan: \(error)")
+            throw ExitCode(2)
+        }
+        do {
+            guard let node = try await client.get(.capstan(.backupSchedule), namespace: key.namespace, name: key.name) else {
+                printError("capstan: backupschedule \"\(key.name)\" not found in namespace \(key.namespace)")
+                throw ExitCode(1)
+            }
+            let schedule = try BackupSchedule.decoded(from: node)
+            func secret(_ source: SecretSource?) async throws -> String? {
+                guard let ref = source?.secretKeyRef else { return nil }
+                guard let found = try await client.get(KubeSecrets.secrets, namespace: key.namespace, name: ref.name),
+                      let value = KubeSecrets.values(of: found)[ref.key] else {
+                    printError("capstan: Secret \(ref.name) with key \(ref.key) not found in namespace \(key.namespace)")
+                    throw ExitCode(1)
+                }
+                return String(decoding: value, as: UTF8.self)
+            }
+            var secrets = BackupJobSpec.Secrets()
+            secrets.postgresPassword = try await secret(schedule.spec.source.postgres?.passwordFrom)
+            secrets.encryptionKey = try await secret(schedule.spec.encryption?.keyFrom).map { Data($0.utf8).base64EncodedString() }
+            secrets.s3Credentials = try await secret(schedule.spec.destination.s3?.credentialsFrom)
+            let job = BackupJobSpec(id: "", namespace: key.namespace, schedule: key.name, spec: schedule.spec, secrets: secrets,
+                                    capstanVersion: Capstan.version, scratch: NSTemporaryDirectory() + "capstan-backup-\(getpid())")
+            let events = KubeObjectStore(client: client, instance: "capstan-cli", log: { printError("capstan: \($0)") })
+            let involved: SpecNode = .mapping([
+                ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("BackupSchedule")), ("namespace", .string(key.namespace)),
+                ("name", .string(key.name)), ("uid", .string(schedule.metadata.uid ?? "")),
+            ])
+            return BackupAccess(key: key, job: job, record: { type, reason, message in
+                await events.record(type, reason: reason, message: message, involved: involved, namespace: key.namespace)
+            }, close: { await client.shutdown() })
+        } catch let exit as ExitCode {
+            await client.shutdown()
+            throw exit
+        } catch {
+            await client.shutdown()
+            printError("capstan: \(error)")
+            throw ExitCode(1)
+        }
     }
 }
 
@@ -69,13 +132,16 @@ struct BackupList: AsyncParsableCommand {
     @Option(name: [.short, .long], help: "Namespace of the schedule.") var namespace: String?
     @Option(name: [.short, .customLong("output")], help: "Output format: table or json.") var output: String = "table"
     @OptionGroup var state: StateOptions
+    @OptionGroup var kube: KubeConnection
 
     func run() async throws {
-        let (_, job) = try backupJob(object, namespace: namespace, state: state)
+        let access = try await BackupAccess.open(object, namespace: namespace, state: state, kube: kube)
         let manifests: [BackupManifest]
         do {
-            manifests = try await BackupRunner.list(job)
+            manifests = try await BackupRunner.list(access.job)
+            await access.close()
         } catch {
+            await access.close()
             printError("capstan: \(error.message)")
             throw ExitCode(1)
         }
@@ -123,6 +189,7 @@ struct BackupRestore: AsyncParsableCommand {
     @Flag(help: "Replace what the target holds.") var force = false
     @Option(name: [.short, .long], help: "Namespace of the schedule.") var namespace: String?
     @OptionGroup var state: StateOptions
+    @OptionGroup var kube: KubeConnection
 
     func validate() throws {
         if (to == nil) == (database == nil) { throw ValidationError("give one of --to PATH or --database NAME") }
@@ -130,26 +197,25 @@ struct BackupRestore: AsyncParsableCommand {
 
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
-        let (key, job) = try backupJob(object, namespace: namespace, state: state)
+        let access = try await BackupAccess.open(object, namespace: namespace, state: state, kube: kube)
         var backupID = id
         if backupID == nil {
-            do { backupID = try await BackupRunner.list(job).first?.id } catch {
-                printError("capstan: \(error.message)")
-                throw ExitCode(1)
-            }
+            backupID = try? await BackupRunner.list(access.job).first?.id
             guard backupID != nil else {
-                printError("capstan: backupschedule/\(key.name) has no backups yet")
+                await access.close()
+                printError("capstan: backupschedule/\(access.key.name) has no backups yet (or they cannot be listed: `capstan backup list` says why)")
                 throw ExitCode(1)
             }
         }
         let target: RestoreTarget = database.map { .database($0) } ?? .path(FilePaths.absolute(to!))
-        let store = try openVault(state, create: false).store
         do {
-            let line = try await BackupRunner.restore(job, id: backupID!, into: target, force: force)
-            _ = try? store.recordEvent(.normal, reason: "BackupRestored", message: line + (force ? " (--force)" : ""), about: key, at: Date())
+            let line = try await BackupRunner.restore(access.job, id: backupID!, into: target, force: force)
+            await access.record(.normal, "BackupRestored", line + (force ? " (--force)" : ""))
+            await access.close()
             print(line)
         } catch {
-            _ = try? store.recordEvent(.warning, reason: "RestoreFailed", message: "restoring \(backupID!) failed: \(error.message)", about: key, at: Date())
+            await access.record(.warning, "RestoreFailed", "restoring \(backupID!) failed: \(error.message)")
+            await access.close()
             printError("capstan: \(error.message)")
             throw ExitCode(1)
         }
@@ -204,7 +270,9 @@ struct BackupJobCommand: AsyncParsableCommand {
         let data = try JSONEncoder().encode(result)
         FileHandle.standardOutput.write(data + Data("\n".utf8))
         // On a cluster the result is the pod's termination message, which the operator reads.
-        if fromEnvironment { try? data.write(to: URL(fileURLWithPath: "/dev/termination-log")) }
+        if fromEnvironment, FileManager.default.fileExists(atPath: "/dev/termination-log") {
+            try? data.write(to: URL(fileURLWithPath: "/dev/termination-log"))
+        }
         printError("capstan backup-job: \(result.id): \(result.succeeded ? "succeeded" : "failed (\(result.reason))"): \(result.message)")
     }
 }

@@ -343,8 +343,9 @@ extension Result where Failure == Error {
         try FileManager.default.createDirectory(atPath: root + "/dest", withIntermediateDirectories: true)
         try setSecret("s3", "credentials", s3.credentials)
         let prefix = "kill-\(UUID().uuidString.prefix(8).lowercased())-"
-        // Megabytes of random data, 50 a second: a backup that takes seconds.
-        let source = "{command: {command: [sh, -c, 'n=$(cat \(size)); i=0; while [ $i -lt $n ]; do head -c 1000000 /dev/urandom; sleep 0.02; i=$((i+1)); done']}}"
+        // Random data, about 5 MB a second (light on the machine the other suites share): an S3
+        // part is under way after 1.6 s; the run would take 20 s.
+        let source = "{command: {command: [sh, -c, 'n=$(cat \(size)); i=0; while [ $i -lt $n ]; do head -c 262144 /dev/urandom; sleep 0.05; i=$((i+1)); done']}}"
         try write("""
             apiVersion: capstan.dev/v1alpha1
             kind: BackupSchedule
@@ -389,7 +390,7 @@ extension Result where Failure == Error {
                 id = try active(name) ?? ""
                 return !id.isEmpty
             }
-            Thread.sleep(forTimeInterval: Double.random(in: 0.05...1.5))
+            Thread.sleep(forTimeInterval: Double.random(in: 0.05...2.5))
             Glibc.kill(daemon.processIdentifier, SIGKILL)
             daemon.waitUntilExit()
             daemon = try startDaemon(log: "daemon-\(kill).log")
@@ -419,7 +420,7 @@ extension Result where Failure == Error {
                 id = try active(name) ?? ""
                 return !id.isEmpty
             }
-            Thread.sleep(forTimeInterval: 0.7)
+            Thread.sleep(forTimeInterval: 2)
             let children = try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap(Int32.init).filter { pid in
                 let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
                 let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []

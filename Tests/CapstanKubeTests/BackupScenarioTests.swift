@@ -69,6 +69,35 @@ import Testing
                                    subresource: "status")
     }
 
+    /// Runs a Job's container here as a kubelet would (the built binary for its `capstan`):
+    /// its environment with each `secretKeyRef` read from the cluster. Returns its result.
+    func runContainer(_ platform: Platform, container: SpecNode) async throws -> BackupJobResult {
+        var environment = ProcessInfo.processInfo.environment
+        for entry in container["env"]?.entriesOrItems ?? [] {
+            let name = entry["name"]?.scalarText ?? ""
+            if let value = entry["value"]?.scalarText {
+                environment[name] = value
+            } else if let ref = entry["valueFrom"]?["secretKeyRef"], let secretName = ref["name"]?.scalarText, let key = ref["key"]?.scalarText,
+                      let secret = try await platform.client!.get(KubeSecrets.secrets, namespace: "default", name: secretName) {
+                environment[name] = KubeSecrets.values(of: secret)[key].map { String(decoding: $0, as: UTF8.self) }
+            }
+        }
+        let command = (container["command"]?.entriesOrItems ?? []).compactMap(\.scalarText)
+        #expect(command == ["capstan", "backup-job", "--from-env"])
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: KubeModeTests.binary)
+        process.arguments = Array(command.dropFirst())
+        process.environment = environment
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let line = String(decoding: data, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
+        return try JSONDecoder().decode(BackupJobResult.self, from: Data(line.utf8))
+    }
+
     func jobs(_ platform: Platform) async throws -> [SpecNode] {
         try await platform.client!.list(KubeBackups.jobs, namespace: "default").items
     }
@@ -124,8 +153,11 @@ import Testing
                 #expect(!JSONEmitter.emit(job, pretty: false).contains(key), "the key is not in the Job")
                 let id = metadata?["labels"]?["capstan.dev/backup-id"]?.scalarText ?? ""
                 #expect(metadata?["name"]?.scalarText == id.lowercased())
-                try await finish(platform, job: job, result: BackupJobResult(id: id, succeeded: true, reason: "Succeeded", message: "backup \(id): 0.1 MiB, verified by restore",
-                                                                             size: 1234, sha256: "ab12", startedAt: Date(), finishedAt: Date(), verified: "restore"))
+                // The kubelet's part: the container's command with the Job's environment (its
+                // secretKeyRefs read from the cluster); its result is the termination message.
+                let result = try await runContainer(platform, container: container!)
+                #expect(result.id == id && result.succeeded, "\(result)")
+                try await finish(platform, job: job, result: result)
             }
             let succeeded = try await record(platform, "success") { $0["outcome"]?.scalarText == "Succeeded" }
             #expect(succeeded["verified"]?.scalarText == "restore")
@@ -136,7 +168,14 @@ import Testing
                 #expect(try FileManager.default.contentsOfDirectory(atPath: root + "/dest").count == 2, "the backup and its manifest")
                 return
             }
-            #expect(succeeded["size"]?.scalarText == "1234")
+            #expect(Int(succeeded["size"]?.scalarText ?? "") ?? 0 > 0)
+            // The CLI reads the schedule and its Secrets from the cluster to list and restore.
+            let list = try await platform.cli(["backup", "list", "backupschedule/web"])
+            #expect(list.status == 0 && list.output.contains(succeeded["id"]?.scalarText ?? "?"), "\(list.output)")
+            let restore = try await platform.cli(["backup", "restore", "backupschedule/web", "--to", root + "/restored"])
+            #expect(restore.status == 0, "\(restore.output)")
+            #expect((try? String(contentsOfFile: root + "/restored/file.txt", encoding: .utf8)) == "backed up\n")
+            #expect(try await KubeModeTests.events(platform.client!, about: "web").contains("BackupRestored"))
 
             // A Job past its deadline: Timeout, with the cluster's message.
             let late = try await requestRun(platform, known: 1)!
