@@ -1,7 +1,6 @@
 import CapstanIntegrations
 import Foundation
 import NIOCore
-import Synchronization
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -52,25 +51,6 @@ final class S3Server: Sendable {
     }
 }
 
-/// Runs async work from the tests' blocking code.
-func blocking<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) throws -> T {
-    let result = Mutex<Result<T, Error>?>(nil)
-    let done = DispatchSemaphore(value: 0)
-    Task.detached {
-        let value = await Result { try await work() }
-        result.withLock { $0 = value }
-        done.signal()
-    }
-    done.wait()
-    return try result.withLock { $0! }.get()
-}
-
-extension Result where Failure == Error {
-    init(catching body: () async throws -> Success) async {
-        do { self = .success(try await body()) } catch { self = .failure(error) }
-    }
-}
-
 /// BackupSchedule end to end on this host: the built daemon, a real PostgreSQL and moto's
 /// S3 server (signatures checked), SQLite under a writer, directories, commands, bad input.
 @Suite(.serialized, .timeLimit(.minutes(10))) struct BackupTests: ScratchSuite {
@@ -80,31 +60,44 @@ extension Result where Failure == Error {
         scratch = try Scratch("backups")
     }
 
-    func capstan(_ arguments: [String]) throws -> CLITests.Run {
-        try CLITests.capstan(arguments + ["--state-dir", state], in: root)
+    /// The CLI, awaited without holding a thread of the pool the other suites' async tests run
+    /// on (a blocking wait there starved them on two cores).
+    func capstan(_ arguments: [String]) async throws -> CLITests.Run {
+        try await CLITests.capstanAsync(arguments + ["--state-dir", state], in: root)
     }
 
-    func setSecret(_ name: String, _ key: String, _ value: String) throws {
-        let run = try capstan(["secret", "set", name, "--from-literal", "\(key)=\(value)"])
+    /// Polls `condition` (awaiting between tries) until it holds or `seconds` pass.
+    func until(_ what: String, seconds: Double = 30, log name: String = "daemon.log", _ condition: () async throws -> Bool) async throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        Issue.record("timed out waiting for \(what); log:\n\(log(name).suffix(3000))")
+        throw CLITests.CLIError("timed out waiting for \(what)")
+    }
+
+    func setSecret(_ name: String, _ key: String, _ value: String) async throws {
+        let run = try await capstan(["secret", "set", name, "--from-literal", "\(key)=\(value)"])
         #expect(run.status == 0, "\(run.stderr)")
     }
 
     /// `status.backups` of a schedule, newest first.
-    func backups(_ name: String) throws -> [[String: Any]] {
-        let output = try capstan(["get", "backupschedule/\(name)", "-o", "json"]).stdout
+    func backups(_ name: String) async throws -> [[String: Any]] {
+        let output = try await capstan(["get", "backupschedule/\(name)", "-o", "json"]).stdout
         guard output.hasPrefix("{"), let object = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any] else { return [] }
         return ((object["status"] as? [String: Any])?["backups"] as? [[String: Any]]) ?? []
     }
 
     /// Asks for a backup and waits for the run it started to end; returns its record.
     @discardableResult
-    func backupNow(_ name: String, seconds: Double = 60) throws -> [String: Any] {
-        let before = try backups(name).count
-        let run = try capstan(["backup", "run", "backupschedule/\(name)"])
+    func backupNow(_ name: String, seconds: Double = 60) async throws -> [String: Any] {
+        let before = try await backups(name).count
+        let run = try await capstan(["backup", "run", "backupschedule/\(name)"])
         #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
         var record: [String: Any] = [:]
-        try poll("a run of \(name) to end", seconds: seconds) {
-            let records = try backups(name)
+        try await until("a run of \(name) to end", seconds: seconds) {
+            let records = try await backups(name)
             guard records.count > before || (records.count == 20 && records.first?["id"] as? String != nil && before == 20) else { return false }
             record = records[0]
             return true
@@ -112,12 +105,12 @@ extension Result where Failure == Error {
         return record
     }
 
-    func describe(_ name: String) throws -> String {
-        try capstan(["describe", "backupschedule", name]).stdout
+    func describe(_ name: String) async throws -> String {
+        try await capstan(["describe", "backupschedule", name]).stdout
     }
 
-    func listed(_ name: String) throws -> [String] {
-        let run = try capstan(["backup", "list", "backupschedule/\(name)", "-o", "json"])
+    func listed(_ name: String) async throws -> [String] {
+        let run = try await capstan(["backup", "list", "backupschedule/\(name)", "-o", "json"])
         guard run.status == 0, let array = try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [[String: Any]] else {
             Issue.record("backup list failed: \(run.stderr)")
             return []
@@ -147,7 +140,7 @@ extension Result where Failure == Error {
         """
     }
 
-    @Test func aPostgresBackupToS3IsEncryptedVerifiedAndRestoredAndBadInputFailsClearly() throws {
+    @Test func aPostgresBackupToS3IsEncryptedVerifiedAndRestoredAndBadInputFailsClearly() async throws {
         let database = try Self.postgres.get()
         let s3 = try S3Server.shared.get()
         try database.superuser("DROP DATABASE IF EXISTS app")
@@ -156,68 +149,68 @@ extension Result where Failure == Error {
         try database.superuser("CREATE DATABASE app OWNER app")
         _ = try psql(database, "CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 5000) i; ALTER TABLE items OWNER TO app")
         let digest = try psql(database, "SELECT md5(string_agg(id || name, ',' ORDER BY id)) FROM items")
-        try setSecret("db", "password", "app-password")
-        try setSecret("s3", "credentials", s3.credentials)
-        try setSecret("backup-key", "key", Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString())
+        try await setSecret("db", "password", "app-password")
+        try await setSecret("s3", "credentials", s3.credentials)
+        try await setSecret("backup-key", "key", Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString())
         try write(postgresSpec(database, s3), to: "db.yaml")
         let daemon = try startDaemon()
         defer { cleanUp([daemon]) }
 
-        let record = try backupNow("db")
-        let described = try describe("db")
+        let record = try await backupNow("db")
+        let described = try await describe("db")
         #expect(record["outcome"] as? String == "Succeeded", "\(record)\n\(described)")
         #expect(record["verified"] as? String == "restore")
         let id = try #require(record["id"] as? String)
         // Encrypted at rest: Capstan's format, not a pg_dump archive (which starts "PGDMP").
-        let stored = try blocking { try await s3.client().get("pg-" + id, limit: 64 << 20) }
+        let stored = try await s3.client().get("pg-" + id, limit: 64 << 20)
         #expect(String(buffer: stored).hasPrefix("CAPSTAN-AES256GCM-1\n"))
         #expect(!String(decoding: stored.readableBytesView, as: UTF8.self).contains("PGDMP"))
-        #expect(try listed("db") == [id])
+        #expect(try await listed("db") == [id])
 
         // Restored into a fresh database: the same rows.
-        let restore = try capstan(["backup", "restore", "backupschedule/db", id, "--database", "restored"])
+        let restore = try await capstan(["backup", "restore", "backupschedule/db", id, "--database", "restored"])
         #expect(restore.status == 0, "\(restore.stderr)")
         #expect(try psql(database, "SELECT md5(string_agg(id || name, ',' ORDER BY id)) FROM items", in: "restored") == digest)
-        let again = try capstan(["backup", "restore", "backupschedule/db", id, "--database", "restored"])
+        let again = try await capstan(["backup", "restore", "backupschedule/db", id, "--database", "restored"])
         #expect(again.status == 1)
         #expect(again.stderr.contains("is not empty"), "\(again.stderr)")
-        #expect(try capstan(["events", "backupschedule/db"]).stdout.contains("BackupRestored"))
+        #expect(try await capstan(["events", "backupschedule/db"]).stdout.contains("BackupRestored"))
 
         // Bad input: each run fails with the server's or tool's own message, and retention deletes nothing.
-        try setSecret("s3", "credentials", "\(s3.accessKeyID):wrong-secret")
-        var failed = try backupNow("db")
+        try await setSecret("s3", "credentials", "\(s3.accessKeyID):wrong-secret")
+        var failed = try await backupNow("db")
         #expect(failed["reason"] as? String == "DestinationFailed")
         #expect((failed["message"] as? String ?? "").contains("SignatureDoesNotMatch"), "\(failed)")
-        #expect(try describe("db").contains("SignatureDoesNotMatch"))
-        try setSecret("s3", "credentials", s3.credentials)
+        #expect(try await describe("db").contains("SignatureDoesNotMatch"))
+        try await setSecret("s3", "credentials", s3.credentials)
 
         try write(postgresSpec(database, s3, bucket: "no-such-bucket"), to: "db.yaml")
-        try poll("the new spec", seconds: 20) { try describe("db").contains("no-such-bucket") }
-        failed = try backupNow("db")
+        try await until("the new spec", seconds: 20) { try await describe("db").contains("no-such-bucket") }
+        failed = try await backupNow("db")
         #expect((failed["message"] as? String ?? "").contains("NoSuchBucket"), "\(failed)")
         try write(postgresSpec(database, s3), to: "db.yaml")
-        try poll("the spec back", seconds: 20) { try describe("db").contains("bucket: \(s3.bucket)") }
+        try await until("the spec back", seconds: 20) { try await describe("db").contains("bucket: \(s3.bucket)") }
 
-        try setSecret("db", "password", "wrong-password")
-        failed = try backupNow("db")
+        try await setSecret("db", "password", "wrong-password")
+        failed = try await backupNow("db")
         #expect(failed["reason"] as? String == "SourceFailed")
         #expect((failed["message"] as? String ?? "").contains("password authentication failed"), "\(failed)")
-        try setSecret("db", "password", "app-password")
+        try await setSecret("db", "password", "app-password")
 
         let down = LoopbackHTTP.freePort()
         try write(postgresSpec(database, s3, port: down), to: "db.yaml")
-        try poll("the spec with a closed port", seconds: 20) { try describe("db").contains("port: \(down)") }
-        failed = try backupNow("db")
+        try await until("the spec with a closed port", seconds: 20) { try await describe("db").contains("port: \(down)") }
+        failed = try await backupNow("db")
         #expect(failed["reason"] as? String == "SourceFailed")
         #expect((failed["message"] as? String ?? "").contains("Connection refused"), "\(failed)")
-        #expect(try describe("db").contains("Connection refused"))
+        #expect(try await describe("db").contains("Connection refused"))
 
-        #expect(try listed("db") == [id], "a failed run must not prune")
-        let uploads = try blocking { try await s3.client().uploads(prefix: "pg-") }
+        #expect(try await listed("db") == [id], "a failed run must not prune")
+        let uploads = try await s3.client().uploads(prefix: "pg-")
         #expect(uploads.isEmpty, "multipart uploads left: \(uploads)")
     }
 
-    @Test func anSQLiteBackupTakenWhileAWriterCommitsIsConsistent() throws {
+    @Test func anSQLiteBackupTakenWhileAWriterCommitsIsConsistent() async throws {
         let db = root + "/app.db"
         // Each transaction adds one row to each of two tables: a consistent copy has as many in both.
         let writer = try start(["python3", "-c", """
@@ -248,17 +241,17 @@ extension Result where Failure == Error {
             """, to: "sqlite.yaml")
         let daemon = try startDaemon()
         defer { cleanUp([daemon]) }
-        Thread.sleep(forTimeInterval: 0.5)
+        try await Task.sleep(for: .seconds(0.5))
         var ids: [String] = []
         for _ in 0..<3 {
-            let record = try backupNow("app-db")
+            let record = try await backupNow("app-db")
             #expect(record["outcome"] as? String == "Succeeded", "\(record)")
             #expect(record["verified"] as? String == "restore")
             ids.append(record["id"] as? String ?? "")
         }
         for (index, id) in ids.enumerated() {
             let target = root + "/restored-\(index).db"
-            let run = try capstan(["backup", "restore", "backupschedule/app-db", id, "--to", target])
+            let run = try await capstan(["backup", "restore", "backupschedule/app-db", id, "--to", target])
             #expect(run.status == 0, "\(run.stderr)")
             let counts = try Postgres.run(["/usr/bin/sqlite3", target, "SELECT (SELECT count(*) FROM a) || ' ' || (SELECT count(*) FROM b) || ' ' || (SELECT max(n) FROM a); PRAGMA integrity_check;"])
             let lines = counts.split(separator: "\n")
@@ -268,7 +261,7 @@ extension Result where Failure == Error {
         }
     }
 
-    @Test func directoriesCommandsAndBadInput() throws {
+    @Test func directoriesCommandsAndBadInput() async throws {
         try FileManager.default.createDirectory(atPath: root + "/data/sub", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: root + "/dest", withIntermediateDirectories: true)
         try "hello\n".write(toFile: root + "/data/a.txt", atomically: true, encoding: .utf8)
@@ -296,38 +289,38 @@ extension Result where Failure == Error {
         let daemon = try startDaemon()
         defer { cleanUp([daemon]) }
 
-        let files = try backupNow("files")
+        let files = try await backupNow("files")
         #expect(files["outcome"] as? String == "Succeeded", "\(files)")
         let restored = root + "/restored"
-        #expect(try capstan(["backup", "restore", "backupschedule/files", "--to", restored]).status == 0)
+        #expect(try await capstan(["backup", "restore", "backupschedule/files", "--to", restored]).status == 0)
         #expect(FileManager.default.contentsEqual(atPath: root + "/data/sub/b.bin", andPath: restored + "/sub/b.bin"))
         #expect(try String(contentsOfFile: restored + "/a.txt", encoding: .utf8) == "hello\n")
 
-        let dump = try backupNow("dump")
+        let dump = try await backupNow("dump")
         #expect(dump["outcome"] as? String == "Succeeded", "\(dump)")
-        #expect(try capstan(["backup", "restore", "backupschedule/dump", "--to", root + "/dump.txt"]).status == 0)
+        #expect(try await capstan(["backup", "restore", "backupschedule/dump", "--to", root + "/dump.txt"]).status == 0)
         #expect(try String(contentsOfFile: root + "/dump.txt", encoding: .utf8) == "line one\nline two\n")
 
         // Retention keeps the last 2; a failing run deletes nothing.
-        for _ in 0..<2 { try backupNow("files") }
-        let kept = try listed("files")
+        for _ in 0..<2 { try await backupNow("files") }
+        let kept = try await listed("files")
         #expect(kept.count == 2)
-        #expect(try capstan(["events", "backupschedule/files"]).stdout.contains("BackupsPruned"))
+        #expect(try await capstan(["events", "backupschedule/files"]).stdout.contains("BackupsPruned"))
 
-        let broken = try backupNow("broken")
+        let broken = try await backupNow("broken")
         #expect(broken["reason"] as? String == "SourceFailed")
         #expect((broken["message"] as? String ?? "").contains("no space left on device"), "\(broken)")
         #expect((broken["message"] as? String ?? "").contains("exited with status 1"))
 
-        let slow = try backupNow("slow", seconds: 30)
+        let slow = try await backupNow("slow", seconds: 30)
         #expect(slow["reason"] as? String == "Timeout", "\(slow)")
 
-        let nowhere = try backupNow("nowhere")
+        let nowhere = try await backupNow("nowhere")
         #expect(nowhere["reason"] as? String == "DestinationFailed")
         #expect((nowhere["message"] as? String ?? "").contains("does not exist"), "\(nowhere)")
-        #expect(try describe("nowhere").contains("does not exist"))
+        #expect(try await describe("nowhere").contains("does not exist"))
 
-        #expect(try listed("files") == kept)
+        #expect(try await listed("files") == kept)
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: root + "/dest").filter { $0.hasSuffix(".partial") }
         #expect(leftovers.isEmpty, "partial files left: \(leftovers)")
     }
@@ -335,13 +328,13 @@ extension Result where Failure == Error {
     /// kill -9 of the daemon at a random moment of a backup, alternately to a directory and to
     /// S3: the run is `Interrupted` on restart, nothing partial is left (no `.partial` file, no
     /// object, no multipart upload), and the next run succeeds.
-    @Test func aDaemonKilledMidBackupLeavesNothingPartial() throws {
+    @Test func aDaemonKilledMidBackupLeavesNothingPartial() async throws {
         let s3 = try S3Server.shared.get()
         let kills = Int(ProcessInfo.processInfo.environment["CAPSTAN_BACKUP_KILLS"] ?? "") ?? 20
         let size = root + "/size"
         try "400\n".write(toFile: size, atomically: true, encoding: .utf8)
         try FileManager.default.createDirectory(atPath: root + "/dest", withIntermediateDirectories: true)
-        try setSecret("s3", "credentials", s3.credentials)
+        try await setSecret("s3", "credentials", s3.credentials)
         let prefix = "kill-\(UUID().uuidString.prefix(8).lowercased())-"
         // Random data, about 5 MB a second (light on the machine the other suites share): an S3
         // part is under way after 1.6 s; the run would take 20 s.
@@ -366,37 +359,40 @@ extension Result where Failure == Error {
         var daemon = try startDaemon()
         defer { cleanUp([daemon]) }
         let client = try s3.client()
-        func active(_ name: String) throws -> String? {
-            let output = try capstan(["get", "backupschedule/\(name)", "-o", "json"]).stdout
+        func active(_ name: String) async throws -> String? {
+            let output = try await capstan(["get", "backupschedule/\(name)", "-o", "json"]).stdout
             guard output.hasPrefix("{"), let object = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any] else { return nil }
             return ((object["status"] as? [String: Any])?["active"] as? [String])?.first
         }
-        func leftovers(_ name: String, _ id: String) throws -> [String] {
+        func leftovers(_ name: String, _ id: String) async throws -> [String] {
             if name == "local" {
                 return try FileManager.default.contentsOfDirectory(atPath: root + "/dest").filter { $0.hasPrefix(id) }
             }
-            let uploads = try blocking { try await client.uploads(prefix: prefix) }.map { "upload of \($0.key)" }
-            let objects = try blocking { try await client.list(prefix: prefix + id) }.map(\.key)
+            let uploads = try await client.uploads(prefix: prefix).map { "upload of \($0.key)" }
+            let objects = try await client.list(prefix: prefix + id).map(\.key)
             return uploads + objects
         }
-        try poll("both schedules read") { try active("local") == nil && backups("remote").isEmpty && capstan(["get", "backupschedule/remote"]).status == 0 }
+        try await until("both schedules read") {
+            let local = try await active("local"), remote = try await backups("remote"), found = try await capstan(["get", "backupschedule/remote"]).status
+            return local == nil && remote.isEmpty && found == 0
+        }
         var outcomes: [String: Int] = [:]
         for kill in 0..<kills {
             let name = kill % 2 == 0 ? "local" : "remote"
-            let run = try capstan(["backup", "run", "backupschedule/\(name)"])
+            let run = try await capstan(["backup", "run", "backupschedule/\(name)"])
             #expect(run.status == 0, "\(run.stderr)")
             var id = ""
-            try poll("a run of \(name) to start", seconds: 20) {
-                id = try active(name) ?? ""
+            try await until("a run of \(name) to start", seconds: 20) {
+                id = try await active(name) ?? ""
                 return !id.isEmpty
             }
-            Thread.sleep(forTimeInterval: Double.random(in: 0.05...2.5))
+            try await Task.sleep(for: .seconds(Double.random(in: 0.05...2.5)))
             Glibc.kill(daemon.processIdentifier, SIGKILL)
             daemon.waitUntilExit()
             daemon = try startDaemon(log: "daemon-\(kill).log")
             var record: [String: Any] = [:]
-            try poll("run \(id) recorded after the restart", seconds: 30, log: "daemon-\(kill).log") {
-                guard let found = try backups(name).first(where: { $0["id"] as? String == id }) else { return false }
+            try await until("run \(id) recorded after the restart", seconds: 30, log: "daemon-\(kill).log") {
+                guard let found = try await backups(name).first(where: { $0["id"] as? String == id }) else { return false }
                 record = found
                 return true
             }
@@ -406,21 +402,21 @@ extension Result where Failure == Error {
             // The job cut off removes what it wrote; so does the restarted daemon: nothing stays.
             if outcome != "Succeeded/" {
                 var left: [String] = []
-                try poll("nothing left of \(id)", seconds: 20) {
-                    left = try leftovers(name, id)
+                try await until("nothing left of \(id)", seconds: 20) {
+                    left = try await leftovers(name, id)
                     return left.isEmpty
                 }
             }
         }
         // The job itself killed (it cannot clean up): the daemon removes what it left.
         for name in ["local", "remote"] {
-            _ = try capstan(["backup", "run", "backupschedule/\(name)"])
+            _ = try await capstan(["backup", "run", "backupschedule/\(name)"])
             var id = ""
-            try poll("a run of \(name) to start", seconds: 20) {
-                id = try active(name) ?? ""
+            try await until("a run of \(name) to start", seconds: 20) {
+                id = try await active(name) ?? ""
                 return !id.isEmpty
             }
-            Thread.sleep(forTimeInterval: 2)
+            try await Task.sleep(for: .seconds(2))
             let children = try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap(Int32.init).filter { pid in
                 let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
                 let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
@@ -430,18 +426,18 @@ extension Result where Failure == Error {
             #expect(children.count == 1, "backup-job children: \(children)")
             for child in children { Glibc.kill(child, SIGKILL) }
             var record: [String: Any] = [:]
-            try poll("run \(id) recorded", seconds: 30) {
-                guard let found = try backups(name).first(where: { $0["id"] as? String == id }) else { return false }
+            try await until("run \(id) recorded", seconds: 30) {
+                guard let found = try await backups(name).first(where: { $0["id"] as? String == id }) else { return false }
                 record = found
                 return true
             }
             #expect(record["reason"] as? String == "Interrupted")
             #expect((record["message"] as? String ?? "").contains("killed by signal 9"), "\(record)")
-            #expect(try leftovers(name, id).isEmpty)
+            #expect(try await leftovers(name, id).isEmpty)
         }
         try "3\n".write(toFile: size, atomically: true, encoding: .utf8)
         for name in ["local", "remote"] {
-            let record = try backupNow(name)
+            let record = try await backupNow(name)
             #expect(record["outcome"] as? String == "Succeeded", "\(record)")
         }
         print("backup kills: \(outcomes)")

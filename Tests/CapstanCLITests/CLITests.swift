@@ -40,6 +40,33 @@ import CapstanModel
         return Run(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
     }
 
+    /// The CLI as `capstan(_:)` runs it, awaited: the output goes to files and the exit wakes
+    /// the caller, so no thread waits meanwhile.
+    static func capstanAsync(_ arguments: [String], in directory: String = root) async throws -> Run {
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw CLIError("capstan binary not found at \(binary): run `swift build` first (hack/test does)")
+        }
+        let base = NSTemporaryDirectory() + "capstan-cli-output-" + UUID().uuidString
+        defer { unlink(base + ".out"); unlink(base + ".err") }
+        _ = FileManager.default.createFile(atPath: base + ".out", contents: nil)
+        _ = FileManager.default.createFile(atPath: base + ".err", contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        let out = FileHandle(forWritingAtPath: base + ".out")!, err = FileHandle(forWritingAtPath: base + ".err")!
+        defer { try? out.close(); try? err.close() }
+        process.standardOutput = out
+        process.standardError = err
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            process.terminationHandler = { _ in continuation.resume() }
+            do { try process.run() } catch { continuation.resume(throwing: error) }
+        }
+        let stdout = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
+        let stderr = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
+        return Run(status: process.terminationStatus, stdout: stdout, stderr: stderr)
+    }
+
     struct CLIError: Error, CustomStringConvertible {
         var description: String
         init(_ d: String) { description = d }
