@@ -163,10 +163,7 @@ struct BackupList: AsyncParsableCommand {
     }
 
     static func size(_ bytes: Int) -> String {
-        if bytes < 1024 { return "\(bytes)B" }
-        if bytes < 1 << 20 { return String(format: "%.1fKi", Double(bytes) / 1024) }
-        if bytes < 1 << 30 { return String(format: "%.1fMi", Double(bytes) / 1_048_576) }
-        return String(format: "%.2fGi", Double(bytes) / 1_073_741_824)
+        BackupRunner.size(bytes).replacingOccurrences(of: " ", with: "").replacingOccurrences(of: "iB", with: "i")
     }
 }
 

@@ -73,6 +73,14 @@ public final class BackupInterruption: @unchecked Sendable {
 /// Takes, verifies and prunes backups, and restores them: the work of `capstan backup-job`
 /// and `capstan backup restore`, the same on this host and in a Kubernetes Job.
 public enum BackupRunner {
+    /// 512 B, 1.3 KiB, 208.2 MiB, 1.02 GiB.
+    public static func size(_ bytes: Int) -> String {
+        if bytes < 1024 { return "\(bytes) B" }
+        if bytes < 1 << 20 { return String(format: "%.1f KiB", Double(bytes) / 1024) }
+        if bytes < 1 << 30 { return String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+        return String(format: "%.2f GiB", Double(bytes) / 1_073_741_824)
+    }
+
     /// When a backup of `schedule` was begun, from its id (nil for a name that is not one).
     public static func time(ofID id: String, schedule: String) -> Date? {
         BackupScheduleReconciler.time(ofID: id, schedule: schedule)
@@ -111,9 +119,8 @@ public enum BackupRunner {
         try? FileManager.default.createDirectory(atPath: job.scratch, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         do {
             let (manifest, pruned, pruneError) = try await take(job, interruption: interruption, started: started)
-            let megabytes = String(format: "%.1f", Double(manifest.size) / 1_048_576)
             let how = manifest.verified == "restore" ? ", verified by restore" : manifest.verified == "digest" ? ", verified by digest" : ""
-            return BackupJobResult(id: job.id, succeeded: true, reason: "Succeeded", message: "backup \(job.id): \(megabytes) MiB\(how)",
+            return BackupJobResult(id: job.id, succeeded: true, reason: "Succeeded", message: "backup \(job.id): \(Self.size(manifest.size))\(how)",
                                    size: manifest.size, sha256: manifest.sha256, startedAt: started, finishedAt: Date(), verified: manifest.verified,
                                    pruned: pruned, pruneError: pruneError)
         } catch {
