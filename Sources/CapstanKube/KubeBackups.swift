@@ -13,7 +13,10 @@ import Foundation
 public final class KubeBackups: BackupPlatform, Sendable {
     public static let jobs = KubeResource(group: "batch", version: "v1", plural: "jobs", kind: "Job")
     public static let pods = KubeResource(group: "", version: "v1", plural: "pods", kind: "Pod")
-    static let idLabel = "capstan.dev/backup-id"
+    /// The Job's name on the Job and its pods (a label value: at most 63 characters); the run's
+    /// id, whole, is the annotation `capstan.dev/backup-id`.
+    static let jobLabel = "capstan.dev/backup-job"
+    public static let idAnnotation = "capstan.dev/backup-id"
     public static let defaultImage = "ghcr.io/capstan-dev/capstan:0.1.0"
     public static let finishedTTL = 86_400
 
@@ -80,8 +83,9 @@ public final class KubeBackups: BackupPlatform, Sendable {
             mounts.append(.mapping([("name", .string("host-\(index)")), ("mountPath", .string(path))]))
         }
         let labels: [(String, SpecNode)] = [(Children.managedBy, .string("capstan")), (Children.ownerKindLabel, .string("BackupSchedule")),
-                                            (Children.ownerNameLabel, .string(run.owner.name)), (Self.idLabel, .string(run.id))]
-        var metadata: [(String, SpecNode)] = [("name", .string(Self.jobName(run.id))), ("namespace", .string(run.owner.namespace)), ("labels", .mapping(labels))]
+                                            (Children.ownerNameLabel, .string(run.owner.name)), (Self.jobLabel, .string(Self.jobName(run.id)))]
+        var metadata: [(String, SpecNode)] = [("name", .string(Self.jobName(run.id))), ("namespace", .string(run.owner.namespace)), ("labels", .mapping(labels)),
+                                              ("annotations", .mapping([(Self.idAnnotation, .string(run.id))]))]
         if let uid = uid(run.owner) {
             metadata.append(("ownerReferences", .sequence([.mapping([
                 ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("BackupSchedule")), ("name", .string(run.owner.name)),
@@ -153,7 +157,7 @@ public final class KubeBackups: BackupPlatform, Sendable {
 
     /// The result the backup pod left as its termination message.
     func result(of id: String, namespace: String) async -> BackupJobResult? {
-        guard let pods = try? await client.list(Self.pods, namespace: namespace, labelSelector: "\(Self.idLabel)=\(id)").items else { return nil }
+        guard let pods = try? await client.list(Self.pods, namespace: namespace, labelSelector: "\(Self.jobLabel)=\(Self.jobName(id))").items else { return nil }
         for pod in pods {
             for status in Self.items(pod["status"]?["containerStatuses"]) {
                 guard let message = status["state"]?["terminated"]?["message"]?.scalarText,
@@ -174,7 +178,7 @@ public final class KubeBackups: BackupPlatform, Sendable {
         let selector = "\(Children.ownerKindLabel)=BackupSchedule,\(Children.ownerNameLabel)=\(owner.name)"
         guard let jobs = try? await client.list(Self.jobs, namespace: owner.namespace, labelSelector: selector).items else { return [] }
         return jobs.filter { Self.condition($0, "Complete") == nil && Self.condition($0, "Failed") == nil }
-            .compactMap { $0["metadata"]?["labels"]?[Self.idLabel]?.scalarText }.sorted()
+            .compactMap { $0["metadata"]?["annotations"]?[Self.idAnnotation]?.scalarText }.sorted()
     }
 
     public func recover(_ run: BackupRun) async -> BackupOutcome {

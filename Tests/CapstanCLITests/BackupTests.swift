@@ -176,6 +176,20 @@ final class S3Server: Sendable {
         #expect(again.stderr.contains("is not empty"), "\(again.stderr)")
         #expect(try await capstan(["events", "backupschedule/db"]).stdout.contains("BackupRestored"))
 
+        // A user that may not create databases: verified by reading the whole archive instead.
+        try database.superuser("DROP DATABASE IF EXISTS plain")
+        try database.superuser("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'plain') THEN CREATE USER plain NOCREATEDB PASSWORD 'plain-password'; END IF; END $$")
+        try database.superuser("CREATE DATABASE plain OWNER plain")
+        try await setSecret("plain", "password", "plain-password")
+        try write(postgresSpec(database, s3) + "\n---\n" + postgresSpec(database, s3).replacingOccurrences(of: "name: db}", with: "name: plain}")
+            .replacingOccurrences(of: "database: app, user: app", with: "database: plain, user: plain").replacingOccurrences(of: "name: db, key: password", with: "name: plain, key: password")
+            .replacingOccurrences(of: "prefix: \"pg-\"", with: "prefix: \"plain-\""), to: "db.yaml")
+        try await until("the second schedule", seconds: 20) { try await capstan(["get", "backupschedule/plain"]).status == 0 }
+        let plain = try await backupNow("plain")
+        #expect(plain["outcome"] as? String == "Succeeded", "\(plain)")
+        #expect(plain["verified"] as? String == "archive")
+        try write(postgresSpec(database, s3), to: "db.yaml")
+
         // Bad input: each run fails with the server's or tool's own message, and retention deletes nothing.
         try await setSecret("s3", "credentials", "\(s3.accessKeyID):wrong-secret")
         var failed = try await backupNow("db")

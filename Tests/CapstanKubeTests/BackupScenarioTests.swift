@@ -151,7 +151,7 @@ import Testing
                 let env = container?["env"]?.entriesOrItems ?? []
                 #expect(env.contains { $0["valueFrom"]?["secretKeyRef"]?["name"]?.scalarText == "backup-key" })
                 #expect(!JSONEmitter.emit(job, pretty: false).contains(key), "the key is not in the Job")
-                let id = metadata?["labels"]?["capstan.dev/backup-id"]?.scalarText ?? ""
+                let id = metadata?["annotations"]?["capstan.dev/backup-id"]?.scalarText ?? ""
                 #expect(metadata?["name"]?.scalarText == id.lowercased())
                 // The kubelet's part: the container's command with the Job's environment (its
                 // secretKeyRefs read from the cluster); its result is the termination message.
@@ -187,7 +187,7 @@ import Testing
             let doomed = try await requestRun(platform, known: 2)!
             _ = try await platform.client!.delete(KubeBackups.jobs, namespace: "default", name: doomed["metadata"]?["name"]?.scalarText ?? "")
             let interrupted = try await record(platform, "an interruption") { $0["reason"]?.scalarText == "Interrupted" }
-            #expect(interrupted["id"]?.scalarText == doomed["metadata"]?["labels"]?["capstan.dev/backup-id"]?.scalarText)
+            #expect(interrupted["id"]?.scalarText == doomed["metadata"]?["annotations"]?["capstan.dev/backup-id"]?.scalarText)
         }
     }
 }

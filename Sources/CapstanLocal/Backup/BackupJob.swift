@@ -119,7 +119,12 @@ public enum BackupRunner {
         try? FileManager.default.createDirectory(atPath: job.scratch, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         do {
             let (manifest, pruned, pruneError) = try await take(job, interruption: interruption, started: started)
-            let how = manifest.verified == "restore" ? ", verified by restore" : manifest.verified == "digest" ? ", verified by digest" : ""
+            let how = switch manifest.verified {
+            case "restore": ", verified by restore"
+            case "archive": ", verified by reading the whole archive (the user may not create a scratch database to restore into: grant CREATEDB for a restore check)"
+            case "digest": ", verified by digest"
+            default: ""
+            }
             return BackupJobResult(id: job.id, succeeded: true, reason: "Succeeded", message: "backup \(job.id): \(Self.size(manifest.size))\(how)",
                                    size: manifest.size, sha256: manifest.sha256, startedAt: started, finishedAt: Date(), verified: manifest.verified,
                                    pruned: pruned, pruneError: pruneError)
@@ -232,8 +237,7 @@ public enum BackupRunner {
         }
         switch job.source.type {
         case "postgres":
-            try await verifyPostgres(job, target: target, key: key, interruption: interruption)
-            return "restore"
+            return try await verifyPostgres(job, target: target, key: key, interruption: interruption)
         case "sqlite":
             let file = "\(job.scratch)/verify-\(UUID().uuidString).db"
             defer { for suffix in ["", "-journal", "-wal", "-shm"] { unlink(file + suffix) } }
@@ -262,12 +266,22 @@ public enum BackupRunner {
         return environment
     }
 
-    static func verifyPostgres(_ job: BackupJobSpec, target: any BackupTarget, key: SymmetricKey?, interruption: BackupInterruption) async throws {
+    /// Restores the dump into a scratch database and queries it ("restore"); a user that may not
+    /// create databases gets the whole archive read by `pg_restore` instead ("archive").
+    static func verifyPostgres(_ job: BackupJobSpec, target: any BackupTarget, key: SymmetricKey?, interruption: BackupInterruption) async throws -> String {
         let environment = postgresEnvironment(job)
         let scratch = "capstan_verify_" + UUID().uuidString.prefix(8).lowercased()
         let maintenance = job.source.database ?? "postgres"
-        _ = try await BackupTool.run(["createdb", "--no-password", "--maintenance-db", maintenance, scratch], environment: environment,
+        let created = await Result {
+            try await BackupTool.run(["createdb", "--no-password", "--maintenance-db", maintenance, scratch], environment: environment,
                                      scratch: job.scratch, reason: BackupError.verifyFailed)
+        }
+        if case .failure(let error) = created {
+            guard "\(error)".contains("permission denied to create database") else { throw error }
+            let tool = try BackupTool(["pg_restore", "--file=/dev/null"], direction: .writeInput, scratch: job.scratch, reason: BackupError.verifyFailed)
+            try await using(tool, interruption) { try await restoreStream(job.id, from: target, key: key, compressed: false, into: ToolInputSink(tool)) }
+            return "archive"
+        }
         let restored = await Result { try await restoreAndQuery(job, into: scratch, environment: environment, target: target, key: key, interruption: interruption) }
         let dropped = await Result {
             try await BackupTool.run(["dropdb", "--no-password", "--maintenance-db", maintenance, scratch], environment: environment,
@@ -275,6 +289,7 @@ public enum BackupRunner {
         }
         try restored.get()
         _ = try dropped.get()
+        return "restore"
     }
 
     /// `pg_restore` of the stored dump into `database`, then a query of what it holds.

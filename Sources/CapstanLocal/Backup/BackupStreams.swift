@@ -131,7 +131,7 @@ public enum BackupCipher {
         let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         if let decoded = Data(base64Encoded: text), decoded.count == 32 { return SymmetricKey(data: decoded) }
         if text.count == 64, let decoded = Data(hexString: text) { return SymmetricKey(data: decoded) }
-        throw BackupError(BackupError.encryptionFailed, "the encryption key must be 32 bytes (raw, base64 or hex); it is \(data.count) bytes")
+        throw BackupError(BackupError.encryptionFailed, "the encryption key must be 32 bytes, raw, base64 or hex (it is \(data.count) bytes); make one with `openssl rand -base64 32`")
     }
 
     static func derive(_ key: SymmetricKey, salt: [UInt8]) -> SymmetricKey {
