@@ -45,15 +45,12 @@ public enum BuiltinMetrics {
 
     /// nil when `query` names a builtin metric (with an optional `{label="value"}` selector).
     static func queryProblem(_ query: String) -> String? {
-        let name = String(query.prefix(while: { $0 != "{" })).trimmingSpaces()
-        guard names.contains(name) else {
-            return "unknown builtin metric \"\(name)\" (builtin metrics: \(names.joined(separator: ", "))); use source: prometheus for PromQL"
+        do {
+            _ = try MetricSelector.parse(query, known: names)
+            return nil
+        } catch {
+            return error.description
         }
-        let rest = query.dropFirst(name.count).trimmingCharacters(in: " ")
-        if !rest.isEmpty && !(rest.hasPrefix("{") && rest.hasSuffix("}")) {
-            return "builtin query \"\(query)\" must be a metric name with an optional {label=\"value\"} selector"
-        }
-        return nil
     }
 }
 
