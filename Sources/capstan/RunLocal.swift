@@ -150,6 +150,10 @@ final class LocalDaemon: Sendable {
     /// left running (not started again), reconcile everything once (level-based: a restart
     /// loses nothing), then open the gate for the rest.
     @Sendable func lead() async throws {
+        // A follower's cache is refreshed every 5 s: what the last leader did since (an object
+        // it deleted, a status it wrote) is read now, before anything is acted on. (The fault
+        // loop caught a new leader starting a Deployment the old one had deleted a second before.)
+        if elector != nil { try LocalObjectStore.load(store, into: cache) }
         let summary = try await source.sync()
         log("read \(summary.applied) objects (\(summary.problems) problems)")
         if summary.problems > 0 { metrics.sourceError(source: "directory") }
