@@ -213,14 +213,13 @@ public struct BackupScheduleReconciler: Reconciler {
     }
 
     private func begin(_ step: inout Step) {
-        var time = step.time
-        var id = Self.id(schedule: step.key.name, at: time)
+        let base = Self.id(schedule: step.key.name, at: step.time)
         let taken = Set(step.status.active + step.status.backups.map(\.id) + step.starts.map(\.id))
+        var id = base
         var suffix = 2
         while taken.contains(id) {
-            id = Self.id(schedule: step.key.name, at: time) + "-\(suffix)"
+            id = base + "-\(suffix)"
             suffix += 1
-            time = step.time
         }
         step.status.active.append(id)
         step.starts.append(BackupRun(id: id, owner: step.key, spec: step.spec, sourceFile: step.stored.sourceFile))
