@@ -52,12 +52,16 @@ let package = Package(
         ),
         // Linux calls Swift cannot import (variadic syscall): pidfd_open, prlimit.
         .target(name: "CSystemShims"),
-        // HTTP integrations both platforms use: S3-compatible storage (Signature V4).
+        // Integrations both platforms use: S3-compatible storage (Signature V4), Prometheus
+        // queries, host metrics, the notifiers (HTTP receivers, SMTP).
         .target(
             name: "CapstanIntegrations",
             dependencies: [
+                "CapstanModel", "CapstanRuntime", "CapstanControllers",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -97,12 +97,13 @@ public enum AlertPayloads {
         return json(message)
     }
 
-    /// Alertmanager's `POST /api/v2/alerts` body (re-posted while firing, as Prometheus does;
-    /// `endsAt` set once resolved).
-    public static func alertmanager(_ notices: [AlertNotice]) -> Data {
+    /// Alertmanager's `POST /api/v2/alerts` body: a firing alert ends at `validUntil` unless
+    /// posted again (as Prometheus sets it, so an alert whose sender died resolves by itself);
+    /// a resolved one ends when it resolved.
+    public static func alertmanager(_ notices: [AlertNotice], validUntil: Date? = nil) -> Data {
         json(notices.map { notice -> [String: Any] in
             var alert: [String: Any] = ["labels": notice.labels, "annotations": notice.annotations, "startsAt": time(notice.startsAt), "generatorURL": ""]
-            if let end = notice.endsAt { alert["endsAt"] = time(end) }
+            if let end = notice.endsAt ?? (notice.firing ? validUntil : nil) { alert["endsAt"] = time(end) }
             return alert
         })
     }

@@ -17,9 +17,15 @@ public struct Platforms: Sendable {
     public var actions: (any ActionRunner)?
     /// Backup jobs (nil: BackupSchedules are read and stored, not reconciled).
     public var backups: (any BackupPlatform)?
+    /// Metrics and notifiers (nil: AlertRules are read and stored, not reconciled).
+    public var metrics: (any MetricsPlatform)?
+    public var notifier: (any Notifier)?
 
     public init(artifacts: any ArtifactPlatform, workload: any WorkloadPlatform, traffic: any TrafficPlatform, revisions: any RevisionStore,
-                secrets: (any SecretPlatform)? = nil, actions: (any ActionRunner)? = nil, backups: (any BackupPlatform)? = nil) {
+                secrets: (any SecretPlatform)? = nil, actions: (any ActionRunner)? = nil, backups: (any BackupPlatform)? = nil,
+                metrics: (any MetricsPlatform)? = nil, notifier: (any Notifier)? = nil) {
+        self.metrics = metrics
+        self.notifier = notifier
         self.artifacts = artifacts
         self.workload = workload
         self.traffic = traffic
@@ -50,6 +56,11 @@ public enum Controllers {
             manager.register("backupschedule", BackupScheduleReconciler(store: store, events: events, backups: backups,
                                                                                 counted: { metrics?.backupFinished(result: $0) }),
                              for: { $0.kind == .backupSchedule })
+        }
+        if let metricsPlatform = platforms.metrics, let notifier = platforms.notifier {
+            manager.register("alertrule", AlertRuleReconciler(store: store, events: events, metrics: metricsPlatform, notifier: notifier, secrets: platforms.secrets,
+                                                              counted: { metrics?.notification(receiver: $0, result: $1) }),
+                             for: { $0.kind == .alertRule })
         }
     }
 }

@@ -149,7 +149,7 @@ public struct ObjectRequest: Sendable, Hashable {
     /// `capstan ... --kube` writes it; the operator removes it when it takes it).
     public static let annotations: [(type: String, annotation: String)] = [
         (rollback, "capstan.dev/rollback-to"), (promote, "capstan.dev/promote"), (abort, "capstan.dev/abort"), (rotate, "capstan.dev/rotate-now"),
-        (backupNow, "capstan.dev/backup-now"),
+        (backupNow, "capstan.dev/backup-now"), (acknowledge, "capstan.dev/acknowledge"),
     ]
 
     public static func annotation(of type: String) -> String? {

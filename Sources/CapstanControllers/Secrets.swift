@@ -62,6 +62,9 @@ public protocol SecretPlatform: Sendable {
     /// Why an instance could not get `key` of secret `name` now (the secret or the key is
     /// missing), whoever made the secret; nil when it is there.
     func missing(_ name: String, key: String, namespace: String) async -> String?
+    /// One key of the current version of any secret (one Capstan made or one set by hand):
+    /// what a receiver's `urlFrom` or an SMTP password reads.
+    func value(of name: String, key: String, namespace: String) async throws(SecretError) -> Data
     /// Removes every secret of `owner` and all their versions (the rotation was deleted);
     /// what went, as lines for an event. With `dryRun`, only says what would go.
     func remove(ownedBy owner: ObjectKey, dryRun: Bool) async throws(SecretError) -> [String]

@@ -218,6 +218,8 @@ public struct TrackState: Sendable, Hashable {
     public var updated = 0
     public var ready = 0
     public var available = 0
+    /// Restarts of its instances after they exited (nil where the platform does not count them).
+    public var restarts: Int?
     /// The platform has acted on the track's latest spec (Kubernetes: the `apps/v1`
     /// Deployment's `observedGeneration` caught up); counts of an unsettled track are old.
     public var settled = true

@@ -126,6 +126,18 @@ public final class KubeSecrets: SecretPlatform, Sendable {
         return keys.contains(key) ? nil : "Secret \(name) has no key \(key) (it has \(keys.sorted().joined(separator: ", ")))"
     }
 
+    public func value(of name: String, key: String, namespace: String) async throws(SecretError) -> Data {
+        guard let found = try await secret(name, namespace: namespace) else {
+            throw SecretError("SecretNotFound", "Secret \(name) does not exist in namespace \(namespace)")
+        }
+        var values = Self.values(of: found)
+        for entry in found["stringData"]?.entries ?? [] { values[entry.key] = Data((entry.value.scalarText ?? "").utf8) }
+        guard let value = values[key] else {
+            throw SecretError("SecretNotFound", "Secret \(name) has no key \(key) (it has \(values.keys.sorted().joined(separator: ", ")))")
+        }
+        return value
+    }
+
     public func values(of name: String, namespace: String, version: Int) async throws(SecretError) -> [String: Data] {
         guard let secret = try await secret(Self.versionName(name, version), namespace: namespace) else {
             throw SecretError("SecretNotFound", "Secret \(name) has no version \(version) (Secret \(Self.versionName(name, version)) is missing)")

@@ -46,6 +46,7 @@ extension LocalWorkloadPlatform {
         state.updated = instances.filter { $0.templateHash == state.templateHash }.count
         state.ready = instances.filter(\.ready).count
         state.available = state.ready
+        state.restarts = instances.reduce(0) { $0 + $1.restarts }
         state.problems = instances.compactMap { instance in instance.problem.map { "instance \(instance.id): \($0)" } }
     }
 

@@ -95,6 +95,8 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, Art
     public let supervisor: Supervisor
     /// The secrets instances' environments take values from.
     public let vault: Vault
+    /// The health checks of the last five minutes (the builtin probe metrics).
+    public let probes: ProbeHistory
     let routers = RouterSet()
     let store: StateStore
     /// How long a stopped instance's connections may drain before it gets SIGTERM.
@@ -121,9 +123,11 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, Art
         let vault = Vault(store: store, stateDirectory: stateDirectory)
         self.vault = vault
         let routers = routers
+        let probes = ProbeHistory()
+        self.probes = probes
         supervisor = try Supervisor(store: store, events: events, grace: grace, maxLogBytes: logRotation.maxBytes, logFiles: logRotation.files,
                                     onReady: { key, backends in await routers.setBackends(key, backends) },
-                                    onChange: enqueue, restarted: restarted, admit: admit, secrets: Self.resolver(vault))
+                                    onChange: enqueue, restarted: restarted, admit: admit, secrets: Self.resolver(vault), probes: probes)
     }
 
     static func resolver(_ vault: Vault) -> SecretResolver {

@@ -4,6 +4,7 @@ public enum ConditionType {
     public static let ready = "Ready"
     public static let reconciling = "Reconciling"
     public static let stalled = "Stalled"
+    public static let firing = "Firing"
 }
 
 extension Array where Element == Condition {

@@ -1,4 +1,5 @@
 import CapstanControllers
+import CapstanIntegrations
 import CapstanModel
 import CapstanRuntime
 import Foundation
@@ -36,14 +37,17 @@ enum Daemon {
 
     /// `/metrics`, `/healthz` and `/readyz` (ready once `ready` says so; the body says
     /// whether this daemon leads).
-    static func httpServer(host: String, port: Int, address: String, metrics: RuntimeMetrics, ready: @escaping @Sendable () -> Bool,
+    /// The host's CPU, memory and disks (builtin metrics).
+    static let host = HostMetrics()
+
+    static func httpServer(host: String, port: Int, address: String, metrics: RuntimeMetrics, builtin: MetricsService, ready: @escaping @Sendable () -> Bool,
                            leader: @escaping @Sendable () -> Bool?, log: DaemonLog) -> HTTPService {
         var quietLogger = Logging.Logger(label: "capstan")
         quietLogger.logLevel = .warning
         let router = Router()
         router.get("metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                     body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
+                     body: .init(byteBuffer: ByteBuffer(string: metrics.render() + (await builtin.exposition()))))
         }
         router.get("healthz") { _, _ in "ok\n" }
         router.get("readyz") { _, _ in

@@ -298,6 +298,7 @@ struct Describe: ParsableCommand {
         }
         if key.kind == .secretRotation { printVersions(status) }
         if key.kind == .backupSchedule { printBackups(status) }
+        if key.kind == .alertRule { printAlerts(status) }
         print("Events:")
         let events = try store.events(for: key).suffix(20)
         if events.isEmpty {
@@ -370,6 +371,34 @@ extension Describe {
             printTable(rows)
         }
         if let missed = status["missedRuns"]?.scalarText { print("Missed runs: \(missed)") }
+    }
+
+    /// An AlertRule's label sets and its notification log (the newest last).
+    func printAlerts(_ status: SpecNode) {
+        if let until = status["acknowledgedUntil"]?.scalarText { print("Acknowledged until: \(until)") }
+        let alerts = JSONPath.evaluate(".alerts[*]", on: status)
+        if !alerts.isEmpty {
+            print("Alerts:")
+            var rows = [["  STATE", "VALUE", "SINCE", "LABELS"]]
+            for alert in alerts {
+                let labels = (alert["labels"]?.entries ?? []).map { "\($0.key)=\($0.value.scalarText ?? "")" }.sorted().joined(separator: ",")
+                let since = alert["firedAt"]?.scalarText ?? alert["activeSince"]?.scalarText
+                rows.append(["  " + (alert["state"]?.scalarText ?? ""), alert["value"]?.scalarText ?? "",
+                             age(since: since.flatMap { RFC3339Text.parse($0) }), labels.isEmpty ? "{}" : labels])
+            }
+            printTable(rows)
+        }
+        let notifications = JSONPath.evaluate(".notifications[*]", on: status)
+        if !notifications.isEmpty {
+            print("Notifications:")
+            var rows = [["  TIME", "RECEIVER", "TRANSITION", "DELIVERED", "ATTEMPTS", "ERROR"]]
+            for record in notifications {
+                let delivered = record["delivered"]?.scalarText == "true" ? "yes" : record["abandoned"]?.scalarText == "true" ? "abandoned" : "not yet"
+                rows.append(["  " + (record["time"]?.scalarText ?? ""), record["receiver"]?.scalarText ?? "", record["transition"]?.scalarText ?? "",
+                             delivered, record["attempts"]?.scalarText ?? "0", record["error"]?.scalarText ?? ""])
+            }
+            printTable(rows)
+        }
     }
 
     /// The instances the inventory records for a Deployment (this host), with their logs.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CapstanControllers
+import CapstanIntegrations
 import CapstanKube
 import CapstanLocal
 import CapstanModel
@@ -151,6 +152,7 @@ final class KubeDaemon: Sendable {
     let target: ClusterTarget
     let objects: KubeObjectStore
     let metrics = RuntimeMetrics()
+    let builtinMetrics: MetricsService
     let manager: ObjectManager
     /// The custom resources whose watch has listed once.
     let synced = Synchronized(Set<String>())
@@ -170,6 +172,7 @@ final class KubeDaemon: Sendable {
             concurrency: options.concurrency, timeout: try KubeDuration.parse(options.reconcileTimeout).duration, metrics: metrics,
             observe: Daemon.outcomeObserver(metrics: metrics, events: objects, timeout: options.reconcileTimeout, log: log)))
         let workload = KubeWorkload(client: client, children: target.children, ownership: .ownerReference)
+        builtinMetrics = MetricsService(source: BuiltinMetricsSource(cache: objects.cache, workload: workload, probes: nil, host: Daemon.host.samples))
         Controllers.register(on: manager, store: objects, events: objects, cache: objects.cache,
                              platforms: Platforms(artifacts: KubeArtifacts(), workload: workload, traffic: workload,
                                                   revisions: ConfigMapRevisions(client: client, cache: objects.cache),
@@ -177,7 +180,8 @@ final class KubeDaemon: Sendable {
                                                   actions: Self.actions,
                                                   backups: KubeBackups(client: client, image: options.kube.backupImage, version: Capstan.version,
                                                                        uid: { [cache = objects.cache] key in cache.get(key)?.resource.metadata.uid },
-                                                                       recover: KubeBackupRecovery.recover(client: client))),
+                                                                       recover: KubeBackupRecovery.recover(client: client)),
+                                                  metrics: builtinMetrics, notifier: AlertNotifier()),
                              prune: options.prune, referrerDelay: Daemon.clusterReferrerDelay, metrics: metrics)
         // A Deployment's readiness or version shows in its Application's status.
         objects.onReferrersChanged { [manager, objects] key in
@@ -196,7 +200,7 @@ final class KubeDaemon: Sendable {
         let (host, port) = options.metricsHostPort!
         let elector = try elector()
         let services: [any Service] = leadership(elector) + [
-            Daemon.httpServer(host: host, port: port, address: options.metricsAddress, metrics: metrics, ready: { [self] in caughtUp },
+            Daemon.httpServer(host: host, port: port, address: options.metricsAddress, metrics: metrics, builtin: builtinMetrics, ready: { [self] in caughtUp },
                               leader: { elector.map { $0.isLeader } }, log: log),
             manager.gauges { [objects, metrics] in Daemon.readiness(objects.cache, metrics) },
         ] + reflectors() + [try resync()] + manager.controllers

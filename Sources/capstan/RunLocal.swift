@@ -1,5 +1,6 @@
 import ArgumentParser
 import CapstanControllers
+import CapstanIntegrations
 import CapstanKube
 import CapstanLocal
 import CapstanModel
@@ -22,6 +23,8 @@ final class LocalDaemon: Sendable {
     let cache: ObjectCache
     let objects: LocalObjectStore
     let metrics: RuntimeMetrics
+    /// The builtin metrics AlertRules read, also exported on `/metrics`.
+    let builtinMetrics: MetricsService
     let ready = Synchronized(false)
     let elector: LeaderElector<ContinuousClock>?
     let manager: ObjectManager
@@ -65,7 +68,7 @@ final class LocalDaemon: Sendable {
         objects.statusWatchers.set { key, resource in await manager.notifyWatchers(key, resource) }
         let (local, cluster) = try Self.platform(options, store: store, events: objects, manager: manager, metrics: metrics, admit: managerOptions.admit, log: log)
         (self.local, self.cluster) = (local, cluster)
-        let platforms: Platforms
+        var platforms: Platforms
         if let local {
             let backups = LocalBackups(executable: LocalBackups.currentExecutable, stateDirectory: options.state.resolved, vault: local.vault,
                                        version: Capstan.version, enqueue: { key in await manager.add(key) })
@@ -79,6 +82,10 @@ final class LocalDaemon: Sendable {
                                   backups: KubeBackups(client: cluster!.client, image: options.kube.backupImage, version: Capstan.version, uid: { _ in nil },
                                                        recover: KubeBackupRecovery.recover(client: cluster!.client)))
         }
+        let builtinMetrics = MetricsService(source: BuiltinMetricsSource(cache: cache, workload: platforms.workload, probes: local?.probes, host: Daemon.host.samples))
+        self.builtinMetrics = builtinMetrics
+        platforms.metrics = builtinMetrics
+        platforms.notifier = AlertNotifier()
         Controllers.register(on: manager, store: objects, events: objects, cache: cache, platforms: platforms, prune: options.prune,
                              referrerDelay: cluster == nil ? .zero : Daemon.clusterReferrerDelay, metrics: metrics)
         source = SpecDirectorySource(root: options.specDirectory, store: store, cache: cache, allowEmpty: options.allowEmpty,
@@ -188,7 +195,7 @@ final class LocalDaemon: Sendable {
     /// after the controllers finished their in-flight work), the controllers first.
     func services(_ watcher: DirectoryWatcher) throws -> [any Service] {
         let (host, port) = options.metricsHostPort!
-        let server = Daemon.httpServer(host: host, port: port, address: options.metricsAddress, metrics: metrics, ready: { [ready] in ready.value },
+        let server = Daemon.httpServer(host: host, port: port, address: options.metricsAddress, metrics: metrics, builtin: builtinMetrics, ready: { [ready] in ready.value },
                                        leader: { [elector] in elector.map { $0.isLeader } }, log: log)
         let watches = cluster?.watches { [manager] owner in
             if await manager.leading.opened { await manager.add(owner) }

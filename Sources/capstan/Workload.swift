@@ -104,6 +104,37 @@ struct Rotate: AsyncParsableCommand {
     }
 }
 
+struct Ack: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ack",
+        abstract: "Acknowledge an AlertRule: silence its notifications and escalation for a while.",
+        discussion: """
+            Until the time is up or the alert resolves, no repeat or escalation is sent (the resolved notification still is). --for 0 ends an acknowledgement. With --kube the custom resource gets the annotation capstan.dev/acknowledge.
+            """)
+
+    @OptionGroup var options: RequestOptions
+
+    @Option(name: .customLong("for"), help: ArgumentHelp("How long (such as 30m, 1h; 0 ends it).", valueName: "duration"))
+    var duration: String = "1h"
+
+    func run() async throws {
+        let key = try parseReference(options.object, namespace: options.namespace ?? "default")
+        guard key.kind == .alertRule else { throw ValidationError("only AlertRules are acknowledged; got \(key.kind.singular)") }
+        guard let parsed = try? KubeDuration.parse(duration), parsed.seconds >= 0 else {
+            throw ValidationError("--for \"\(duration)\" is not a duration such as 30m or 1h")
+        }
+        let answers: Set<String> = ["Acknowledged", "AcknowledgementEnded"]
+        guard options.kube.enabled else {
+            try await submitRequest(ObjectRequest.acknowledge, for: key, value: duration, what: "acknowledgement", wait: options.wait, state: options.state,
+                                    answers: (answers, ["AcknowledgeRefused"])) { _ in }
+            return
+        }
+        try await KubeRequest(connection: options.kube, key: key, annotation: ObjectRequest.annotation(of: ObjectRequest.acknowledge)!, value: duration,
+                              what: "acknowledgement")
+            .answered(wait: options.wait, namespace: options.namespace, accepted: answers, refused: ["AcknowledgeRefused"], matching: { _ in true })
+    }
+}
+
 /// What every request command takes: the object, where it is, how long to wait for an answer.
 struct RequestOptions: ParsableArguments {
     @Argument(help: ArgumentHelp("The object, such as deployment/web.", valueName: "kind/name"))

@@ -55,6 +55,7 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
         case (.application(let p), .application(var n)): n.status = p.status; return .application(n)
         case (.deployment(let p), .deployment(var n)): n.status = p.status; return .deployment(n)
         case (.backupSchedule(let p), .backupSchedule(var n)): n.status = p.status; return .backupSchedule(n)
+        case (.alertRule(let p), .alertRule(var n)): n.status = p.status; return .alertRule(n)
         default: return next
         }
     }

@@ -106,6 +106,8 @@ public actor Supervisor {
     private var rotation: Task<Void, Never>?
     /// Secrets for instances' environments (the vault).
     private let secrets: SecretResolver?
+    /// Every health check's result and duration, per owner (the builtin `probe_*` metrics).
+    private let probes: ProbeHistory?
 
     /// Files kept per log by the old rotation (instances started without a log writer).
     public let logFiles: Int
@@ -115,8 +117,9 @@ public actor Supervisor {
                 onReady: @escaping @Sendable (ObjectKey, [Backend]) async -> Void,
                 onChange: @escaping @Sendable (ObjectKey) async -> Void,
                 restarted: @escaping @Sendable () -> Void = {},
-                admit: @escaping @Sendable () -> Bool = { true }, secrets: SecretResolver? = nil) throws(SpawnError) {
+                admit: @escaping @Sendable () -> Bool = { true }, secrets: SecretResolver? = nil, probes: ProbeHistory? = nil) throws(SpawnError) {
         self.store = store
+        self.probes = probes
         self.secrets = secrets
         self.admit = admit
         self.events = events
@@ -304,6 +307,8 @@ public actor Supervisor {
         let run = instance.run
         let environment = instance.launch.environment
         let directory = instance.launch.workingDirectory
+        let owner = instance.owner
+        let probes = self.probes
         instance.tasks.append(Task {
             if probe.initialDelay > .zero { try? await Task.sleep(for: probe.initialDelay) }
             // Until the first success, probe quickly: every 10 ms for the first second (most
@@ -312,7 +317,9 @@ public actor Supervisor {
             let started = ContinuousClock.now
             var pause = Duration.milliseconds(10)
             while !Task.isCancelled {
+                let began = ContinuousClock.now
                 let failure = await Prober.run(probe, environment: environment, workingDirectory: directory)
+                probes?.record(owner, success: failure == nil, duration: ContinuousClock.now - began)
                 guard let ready = await self.probed(id, run: run, failure) else { return }
                 if !ready && ContinuousClock.now - started > .seconds(1) { pause = min(pause * 2, probe.interval) }
                 try? await Task.sleep(for: ready ? probe.interval : min(pause, probe.interval))

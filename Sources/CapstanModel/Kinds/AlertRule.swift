@@ -63,6 +63,9 @@ public struct SMTPSettings: SpecObject, Hashable {
     public var userFrom: SecretSource?
     public var passwordFrom: SecretSource?
     public var startTLS = true
+    /// PEM certificates trusted for the server's (a private CA), instead of the system's.
+    public var caFrom: SecretSource?
+    public var insecureSkipVerify = false
 
     public init() {}
 
@@ -71,8 +74,16 @@ public struct SMTPSettings: SpecObject, Hashable {
         .defaulted("port", \.port, 587, "SMTP port.", .port),
         .optional("userFrom", \.userFrom, "User name from a Secret."),
         .optional("passwordFrom", \.passwordFrom, "Password from a Secret."),
-        .defaulted("startTLS", \.startTLS, true, "Require STARTTLS."),
+        .defaulted("startTLS", \.startTLS, true, "Require STARTTLS (the password is never sent in the clear)."),
+        .optional("caFrom", \.caFrom, "PEM certificates of the CA that signed the server's certificate, from a Secret (default: the system's)."),
+        .defaulted("insecureSkipVerify", \.insecureSkipVerify, false, "Accept any server certificate (testing only)."),
     ]
+
+    public static func validate(_ value: SMTPSettings, _ node: SpecNode, _ context: inout DecodeContext) {
+        if value.passwordFrom != nil && value.userFrom == nil {
+            context.fail("passwordFrom needs userFrom", field: "userFrom", at: node.mark)
+        }
+    }
 }
 
 public struct EmailReceiver: SpecObject, Hashable {
@@ -183,6 +194,13 @@ public struct AlertRuleSpec: SpecObject, Hashable {
         for (key, _) in value.labels.values.sorted(by: { $0.key < $1.key }) where Names.qualifiedNameProblem(key) != nil {
             context.fail("label \(Names.qualifiedNameProblem(key)!)", field: "labels", at: node["labels"]?.mark)
         }
+        for (key, text) in value.annotations.values.sorted(by: { $0.key < $1.key }) {
+            do {
+                _ = try AlertTemplate.expand(text, value: 0, labels: [:])
+            } catch {
+                context.fail("annotation \(key): \(error.description)", field: "annotations", at: node["annotations"]?.mark)
+            }
+        }
         var previous = KubeDuration.zero
         for (index, step) in value.escalation.enumerated() {
             if step.after <= previous && index > 0 {
@@ -198,18 +216,71 @@ public enum AlertState: String, SpecEnum {
     case inactive = "Inactive", pending = "Pending", firing = "Firing", resolved = "Resolved"
 }
 
+/// One notification to one receiver: written to the log before it is sent, then its answer.
 public struct NotificationRecord: SpecObject, Hashable {
     public var time = Timestamp(.init(timeIntervalSince1970: 0))
+    /// Which receiver: `notify[0]/webhook`, `escalation[1].notify[0]/email`.
     public var receiver = ""
+    /// `Firing`, `Resolved`, `Repeat` (still firing after repeatInterval) or `Escalated`.
     public var transition = ""
     public var delivered = false
     public var error: String?
+    /// What a receiver deduplicates on: the label set's fingerprint and the transition's time.
+    public var key = ""
+    /// Sends tried so far, and when the next one is due (an undelivered record is retried with
+    /// backoff until it is delivered or abandoned).
+    public var attempts = 0
+    public var nextAttempt: Timestamp?
+    public var abandoned = false
+    /// The alert told about: its labels, value and times.
+    public var labels = StringMap()
+    public var value = 0.0
+    public var startsAt = Timestamp(.init(timeIntervalSince1970: 0))
+    public var endsAt: Timestamp?
 
     public init() {}
+
+    public static let firing = "Firing"
+    public static let resolved = "Resolved"
+    public static let repeated = "Repeat"
+    public static let escalated = "Escalated"
 
     public static let fields: [Field<NotificationRecord>] = [
         .required("time", \.time), .required("receiver", \.receiver), .required("transition", \.transition),
         .defaulted("delivered", \.delivered, false), .optional("error", \.error),
+        .defaulted("key", \.key, ""), .defaulted("attempts", \.attempts, 0), .optional("nextAttempt", \.nextAttempt),
+        .defaulted("abandoned", \.abandoned, false),
+        .defaulted("labels", \.labels, StringMap()), .defaulted("value", \.value, 0), .required("startsAt", \.startsAt),
+        .optional("endsAt", \.endsAt),
+    ]
+
+    /// Still to be sent (written, not delivered, not given up).
+    public var outstanding: Bool { !delivered && !abandoned }
+}
+
+/// One label set of an AlertRule's query and where it stands.
+public struct AlertSeriesStatus: SpecObject, Hashable {
+    public var fingerprint = ""
+    public var labels = StringMap()
+    public var state = AlertState.inactive
+    public var activeSince = Timestamp(.init(timeIntervalSince1970: 0))
+    public var firedAt: Timestamp?
+    public var resolvedAt: Timestamp?
+    /// The last evaluation at which the condition held (keepFiringFor counts from it).
+    public var lastTrue = Timestamp(.init(timeIntervalSince1970: 0))
+    public var value = 0.0
+    /// When receivers were last told it fires (repeatInterval counts from it).
+    public var lastNotified: Timestamp?
+    /// Escalation steps taken.
+    public var escalated = 0
+
+    public init() {}
+
+    public static let fields: [Field<AlertSeriesStatus>] = [
+        .required("fingerprint", \.fingerprint), .defaulted("labels", \.labels, StringMap()), .required("state", \.state),
+        .required("activeSince", \.activeSince), .optional("firedAt", \.firedAt), .optional("resolvedAt", \.resolvedAt),
+        .required("lastTrue", \.lastTrue), .defaulted("value", \.value, 0), .optional("lastNotified", \.lastNotified),
+        .defaulted("escalated", \.escalated, 0),
     ]
 }
 
@@ -224,14 +295,17 @@ public struct AlertRuleStatus: CommonStatus, Hashable {
     public var lastNotification: Timestamp?
     public var notifications: [NotificationRecord] = []
     public var acknowledgedUntil: Timestamp?
+    /// Every label set pending, firing or just resolved.
+    public var alerts: [AlertSeriesStatus] = []
 
     public init() {}
 
     public static let fields: [Field<AlertRuleStatus>] = commonFields + [
         .optional("state", \.state), .optional("activeSince", \.activeSince), .optional("lastEvaluation", \.lastEvaluation),
         .optional("lastValue", \.lastValue), .optional("lastNotification", \.lastNotification),
-        .defaulted("notifications", \.notifications, [], "The last 20 notifications."),
+        .defaulted("notifications", \.notifications, [], "The notification log: the last 20, and every one not yet delivered."),
         .optional("acknowledgedUntil", \.acknowledgedUntil),
+        .defaulted("alerts", \.alerts, [], "Each label set pending, firing or resolved at the last evaluation."),
     ]
 }
 

@@ -40,7 +40,7 @@ public enum MetricSourceType: String, SpecEnum {
 public enum BuiltinMetrics {
     public static let names = [
         "up", "probe_success", "probe_failure_ratio", "probe_duration_seconds", "restarts_total",
-        "host_cpu_ratio", "host_memory_ratio", "host_disk_ratio",
+        "host_cpu_ratio", "host_memory_ratio", "host_disk_ratio", "ready_replicas", "desired_replicas",
     ]
 
     /// nil when `query` names a builtin metric (with an optional `{label="value"}` selector).

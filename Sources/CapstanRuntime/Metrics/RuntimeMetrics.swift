@@ -66,6 +66,12 @@ public final class RuntimeMetrics: Sendable {
                              labels: [("result", result)]).increment()
     }
 
+    /// Counts a notification's delivery attempt, by receiver kind and result (`delivered`, `failed`).
+    public func notification(receiver: String, result: String) {
+        registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "notifications", unitName: "total", helpText: "Alert notifications sent, by receiver and result."),
+                             labels: [("receiver", receiver), ("result", result)]).increment()
+    }
+
     /// Counts an instance restarted by the supervisor.
     public func instanceRestarted() {
         registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "instance_restarts", unitName: "total", helpText: "Instances restarted after they exited.")).increment()
