@@ -149,7 +149,10 @@ public struct AlertRuleReconciler: Reconciler {
     private func query(_ spec: AlertRuleSpec, namespace: String) async throws(MetricQueryError) -> [AlertSample] {
         switch spec.source {
         case .prometheus:
-            return try await metrics.prometheus(address: spec.address ?? "", query: spec.query)
+            // As Prometheus bounds a rule's evaluation by its interval (here 2 to 10 s): a
+            // server that does not answer holds this rule's worker no longer than that.
+            let seconds = min(10, max(2, spec.interval.seconds))
+            return try await metrics.prometheus(address: spec.address ?? "", query: spec.query, timeout: .milliseconds(Int64(seconds * 1000)))
         default:
             let selector: MetricSelector
             do {
@@ -222,8 +225,11 @@ public struct AlertRuleReconciler: Reconciler {
         step.status.alerts = alerts
         step.status.lastEvaluation = Timestamp(step.time)
         let shown = alerts.first { $0.state == .firing } ?? alerts.first { $0.state == .pending }
+        let hadValue = step.status.lastValue != nil
         step.status.lastValue = shown?.value ?? samples.min { AlertEvaluator.fingerprint($0.labels) < AlertEvaluator.fingerprint($1.labels) }?.value
         if step.status.lastValue?.isFinite == false { step.status.lastValue = nil }
+        // A query that starts or stops returning anything is news; a value that moves is not.
+        if hadValue != (step.status.lastValue != nil) { step.changed = true }
         let state = AlertEvaluator.summary(next)
         if state != step.status.state { step.changed = true }
         step.status.state = state

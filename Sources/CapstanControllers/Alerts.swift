@@ -24,8 +24,9 @@ public struct MetricQueryError: Error, Sendable, Hashable, CustomStringConvertib
 public protocol MetricsPlatform: Sendable {
     /// The series of a builtin metric in `namespace` (and the host's) that the selector matches.
     func builtin(_ selector: MetricSelector, namespace: String) async throws(MetricQueryError) -> [AlertSample]
-    /// A PromQL instant query: one sample per series of a vector (a scalar is one without labels).
-    func prometheus(address: String, query: String) async throws(MetricQueryError) -> [AlertSample]
+    /// A PromQL instant query: one sample per series of a vector (a scalar is one without labels);
+    /// no answer within `timeout` is `QueryFailed`.
+    func prometheus(address: String, query: String, timeout: Duration) async throws(MetricQueryError) -> [AlertSample]
 }
 
 /// A receiver with its secrets resolved: what a `Notifier` sends to. Never logged or written

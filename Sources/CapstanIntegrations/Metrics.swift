@@ -29,8 +29,8 @@ public struct MetricsService: MetricsPlatform {
             .map { AlertSample(labels: $0.labels, value: $0.value) }
     }
 
-    public func prometheus(address: String, query: String) async throws(MetricQueryError) -> [AlertSample] {
-        try await prometheus.query(address: address, query: query)
+    public func prometheus(address: String, query: String, timeout: Duration) async throws(MetricQueryError) -> [AlertSample] {
+        try await prometheus.query(address: address, query: query, timeout: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000))
     }
 
     /// Every builtin series, for `/metrics`.
@@ -51,7 +51,7 @@ public struct PrometheusClient: Sendable {
         self.timeout = timeout
     }
 
-    public func query(address: String, query: String) async throws(MetricQueryError) -> [AlertSample] {
+    public func query(address: String, query: String, timeout: TimeAmount? = nil) async throws(MetricQueryError) -> [AlertSample] {
         let base = address.hasSuffix("/") ? String(address.dropLast()) : address
         var request = HTTPClientRequest(url: base + "/api/v1/query")
         request.method = .POST
@@ -60,7 +60,7 @@ public struct PrometheusClient: Sendable {
         let status: UInt
         let body: ByteBuffer
         do {
-            let response = try await http.execute(request, timeout: timeout)
+            let response = try await http.execute(request, timeout: timeout ?? self.timeout)
             status = response.status.code
             body = try await response.body.collect(upTo: 32 << 20)
         } catch {

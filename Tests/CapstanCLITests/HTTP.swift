@@ -29,6 +29,12 @@ enum LoopbackHTTP {
 
     /// GET `path` from 127.0.0.1:`port`; nil when nothing answers.
     static func get(port: Int, path: String) -> (status: Int, body: String)? {
+        request("GET", port: port, path: path, version: "HTTP/1.1")
+    }
+
+    /// `method` `path` on 127.0.0.1:`port` with `body`; nil when nothing answers. HTTP/1.0 by
+    /// default, so no server answers in chunks.
+    static func request(_ method: String, port: Int, path: String, body: String = "", version: String = "HTTP/1.0") -> (status: Int, body: String)? {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -42,7 +48,7 @@ enum LoopbackHTTP {
         guard connected == 0 else { return nil }
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let request = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        let request = "\(method) \(path) \(version)\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
         _ = request.withCString { send(fd, $0, strlen($0), 0) }
         var data = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 65536)

@@ -19,7 +19,7 @@ final class FakeMetrics: MetricsPlatform, Sendable {
         try samples.withLock { $0 }.get()
     }
 
-    func prometheus(address: String, query: String) async throws(MetricQueryError) -> [AlertSample] {
+    func prometheus(address: String, query: String, timeout: Duration) async throws(MetricQueryError) -> [AlertSample] {
         try samples.withLock { $0 }.get()
     }
 }

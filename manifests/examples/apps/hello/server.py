@@ -2,7 +2,7 @@
 """A tiny HTTP app for Capstan's examples: the Python standard library only.
 
 GET  /          a greeting naming the version and instance that answered
-GET  /healthz   200 "ok" (Capstan's health check)
+GET  /healthz   200 "ok" (Capstan's health check); 503 while the file $UNHEALTHY_FILE exists
 GET  /version   the version, as plain text
 POST /alerts    accepts Alertmanager-style webhook payloads and logs them (the AlertRule example)
 
@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 VERSION = os.environ.get("CAPSTAN_VERSION", os.environ.get("APP_VERSION", "dev"))
 INSTANCE = os.environ.get("CAPSTAN_INSTANCE", "local")
 GREETING = os.environ.get("GREETING", "Hello from Capstan")
+UNHEALTHY_FILE = os.environ.get("UNHEALTHY_FILE", "")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -33,7 +34,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/healthz":
-            self._send(200, "ok\n")
+            if UNHEALTHY_FILE and os.path.exists(UNHEALTHY_FILE):
+                self._send(503, f"unhealthy: {UNHEALTHY_FILE} exists\n")
+            else:
+                self._send(200, "ok\n")
         elif self.path == "/version":
             self._send(200, VERSION + "\n")
         elif self.path == "/":
