@@ -18,6 +18,8 @@ public struct AlertRuleReconciler: Reconciler {
     let secrets: (any SecretPlatform)?
     let now: @Sendable () -> Date
     let memory: AlertMemory
+    /// Enqueues a rule now: a delivery that answers after its reconcile stopped waiting.
+    let wake: @Sendable (ObjectKey) async -> Void
     /// Counts each delivery attempt by receiver kind and result (`capstan_notifications_total`).
     let counted: @Sendable (_ receiver: String, _ result: String) -> Void
 
@@ -31,9 +33,14 @@ public struct AlertRuleReconciler: Reconciler {
     public static let quietWrite: TimeInterval = 60
     /// Alertmanager is told again about what still fires this often (Prometheus' resend delay).
     public static let resendDelay: TimeInterval = 60
+    /// How long a reconcile waits for its deliveries' answers; a receiver slower than that
+    /// (one that does not answer, a refused connection the HTTP client retries) is answered
+    /// in a later reconcile, and neither holds this rule's evaluations nor a worker.
+    public static let deliveryWait: Duration = .seconds(2)
 
     public init(store: any ObjectStore, events: any EventRecorder, metrics: any MetricsPlatform, notifier: any Notifier, secrets: (any SecretPlatform)?,
                 memory: AlertMemory = AlertMemory(), now: @escaping @Sendable () -> Date = Date.init,
+                wake: @escaping @Sendable (ObjectKey) async -> Void = { _ in },
                 counted: @escaping @Sendable (String, String) -> Void = { _, _ in }) {
         self.store = store
         self.events = events
@@ -42,6 +49,7 @@ public struct AlertRuleReconciler: Reconciler {
         self.secrets = secrets
         self.memory = memory
         self.now = now
+        self.wake = wake
         self.counted = counted
     }
 
@@ -76,12 +84,14 @@ public struct AlertRuleReconciler: Reconciler {
         let remembered = memory.status(of: key, stored: rule.status)
         var step = Step(key: key, stored: stored, rule: rule, time: time, status: remembered)
         await answerRequests(&step)
+        record(memory.takeAnswers(key), &step)
         if evaluationDue(step) { await evaluate(&step) }
         notify(&step)
         expire(&step)
+        let sending = memory.inFlight(key)
         let due = step.status.notifications.indices.filter { index in
             let record = step.status.notifications[index]
-            return record.outstanding && (record.nextAttempt?.date ?? .distantPast) <= step.time
+            return record.outstanding && (record.nextAttempt?.date ?? .distantPast) <= step.time && !sending.contains(Self.id(of: record))
         }
         settle(&step)
         if !due.isEmpty || step.changed || step.status != rule.status && quietWriteDue(step) {
@@ -347,54 +357,84 @@ public struct AlertRuleReconciler: Reconciler {
         }
     }
 
-    /// Sends the records due (side by side) and writes down each answer.
+    /// Identifies a log entry among a rule's: its receiver, key and transition.
+    static func id(of record: NotificationRecord) -> String { "\(record.receiver) \(record.key) \(record.transition)" }
+
+    /// Sends the records due side by side, waits up to `deliveryWait` for the answers and
+    /// writes down those that came; the rest are written down by the reconcile after they come
+    /// (the delivery wakes the rule).
     private func deliver(_ due: [Int], _ step: inout Step) async {
         let spec = step.spec
         let rule = step.rule
         let key = step.key
-        var jobs: [(Int, NotificationRecord, Result<ReceiverTarget, DeliveryError>)] = []
+        var jobs: [(String, NotificationRecord, Result<ReceiverTarget, DeliveryError>)] = []
         for index in due {
             let record = step.status.notifications[index]
             guard let receiver = Self.receiver(named: record.receiver, in: spec) else {
-                jobs.append((index, record, .failure(DeliveryError("receiver \(record.receiver) is no longer in the spec"))))
+                jobs.append((Self.id(of: record), record, .failure(DeliveryError("receiver \(record.receiver) is no longer in the spec"))))
                 continue
             }
-            jobs.append((index, record, await target(receiver, namespace: key.namespace)))
+            jobs.append((Self.id(of: record), record, await target(receiver, namespace: key.namespace)))
         }
-        let notifier = self.notifier
-        let results = await withTaskGroup(of: (Int, DeliveryError?).self) { group in
-            for (index, record, target) in jobs {
-                group.addTask {
-                    switch target {
-                    case .failure(let error):
-                        return (index, error)
-                    case .success(let target):
-                        do throws(DeliveryError) {
-                            try await notifier.send([Self.notice(record, rule: rule)], to: target, receiver: record.receiver)
-                            return (index, nil)
-                        } catch {
-                            return (index, error)
+        let (notifier, memory, wake, now) = (self.notifier, self.memory, self.wake, self.now)
+        let work = jobs, total = jobs.count
+        memory.sending(key, work.map(\.0))
+        let (answered, signal) = AsyncStream<Void>.makeStream()
+        Task {
+            await withTaskGroup(of: Void.self) { group in
+                for (id, record, target) in work {
+                    group.addTask {
+                        var failure: DeliveryError?
+                        switch target {
+                        case .failure(let error):
+                            failure = error
+                        case .success(let target):
+                            do throws(DeliveryError) {
+                                try await notifier.send([Self.notice(record, rule: rule)], to: target, receiver: record.receiver)
+                            } catch {
+                                failure = error
+                            }
                         }
+                        if memory.answer(key, id: id, at: Self.micro(now()), failure) { await wake(key) }
+                        signal.yield()
                     }
                 }
             }
-            var results: [(Int, DeliveryError?)] = []
-            for await result in group { results.append(result) }
-            return results
+            signal.finish()
         }
-        let answered = Self.micro(now())
-        for (index, error) in results.sorted(by: { $0.0 < $1.0 }) {
+        // Every answer, or the end of the wait, whichever comes first.
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                var count = 0
+                for await _ in answered {
+                    count += 1
+                    if count == total { break }
+                }
+            }
+            group.addTask { try? await Task.sleep(for: Self.deliveryWait) }
+            await group.next()
+            group.cancelAll()
+        }
+        record(memory.takeAnswers(key), &step)
+    }
+
+    /// Writes down the answers of deliveries: delivered, or failed with the next attempt.
+    private func record(_ answers: [String: AlertMemory.Answer], _ step: inout Step) {
+        guard !answers.isEmpty else { return }
+        let spec = step.spec
+        for index in step.status.notifications.indices {
             var record = step.status.notifications[index]
+            guard record.outstanding, let answer = answers[Self.id(of: record)] else { continue }
             record.attempts += 1
             let kind = String(record.receiver.split(separator: "/").last ?? "")
-            if let error {
+            if let error = answer.error {
                 counted(kind, "failed")
                 record.error = error.message
                 if Self.receiver(named: record.receiver, in: spec) == nil {
                     record.abandoned = true
                     record.nextAttempt = nil
                 } else {
-                    record.nextAttempt = Timestamp(answered.addingTimeInterval(Self.backoff(attempts: record.attempts)))
+                    record.nextAttempt = Timestamp(answer.time.addingTimeInterval(Self.backoff(attempts: record.attempts)))
                 }
                 step.event(.warning, "NotificationFailed", "\(record.transition) notification \(record.key) to \(record.receiver) failed (attempt \(record.attempts)): \(error.message)")
             } else {
@@ -402,11 +442,11 @@ public struct AlertRuleReconciler: Reconciler {
                 record.delivered = true
                 record.error = nil
                 record.nextAttempt = nil
-                step.status.lastNotification = Timestamp(answered)
+                step.status.lastNotification = Timestamp(answer.time)
             }
             step.status.notifications[index] = record
+            step.changed = true
         }
-        step.changed = true
     }
 
     /// 1 s, 2 s, 4 s ... 5 min.
@@ -465,7 +505,7 @@ public struct AlertRuleReconciler: Reconciler {
         let fingerprint = String(record.key.split(separator: "@").first ?? "")
         return AlertNotice(rule: ObjectKey(kind: .alertRule, namespace: rule.metadata.namespace, name: rule.metadata.name),
                            status: record.transition == NotificationRecord.resolved ? .resolved : .firing, labels: labels, annotations: annotations,
-                           startsAt: record.startsAt.date, endsAt: record.endsAt?.date, value: record.value, fingerprint: fingerprint, key: record.key)
+                           startsAt: (record.startsAt ?? record.time).date, endsAt: record.endsAt?.date, value: record.value, fingerprint: fingerprint, key: record.key)
     }
 
     /// Alertmanager forgets an alert it is not told about again (its `endsAt` passes): what
@@ -579,6 +619,16 @@ public final class AlertMemory: Sendable {
         var computed: AlertRuleStatus?
         var lastWrite: Date?
         var lastRepost: Date?
+        /// Deliveries under way (their log entries' ids), and answers not yet written down.
+        var inFlight: Set<String> = []
+        var answers: [String: Answer] = [:]
+        /// A reconcile waits for this rule's answers (an answer then wakes nobody).
+        var waiting = false
+    }
+
+    struct Answer {
+        var time: Date
+        var error: DeliveryError?
     }
 
     private let entries = Synchronized<[ObjectKey: Entry]>([:])
@@ -605,6 +655,36 @@ public final class AlertMemory: Sendable {
     func lastRepost(of key: ObjectKey) -> Date? { entries.value[key]?.lastRepost }
     func reposted(_ key: ObjectKey, at time: Date) { entries.update { $0[key, default: Entry()].lastRepost = time } }
     func forget(_ key: ObjectKey) { _ = entries.update { $0.removeValue(forKey: key) } }
+
+    func inFlight(_ key: ObjectKey) -> Set<String> { entries.value[key]?.inFlight ?? [] }
+
+    /// Deliveries start; a reconcile waits for their answers.
+    func sending(_ key: ObjectKey, _ ids: [String]) {
+        entries.update { entries in
+            entries[key, default: Entry()].inFlight.formUnion(ids)
+            entries[key, default: Entry()].waiting = true
+        }
+    }
+
+    /// A delivery answered; true when no reconcile waits for it (the rule must be woken).
+    /// An answer for a rule forgotten meanwhile (deleted) is dropped.
+    func answer(_ key: ObjectKey, id: String, at time: Date, _ error: DeliveryError?) -> Bool {
+        entries.update { entries in
+            guard entries[key]?.inFlight.remove(id) != nil else { return false }
+            entries[key]!.answers[id] = Answer(time: time, error: error)
+            return !entries[key]!.waiting
+        }
+    }
+
+    /// The answers not yet written down (taken: the caller writes them); ends a wait.
+    func takeAnswers(_ key: ObjectKey) -> [String: Answer] {
+        entries.update { entries in
+            guard entries[key] != nil else { return [:] }
+            entries[key]!.waiting = false
+            defer { entries[key]!.answers = [:] }
+            return entries[key]!.answers
+        }
+    }
 }
 
 extension ObjectRequest {

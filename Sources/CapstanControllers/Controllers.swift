@@ -59,6 +59,7 @@ public enum Controllers {
         }
         if let metricsPlatform = platforms.metrics, let notifier = platforms.notifier {
             manager.register("alertrule", AlertRuleReconciler(store: store, events: events, metrics: metricsPlatform, notifier: notifier, secrets: platforms.secrets,
+                                                              wake: { [weak manager] key in await manager?.add(key) },
                                                               counted: { metrics?.notification(receiver: $0, result: $1) }),
                              for: { $0.kind == .alertRule })
         }

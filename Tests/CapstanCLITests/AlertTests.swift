@@ -1,3 +1,4 @@
+import CapstanModel
 import Foundation
 import Testing
 #if canImport(Glibc)
@@ -21,7 +22,6 @@ final class AlertServers: Sendable {
     var caPath: String { directory + "/ca.pem" }
     let processes: [Process]
 
-    static let shared = Result { try AlertServers() }
 
     init() throws {
         let directory = NSTemporaryDirectory() + "capstan-alert-servers-" + UUID().uuidString
@@ -69,7 +69,19 @@ final class AlertServers: Sendable {
         try launch("smtp", [python, CLITests.root + "/hack/testapps/smtp_server.py", String(smtp), directory + "/server.pem", directory + "/server.key",
                             "alerts", password, directory + "/mail"])
         processes = started
+    }
 
+    /// The servers, started once (the first test to ask starts them; the others await them).
+    static func shared() async throws -> AlertServers { try await starting.value }
+
+    private static let starting = Task { () async throws -> AlertServers in
+        let servers = try AlertServers()
+        try await servers.ready()
+        return servers
+    }
+
+    /// Waits (without holding a thread) until every server answers.
+    func ready() async throws {
         let deadline = Date().addingTimeInterval(60)
         for (name, port, path) in [("receiver", receiver, "/received"), ("prometheus", prometheus, "/-/ready"), ("alertmanager", alertmanager, "/-/ready")] {
             while LoopbackHTTP.get(port: port, path: path)?.status != 200 {
@@ -77,12 +89,12 @@ final class AlertServers: Sendable {
                     throw CLITests.CLIError("\(name) did not start (hack/test installs prometheus, prometheus-alertmanager, python3-aiosmtpd): "
                                             + ((try? String(contentsOfFile: directory + "/\(name).log", encoding: .utf8)) ?? "").suffix(2000))
                 }
-                Thread.sleep(forTimeInterval: 0.1)
+                try await Task.sleep(for: .milliseconds(100))
             }
         }
-        while !(try String(contentsOfFile: directory + "/smtp.log", encoding: .utf8)).contains("ready") {
-            guard Date() < deadline else { throw CLITests.CLIError("the SMTP server did not start: " + (try String(contentsOfFile: directory + "/smtp.log", encoding: .utf8))) }
-            Thread.sleep(forTimeInterval: 0.1)
+        while !((try? String(contentsOfFile: directory + "/smtp.log", encoding: .utf8)) ?? "").contains("ready") {
+            guard Date() < deadline else { throw CLITests.CLIError("the SMTP server did not start: " + ((try? String(contentsOfFile: directory + "/smtp.log", encoding: .utf8)) ?? "")) }
+            try await Task.sleep(for: .milliseconds(100))
         }
     }
 
@@ -241,7 +253,7 @@ final class AlertServers: Sendable {
     }
 
     @Test func aRuleGoesPendingFiringResolvedWithOneNotificationPerTransitionThroughEachNotifier() async throws {
-        let servers = try AlertServers.shared.get()
+        let servers = try await AlertServers.shared()
         let series = "e2e-" + UUID().uuidString.prefix(6).lowercased()
         try await setSecret("slack", ["--from-literal", "url=http://127.0.0.1:\(servers.receiver)/hook/slack-\(series)"])
         try await setSecret("smtp", ["--from-literal", "user=\(servers.smtpUser)", "--from-literal", "password=\(servers.smtpPassword)",
@@ -267,9 +279,21 @@ final class AlertServers: Sendable {
         #expect(try await status("e2e")["state"] as? String == "Inactive")
 
         servers.set(series, 2)
-        try await until("Pending") { (try await status("e2e")["state"] as? String) == "Pending" }
-        #expect(servers.received("/hook/web-\(series)").isEmpty, "nothing is sent while pending")
-        try await until("Firing", seconds: 20) { (try await status("e2e")["state"] as? String) == "Firing" }
+        // Pending for `for` (3 s) before Firing, and nothing sent before it fired.
+        var sawPending = false
+        try await until("Firing", seconds: 30) {
+            let state = try await status("e2e")["state"] as? String
+            if state == "Pending" {
+                sawPending = true
+                #expect(servers.received("/hook/web-\(series)").isEmpty, "nothing is sent while pending")
+            }
+            return state == "Firing"
+        }
+        let series0 = (try await status("e2e")["alerts"] as? [[String: Any]])?.first
+        let pendingFor = Timestamp(rfc3339: series0?["firedAt"] as? String ?? "").flatMap { fired in
+            Timestamp(rfc3339: series0?["activeSince"] as? String ?? "").map { fired.date.timeIntervalSince($0.date) }
+        }
+        #expect((pendingFor ?? 0) >= 2.9, "pending \(String(describing: pendingFor)) s before firing (for: 3s; seen pending: \(sawPending))")
         try await until("the four receivers told", seconds: 20) { try await delivered(status("e2e"), "Firing").count == 4 }
 
         var current = try await status("e2e")
@@ -335,7 +359,7 @@ final class AlertServers: Sendable {
     }
 
     @Test func badInputIsStalledWithTheServersOwnMessageAndDeliveriesAreRetried() async throws {
-        let servers = try AlertServers.shared.get()
+        let servers = try await AlertServers.shared()
         let series = "bad-" + UUID().uuidString.prefix(6).lowercased()
         let prometheus = "http://127.0.0.1:\(servers.prometheus)"
         let closed = LoopbackHTTP.freePort()
@@ -460,7 +484,7 @@ final class AlertServers: Sendable {
     }
 
     @Test func escalationFiresAfterItsDelayUnlessAcknowledgedAndAnAckExpires() async throws {
-        let servers = try AlertServers.shared.get()
+        let servers = try await AlertServers.shared()
         let series = "esc-" + UUID().uuidString.prefix(6).lowercased()
         let hook = "http://127.0.0.1:\(servers.receiver)/hook/"
         try write(rule("esc", query: "test_value{series=\"\(series)\"}", address: "http://127.0.0.1:\(servers.prometheus)", extra: """
@@ -507,11 +531,11 @@ final class AlertServers: Sendable {
     /// kill -9 at random moments while the alert changes state, two daemons electing a leader
     /// (so most kills are handoffs): every firing a receiver got has its resolved and the other
     /// way round, every transition in the log was delivered, and a notification came twice only
-    /// with the same key, at most once per kill. hack/test runs 30 kills alone after the suite
-    /// (CAPSTAN_ALERT_KILLS); beside the other suites it runs 3.
+    /// with the same key, at most once per kill. hack/test runs the alert tests after the suite
+    /// with 30 kills (CAPSTAN_ALERT_KILLS); by default 3.
     @Test func killedDaemonsLoseNoTransitionAndRepeatOnlyWithTheSameKey() async throws {
         let kills = Int(ProcessInfo.processInfo.environment["CAPSTAN_ALERT_KILLS"] ?? "") ?? 3
-        let servers = try AlertServers.shared.get()
+        let servers = try await AlertServers.shared()
         let series = "kill-" + UUID().uuidString.prefix(6).lowercased()
         let paths = ["/hook/\(series)-a", "/hook/\(series)-b"]
         // Answers 0.3 s after recording: a window in which a kill leaves a delivery unrecorded.

@@ -167,7 +167,7 @@ import CapstanModel
         #expect(run.status == 1)
         let report = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
         #expect(report["valid"] as? Bool == false)
-        #expect((report["objects"] as? [Any])?.count == 6)
+        #expect((report["objects"] as? [Any])?.count == 7, "the examples: one of each kind, and the Deployment that receives the alerts")
         let problems = try #require(report["problems"] as? [[String: Any]])
         #expect(problems.count == 3)
         #expect(problems.first?["line"] as? Int == 9)

@@ -235,7 +235,8 @@ public struct NotificationRecord: SpecObject, Hashable {
     /// The alert told about: its labels, value and times.
     public var labels = StringMap()
     public var value = 0.0
-    public var startsAt = Timestamp(.init(timeIntervalSince1970: 0))
+    /// When the alert began firing (absent in records an older version wrote: then `time`).
+    public var startsAt: Timestamp?
     public var endsAt: Timestamp?
 
     public init() {}
@@ -250,7 +251,7 @@ public struct NotificationRecord: SpecObject, Hashable {
         .defaulted("delivered", \.delivered, false), .optional("error", \.error),
         .defaulted("key", \.key, ""), .defaulted("attempts", \.attempts, 0), .optional("nextAttempt", \.nextAttempt),
         .defaulted("abandoned", \.abandoned, false),
-        .defaulted("labels", \.labels, StringMap()), .defaulted("value", \.value, 0), .required("startsAt", \.startsAt),
+        .defaulted("labels", \.labels, StringMap()), .defaulted("value", \.value, 0), .optional("startsAt", \.startsAt),
         .optional("endsAt", \.endsAt),
     ]
 
