@@ -156,7 +156,9 @@ spec:
   source: {{path: app}}
   command: [python3, server.py]
   ports: [{{name: http, containerPort: 8080}}]
-  healthCheck: {{http: {{path: /healthz, port: http}}, interval: 1s, timeout: 1s, failureThreshold: 3}}
+  # A high threshold: the flipped instance is never replaced as hung (a replacement in restart
+  # backoff would not be probed, and probe_success would keep its last value).
+  healthCheck: {{http: {{path: /healthz, port: http}}, interval: 1s, timeout: 1s, failureThreshold: 1000}}
 ---
 apiVersion: capstan.dev/v1alpha1
 kind: Deployment

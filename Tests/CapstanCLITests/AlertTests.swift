@@ -192,16 +192,6 @@ final class AlertServers: Sendable {
         try await CLITests.capstanAsync(arguments + ["--state-dir", state], in: root)
     }
 
-    func until(_ what: String, seconds: Double = 30, _ condition: () async throws -> Bool) async throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if try await condition() { return }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        Issue.record("timed out waiting for \(what); log:\n\(log().suffix(3000))")
-        throw CLITests.CLIError("timed out waiting for \(what)")
-    }
-
     /// `get alertrule/NAME -o json`'s status.
     func status(_ name: String) async throws -> [String: Any] {
         let output = try await capstan(["get", "alertrule/\(name)", "-o", "json"]).stdout

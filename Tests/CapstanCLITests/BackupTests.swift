@@ -66,17 +66,6 @@ final class S3Server: Sendable {
         try await CLITests.capstanAsync(arguments + ["--state-dir", state], in: root)
     }
 
-    /// Polls `condition` (awaiting between tries) until it holds or `seconds` pass.
-    func until(_ what: String, seconds: Double = 30, log name: String = "daemon.log", _ condition: () async throws -> Bool) async throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if try await condition() { return }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        Issue.record("timed out waiting for \(what); log:\n\(log(name).suffix(3000))")
-        throw CLITests.CLIError("timed out waiting for \(what)")
-    }
-
     func setSecret(_ name: String, _ key: String, _ value: String) async throws {
         let run = try await capstan(["secret", "set", name, "--from-literal", "\(key)=\(value)"])
         #expect(run.status == 0, "\(run.stderr)")

@@ -88,4 +88,16 @@ extension ScratchSuite {
     func poll(_ what: String, seconds: Double = 30, log name: String = "daemon.log", _ condition: () throws -> Bool) throws {
         try scratch.poll(what, seconds: seconds, log: name, condition)
     }
+
+    /// Polls `condition` (awaiting between tries, so no thread of the pool is held) until it
+    /// holds or `seconds` pass; then the log goes into the failure.
+    func until(_ what: String, seconds: Double = 30, log name: String = "daemon.log", _ condition: () async throws -> Bool) async throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        Issue.record("timed out waiting for \(what); log:\n\(log(name).suffix(3000))")
+        throw CLITests.CLIError("timed out waiting for \(what)")
+    }
 }
