@@ -591,20 +591,17 @@ spec:
                 return c.get("reason")
         return None
 
-    def requested(self):
-        """How many rotation requests the daemons took (the events' aggregated counts)."""
-        out = subprocess.run([BIN, "events", "secretrotation/db-credentials", "--state-dir", self.state], capture_output=True, text=True).stdout
-        return sum(int(line.split()[4]) for line in out.splitlines() if len(line.split()) > 4 and line.split()[2] == "RotationRequested")
-
-    def settled(self, requests):
-        """The request was taken, the rotation finished, the Deployment rolled out with its token."""
-        if self.requested() < requests:
-            return None
+    def settled(self, since):
+        """The request was taken and its rotation (or rollback) finished after `since` (the last
+        rotation's time before the request; events are not counted: one recorded after a status
+        write is lost when the daemon dies between them), the Deployment rolled out its token."""
         rotation, deployment = self.get("secretrotation/db-credentials"), self.get("deployment/db")
         if not rotation or not deployment:
             return None
         status, dstatus = rotation.get("status", {}), deployment.get("status", {})
         if "rotation" in status or status.get("currentVersion") is None:
+            return None
+        if since is not None and status.get("lastRotationTime") == since:
             return None
         token = status.get("restartToken")
         if token and dstatus.get("secretRestarts", {}).get("db-credentials") != token:
@@ -613,10 +610,10 @@ spec:
             return None
         return rotation
 
-    def converge(self, iteration):
+    def converge(self, iteration, since=None):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            rotation = self.settled(iteration)
+            rotation = self.settled(since)
             if rotation:
                 return rotation
             time.sleep(0.2)
@@ -661,6 +658,7 @@ spec:
                 open(self.fail_flag, "w").close()
             elif os.path.exists(self.fail_flag):
                 os.remove(self.fail_flag)
+            since = ((self.get("secretrotation/db-credentials") or {}).get("status", {})).get("lastRotationTime")
             subprocess.run([BIN, "rotate", "secretrotation/db-credentials", "--wait", "0", "--state-dir", self.state], capture_output=True, check=True)
             time.sleep(self.random.uniform(0, 1.2))  # a rotation here takes about a second
             during = ((self.get("secretrotation/db-credentials") or {}).get("status", {}).get("rotation") or {}).get("step", "no step")
@@ -670,7 +668,7 @@ spec:
                 time.sleep(self.random.uniform(0, 1.0))
             self.start()
             started = time.monotonic()
-            rotation = self.converge(iteration)
+            rotation = self.converge(iteration, since)
             current = self.check(iteration, rotation, current, fails)
             outcomes["rolled back" if fails else "rotated"] += 1
             print(f"rotation iteration {iteration}: killed at {during}, {'rolled back' if fails else 'rotated'} to version {current}, "
