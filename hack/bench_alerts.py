@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -237,8 +238,6 @@ scrape_configs:
     processes.append(subprocess.Popen([tool("prometheus"), f"--config.file={root}/prometheus.yml", f"--storage.tsdb.path={root}/prometheus",
                                        f"--web.listen-address=127.0.0.1:{prometheus_port}"],
                                       stdout=subprocess.DEVNULL, stderr=open(f"{root}/prometheus.log", "w")))
-    import urllib.request
-
     def ready(port):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as response:
