@@ -4,7 +4,9 @@
 1. Load: RULES AlertRules (default 1,000) at `interval: 1s` on builtin metrics (a Deployment's
    up/ready_replicas/probe_failure_ratio and the host's memory), none true; once every rule has
    been evaluated, the daemon's CPU over LOAD_SECONDS (default 60) as a share of one core, and
-   its RSS (now and peak). The peer in the same run: the same daemon and Deployment without rules.
+   its RSS (now and peak). The peers in the same run: the same daemon and Deployment without
+   rules; Debian's `prometheus` evaluating as many rules (ten groups at 1 s, on its scrape of an
+   exporter) and none.
 2. Latency, on that loaded daemon: a Deployment `flip` whose health check fails while a file
    exists; the rule `probe_success{deployment="flip"} < 1`, `for: 2s`, `interval: 1s`, a webhook
    to a receiver here. Each run creates the file (and, for the peer, sets an exporter's series
@@ -248,6 +250,47 @@ scrape_configs:
     return processes
 
 
+def prometheus_load(root, receiver, rules):
+    """Prometheus scraping the exporter and evaluating `rules` rules (ten groups, interval 1s,
+    none true) in the shapes of Capstan's: its CPU over LOAD_SECONDS as a share of a core."""
+    directory = f"{root}/prometheus-load-{rules}"
+    os.makedirs(f"{directory}/data")
+    shapes = ['up{job="flip"} < 1', 'scrape_duration_seconds{job="flip"} > 5', 'scrape_samples_scraped{job="flip"} < 0',
+              'scrape_series_added{job="flip"} > 1e6']
+    with open(f"{directory}/rules.yml", "w") as f:
+        f.write("groups:\n")
+        for group in range(10 if rules else 0):
+            f.write(f"- name: load-{group}\n  interval: 1s\n  rules:\n")
+            for i in range(group, rules, 10):
+                f.write(f"  - alert: Rule{i}\n    expr: '{shapes[i % len(shapes)]}'\n")
+    port = free_port()
+    with open(f"{directory}/prometheus.yml", "w") as f:
+        f.write(f"""global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}
+rule_files: ["{directory}/rules.yml"]
+scrape_configs:
+- job_name: flip
+  static_configs: [{{targets: ["127.0.0.1:{receiver.port}"]}}]
+""")
+    process = subprocess.Popen([tool("prometheus"), f"--config.file={directory}/prometheus.yml", f"--storage.tsdb.path={directory}/data",
+                                f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=open(f"{directory}/log", "w"))
+    try:
+        def evaluated():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=2) as response:
+                    groups = json.load(response)["data"]["groups"]
+                return sum(1 for g in groups for r in g["rules"] if r.get("lastEvaluation", "").startswith("20")) >= rules
+            except (OSError, ValueError, KeyError):
+                return False
+        wait(evaluated, 120, 0.5, f"Prometheus evaluating {rules} rules")
+        time.sleep(5)
+        before = cpu_seconds(process.pid)
+        time.sleep(LOAD_SECONDS)
+        return (cpu_seconds(process.pid) - before) / LOAD_SECONDS, memory(process.pid)[0]
+    finally:
+        process.kill()
+        process.wait()
+
+
 def percentile(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
@@ -295,6 +338,15 @@ def main():
         print(f"{RULES} rules at interval 1s (builtin): all evaluated {ready:.1f} s after the file was written; "
               f"CPU {load_cpu / LOAD_SECONDS * 100:.1f}% of a core over {LOAD_SECONDS} s (without rules: {idle_cpu / LOAD_SECONDS * 100:.1f}%); "
               f"RSS {rss:.0f} MiB (peak {peak:.0f} MiB; without rules {idle_rss:.0f} MiB)")
+
+        # The peer for load: Prometheus evaluating as many rules, and none.
+        peer_cpu, peer_rss = prometheus_load(root, receiver, RULES)
+        peer_idle, peer_idle_rss = prometheus_load(root, receiver, 0)
+        capstan_rules = (load_cpu - idle_cpu) / LOAD_SECONDS
+        print(f"Prometheus with {RULES} rules at 1s (10 groups): CPU {peer_cpu * 100:.1f}% of a core (without rules {peer_idle * 100:.1f}%); "
+              f"RSS {peer_rss:.0f} MiB (without rules {peer_idle_rss:.0f} MiB)")
+        print(f"the rules' own CPU: Capstan {capstan_rules * 100:.1f}%, Prometheus {(peer_cpu - peer_idle) * 100:.1f}% "
+              f"(ratio {capstan_rules / max(1e-9, peer_cpu - peer_idle):.2f}x)")
 
         # Latency on the loaded daemon, beside Prometheus + Alertmanager.
         with open(f"{specs}/flip-rule.yaml", "w") as f:

@@ -33,10 +33,15 @@ public struct AlertRuleReconciler: Reconciler {
     public static let quietWrite: TimeInterval = 60
     /// Alertmanager is told again about what still fires this often (Prometheus' resend delay).
     public static let resendDelay: TimeInterval = 60
-    /// How long a reconcile waits for its deliveries' answers; a receiver slower than that
-    /// (one that does not answer, a refused connection the HTTP client retries) is answered
-    /// in a later reconcile, and neither holds this rule's evaluations nor a worker.
-    public static let deliveryWait: Duration = .seconds(2)
+    /// How long a reconcile waits for its deliveries' answers (a receiver on the same network
+    /// answers well within it); a slower one is written down by a later reconcile the answer
+    /// wakes, so a receiver that is down or slow holds neither this rule's evaluations nor,
+    /// for long, a worker other rules need.
+    public static let deliveryWait: Duration = .milliseconds(200)
+    /// Workers of the AlertRule controller: a reconcile may wait up to `deliveryWait` on
+    /// Prometheus or a receiver, and a few rules' slow servers must not delay the evaluation
+    /// of the others (Prometheus evaluates its rule groups side by side).
+    public static let workers = 8
 
     public init(store: any ObjectStore, events: any EventRecorder, metrics: any MetricsPlatform, notifier: any Notifier, secrets: (any SecretPlatform)?,
                 memory: AlertMemory = AlertMemory(), now: @escaping @Sendable () -> Date = Date.init,
@@ -85,7 +90,7 @@ public struct AlertRuleReconciler: Reconciler {
         var step = Step(key: key, stored: stored, rule: rule, time: time, status: remembered)
         await answerRequests(&step)
         record(memory.takeAnswers(key), &step)
-        if evaluationDue(step) { await evaluate(&step) }
+        if let outcome = await queryOutcome(step) { evaluate(outcome, &step) }
         notify(&step)
         expire(&step)
         let sending = memory.inFlight(key)
@@ -160,13 +165,13 @@ public struct AlertRuleReconciler: Reconciler {
         switch spec.source {
         case .prometheus:
             // As Prometheus bounds a rule's evaluation by its interval (here 2 to 10 s): a
-            // server that does not answer holds this rule's worker no longer than that.
+            // server that does not answer holds this rule's next evaluation no longer.
             let seconds = min(10, max(2, spec.interval.seconds))
             return try await metrics.prometheus(address: spec.address ?? "", query: spec.query, timeout: .milliseconds(Int64(seconds * 1000)))
         default:
             let selector: MetricSelector
             do {
-                selector = try MetricSelector.parse(spec.query, known: BuiltinMetrics.names)
+                selector = try memory.selector(spec.query)
             } catch {
                 throw MetricQueryError(MetricQueryError.invalidQuery, error.description)
             }
@@ -174,11 +179,44 @@ public struct AlertRuleReconciler: Reconciler {
         }
     }
 
-    private func evaluate(_ step: inout Step) async {
+    /// The query's answer when an evaluation is due, or when a slow query answered since: the
+    /// builtin metrics at once; a Prometheus query in a task of its own, waited for up to
+    /// `deliveryWait` — a slower answer wakes the rule and is evaluated by that reconcile, so
+    /// a Prometheus that does not answer holds a worker no longer than that, not for the
+    /// query's timeout, and other rules are evaluated meanwhile.
+    private func queryOutcome(_ step: Step) async -> Result<[AlertSample], MetricQueryError>? {
+        let generation = step.stored.generation
+        if let answered = memory.takeQuery(step.key, generation: generation) { return answered }
+        guard !memory.querying(step.key), evaluationDue(step) else { return nil }
+        let (spec, namespace) = (step.spec, step.key.namespace)
+        guard spec.source == .prometheus else {
+            do { return .success(try await query(spec, namespace: namespace)) } catch { return .failure(error) }
+        }
+        let (memory, wake, key) = (self.memory, self.wake, step.key)
+        let (answered, signal) = AsyncStream<Void>.makeStream()
+        memory.startQuery(key, generation: generation)
+        Task {
+            let result: Result<[AlertSample], MetricQueryError>
+            do throws(MetricQueryError) { result = .success(try await query(spec, namespace: namespace)) } catch { result = .failure(error) }
+            if memory.finishQuery(key, result) { await wake(key) }
+            signal.yield()
+            signal.finish()
+        }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { for await _ in answered { break } }
+            group.addTask { try? await Task.sleep(for: Self.deliveryWait) }
+            await group.next()
+            group.cancelAll()
+        }
+        return memory.takeQuery(key, generation: generation)
+    }
+
+    private func evaluate(_ outcome: Result<[AlertSample], MetricQueryError>, _ step: inout Step) {
         let samples: [AlertSample]
-        do {
-            samples = try await query(step.spec, namespace: step.key.namespace)
-        } catch {
+        switch outcome {
+        case .success(let answer):
+            samples = answer
+        case .failure(let error):
             // A query that fails changes no alert: what fires keeps firing.
             step.queryError = error
             step.status.lastEvaluation = Timestamp(step.time)
@@ -588,10 +626,12 @@ public struct AlertRuleReconciler: Reconciler {
     private func nextWake(_ step: Step) -> Date {
         let status = step.status
         let spec = step.spec
-        var next = (status.lastEvaluation?.date ?? step.time).addingTimeInterval(spec.interval.seconds)
-        if step.queryError != nil { next = min(next, step.time.addingTimeInterval(min(spec.interval.seconds, 30))) }
+        // A query under way wakes the rule when it answers (it is bounded by 10 s).
+        let querying = memory.querying(step.key)
+        var next = querying ? step.time.addingTimeInterval(11) : (status.lastEvaluation?.date ?? step.time).addingTimeInterval(spec.interval.seconds)
+        if step.queryError != nil, !querying { next = min(next, step.time.addingTimeInterval(min(spec.interval.seconds, 30))) }
         for series in status.alerts {
-            if series.state == .pending { next = min(next, series.activeSince.date.addingTimeInterval(spec.for.seconds)) }
+            if series.state == .pending, !querying { next = min(next, series.activeSince.date.addingTimeInterval(spec.for.seconds)) }
             guard series.state == .firing, !step.acknowledged else { continue }
             if let last = series.lastNotified { next = min(next, last.date.addingTimeInterval(spec.repeatInterval.seconds)) }
             if series.escalated < spec.escalation.count {
@@ -624,6 +664,64 @@ public final class AlertMemory: Sendable {
         var answers: [String: Answer] = [:]
         /// A reconcile waits for this rule's answers (an answer then wakes nobody).
         var waiting = false
+        /// A query under way (of the spec's generation) or its answer, not yet evaluated.
+        var query: Query?
+    }
+
+    enum Query {
+        case running(generation: Int, waited: Bool)
+        case answered(generation: Int, Result<[AlertSample], MetricQueryError>)
+    }
+
+    /// Builtin queries as parsed (each rule's is parsed once, not at every evaluation).
+    private let selectors = Synchronized<[String: MetricSelector]>([:])
+
+    func selector(_ query: String) throws(MetricSelector.ParseError) -> MetricSelector {
+        if let known = selectors.value[query] { return known }
+        let selector = try MetricSelector.parse(query, known: BuiltinMetrics.names)
+        selectors.update { selectors in
+            if selectors.count >= 10_000 { selectors = [:] }
+            selectors[query] = selector
+        }
+        return selector
+    }
+
+    func querying(_ key: ObjectKey) -> Bool {
+        if case .running = entries.value[key]?.query { return true }
+        return false
+    }
+
+    /// A query starts; its reconcile waits for it.
+    func startQuery(_ key: ObjectKey, generation: Int) {
+        entries.update { $0[key, default: Entry()].query = .running(generation: generation, waited: true) }
+    }
+
+    /// A query answered; true when no reconcile waits for it (the rule must be woken). An
+    /// answer for a rule forgotten meanwhile (deleted) is dropped.
+    func finishQuery(_ key: ObjectKey, _ result: Result<[AlertSample], MetricQueryError>) -> Bool {
+        entries.update { entries in
+            guard case .running(let generation, let waited) = entries[key]?.query else { return false }
+            entries[key]!.query = .answered(generation: generation, result)
+            return !waited
+        }
+    }
+
+    /// The answer of the last query when it came for `generation` (taken: the caller
+    /// evaluates it); ends a wait, so a later answer wakes the rule. An answer for an older
+    /// generation is dropped.
+    func takeQuery(_ key: ObjectKey, generation: Int) -> Result<[AlertSample], MetricQueryError>? {
+        entries.update { entries in
+            switch entries[key]?.query {
+            case .running(let running, _):
+                entries[key]!.query = .running(generation: running, waited: false)
+                return nil
+            case .answered(let answered, let result):
+                entries[key]!.query = nil
+                return answered == generation ? result : nil
+            case nil:
+                return nil
+            }
+        }
     }
 
     struct Answer {

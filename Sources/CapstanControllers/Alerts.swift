@@ -27,6 +27,9 @@ public protocol MetricsPlatform: Sendable {
     /// A PromQL instant query: one sample per series of a vector (a scalar is one without labels);
     /// no answer within `timeout` is `QueryFailed`.
     func prometheus(address: String, query: String, timeout: Duration) async throws(MetricQueryError) -> [AlertSample]
+    /// A builtin metric of one track of a Deployment (a Canary's analysis): one sample per
+    /// series (probe_duration_seconds: one per quantile); none when it was not observed.
+    func builtin(_ selector: MetricSelector, deployment: ObjectKey, track: Track) async throws(MetricQueryError) -> [AlertSample]
 }
 
 /// A receiver with its secrets resolved: what a `Notifier` sends to. Never logged or written
@@ -101,11 +104,13 @@ public protocol Notifier: Sendable {
     func send(_ notices: [AlertNotice], to target: ReceiverTarget, receiver: String) async throws(DeliveryError)
 }
 
-/// The last five minutes of a workload's health checks, per Deployment: what the builtin
-/// `probe_*` metrics are made of (recorded by the local supervisor's prober).
+/// The last five minutes of a workload's health checks, per Deployment and track: what the
+/// builtin `probe_*` metrics are made of (recorded by the local supervisor's prober, from each
+/// instance's first success on: an instance still starting is not a failing one).
 public final class ProbeHistory: Sendable {
     struct Probe {
         var time: ContinuousClock.Instant
+        var track: Track
         var success: Bool
         var seconds: Double
     }
@@ -115,12 +120,12 @@ public final class ProbeHistory: Sendable {
 
     public init() {}
 
-    public func record(_ owner: ObjectKey, success: Bool, duration: Duration) {
+    public func record(_ owner: ObjectKey, track: Track = .stable, success: Bool, duration: Duration) {
         let now = ContinuousClock.now
         let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
         probes.update { probes in
             var list = probes[owner, default: []]
-            list.append(Probe(time: now, success: success, seconds: seconds))
+            list.append(Probe(time: now, track: track, success: success, seconds: seconds))
             if let first = list.first, now - first.time > Self.window {
                 list.removeAll { now - $0.time > Self.window }
             }
@@ -132,11 +137,11 @@ public final class ProbeHistory: Sendable {
         probes.update { $0[owner] = nil }
     }
 
-    /// The last result, the failure ratio over the window and duration quantiles; nil when the
-    /// Deployment has not been probed within the window.
-    public func summary(of owner: ObjectKey) -> (last: Bool, failureRatio: Double, quantiles: [(String, Double)])? {
+    /// The last result, the failure ratio over the window and duration quantiles, of every
+    /// track or of one; nil when none was probed within the window.
+    public func summary(of owner: ObjectKey, track: Track? = nil) -> (last: Bool, failureRatio: Double, quantiles: [(String, Double)])? {
         let now = ContinuousClock.now
-        let recent = probes.value[owner, default: []].filter { now - $0.time <= Self.window }
+        let recent = probes.value[owner, default: []].filter { now - $0.time <= Self.window && (track == nil || $0.track == track) }
         guard let last = recent.last else { return nil }
         let failures = recent.filter { !$0.success }.count
         let sorted = recent.map(\.seconds).sorted()
@@ -155,43 +160,100 @@ public struct BuiltinMetricsSource: Sendable {
     let probes: ProbeHistory?
     let host: @Sendable (_ paths: [String]) -> [AlertSampleNamed]
 
-    public init(cache: ObjectCache, workload: any WorkloadPlatform, probes: ProbeHistory?, host: @escaping @Sendable ([String]) -> [AlertSampleNamed]) {
+    /// Each Deployment's series as last observed, and when: rules evaluated within `fresh` of
+    /// it share it (a thousand rules a second on a few Deployments read their tracks a few
+    /// times a second, not a thousand).
+    let observed = Synchronized<[ObjectKey: (at: ContinuousClock.Instant, samples: [AlertSampleNamed])]>([:])
+    let fresh: Duration
+
+    public init(cache: ObjectCache, workload: any WorkloadPlatform, probes: ProbeHistory?, host: @escaping @Sendable ([String]) -> [AlertSampleNamed],
+                fresh: Duration = .milliseconds(250)) {
         self.cache = cache
         self.workload = workload
         self.probes = probes
         self.host = host
+        self.fresh = fresh
     }
 
     static let probeMetrics: Set<String> = ["probe_success", "probe_failure_ratio", "probe_duration_seconds"]
     static let hostMetrics: Set<String> = ["host_cpu_ratio", "host_memory_ratio", "host_disk_ratio"]
 
-    /// Every series of `names` in `namespace` (nil: all namespaces); `paths` are disk paths a
-    /// selector asks for beside the mounted filesystems.
-    public func series(_ names: Set<String>, namespace: String?, paths: [String] = []) async -> [AlertSampleNamed] {
+    /// The labels every Deployment's series has (a selector on them picks Deployments before
+    /// anything about them is observed).
+    public static let deploymentLabels: Set<String> = ["namespace", "deployment", "application"]
+
+    /// Every series of `names` in `namespace` (nil: all namespaces) of the Deployments whose
+    /// labels `keep` accepts; `paths` are disk paths a selector asks for beside the mounted
+    /// filesystems.
+    public func series(_ names: Set<String>, namespace: String?, paths: [String] = [],
+                       keep: ([String: String]) -> Bool = { _ in true }) async -> [AlertSampleNamed] {
         var out: [AlertSampleNamed] = []
         if !names.isDisjoint(with: Self.hostMetrics) {
             out += host(paths).filter { names.contains($0.name) }
         }
         let workloadNames = names.subtracting(Self.hostMetrics)
         guard !workloadNames.isEmpty else { return out }
+        let now = ContinuousClock.now
         for stored in cache.objects(kind: .deployment) where namespace == nil || stored.key.namespace == namespace {
             guard case .deployment(let deployment) = stored.resource else { continue }
             let labels = ["namespace": stored.key.namespace, "deployment": stored.key.name, "application": deployment.spec.application]
-            func add(_ name: String, _ value: Double, _ extra: [String: String] = [:]) {
-                if workloadNames.contains(name) { out.append(AlertSampleNamed(name: name, labels: labels.merging(extra) { a, _ in a }, value: value)) }
+            guard keep(labels) else { continue }
+            let samples: [AlertSampleNamed]
+            if let last = observed.value[stored.key], now - last.at < fresh, last.samples.first?.labels["application"] == deployment.spec.application {
+                samples = last.samples
+            } else {
+                samples = await observe(stored.key, deployment: deployment, labels: labels)
+                observed.update { $0[stored.key] = (now, samples) }
             }
-            let tracks = await workload.tracks(of: stored.key)
-            let ready = tracks.values.reduce(0) { $0 + $1.ready }
-            add("up", ready > 0 ? 1 : 0)
-            add("ready_replicas", Double(ready))
-            add("desired_replicas", Double(deployment.spec.replicas))
-            let restarts = tracks.values.compactMap(\.restarts)
-            if !restarts.isEmpty { add("restarts_total", Double(restarts.reduce(0, +))) }
-            if let summary = probes?.summary(of: stored.key) {
-                add("probe_success", summary.last ? 1 : 0)
-                add("probe_failure_ratio", summary.failureRatio)
-                for (quantile, seconds) in summary.quantiles { add("probe_duration_seconds", seconds, ["quantile": quantile]) }
-            }
+            out += samples.filter { workloadNames.contains($0.name) }
+        }
+        if namespace == nil {
+            // Deployments gone since: forgotten.
+            let present = Set(cache.objects(kind: .deployment).map(\.key))
+            observed.update { $0 = $0.filter { present.contains($0.key) } }
+        }
+        return out
+    }
+
+    /// The series of `names` of one track of a Deployment, observed now.
+    public func series(_ names: Set<String>, of key: ObjectKey, track: Track) async -> [AlertSampleNamed] {
+        guard case .deployment(let deployment)? = cache.get(key)?.resource else { return [] }
+        let labels = ["namespace": key.namespace, "deployment": key.name, "application": deployment.spec.application, "track": track.rawValue]
+        var out: [AlertSampleNamed] = []
+        func add(_ name: String, _ value: Double, _ extra: [String: String] = [:]) {
+            if names.contains(name) { out.append(AlertSampleNamed(name: name, labels: labels.merging(extra) { a, _ in a }, value: value)) }
+        }
+        if let state = await workload.tracks(of: key)[track] {
+            add("up", state.ready > 0 ? 1 : 0)
+            add("ready_replicas", Double(state.ready))
+            add("desired_replicas", Double(state.replicas))
+            if let restarts = state.restarts { add("restarts_total", Double(restarts)) }
+        }
+        if let summary = probes?.summary(of: key, track: track) {
+            add("probe_success", summary.last ? 1 : 0)
+            add("probe_failure_ratio", summary.failureRatio)
+            for (quantile, seconds) in summary.quantiles { add("probe_duration_seconds", seconds, ["quantile": quantile]) }
+        }
+        return out
+    }
+
+    /// Every series of one Deployment, observed now.
+    private func observe(_ key: ObjectKey, deployment: Deployment, labels: [String: String]) async -> [AlertSampleNamed] {
+        var out: [AlertSampleNamed] = []
+        func add(_ name: String, _ value: Double, _ extra: [String: String] = [:]) {
+            out.append(AlertSampleNamed(name: name, labels: labels.merging(extra) { a, _ in a }, value: value))
+        }
+        let tracks = await workload.tracks(of: key)
+        let ready = tracks.values.reduce(0) { $0 + $1.ready }
+        add("up", ready > 0 ? 1 : 0)
+        add("ready_replicas", Double(ready))
+        add("desired_replicas", Double(deployment.spec.replicas))
+        let restarts = tracks.values.compactMap(\.restarts)
+        if !restarts.isEmpty { add("restarts_total", Double(restarts.reduce(0, +))) }
+        if let summary = probes?.summary(of: key) {
+            add("probe_success", summary.last ? 1 : 0)
+            add("probe_failure_ratio", summary.failureRatio)
+            for (quantile, seconds) in summary.quantiles { add("probe_duration_seconds", seconds, ["quantile": quantile]) }
         }
         return out
     }

@@ -48,6 +48,8 @@ public enum Controllers {
         manager.register("deployment", DeploymentReconciler(store: store, events: events, workload: platforms.workload, traffic: platforms.traffic,
                                                             revisions: platforms.revisions, secrets: platforms.secrets, prune: prune),
                          for: { $0.kind == .deployment }, watches: DeploymentReconciler.watches(cache: cache))
+        manager.register("canary", CanaryReconciler(store: store, events: events, metrics: platforms.metrics),
+                         for: { $0.kind == .canary }, watches: CanaryReconciler.watches(cache: cache))
         if let secrets = platforms.secrets, let actions = platforms.actions {
             manager.register("secretrotation", SecretRotationReconciler(store: store, events: events, secrets: secrets, actions: actions, prune: prune),
                              for: { $0.kind == .secretRotation }, watches: SecretRotationReconciler.watches(cache: cache))
@@ -61,7 +63,7 @@ public enum Controllers {
             manager.register("alertrule", AlertRuleReconciler(store: store, events: events, metrics: metricsPlatform, notifier: notifier, secrets: platforms.secrets,
                                                               wake: { [weak manager] key in await manager?.add(key) },
                                                               counted: { metrics?.notification(receiver: $0, result: $1) }),
-                             for: { $0.kind == .alertRule })
+                             for: { $0.kind == .alertRule }, concurrency: AlertRuleReconciler.workers)
         }
     }
 }
@@ -84,6 +86,15 @@ extension DeploymentReconciler {
             switch key.kind {
             case .application:
                 return cache.objects(kind: .deployment, referencing: key).map(\.key)
+            case .canary:
+                // Its decisions (weight, promotion, abort) are the Deployment's to realise; a
+                // Canary gone leaves a canary track for its Deployment to remove.
+                if case .canary(let canary)? = object {
+                    return [ObjectKey(kind: .deployment, namespace: key.namespace, name: canary.spec.deployment)]
+                }
+                return cache.objects(kind: .deployment).filter { stored in
+                    stored.key.namespace == key.namespace && stored.resource.deploymentStatus?.tracks.contains { $0.name == Track.canary.rawValue } == true
+                }.map(\.key)
             case .secretRotation:
                 // Its restart token rolls the dependents; its secret heals those waiting for it.
                 var keys = Set(object?.references ?? [])
@@ -106,5 +117,13 @@ extension SecretRotationReconciler {
             guard key.kind == .deployment else { return [] }
             return cache.objects(kind: .secretRotation, referencing: key).map(\.key)
         }]
+    }
+}
+
+extension AnyResource {
+    /// A Deployment's status (nil for any other kind).
+    var deploymentStatus: DeploymentStatus? {
+        if case .deployment(let deployment) = self { return deployment.status }
+        return nil
     }
 }

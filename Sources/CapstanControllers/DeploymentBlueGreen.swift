@@ -61,7 +61,7 @@ extension DeploymentReconciler {
         step.wake(at: retireAt)
     }
 
-    private func route(_ wanted: Traffic, _ application: Application, _ step: inout Step) async throws {
+    func route(_ wanted: Traffic, _ application: Application, _ step: inout Step) async throws {
         do {
             step.events += try await traffic.route(step.deployment, application: application, wanted)
         } catch let error as WorkloadError {

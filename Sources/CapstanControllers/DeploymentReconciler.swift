@@ -232,6 +232,9 @@ public struct DeploymentReconciler: Reconciler {
             return .requeue(after: Self.retry)
         }
         step.observed = await workload.tracks(of: step.key)
+        if let run = try await canaryRun(target, step) {
+            return try await canary(run, target, application: application, &step)
+        }
         let state: TrackState?
         if spec.strategy.type == .blueGreen {
             state = try await blueGreen(target, application: application, &step)
@@ -320,7 +323,7 @@ public struct DeploymentReconciler: Reconciler {
     }
 
     /// What the spec's strategy asks of a track that rolls in place.
-    private func trackSpec(_ target: WorkloadRevision, _ spec: DeploymentSpec) -> TrackSpec {
+    func trackSpec(_ target: WorkloadRevision, _ spec: DeploymentSpec) -> TrackSpec {
         let strategy: TrackSpec.Strategy = spec.strategy.type == .recreate
             ? .recreate : .rollingUpdate(maxSurge: spec.strategy.effectiveMaxSurge, maxUnavailable: spec.strategy.effectiveMaxUnavailable)
         return TrackSpec(revision: target, replicas: spec.replicas, strategy: strategy, paused: spec.paused,
@@ -368,7 +371,7 @@ public struct DeploymentReconciler: Reconciler {
 
     /// Counts every track into the status and sets `Available` (the active track's ready
     /// instances, which receive the traffic).
-    private func observe(_ target: WorkloadRevision, _ states: [Track: TrackState], _ step: inout Step) {
+    func observe(_ target: WorkloadRevision, _ states: [Track: TrackState], _ step: inout Step) {
         let active = states[step.active]
         step.status.replicas = states.values.map(\.replicas).reduce(0, +)
         step.status.updatedReplicas = states.values.filter { $0.templateHash == target.hash }.map(\.updated).reduce(0, +)
@@ -552,7 +555,8 @@ extension TrackRole {
         switch self {
         case .active: return 0
         case .preview: return 1
-        case .retiring: return 2
+        case .canary: return 2
+        case .retiring: return 3
         }
     }
 }

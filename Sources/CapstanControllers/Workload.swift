@@ -274,11 +274,31 @@ public struct Traffic: Sendable, Hashable {
     public var active: Track
     /// The track behind `blueGreen.previewPort` (the `NAME-preview` Service), if any.
     public var preview: Track?
+    /// The canary beside the active track and its percent of the port's connections (0: none).
+    public var canary: Track?
+    public var canaryWeight: Int
 
-    public init(active: Track, preview: Track? = nil) {
+    public init(active: Track, preview: Track? = nil, canary: Track? = nil, canaryWeight: Int = 0) {
         self.active = active
         self.preview = preview
+        self.canary = canary
+        self.canaryWeight = min(100, max(0, canaryWeight))
     }
+
+    /// Each track's percent of the port's connections.
+    public var weights: [Track: Int] {
+        guard let canary, canaryWeight > 0, canary != active else { return [active: 100] }
+        return canaryWeight >= 100 ? [canary: 100] : [active: 100 - canaryWeight, canary: canaryWeight]
+    }
+}
+
+/// How a platform gives a canary its share of the traffic.
+public enum TrafficSplit: Sendable, Hashable {
+    /// The share is exact, whatever the instances (the local router; a Traefik weighted service).
+    case weighted
+    /// One Service over both tracks: the share is the ratio of their ready instances, which
+    /// the reconciler sizes to come near the weight.
+    case replicas
 }
 
 /// Sends a Deployment's port to its tracks (local: the routers; Kubernetes: the Services and
@@ -288,6 +308,9 @@ public protocol TrafficPlatform: Sendable {
     /// instances, the preview port over the preview track's. The switch is immediate: new
     /// connections go to the new track, open ones finish.
     func route(_ deployment: Deployment, application: Application, _ traffic: Traffic) async throws -> [WorkloadEvent]
+    /// How this platform splits a canary's traffic when the Canary asks for `routing`; a
+    /// `WorkloadError` when it cannot (a mode of the other platform).
+    func split(_ routing: TrafficRouting, namespace: String) async throws(WorkloadError) -> TrafficSplit
 }
 
 /// Revision history of an object (the local state store; Kubernetes: kept by Capstan too).

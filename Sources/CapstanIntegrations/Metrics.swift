@@ -24,7 +24,16 @@ public struct MetricsService: MetricsPlatform {
     public func builtin(_ selector: MetricSelector, namespace: String) async throws(MetricQueryError) -> [AlertSample] {
         if let problem = source.unobserved(selector.metric) { throw MetricQueryError(MetricQueryError.invalidQuery, problem) }
         let paths = selector.matchers.filter { $0.label == "path" && $0.op == .equal }.map(\.value)
-        return await source.series([selector.metric], namespace: namespace, paths: paths)
+        // Matchers on a Deployment's own labels pick the Deployments to observe.
+        let picking = MetricSelector(metric: selector.metric, matchers: selector.matchers.filter { BuiltinMetricsSource.deploymentLabels.contains($0.label) })
+        return await source.series([selector.metric], namespace: namespace, paths: paths, keep: { picking.matches($0) })
+            .filter { selector.matches($0.labels) }
+            .map { AlertSample(labels: $0.labels, value: $0.value) }
+    }
+
+    public func builtin(_ selector: MetricSelector, deployment: ObjectKey, track: Track) async throws(MetricQueryError) -> [AlertSample] {
+        if let problem = source.unobserved(selector.metric) { throw MetricQueryError(MetricQueryError.invalidQuery, problem) }
+        return await source.series([selector.metric], of: deployment, track: track)
             .filter { selector.matches($0.labels) }
             .map { AlertSample(labels: $0.labels, value: $0.value) }
     }
@@ -46,7 +55,7 @@ public struct PrometheusClient: Sendable {
     let http: HTTPClient
     let timeout: TimeAmount
 
-    public init(http: HTTPClient = .shared, timeout: TimeAmount = .seconds(10)) {
+    public init(http: HTTPClient = IntegrationHTTP.client, timeout: TimeAmount = .seconds(10)) {
         self.http = http
         self.timeout = timeout
     }
@@ -118,19 +127,38 @@ public final class HostMetrics: Sendable {
     }
 
     private let last = Synchronized<CPU?>(nil)
+    /// The last reading of the CPU, memory and mounted disks, and when: rules evaluated within
+    /// `fresh` of it share it instead of each reading `/proc` again.
+    private let reading = Synchronized<(samples: [AlertSampleNamed], at: ContinuousClock.Instant)?>(nil)
     let root: String
+    let fresh: Duration
 
-    public init(root: String = "/proc") { self.root = root }
+    public init(root: String = "/proc", fresh: Duration = .milliseconds(500)) {
+        self.root = root
+        self.fresh = fresh
+    }
 
     /// Filesystems shown as `host_disk_ratio` (others — proc, tmpfs, overlay layers — are not disks).
     static let diskTypes: Set<String> = ["ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "vfat", "exfat", "f2fs", "reiserfs", "jfs", "ntfs", "ntfs3", "fuseblk"]
 
     public func samples(paths: [String]) -> [AlertSampleNamed] {
-        var out: [AlertSampleNamed] = []
-        if let cpu = cpuRatio() { out.append(AlertSampleNamed(name: "host_cpu_ratio", labels: [:], value: cpu)) }
-        if let memory = memoryRatio() { out.append(AlertSampleNamed(name: "host_memory_ratio", labels: [:], value: memory)) }
-        var seen = Set<String>()
-        for path in mountPoints() + paths where seen.insert(path).inserted {
+        let now = ContinuousClock.now
+        var out: [AlertSampleNamed]
+        if let last = reading.value, now - last.at < fresh {
+            out = last.samples
+        } else {
+            out = []
+            if let cpu = cpuRatio() { out.append(AlertSampleNamed(name: "host_cpu_ratio", labels: [:], value: cpu)) }
+            if let memory = memoryRatio() { out.append(AlertSampleNamed(name: "host_memory_ratio", labels: [:], value: memory)) }
+            var seen = Set<String>()
+            for path in mountPoints() where seen.insert(path).inserted {
+                if let ratio = Self.diskRatio(path) { out.append(AlertSampleNamed(name: "host_disk_ratio", labels: ["path": path], value: ratio)) }
+            }
+            let samples = out
+            reading.update { $0 = (samples, now) }
+        }
+        var seen = Set(out.compactMap { $0.name == "host_disk_ratio" ? $0.labels["path"] : nil })
+        for path in paths where seen.insert(path).inserted {
             if let ratio = Self.diskRatio(path) { out.append(AlertSampleNamed(name: "host_disk_ratio", labels: ["path": path], value: ratio)) }
         }
         return out

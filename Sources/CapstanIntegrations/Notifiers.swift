@@ -14,7 +14,7 @@ public struct AlertNotifier: Notifier {
     let timeout: TimeAmount
     let externalURL: String
 
-    public init(http: HTTPClient = .shared, timeout: TimeAmount = .seconds(10), externalURL: String = "") {
+    public init(http: HTTPClient = IntegrationHTTP.client, timeout: TimeAmount = .seconds(10), externalURL: String = "") {
         self.http = http
         self.timeout = timeout
         self.externalURL = externalURL

@@ -101,7 +101,9 @@ public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
         let name = deployment.metadata.name
         let previewPort = deployment.spec.strategy.blueGreen?.previewPort
         let desired: [(KubeResource, String, SpecNode?)] = [
-            (.services, name, Children.service(deployment, application: application, servicePort: deployment.spec.port, track: selected(traffic.active, of: deployment))),
+            // A canary's split by replica ratio: one Service over both tracks' pods.
+            (.services, name, Children.service(deployment, application: application, servicePort: deployment.spec.port,
+                                               track: traffic.weights.count > 1 ? nil : selected(traffic.weights.keys.first ?? traffic.active, of: deployment))),
             (.services, Children.previewName(name), traffic.preview.flatMap { preview in
                 Children.service(deployment, application: application, name: Children.previewName(name), servicePort: previewPort, track: preview)
             }),
@@ -119,6 +121,17 @@ public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
             var events: [WorkloadEvent] = []
             for try await some in group { events += some }
             return events
+        }
+    }
+
+    public func split(_ routing: TrafficRouting, namespace: String) async throws(WorkloadError) -> TrafficSplit {
+        switch routing {
+        case .auto, .replicas:
+            return .replicas
+        case .router:
+            throw WorkloadError("UnsupportedTrafficRouting", "trafficRouting router is the local platform's: on Kubernetes use replicas (or auto)")
+        case .traefik:
+            throw WorkloadError("UnsupportedTrafficRouting", "trafficRouting traefik (a TraefikService) is not built yet: use replicas (or auto), which splits by the ratio of ready pods behind the Service")
         }
     }
 

@@ -1,6 +1,7 @@
 import CapstanControllers
 import CapstanModel
 import Foundation
+import CapstanRuntime
 import Synchronization
 
 /// Where status writes are reported (the manager's watches).
@@ -27,6 +28,11 @@ public struct LocalObjectStore: ObjectStore, EventRecorder {
     let log: @Sendable (String) -> Void
     /// Told of status writes that other objects' reconciles wait for (set once the manager exists).
     public let statusWatchers = StatusWatchers()
+    /// The objects with requests pending, as the daemon's request loop last found them (nil:
+    /// not known, the table is read): a reconcile of any other object reads no table (a
+    /// thousand AlertRules evaluated every second). A request the loop has not seen yet is
+    /// taken by the reconcile the loop then wakes.
+    let pending = Synchronized<Set<ObjectKey>?>(nil)
 
     public init(store: StateStore, cache: ObjectCache, now: @escaping @Sendable () -> Date = Date.init, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.store = store
@@ -57,15 +63,23 @@ public struct LocalObjectStore: ObjectStore, EventRecorder {
         let resource = try cache.get(key)?.resource.withStatus(status)
         if let resource { cache.update(key) { $0.resource = resource } }
         // A status others wait for wakes them: a rotation's (its restart token, its secret),
-        // and a Deployment's that a rotation restarts.
-        if written, let resource, key.kind == .secretRotation || (key.kind == .deployment && !cache.objects(kind: .secretRotation, referencing: key).isEmpty) {
+        // a Canary's (its Deployment realises its decisions), and a Deployment's that a
+        // rotation restarts or a Canary guards.
+        if written, let resource, key.kind == .secretRotation || key.kind == .canary
+            || (key.kind == .deployment && (!cache.objects(kind: .secretRotation, referencing: key).isEmpty || !cache.objects(kind: .canary, referencing: key).isEmpty)) {
             await statusWatchers.notify(key, resource)
         }
         return written
     }
 
     public func requests(for key: ObjectKey) async -> [ObjectRequest] {
-        ((try? store.pendingRequests(now: now())) ?? []).filter { $0.key == key }.map { ObjectRequest(id: $0.id, type: $0.type, value: $0.value) }
+        if let pending = pending.value, !pending.contains(key) { return [] }
+        return ((try? store.pendingRequests(now: now())) ?? []).filter { $0.key == key }.map { ObjectRequest(id: $0.id, type: $0.type, value: $0.value) }
+    }
+
+    /// The request loop found requests pending for these objects (and none for others).
+    public func noticePending(_ keys: Set<ObjectKey>) {
+        pending.update { $0 = keys }
     }
 
     public func take(_ request: ObjectRequest, of key: ObjectKey) async -> Bool {

@@ -76,6 +76,17 @@ extension LocalWorkloadPlatform {
         return victims.map { WorkloadEvent(.normal, "InstanceStopped", "stopped instance \($0.id) (track \(track) removed)") }
     }
 
+    public func split(_ routing: TrafficRouting, namespace: String) async throws(WorkloadError) -> TrafficSplit {
+        switch routing {
+        case .auto, .router:
+            return .weighted
+        case .replicas:
+            return .replicas
+        case .traefik:
+            throw WorkloadError("UnsupportedTrafficRouting", "trafficRouting traefik is Kubernetes': here the router splits the connections (use auto or router)")
+        }
+    }
+
     public func route(_ deployment: Deployment, application: Application, _ traffic: Traffic) async throws(WorkloadError) -> [WorkloadEvent] {
         let key = deployment.key
         let previewPort = traffic.preview == nil ? nil : deployment.spec.strategy.blueGreen?.previewPort
@@ -86,8 +97,10 @@ extension LocalWorkloadPlatform {
         } catch {
             problem = error
         }
-        try await routers.expose(key, .main, host: routerHost, port: deployment.spec.port, track: traffic.active.rawValue)
-        recordListener(key, port: deployment.spec.port, track: traffic.active)
+        let weights = traffic.weights
+        try await routers.expose(key, .main, host: routerHost, port: deployment.spec.port,
+                                 weights: Dictionary(uniqueKeysWithValues: weights.map { ($0.key.rawValue, $0.value) }))
+        recordListener(key, port: deployment.spec.port, weights: weights)
         if let problem { throw problem }
         return []
     }

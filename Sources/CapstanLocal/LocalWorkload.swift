@@ -13,15 +13,22 @@ actor RouterSet {
     struct Key: Hashable { var owner: ObjectKey; var role: Role }
 
     private var routers: [Key: TCPRouter] = [:]
-    /// The track each router serves.
-    private var serves: [Key: String] = [:]
+    /// The tracks each router serves, with their shares of its connections.
+    private var serves: [Key: [String: Int]] = [:]
     private var backends: [ObjectKey: [Backend]] = [:]
 
     /// Serves `port` over `track`'s ready instances (nil port: closed). Changing only the track
     /// is immediate: new connections go to the new track, open ones finish.
     func expose(_ owner: ObjectKey, _ role: Role = .main, host: String, port: Int?, track: String = Track.stable.rawValue) async throws(WorkloadError) {
+        try await expose(owner, role, host: host, port: port, weights: [track: 100])
+    }
+
+    /// Serves `port` over the ready instances of the tracks in `weights`, each track receiving
+    /// its share of the connections (a canary beside the stable track); a track without ready
+    /// instances receives none (its share goes to the others).
+    func expose(_ owner: ObjectKey, _ role: Role = .main, host: String, port: Int?, weights: [String: Int]) async throws(WorkloadError) {
         let key = Key(owner: owner, role: role)
-        serves[key] = track
+        serves[key] = weights
         if let existing = routers[key], existing.port == port, existing.host == host {
             existing.setBackends(served(key))
             return
@@ -40,8 +47,21 @@ actor RouterSet {
     }
 
     private func served(_ key: Key) -> [Backend] {
-        let track = serves[key] ?? Track.stable.rawValue
-        return (backends[key.owner] ?? []).filter { $0.track == track }
+        Self.weighted(backends[key.owner] ?? [], serves[key] ?? [Track.stable.rawValue: 100])
+    }
+
+    /// The backends of the weighted tracks, each weighted so that its track's instances
+    /// together receive the track's share: an instance's weight is its track's share times
+    /// the number of instances of every other track.
+    static func weighted(_ backends: [Backend], _ weights: [String: Int]) -> [Backend] {
+        let served = backends.filter { (weights[$0.track] ?? 0) > 0 }
+        var counts: [String: Int] = [:]
+        for backend in served { counts[backend.track, default: 0] += 1 }
+        guard counts.count > 1 else { return served.map { Backend(port: $0.port, weight: 1, track: $0.track) } }
+        return served.map { backend in
+            let others = counts.filter { $0.key != backend.track }.values.reduce(1, *)
+            return Backend(port: backend.port, weight: weights[backend.track, default: 0] * others, track: backend.track)
+        }
     }
 
     func setBackends(_ owner: ObjectKey, _ list: [Backend]) {
@@ -277,15 +297,29 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, Art
     /// whose spec is gone but whose instances were kept (prune disabled).
     public static let listenerType = "listener"
 
-    func recordListener(_ deployment: ObjectKey, port: Int?, track: Track = .stable) {
+    func recordListener(_ deployment: ObjectKey, port: Int?, weights: [Track: Int] = [.stable: 100]) {
         let id = port.map { "\(routerHost):\($0)" }
+        let served = weights.filter { $0.value > 0 }
+        // `track` (the main one) is what an older daemon reads; `weights` a canary's split.
+        var data = ["host": routerHost, "track": (served.max { ($0.value, $1.key) < ($1.value, $0.key) }?.key ?? .stable).rawValue]
+        if served.count > 1 { data["weights"] = served.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") }
+        if let port { data["port"] = String(port) }
         let existing = (try? store.inventory(of: deployment, type: Self.listenerType)) ?? []
-        guard existing.map(\.id) != (id.map { [$0] } ?? []) || existing.first?.data["track"] ?? Track.stable.rawValue != track.rawValue else { return }
+        guard existing.map(\.id) != (id.map { [$0] } ?? []) || existing.first?.data != data else { return }
         for entry in existing { _ = try? store.removeInventory(type: Self.listenerType, id: entry.id) }
-        if let id, let port {
-            _ = try? store.recordInventory(.init(type: Self.listenerType, id: id, owner: deployment,
-                                                 data: ["host": routerHost, "port": String(port), "track": track.rawValue], createdAt: Date()))
+        if let id {
+            _ = try? store.recordInventory(.init(type: Self.listenerType, id: id, owner: deployment, data: data, createdAt: Date()))
         }
+    }
+
+    /// The split a listener's record keeps: its tracks' weights, or its one track.
+    static func weights(_ data: [String: String]) -> [String: Int] {
+        var weights: [String: Int] = [:]
+        for part in (data["weights"] ?? "").split(separator: ",") {
+            let pair = part.split(separator: "=", maxSplits: 1)
+            if pair.count == 2, let weight = Int(pair[1]) { weights[String(pair[0])] = weight }
+        }
+        return weights.isEmpty ? [data["track"] ?? Track.stable.rawValue: 100] : weights
     }
 
     public func pruneReleases(of deployment: ObjectKey, keeping revisions: Set<Int>) async {
@@ -336,7 +370,7 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, Art
         for entry in (try? store.inventory(type: Self.listenerType)) ?? [] {
             guard let port = Int(entry.data["port"] ?? ""), entry.data["host"] == routerHost else { continue }
             do {
-                try await routers.expose(entry.owner, host: routerHost, port: port, track: entry.data["track"] ?? Track.stable.rawValue)
+                try await routers.expose(entry.owner, host: routerHost, port: port, weights: Self.weights(entry.data))
             } catch {
                 unavailable.append("\(entry.owner): \(error.message)")
             }

@@ -288,7 +288,9 @@ final class LocalDaemon: Sendable {
                     log("\(request.key): \(message)", level: "warning")
                     await objects.record(.warning, reason: "RequestExpired", message: message, about: request.key)
                 }
-                for request in (try? store.pendingRequests(now: now)) ?? [] {
+                let pending = (try? store.pendingRequests(now: now)) ?? []
+                objects.noticePending(Set(pending.map(\.key)))
+                for request in pending {
                     guard request.type == "reconcile" else {
                         await manager.add(request.key)
                         continue

@@ -152,7 +152,7 @@ struct RequestOptions: ParsableArguments {
     /// Hands the request to the daemon (the state store) or the operator (an annotation).
     func submit(_ type: String, what: String, accepted: Set<String>, refused: Set<String>) async throws {
         let key = try parseReference(object, namespace: namespace ?? "default")
-        guard key.kind == .deployment else { throw ValidationError("only Deployments take \(type); got \(key.kind.singular)") }
+        guard key.kind == .deployment || key.kind == .canary else { throw ValidationError("only Deployments and Canaries take \(type); got \(key.kind.singular)") }
         guard kube.enabled else {
             try await submitRequest(type, for: key, value: "", what: what, wait: wait, state: state, answers: (accepted, refused))
             return
@@ -165,9 +165,9 @@ struct RequestOptions: ParsableArguments {
 
 struct Promote: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Switch a BlueGreen Deployment's traffic to its preview (with autoPromote: false).",
+        abstract: "Switch a BlueGreen Deployment's traffic to its preview (with autoPromote: false), or end a Canary's pause.",
         discussion: """
-            The preview must be ready (phase Paused, reason AwaitingPromotion); otherwise the request is refused with a PromoteRefused event. With --kube the custom resource gets the annotation capstan.dev/promote.
+            A Deployment's preview must be ready (phase Paused, reason AwaitingPromotion); a Canary must be in a pause (phase Paused: the next step follows). Otherwise the request is refused with a PromoteRefused event. With --kube the custom resource gets the annotation capstan.dev/promote.
             """)
 
     @OptionGroup var options: RequestOptions
@@ -179,9 +179,9 @@ struct Promote: AsyncParsableCommand {
 
 struct Abort: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Return a BlueGreen Deployment to what served before: the preview goes, or the old colour takes the traffic back.",
+        abstract: "Return a BlueGreen Deployment to what served before (the preview goes, or the old colour takes the traffic back), or abort a Canary's run.",
         discussion: """
-            Within scaleDownDelay after a switch, the colour that served before takes the traffic back at once. Before the switch, the preview is removed. Either way the earlier revision runs (status.rollback) until the spec changes; with nothing to abort the request is refused with an AbortRefused event. With --kube the custom resource gets the annotation capstan.dev/abort.
+            A Canary's run is aborted at once: no traffic to the canary, its instances go, the stable version serves on and the Deployment reports its spec's version as not promoted (Stalled, CanaryAborted) until the spec changes. For a BlueGreen Deployment: within scaleDownDelay after a switch, the colour that served before takes the traffic back at once. Before the switch, the preview is removed. Either way the earlier revision runs (status.rollback) until the spec changes; with nothing to abort the request is refused with an AbortRefused event. With --kube the custom resource gets the annotation capstan.dev/abort.
             """)
 
     @OptionGroup var options: RequestOptions

@@ -406,6 +406,48 @@ final class AlertServers: Sendable {
         servers.set(series, nil)
     }
 
+    /// Servers that are down hold no other rule back: 24 rules query a Prometheus that accepts
+    /// and never answers (each query runs to its 2 s bound) and 24 fire at receivers that
+    /// refuse connections or hang,
+    /// and one more rule's condition still reaches its receiver within seconds.
+    @Test func deadServersDoNotDelayOtherRules() async throws {
+        let servers = try await AlertServers.shared()
+        let series = "busy-" + UUID().uuidString.prefix(6).lowercased()
+        let prometheus = "http://127.0.0.1:\(servers.prometheus)"
+        let closed = LoopbackHTTP.freePort()
+        // A server that accepts connections and never answers.
+        let hung = LoopbackHTTP.bound()
+        defer { close(hung.fd) }
+        servers.set(series + "-on", 1)
+        var rules: [String] = []
+        for index in 0..<24 {
+            rules.append(rule("stuck-\(index)", query: "test_value", address: "http://127.0.0.1:\(hung.port)",
+                              notify: "  - webhook: {url: \"http://127.0.0.1:\(closed)/x\"}"))
+            let receiver = index.isMultiple(of: 2) ? "http://127.0.0.1:\(closed)/x" : "http://127.0.0.1:\(hung.port)/hook"
+            rules.append(rule("down-\(index)", query: "test_value{series=\"\(series)-on\"}", address: prometheus, notify: "  - webhook: {url: \"\(receiver)\"}"))
+        }
+        rules.append(rule("watch", query: "test_value{series=\"\(series)\"}", address: prometheus,
+                          notify: "  - webhook: {url: \"http://127.0.0.1:\(servers.receiver)/hook/watch-\(series)\"}"))
+        try write(rules.joined(separator: "\n---\n"), to: "busy.yaml")
+        let daemon = try startDaemon()
+        defer { cleanUp([daemon]) }
+        defer { servers.set(series + "-on", nil) }
+
+        try await until("the stuck queries timed out", seconds: 60) { try await condition(status("stuck-23"), "Stalled")?.reason == "QueryFailed" }
+        try await until("the refused deliveries failed", seconds: 60) {
+            try await notifications(status("down-22")).contains { ($0["attempts"] as? Int ?? 0) >= 1 && $0["delivered"] as? Bool == false }
+        }
+        try await until("the watched rule evaluated") { try await status("watch")["lastEvaluation"] != nil }
+        let started = ContinuousClock.now
+        servers.set(series, 1)
+        try await until("the watched rule's notification", seconds: 30) { !servers.received("/hook/watch-\(series)").isEmpty }
+        let elapsed = ContinuousClock.now - started
+        // Prometheus scrapes every second and the rule evaluates every second: 2 s, plus
+        // room for a slow machine; 24 queries held for 2 s each by 4 workers took over 12 s.
+        #expect(elapsed < .seconds(6), "condition to notification took \(elapsed) beside 48 rules whose servers are down")
+        servers.set(series, nil)
+    }
+
     @Test func validationNamesAnUnknownMetricAndATemplateError() async throws {
         try write("""
             apiVersion: capstan.dev/v1alpha1

@@ -22,6 +22,10 @@ final class FakeMetrics: MetricsPlatform, Sendable {
     func prometheus(address: String, query: String, timeout: Duration) async throws(MetricQueryError) -> [AlertSample] {
         try samples.withLock { $0 }.get()
     }
+
+    func builtin(_ selector: MetricSelector, deployment: ObjectKey, track: Track) async throws(MetricQueryError) -> [AlertSample] {
+        try samples.withLock { $0 }.get()
+    }
 }
 
 /// A notifier that records what it was given (and what the store held when it was), and

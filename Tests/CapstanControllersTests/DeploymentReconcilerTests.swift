@@ -126,6 +126,10 @@ final class FakeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
         }
     }
 
+    func split(_ routing: TrafficRouting, namespace: String) async throws(WorkloadError) -> TrafficSplit {
+        routing == .replicas ? .replicas : .weighted
+    }
+
     func route(_ deployment: Deployment, application: Application, _ traffic: Traffic) async throws -> [WorkloadEvent] {
         try state.withLock { state throws(WorkloadError) in
             if let failure = state.exposeFailure { throw failure }

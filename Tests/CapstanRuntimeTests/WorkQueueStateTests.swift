@@ -89,6 +89,32 @@ func ms(_ milliseconds: Int64) -> VirtualInstant { VirtualInstant(offset: .milli
         #expect(queue.nextDeadline == ms(1000))
     }
 
+    @Test func manyDelayedKeysComeOutOnceEachInDeadlineOrderWhateverTheirReAdds() {
+        var queue = WorkQueueState<Int, VirtualInstant>()
+        var generator = SystemRandomNumberGenerator()
+        var expected: [Int: Int] = [:]  // key -> deadline in ms (the earliest asked)
+        for _ in 0..<5000 {
+            let key = Int.random(in: 0..<500, using: &generator)
+            let at = Int.random(in: 1...10_000, using: &generator)
+            queue.add(key, after: .milliseconds(at), now: ms(0))
+            expected[key] = min(expected[key] ?? .max, at)
+        }
+        #expect(queue.delayedCount == expected.count)
+        var seen: [(key: Int, at: Int)] = []
+        var now = 0
+        while now <= 10_000 {
+            while let key = queue.next(now: ms(Int64(now))) {
+                seen.append((key, now))
+                queue.done(key)
+            }
+            guard let next = queue.nextDeadline else { break }
+            now = Int(next.offset / .milliseconds(1))
+        }
+        #expect(seen.count == expected.count, "each key once")
+        #expect(seen.allSatisfy { expected[$0.key] == $0.at }, "each at its earliest deadline")
+        #expect(queue.delayedCount == 0 && queue.nextDeadline == nil)
+    }
+
     @Test func aZeroDelayQueuesAtOnce() {
         var queue = WorkQueueState<String, VirtualInstant>()
         queue.add("a", after: .zero, now: ms(0))

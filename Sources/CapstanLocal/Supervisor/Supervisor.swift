@@ -308,6 +308,7 @@ public actor Supervisor {
         let environment = instance.launch.environment
         let directory = instance.launch.workingDirectory
         let owner = instance.owner
+        let track = instance.launch.trackName
         let probes = self.probes
         instance.tasks.append(Task {
             if probe.initialDelay > .zero { try? await Task.sleep(for: probe.initialDelay) }
@@ -316,10 +317,13 @@ public actor Supervisor {
             // is back in the router as soon as it answers.
             let started = ContinuousClock.now
             var pause = Duration.milliseconds(10)
+            // Counted from the first success on: an instance starting up is not failing.
+            var answered = false
             while !Task.isCancelled {
                 let began = ContinuousClock.now
                 let failure = await Prober.run(probe, environment: environment, workingDirectory: directory)
-                probes?.record(owner, success: failure == nil, duration: ContinuousClock.now - began)
+                answered = answered || failure == nil
+                if answered { probes?.record(owner, track: track, success: failure == nil, duration: ContinuousClock.now - began) }
                 guard let ready = await self.probed(id, run: run, failure) else { return }
                 if !ready && ContinuousClock.now - started > .seconds(1) { pause = min(pause * 2, probe.interval) }
                 try? await Task.sleep(for: ready ? probe.interval : min(pause, probe.interval))

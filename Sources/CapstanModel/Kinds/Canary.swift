@@ -147,6 +147,20 @@ public struct CanarySpec: SpecObject, Hashable {
         if value.steps.contains(where: { $0.analysis != nil }) && value.analysis.metrics.isEmpty && !value.skipAnalysis {
             context.fail("an analysis step needs analysis.metrics", field: "analysis", at: node["analysis"]?.mark ?? node.mark)
         }
+        // Weights only go up: a canary that takes traffic back is an abort, not a step.
+        var last = 0
+        for (index, step) in value.steps.enumerated() {
+            guard let weight = step.setWeight else { continue }
+            var mark = node.mark
+            if case .sequence(let items)? = node["steps"]?.value, index < items.count { mark = items[index]["setWeight"]?.mark ?? items[index].mark }
+            let path = FieldPath([.key("steps"), .index(index), .key("setWeight")])
+            if weight == 0 {
+                context.fail("setWeight 0 sends the canary nothing: start above 0 (to send it nothing, abort with `capstan abort canary/NAME`)", relative: path, at: mark)
+            } else if weight < last {
+                context.fail("setWeight \(weight) is below the step before it (\(last)): weights only go up", relative: path, at: mark)
+            }
+            last = max(last, weight)
+        }
     }
 }
 
@@ -160,11 +174,13 @@ public struct AnalysisRunRecord: SpecObject, Hashable {
     public var metric = ""
     public var value: Double?
     public var passed = false
+    public var message: String?
 
     public init() {}
 
     public static let fields: [Field<AnalysisRunRecord>] = [
         .required("time", \.time), .required("metric", \.metric), .optional("value", \.value), .defaulted("passed", \.passed, false),
+        .optional("message", \.message, "Why the run failed (out of bounds, or the metric could not be read: a failure too)."),
     ]
 }
 
@@ -179,6 +195,12 @@ public struct CanaryStatus: CommonStatus, Hashable {
     public var canaryVersion: String?
     public var failedAnalyses: Int?
     public var analysisRuns: [AnalysisRunRecord] = []
+    public var stableRevision: Int?
+    public var canaryRevision: Int?
+    public var stepStartedAt: Timestamp?
+    public var lastAnalysisTime: Timestamp?
+    public var effectiveWeight: Int?
+    public var message: String?
 
     public init() {}
 
@@ -186,6 +208,12 @@ public struct CanaryStatus: CommonStatus, Hashable {
         .optional("phase", \.phase), .optional("currentStep", \.currentStep), .optional("canaryWeight", \.canaryWeight),
         .optional("stableVersion", \.stableVersion), .optional("canaryVersion", \.canaryVersion),
         .optional("failedAnalyses", \.failedAnalyses), .defaulted("analysisRuns", \.analysisRuns, [], "The last 20 runs."),
+        .optional("stableRevision", \.stableRevision, "The Deployment's revision on its stable track when this run started."),
+        .optional("canaryRevision", \.canaryRevision, "The Deployment's revision this run is about."),
+        .optional("stepStartedAt", \.stepStartedAt, "When the current step started (pauses and deadlines count from it)."),
+        .optional("lastAnalysisTime", \.lastAnalysisTime, "When the metrics were last analysed."),
+        .optional("effectiveWeight", \.effectiveWeight, "The weight the traffic really has (a replica ratio may not match canaryWeight exactly)."),
+        .optional("message", \.message, "Where the run stands, or why it stopped."),
     ]
 }
 

@@ -189,6 +189,7 @@ public struct TrackStatus: SpecObject, Hashable {
     public var replicas: Int?
     public var readyReplicas: Int?
     public var retireAt: Timestamp?
+    public var weight: Int?
 
     public init() {}
 
@@ -201,19 +202,20 @@ public struct TrackStatus: SpecObject, Hashable {
     }
 
     public static let fields: [Field<TrackStatus>] = [
-        .required("name", \.name, "stable, blue or green."),
-        .required("role", \.role, "Active (serves the port), Preview (serves the preview port) or Retiring."),
+        .required("name", \.name, "stable, blue, green or canary."),
+        .required("role", \.role, "Active (serves the port), Preview (serves the preview port), Retiring or Canary (a Canary's new version beside the active track)."),
         .required("revision", \.revision, nil, .minimum(1)),
         .required("version", \.version),
         .required("templateHash", \.templateHash),
         .optional("replicas", \.replicas, "Instances of the track."),
         .optional("readyReplicas", \.readyReplicas, "Ready instances of the track."),
         .optional("retireAt", \.retireAt, "A retiring track is removed at this time."),
+        .optional("weight", \.weight, "Percent of the port's connections the track receives while a Canary splits them (by replica ratio: what the ratio gives)."),
     ]
 }
 
 public enum TrackRole: String, SpecEnum {
-    case active = "Active", preview = "Preview", retiring = "Retiring"
+    case active = "Active", preview = "Preview", retiring = "Retiring", canary = "Canary"
 }
 
 public struct DeploymentStatus: CommonStatus, Hashable {

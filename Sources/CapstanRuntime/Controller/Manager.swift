@@ -58,12 +58,14 @@ public final class Manager<Key: Hashable & Sendable, Object: Sendable>: Sendable
         self.options = options
     }
 
-    /// Registers a controller for the keys `handles` accepts; returns its queue.
+    /// Registers a controller for the keys `handles` accepts; returns its queue. `concurrency`
+    /// (the options' when nil) is its number of workers: more for a kind whose reconciles
+    /// mostly wait on other servers.
     @discardableResult
     public func register<R: Reconciler>(_ name: String, _ reconciler: R, for handles: @escaping @Sendable (Key) -> Bool,
-                                        watches: [Watch] = []) -> WorkQueue<Key, ContinuousClock> where R.Key == Key {
+                                        watches: [Watch] = [], concurrency: Int? = nil) -> WorkQueue<Key, ContinuousClock> where R.Key == Key {
         let queue = WorkQueue<Key, ContinuousClock>(clock: clock)
-        let controller = Controller(name: name, reconciler: reconciler, clock: clock, concurrency: options.concurrency, timeout: options.timeout,
+        let controller = Controller(name: name, reconciler: reconciler, clock: clock, concurrency: max(1, concurrency ?? options.concurrency), timeout: options.timeout,
                                     queue: queue, metrics: options.metrics, observe: options.observe, admit: options.admit)
         registered.withLock { $0.append(Registered(name: name, handles: handles, watches: watches, queue: queue, service: controller)) }
         return queue

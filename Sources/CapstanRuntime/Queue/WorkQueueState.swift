@@ -1,3 +1,5 @@
+import HeapModule
+
 /// The bookkeeping of a work queue, with time passed in: no tasks, no clocks, so every rule is
 /// testable step by step. `WorkQueue` wraps it in an actor that waits and fires timers.
 ///
@@ -12,8 +14,23 @@ public struct WorkQueueState<Key: Hashable & Sendable, Instant: InstantProtocol>
     /// Keys that must run (waiting in `ready`, or added again while processing).
     private var dirty = Set<Key>()
     private var processing = Set<Key>()
-    /// Delayed keys, sorted by deadline.
-    private var delayed: [(at: Instant, key: Key)] = []
+    /// Delayed keys by deadline (a min-heap; an entry whose key has an earlier deadline in
+    /// `deadlines`, or none, is stale and skipped), and each delayed key's deadline: adding
+    /// and promoting cost O(log n), not a scan of every delayed key (a thousand AlertRules
+    /// requeued every second).
+    private var delayed = Heap<Delayed>()
+    private var deadlines: [Key: Instant] = [:]
+    private var sequence: UInt64 = 0
+
+    struct Delayed: Comparable {
+        var at: Instant
+        /// Ties keep the order of adds.
+        var sequence: UInt64
+        var key: Key
+
+        static func < (a: Delayed, b: Delayed) -> Bool { (a.at, a.sequence) < (b.at, b.sequence) }
+        static func == (a: Delayed, b: Delayed) -> Bool { a.at == b.at && a.sequence == b.sequence }
+    }
     /// When each queued key became ready (`capstan_workqueue_queue_duration_seconds`).
     private var readySince: [Key: Instant] = [:]
 
@@ -24,9 +41,10 @@ public struct WorkQueueState<Key: Hashable & Sendable, Instant: InstantProtocol>
     /// Keys handed out and not yet done.
     public var inFlight: Int { processing.count }
     /// Keys waiting for their delay.
-    public var delayedCount: Int { delayed.count }
-    /// When the next delayed key becomes ready.
-    public var nextDeadline: Instant? { delayed.first?.at }
+    public var delayedCount: Int { deadlines.count }
+    /// When the next delayed key becomes ready (possibly earlier: a stale entry's time, after
+    /// which `promote` finds nothing due).
+    public var nextDeadline: Instant? { delayed.min?.at }
 
     public func isProcessing(_ key: Key) -> Bool { processing.contains(key) }
 
@@ -47,22 +65,22 @@ public struct WorkQueueState<Key: Hashable & Sendable, Instant: InstantProtocol>
             return
         }
         let deadline = now.advanced(by: delay)
-        if let index = delayed.firstIndex(where: { $0.key == key }) {
-            guard deadline < delayed[index].at else { return }
-            delayed.remove(at: index)
-        }
-        let position = delayed.firstIndex(where: { deadline < $0.at }) ?? delayed.count
-        delayed.insert((deadline, key), at: position)
+        if let existing = deadlines[key], existing <= deadline { return }
+        deadlines[key] = deadline
+        sequence &+= 1
+        delayed.insert(Delayed(at: deadline, sequence: sequence, key: key))
     }
 
     /// Moves every delayed key whose deadline is at or before `now` into the ready queue.
     public mutating func promote(now: Instant) {
-        var count = 0
-        while count < delayed.count, delayed[count].at <= now { count += 1 }
-        guard count > 0 else { return }
-        let due = delayed.prefix(count)
-        delayed.removeFirst(count)
-        for (at, key) in due { add(key, at: at) }
+        while let first = delayed.min, first.at <= now {
+            _ = delayed.popMin()
+            guard deadlines[first.key] == first.at else { continue }  // stale
+            deadlines[first.key] = nil
+            add(first.key, at: first.at)
+        }
+        // Stale entries at the top would only make the next timer fire early.
+        while let first = delayed.min, deadlines[first.key] != first.at { _ = delayed.popMin() }
     }
 
     /// Hands out the next ready key and marks it processing.

@@ -1,0 +1,190 @@
+import CapstanModel
+import Foundation
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Canary end to end on this host with real processes: clients hammer the Deployment's port
+/// through every step; the share of connections the canary answers follows each weight, and
+/// nothing fails, through the promotion too; a version that starts failing its health checks
+/// is aborted by the builtin analysis, after which it answers nothing.
+@Suite(.serialized, .timeLimit(.minutes(6))) struct CanaryTests: ScratchSuite {
+    let scratch: Scratch
+
+    init() throws {
+        scratch = try Scratch("canary")
+    }
+
+    func capstan(_ arguments: [String]) async throws -> CLITests.Run {
+        try await CLITests.capstanAsync(arguments + ["--state-dir", state], in: root)
+    }
+
+    func status(_ kind: String) async throws -> [String: Any] {
+        let run = try await capstan(["get", kind, "-o", "json"])
+        guard let start = run.stdout.firstIndex(of: "{"),
+              let object = try JSONSerialization.jsonObject(with: Data(run.stdout[start...].utf8)) as? [String: Any] else { return [:] }
+        return object["status"] as? [String: Any] ?? [:]
+    }
+
+    func specs(version: String, port: Int, unhealthy: String = "", steps: String) -> String {
+        """
+        apiVersion: capstan.dev/v1alpha1
+        kind: Application
+        metadata: {name: web}
+        spec:
+          source: {path: web}
+          command: [python3, server.py]
+          ports: [{name: http, containerPort: 8080}]
+          healthCheck: {http: {path: /healthz, port: http}, interval: 200ms, timeout: 200ms, failureThreshold: 1000}
+        ---
+        apiVersion: capstan.dev/v1alpha1
+        kind: Deployment
+        metadata: {name: web}
+        spec:
+          application: web
+          version: "\(version)"
+          replicas: 2
+          port: \(port)
+          env: [{name: UNHEALTHY_FILE, value: "\(unhealthy)"}]
+        ---
+        apiVersion: capstan.dev/v1alpha1
+        kind: Canary
+        metadata: {name: web}
+        spec:
+          deployment: web
+          steps:
+        \(steps)
+          analysis:
+            interval: 1s
+            metrics:
+            - {name: health, source: builtin, query: probe_failure_ratio, max: 0.2}
+        """
+    }
+
+    /// Clients opening a connection per request; each answer's time and version (nil: failed).
+    final class Hammer: Sendable {
+        let answers = Mutex<[(time: Double, version: String?)]>([])
+        let running = Atomic<Bool>(true)
+
+        init(port: Int, clients: Int = 2) {
+            for _ in 0..<clients {
+                Thread.detachNewThread { [self] in
+                    while running.load(ordering: .relaxed) {
+                        let answer = LoopbackHTTP.get(port: port, path: "/version")
+                        let version = answer.flatMap { $0.status == 200 ? $0.body.trimmingCharacters(in: .whitespacesAndNewlines) : nil }
+                        let now = Date().timeIntervalSince1970
+                        answers.withLock { $0.append((now, version)) }
+                    }
+                }
+            }
+        }
+
+        func stop() { running.store(false, ordering: .relaxed) }
+
+        /// The answers between two times.
+        func between(_ start: Double, _ end: Double) -> [String?] {
+            answers.withLock { $0.filter { $0.time >= start && $0.time < end }.map(\.version) }
+        }
+    }
+
+    @Test func aGoodVersionIsPromotedUnderLoadWithTheAnnouncedSharesAndNoFailure() async throws {
+        let port = LoopbackHTTP.freePort()
+        let steps = """
+            - setWeight: 20
+            - pause: {duration: 6s}
+            - setWeight: 50
+            - pause: {duration: 6s}
+        """
+        try write(specs(version: "1", port: port, steps: steps), to: "web.yaml")
+        let daemon = try startDaemon()
+        defer { cleanUp([daemon]) }
+        try await until("version 1 serving", seconds: 60) { LoopbackHTTP.get(port: port, path: "/version")?.body.hasPrefix("1") == true }
+        try await until("the canary idle") { try await status("canary/web")["phase"] as? String == "Idle" }
+        let hammer = Hammer(port: port)
+        defer { hammer.stop() }
+        try await Task.sleep(for: .seconds(1))
+
+        try write(specs(version: "2", port: port, steps: steps), to: "web.yaml")
+        // The canary's timeline: when each weight was in effect.
+        var periods: [Int: (start: Double, end: Double)] = [:]
+        var current: (weight: Int, since: Double)?
+        var phase = ""
+        let deadline = Date().addingTimeInterval(90)
+        while phase != "Succeeded" && Date() < deadline {
+            let canary = try await status("canary/web")
+            phase = canary["phase"] as? String ?? ""
+            let weight = phase == "Paused" || phase == "Progressing" ? canary["canaryWeight"] as? Int ?? 0 : -1
+            let now = Date().timeIntervalSince1970
+            if current?.weight != weight {
+                if let current, current.weight > 0 { periods[current.weight] = (current.since, now) }
+                current = (weight, now)
+            }
+            #expect(phase != "Aborted", "\(canary)")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(phase == "Succeeded")
+        try await until("version 2 on the stable track") { try await status("deployment/web")["phase"] as? String == "Succeeded" }
+        try await Task.sleep(for: .seconds(1))
+        hammer.stop()
+
+        let all = hammer.answers.withLock { $0 }
+        let failed = all.filter { $0.version == nil }.count
+        #expect(failed == 0, "\(failed) of \(all.count) requests failed")
+        for weight in [20, 50] {
+            guard let period = periods[weight] else {
+                Issue.record("weight \(weight) never seen: \(periods)")
+                continue
+            }
+            // Skip the moments around the switches (a status read every 100 ms).
+            let answers = hammer.between(period.start + 0.5, period.end - 0.3)
+            let canary = answers.filter { $0 == "2" }.count
+            let share = Double(canary) * 100 / Double(max(1, answers.count))
+            print("canary share at weight \(weight): \(String(format: "%.1f", share))% of \(answers.count) connections; \(failed) of \(all.count) requests failed in the run")
+            #expect(answers.count >= 1000, "only \(answers.count) connections at \(weight)%")
+            #expect(abs(share - Double(weight)) <= 5, "the canary answered \(share)% of \(answers.count) connections at weight \(weight)")
+        }
+        let after = hammer.answers.withLock { $0.suffix(50).map(\.version) }
+        #expect(after.allSatisfy { $0 == "2" }, "after the promotion: \(after)")
+        let events = try await capstan(["events", "canary/web"]).stdout
+        #expect(events.contains("Promoted"))
+    }
+
+    @Test func aVersionThatStartsFailingIsAbortedByTheAnalysisAndThenAnswersNothing() async throws {
+        let port = LoopbackHTTP.freePort()
+        let bad = root + "/bad"
+        let steps = """
+            - setWeight: 50
+            - pause: {duration: 60s}
+        """
+        try write(specs(version: "1", port: port, steps: steps), to: "web.yaml")
+        let daemon = try startDaemon()
+        defer { cleanUp([daemon]) }
+        try await until("version 1 serving", seconds: 60) { LoopbackHTTP.get(port: port, path: "/version")?.body.hasPrefix("1") == true }
+        try write(specs(version: "2", port: port, unhealthy: bad, steps: steps), to: "web.yaml")
+        try await until("the canary at 50%") { try await status("canary/web")["phase"] as? String == "Paused" }
+        let hammer = Hammer(port: port, clients: 1)
+        defer { hammer.stop() }
+        try await until("the canary answering") { hammer.answers.withLock { $0.contains { $0.version == "2" } } }
+
+        // Version 2 starts failing its health checks.
+        FileManager.default.createFile(atPath: bad, contents: nil)
+        try await until("aborted by the analysis", seconds: 30) { try await status("canary/web")["phase"] as? String == "Aborted" }
+        let canary = try await status("canary/web")
+        let stalled = (canary["conditions"] as? [[String: Any]])?.first { $0["type"] as? String == "Stalled" }
+        #expect(stalled?["reason"] as? String == "AnalysisFailed", "\(canary)")
+        #expect((stalled?["message"] as? String ?? "").contains("health"), "the failing metric named: \(String(describing: stalled))")
+        let abortedAt = Date().timeIntervalSince1970
+        try await Task.sleep(for: .seconds(3))
+        hammer.stop()
+        let after = hammer.between(abortedAt + 0.5, Date().timeIntervalSince1970)
+        #expect(!after.isEmpty)
+        #expect(after.allSatisfy { $0 == "1" }, "after the abort only version 1 answers: \(Set(after.map { $0 ?? "failed" }))")
+        let deployment = try await self.status("deployment/web")
+        let condition = (deployment["conditions"] as? [[String: Any]])?.first { $0["type"] as? String == "Stalled" }
+        #expect(condition?["reason"] as? String == "CanaryAborted", "\(deployment)")
+        let events = try await capstan(["events", "canary/web"]).stdout
+        #expect(events.contains("AnalysisFailed"), "\(events)")
+    }
+}
