@@ -105,12 +105,14 @@ public protocol Notifier: Sendable {
 }
 
 /// The last five minutes of a workload's health checks, per Deployment and track: what the
-/// builtin `probe_*` metrics are made of (recorded by the local supervisor's prober, from each
-/// instance's first success on: an instance still starting is not a failing one).
+/// builtin `probe_*` metrics are made of (recorded by the local supervisor's prober). Checks
+/// before an instance's first success are marked `starting`: an AlertRule counts them (an app
+/// that never comes up fails), a Canary's analysis does not (a canary starting is not failing).
 public final class ProbeHistory: Sendable {
     struct Probe {
         var time: ContinuousClock.Instant
         var track: Track
+        var starting: Bool
         var success: Bool
         var seconds: Double
     }
@@ -120,12 +122,12 @@ public final class ProbeHistory: Sendable {
 
     public init() {}
 
-    public func record(_ owner: ObjectKey, track: Track = .stable, success: Bool, duration: Duration) {
+    public func record(_ owner: ObjectKey, track: Track = .stable, starting: Bool = false, success: Bool, duration: Duration) {
         let now = ContinuousClock.now
         let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
         probes.update { probes in
             var list = probes[owner, default: []]
-            list.append(Probe(time: now, track: track, success: success, seconds: seconds))
+            list.append(Probe(time: now, track: track, starting: starting, success: success, seconds: seconds))
             if let first = list.first, now - first.time > Self.window {
                 list.removeAll { now - $0.time > Self.window }
             }
@@ -138,10 +140,11 @@ public final class ProbeHistory: Sendable {
     }
 
     /// The last result, the failure ratio over the window and duration quantiles, of every
-    /// track or of one; nil when none was probed within the window.
+    /// track or of one (without the checks of starting instances, for a Canary's analysis);
+    /// nil when none was probed within the window.
     public func summary(of owner: ObjectKey, track: Track? = nil) -> (last: Bool, failureRatio: Double, quantiles: [(String, Double)])? {
         let now = ContinuousClock.now
-        let recent = probes.value[owner, default: []].filter { now - $0.time <= Self.window && (track == nil || $0.track == track) }
+        let recent = probes.value[owner, default: []].filter { now - $0.time <= Self.window && (track == nil || ($0.track == track && !$0.starting)) }
         guard let last = recent.last else { return nil }
         let failures = recent.filter { !$0.success }.count
         let sorted = recent.map(\.seconds).sorted()

@@ -169,12 +169,13 @@ import Glibc
         try await until("the canary answering") { hammer.answers.withLock { $0.contains { $0.version == "2" } } }
 
         // Version 2 starts failing its health checks.
-        FileManager.default.createFile(atPath: bad, contents: nil)
+        _ = FileManager.default.createFile(atPath: bad, contents: nil)
         try await until("aborted by the analysis", seconds: 30) { try await status("canary/web")["phase"] as? String == "Aborted" }
         let canary = try await status("canary/web")
         let stalled = (canary["conditions"] as? [[String: Any]])?.first { $0["type"] as? String == "Stalled" }
         #expect(stalled?["reason"] as? String == "AnalysisFailed", "\(canary)")
-        #expect((stalled?["message"] as? String ?? "").contains("health"), "the failing metric named: \(String(describing: stalled))")
+        let message = stalled?["message"] as? String ?? ""
+        #expect(message.contains("health"), "the failing metric named: \(message)")
         let abortedAt = Date().timeIntervalSince1970
         try await Task.sleep(for: .seconds(3))
         hammer.stop()
@@ -186,5 +187,57 @@ import Glibc
         #expect(condition?["reason"] as? String == "CanaryAborted", "\(deployment)")
         let events = try await capstan(["events", "canary/web"]).stdout
         #expect(events.contains("AnalysisFailed"), "\(events)")
+    }
+
+    /// Crash-only: the step, the weight and the failures are in the status; a daemon killed
+    /// at any moment of a run resumes the same step at the same weight (never step 0, never
+    /// 100% before the promotion), and the run ends promoted.
+    @Test func aDaemonKilledAnywhereInARunResumesTheSameStep() async throws {
+        let port = LoopbackHTTP.freePort()
+        let kills = Int(ProcessInfo.processInfo.environment["CAPSTAN_CANARY_KILLS"] ?? "") ?? 8
+        let steps = """
+            - setWeight: 20
+            - pause: {duration: \(kills)s}
+            - setWeight: 40
+            - pause: {duration: \(kills)s}
+            - setWeight: 60
+            - pause: {duration: 2s}
+        """
+        try write(specs(version: "1", port: port, steps: steps), to: "web.yaml")
+        var daemon = try startDaemon()
+        defer { cleanUp([daemon]) }
+        try await until("version 1 serving", seconds: 60) { LoopbackHTTP.get(port: port, path: "/version")?.body.hasPrefix("1") == true }
+        try write(specs(version: "2", port: port, steps: steps), to: "web.yaml")
+        try await until("the run started") { try await status("canary/web")["canaryVersion"] as? String == "2" }
+        var highest = (step: 0, weight: 0)
+        for kill in 0..<kills {
+            try await Task.sleep(for: .milliseconds(Int64.random(in: 100...900)))
+            let before = try await status("canary/web")
+            if before["phase"] as? String == "Succeeded" || before["phase"] as? String == "Promoting" { break }
+            Glibc.kill(daemon.processIdentifier, SIGKILL)
+            daemon.waitUntilExit()
+            let step = before["currentStep"] as? Int ?? 0
+            let weight = before["canaryWeight"] as? Int ?? 0
+            // The daemon started after the last kill went on from there.
+            #expect(step >= highest.step && weight >= highest.weight, "kill \(kill): at step \(step) (\(weight)%) after \(highest)")
+            daemon = try startDaemon(log: "daemon-\(kill).log")
+            // What the next daemon reads back is where the killed one was, or further.
+            try await until("the next daemon acting", log: "daemon-\(kill).log") {
+                LoopbackHTTP.get(port: port, path: "/version")?.status == 200
+            }
+            let after = try await status("canary/web")
+            let phase = after["phase"] as? String ?? ""
+            let resumedStep = after["currentStep"] as? Int ?? 0
+            let resumedWeight = after["canaryWeight"] as? Int ?? 0
+            #expect(phase != "Aborted", "kill \(kill): \(after)")
+            if phase == "Paused" || phase == "Progressing" {
+                #expect(resumedStep >= step && resumedStep >= highest.step, "kill \(kill): step \(step) before, \(resumedStep) after")
+                #expect(resumedWeight >= weight && resumedWeight < 100, "kill \(kill): weight \(weight) before, \(resumedWeight) after")
+                highest = (max(highest.step, resumedStep), max(highest.weight, resumedWeight))
+            }
+        }
+        try await until("promoted after the kills", seconds: 90) { try await status("canary/web")["phase"] as? String == "Succeeded" }
+        try await until("version 2 stable") { LoopbackHTTP.get(port: port, path: "/version")?.body.hasPrefix("2") == true }
+        #expect(highest.step > 0, "the kills fell within the run")
     }
 }

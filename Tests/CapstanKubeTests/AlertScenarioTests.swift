@@ -25,23 +25,10 @@ import Testing
         ])
     }
 
-    func rule(_ platform: Platform) async throws -> SpecNode? {
-        if platform.kind == .kube { return try await platform.client!.get(.capstan(.alertRule), namespace: "default", name: "web") }
-        let result = try await KubeModeTests.capstan(["get", "alertrule/web", "-o", "json", "--state-dir", platform.state])
-        guard result.status == 0, let start = result.output.firstIndex(of: "{") else { return nil }
-        return try? JSONReader.parse(Data(result.output[start...].utf8))
-    }
+    func rule(_ platform: Platform) async throws -> SpecNode? { try await platform.object(.alertRule) }
 
-    /// Waits until the rule's status satisfies `condition`.
     func until(_ platform: Platform, _ what: String, seconds: Double = 40, _ condition: (SpecNode) -> Bool) async throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        var last: SpecNode?
-        while Date() < deadline {
-            last = try await rule(platform)?["status"]
-            if let last, condition(last) { return }
-            try await Task.sleep(for: .milliseconds(200))
-        }
-        throw KubeModeTests.Failure(description: "\(platform.kind): no \(what) after \(seconds) s; status: \(last.map { JSONEmitter.emit($0, pretty: true) } ?? "none")\n\(platform.log.suffix(2000))")
+        try await platform.until(.alertRule, what, seconds: seconds, condition)
     }
 
     static func delivered(_ status: SpecNode, _ transition: String) -> Bool {

@@ -31,24 +31,21 @@ import Testing
         return .mapping(fields)
     }
 
-    func fetch(_ platform: Platform) async throws -> SpecNode? {
-        if platform.kind == .kube { return try await platform.client!.get(.capstan(.canary), namespace: "default", name: "web") }
-        let result = try await KubeModeTests.capstan(["get", "canary/web", "-o", "json", "--state-dir", platform.state])
-        guard result.status == 0, let start = result.output.firstIndex(of: "{") else { return nil }
-        return try? JSONReader.parse(Data(result.output[start...].utf8))
+    func fetch(_ platform: Platform) async throws -> SpecNode? { try await platform.object(.canary) }
+
+    func until(_ platform: Platform, _ what: String, seconds: Double = 40, _ condition: (SpecNode) -> Bool) async throws {
+        try await platform.until(.canary, what, seconds: seconds, condition)
     }
 
-    /// Waits until the Canary's status satisfies `condition`.
-    func until(_ platform: Platform, _ what: String, seconds: Double = 40, _ condition: (SpecNode) -> Bool) async throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        var last: SpecNode?
-        while Date() < deadline {
-            last = try await fetch(platform)?["status"]
-            if let last, condition(last) { return }
-            try await Task.sleep(for: .milliseconds(150))
-        }
-        let deployment = try await platform.deployment()?["status"].map { JSONEmitter.emit($0, pretty: true) } ?? "none"
-        throw KubeModeTests.Failure(description: "\(platform.kind): no \(what) after \(seconds) s; canary: \(last.map { JSONEmitter.emit($0, pretty: true) } ?? "none")\ndeployment: \(deployment)\n\(platform.log.suffix(2000))")
+    /// Version 1 rolled out under `canary`, then version 2 asked for (`extra` on it).
+    func started(_ platform: Platform, _ canary: SpecNode, extra: [(String, SpecNode)] = []) async throws -> (app: SpecNode, port: Int) {
+        let port = LocalWorkloadPlatform.freePort()!
+        let app = DeploymentScenarioTests.application()
+        try await platform.put([app, DeploymentScenarioTests.deployment("1", port: port), canary])
+        try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "1")
+        try await until(platform, "Idle at version 1") { $0["phase"]?.scalarText == "Idle" && $0["stableVersion"]?.scalarText == "1" }
+        try await platform.put([app, DeploymentScenarioTests.deployment("2", port: port, extra: extra), canary])
+        return (app, port)
     }
 
     func track(_ platform: Platform, _ name: String) async throws -> SpecNode? {
@@ -62,57 +59,58 @@ import Testing
         return service?["spec"]?["selector"]?["capstan.dev/track"]?.scalarText ?? "every track"
     }
 
+    /// Waits (up to 10 s) until the Service selects `wanted`: it follows the Deployment's
+    /// status, and a stable track scaled back up selects every pod of the owner until it is
+    /// whole again.
+    func expectSelected(_ platform: Platform, _ wanted: String) async throws {
+        var selected: String?
+        for _ in 0..<100 where selected != wanted {
+            selected = try await selectsTrack(platform)
+            if selected != wanted { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(selected == wanted, "\(platform.kind): the Service selects \(selected ?? "nothing"), not \(wanted)")
+    }
+
     @Test(arguments: Kind.allCases) func aNewVersionGoesThroughTheStepsAndIsPromoted(_ kind: Kind) async throws {
         try await DeploymentScenarioTests().on(kind) { platform in try await promoted(platform) }
     }
 
     func promoted(_ platform: Platform) async throws {
-            let kind = platform.kind
-            let port = LocalWorkloadPlatform.freePort()!
-            let app = DeploymentScenarioTests.application()
-            let canary = Self.canary(steps: [Self.weight(50), Self.pause, Self.weight(80)], metrics: [Self.metric("up", "up", min: 1)])
-            try await platform.put([app, DeploymentScenarioTests.deployment("1", port: port), canary])
-            try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "1")
-            try await until(platform, "Idle at version 1") { $0["phase"]?.scalarText == "Idle" && $0["stableVersion"]?.scalarText == "1" }
+        let kind = platform.kind
+        let canary = Self.canary(steps: [Self.weight(50), Self.pause, Self.weight(80)], metrics: [Self.metric("up", "up", min: 1)])
+        // Version 2 goes to the canary track, not to the stable one.
+        _ = try await started(platform, canary)
+        try await until(platform, "paused at 50%") { $0["phase"]?.scalarText == "Paused" && $0["canaryWeight"]?.scalarText == "50" }
+        let status = try await fetch(platform)?["status"]
+        #expect(status?["canaryVersion"]?.scalarText == "2")
+        #expect(status?["currentStep"]?.scalarText == "1")
+        let runs: [SpecNode] = status?["analysisRuns"]?.entriesOrItems ?? []
+        let passed = runs.contains { (run: SpecNode) -> Bool in run["metric"]?.scalarText == "up" && run["passed"]?.scalarText == "true" }
+        #expect(passed, "\(runs)")
+        let deployment = try await platform.deployment()
+        #expect(KubeModeTests.condition(deployment, "Reconciling")?["reason"]?.scalarText == "CanaryInProgress", "\(kind): \(String(describing: deployment))")
+        #expect(try await track(platform, "stable")?["version"]?.scalarText == "1")
+        #expect(try await track(platform, "canary")?["version"]?.scalarText == "2")
+        #expect(try await track(platform, "canary")?["role"]?.scalarText == "Canary")
+        if kind == .kube {
+            // One Service over both tracks: the ratio of ready pods is the split.
+            try await expectSelected(platform, "every track")
+            let apps = try await platform.client!.get(.deployments, namespace: "default", name: "web-canary")
+            #expect(apps?["spec"]?["replicas"]?.scalarText == "1", "half of 2 replicas")
+        }
 
-            // Version 2 goes to the canary track, not to the stable one.
-            try await platform.put([app, DeploymentScenarioTests.deployment("2", port: port), canary])
-            try await until(platform, "paused at 50%") { $0["phase"]?.scalarText == "Paused" && $0["canaryWeight"]?.scalarText == "50" }
-            let status = try await fetch(platform)?["status"]
-            #expect(status?["canaryVersion"]?.scalarText == "2")
-            #expect(status?["currentStep"]?.scalarText == "1")
-            let runs: [SpecNode] = status?["analysisRuns"]?.entriesOrItems ?? []
-            let passed = runs.contains { (run: SpecNode) -> Bool in run["metric"]?.scalarText == "up" && run["passed"]?.scalarText == "true" }
-            #expect(passed, "\(runs)")
-            let deployment = try await platform.deployment()
-            #expect(KubeModeTests.condition(deployment, "Reconciling")?["reason"]?.scalarText == "CanaryInProgress", "\(kind): \(String(describing: deployment))")
-            #expect(try await track(platform, "stable")?["version"]?.scalarText == "1")
-            #expect(try await track(platform, "canary")?["version"]?.scalarText == "2")
-            #expect(try await track(platform, "canary")?["role"]?.scalarText == "Canary")
-            if kind == .kube {
-                // One Service over both tracks: the ratio of ready pods is the split.
-                var selected: String?
-                for _ in 0..<100 where selected != "every track" {
-                    selected = try await selectsTrack(platform)
-                    if selected != "every track" { try await Task.sleep(for: .milliseconds(100)) }
-                }
-                #expect(selected == "every track")
-                let apps = try await platform.client!.get(.deployments, namespace: "default", name: "web-canary")
-                #expect(apps?["spec"]?["replicas"]?.scalarText == "1", "half of 2 replicas")
-            }
-
-            // Promote ends the pause; the last weight, then the promotion.
-            let promote = try await platform.cli(["promote", "canary/web"])
-            #expect(promote.status == 0, "\(kind): \(promote.output)")
-            try await until(platform, "Succeeded") { $0["phase"]?.scalarText == "Succeeded" }
-            try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "2")
-            #expect(try await track(platform, "canary") == nil)
-            #expect(try await track(platform, "stable")?["version"]?.scalarText == "2")
-            #expect(KubeModeTests.condition(try await fetch(platform), "Promoted")?["status"]?.scalarText == "True")
-            if kind == .kube {
-                #expect(try await selectsTrack(platform) == "stable")
-                #expect(try await platform.client!.get(.deployments, namespace: "default", name: "web-canary") == nil)
-            }
+        // Promote ends the pause; the last weight, then the promotion.
+        let promote = try await platform.cli(["promote", "canary/web"])
+        #expect(promote.status == 0, "\(kind): \(promote.output)")
+        try await until(platform, "Succeeded") { $0["phase"]?.scalarText == "Succeeded" }
+        try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "2")
+        #expect(try await track(platform, "canary") == nil)
+        #expect(try await track(platform, "stable")?["version"]?.scalarText == "2")
+        #expect(KubeModeTests.condition(try await fetch(platform), "Promoted")?["status"]?.scalarText == "True")
+        if kind == .kube {
+            try await expectSelected(platform, "stable")
+            #expect(try await platform.client!.get(.deployments, namespace: "default", name: "web-canary") == nil)
+        }
     }
 
     @Test(arguments: Kind.allCases) func anAbortSendsNothingToTheCanaryAndTheDeploymentSaysSo(_ kind: Kind) async throws {
@@ -120,31 +118,27 @@ import Testing
     }
 
     func aborted(_ platform: Platform) async throws {
-            let kind = platform.kind
-            let port = LocalWorkloadPlatform.freePort()!
-            let app = DeploymentScenarioTests.application()
-            let canary = Self.canary(steps: [Self.weight(50), Self.pause])
-            try await platform.put([app, DeploymentScenarioTests.deployment("1", port: port), canary])
-            try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "1")
-            try await platform.put([app, DeploymentScenarioTests.deployment("2", port: port), canary])
-            try await until(platform, "paused at 50%") { $0["phase"]?.scalarText == "Paused" }
+        let kind = platform.kind
+        let canary = Self.canary(steps: [Self.weight(50), Self.pause])
+        let (app, port) = try await started(platform, canary)
+        try await until(platform, "paused at 50%") { $0["phase"]?.scalarText == "Paused" }
 
-            let abort = try await platform.cli(["abort", "canary/web"])
-            #expect(abort.status == 0, "\(kind): \(abort.output)")
-            try await until(platform, "Aborted") { $0["phase"]?.scalarText == "Aborted" && $0["canaryWeight"]?.scalarText == "0" }
-            try await DeploymentScenarioTests().expect(platform, phase: "Failed", conditions: ["Stalled": ("True", "CanaryAborted")])
-            #expect(try await track(platform, "canary") == nil)
-            #expect(try await track(platform, "stable")?["version"]?.scalarText == "1")
-            if kind == .kube {
-                #expect(try await selectsTrack(platform) == "stable")
-            }
+        let abort = try await platform.cli(["abort", "canary/web"])
+        #expect(abort.status == 0, "\(kind): \(abort.output)")
+        try await until(platform, "Aborted") { $0["phase"]?.scalarText == "Aborted" && $0["canaryWeight"]?.scalarText == "0" }
+        try await DeploymentScenarioTests().expect(platform, phase: "Failed", conditions: ["Stalled": ("True", "CanaryAborted")])
+        #expect(try await track(platform, "canary") == nil)
+        #expect(try await track(platform, "stable")?["version"]?.scalarText == "1")
+        if kind == .kube {
+            try await expectSelected(platform, "stable")
+        }
 
-            // A pause without an end is bounded by the Deployment's progress deadline.
-            try await platform.put([app, DeploymentScenarioTests.deployment("3", port: port, extra: [("progressDeadline", .string("3s"))]), canary])
-            try await until(platform, "the next run") { $0["canaryVersion"]?.scalarText == "3" }
-            try await until(platform, "aborted at the deadline", seconds: 30) {
-                $0["phase"]?.scalarText == "Aborted" && KubeModeTests.condition(.mapping([("status", $0)]), "Stalled")?["reason"]?.scalarText == "ProgressDeadlineExceeded"
-            }
+        // A pause without an end is bounded by the Deployment's progress deadline.
+        try await platform.put([app, DeploymentScenarioTests.deployment("3", port: port, extra: [("progressDeadline", .string("3s"))]), canary])
+        try await until(platform, "the next run") { $0["canaryVersion"]?.scalarText == "3" }
+        try await until(platform, "aborted at the deadline", seconds: 30) {
+            $0["phase"]?.scalarText == "Aborted" && KubeModeTests.condition(.mapping([("status", $0)]), "Stalled")?["reason"]?.scalarText == "ProgressDeadlineExceeded"
+        }
     }
 
     @Test(arguments: Kind.allCases) func aMetricThatCannotBeReadFailsTheAnalysis(_ kind: Kind) async throws {
@@ -152,24 +146,20 @@ import Testing
     }
 
     func unreadable(_ platform: Platform) async throws {
-            let kind = platform.kind
-            let port = LocalWorkloadPlatform.freePort()!
-            let app = DeploymentScenarioTests.application()
-            // A bound no canary meets locally; on a cluster the probe metrics cannot be read at
-            // all (the kubelet probes): either way a failure, never a pass.
-            let canary = Self.canary(steps: [Self.weight(20), .mapping([("analysis", .mapping([]))]), Self.pause],
-                                     metrics: [Self.metric("probes", "probe_failure_ratio", max: kind == .local ? -1 : 0.5)])
-            try await platform.put([app, DeploymentScenarioTests.deployment("1", port: port), canary])
-            try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "1")
-            try await platform.put([app, DeploymentScenarioTests.deployment("2", port: port), canary])
-            try await until(platform, "aborted by the analysis") { $0["phase"]?.scalarText == "Aborted" }
-            let status = try await fetch(platform)?["status"]
-            let run = status?["analysisRuns"]?.entriesOrItems.last
-            #expect(run?["passed"]?.scalarText == "false")
-            #expect(KubeModeTests.condition(.mapping([("status", status ?? .null)]), "Stalled")?["reason"]?.scalarText == "AnalysisFailed")
-            if kind == .kube {
-                #expect(run?["message"]?.scalarText?.contains("kubelet") == true, "\(String(describing: run))")
-            }
-            try await DeploymentScenarioTests().expect(platform, phase: "Failed", conditions: ["Stalled": ("True", "CanaryAborted")])
+        let kind = platform.kind
+        // A bound no canary meets locally; on a cluster the probe metrics cannot be read at
+        // all (the kubelet probes): either way a failure, never a pass.
+        let canary = Self.canary(steps: [Self.weight(20), .mapping([("analysis", .mapping([]))]), Self.pause],
+                                 metrics: [Self.metric("probes", "probe_failure_ratio", max: kind == .local ? -1 : 0.5)])
+        _ = try await started(platform, canary)
+        try await until(platform, "aborted by the analysis") { $0["phase"]?.scalarText == "Aborted" }
+        let status = try await fetch(platform)?["status"]
+        let run = status?["analysisRuns"]?.entriesOrItems.last
+        #expect(run?["passed"]?.scalarText == "false")
+        #expect(KubeModeTests.condition(.mapping([("status", status ?? .null)]), "Stalled")?["reason"]?.scalarText == "AnalysisFailed")
+        if kind == .kube {
+            #expect(run?["message"]?.scalarText?.contains("kubelet") == true, "\(String(describing: run))")
+        }
+        try await DeploymentScenarioTests().expect(platform, phase: "Failed", conditions: ["Stalled": ("True", "CanaryAborted")])
     }
 }

@@ -142,6 +142,28 @@ import Glibc
             return try? JSONReader.parse(Data(result.output[start...].utf8))
         }
 
+        /// An object named `name` of `kind` as its platform shows it (with status).
+        func object(_ kind: ResourceKind, named name: String = "web") async throws -> SpecNode? {
+            if self.kind == .kube { return try await client!.get(.capstan(kind), namespace: "default", name: name) }
+            let result = try await KubeModeTests.capstan(["get", "\(kind.singular)/\(name)", "-o", "json", "--state-dir", state])
+            guard result.status == 0, let start = result.output.firstIndex(of: "{") else { return nil }
+            return try? JSONReader.parse(Data(result.output[start...].utf8))
+        }
+
+        /// Waits until the status of `kind`/web satisfies `condition`; the failure shows it,
+        /// the Deployment's status and the log's end.
+        func until(_ kind: ResourceKind, _ what: String, seconds: Double = 40, _ condition: (SpecNode) -> Bool) async throws {
+            let deadline = Date().addingTimeInterval(seconds)
+            var last: SpecNode?
+            while Date() < deadline {
+                last = try await object(kind)?["status"]
+                if let last, condition(last) { return }
+                try await Task.sleep(for: .milliseconds(150))
+            }
+            let deployment = kind == .deployment ? "" : "\ndeployment: " + (try await self.deployment()?["status"].map { JSONEmitter.emit($0, pretty: true) } ?? "none")
+            throw KubeModeTests.Failure(description: "\(self.kind): no \(what) after \(seconds) s; \(kind.singular): \(last.map { JSONEmitter.emit($0, pretty: true) } ?? "none")\(deployment)\n\(log.suffix(2000))")
+        }
+
         /// The reasons of the Deployment's events.
         func reasons() async throws -> [String] {
             if kind == .kube { return try await KubeModeTests.events(client!, about: "web") }

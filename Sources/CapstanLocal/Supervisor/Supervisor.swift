@@ -317,13 +317,14 @@ public actor Supervisor {
             // is back in the router as soon as it answers.
             let started = ContinuousClock.now
             var pause = Duration.milliseconds(10)
-            // Counted from the first success on: an instance starting up is not failing.
+            // Checks before the first success are the instance starting (a Canary's analysis
+            // leaves them out; an AlertRule counts them).
             var answered = false
             while !Task.isCancelled {
                 let began = ContinuousClock.now
                 let failure = await Prober.run(probe, environment: environment, workingDirectory: directory)
                 answered = answered || failure == nil
-                if answered { probes?.record(owner, track: track, success: failure == nil, duration: ContinuousClock.now - began) }
+                probes?.record(owner, track: track, starting: !answered, success: failure == nil, duration: ContinuousClock.now - began)
                 guard let ready = await self.probed(id, run: run, failure) else { return }
                 if !ready && ContinuousClock.now - started > .seconds(1) { pause = min(pause * 2, probe.interval) }
                 try? await Task.sleep(for: ready ? probe.interval : min(pause, probe.interval))
