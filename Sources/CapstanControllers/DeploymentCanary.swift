@@ -118,7 +118,7 @@ extension DeploymentReconciler {
             finishing = true
             weight = 0
         }
-        try await route(Traffic(active: active, canary: .canary, canaryWeight: weight), application, &step)
+        try await route(Traffic(active: active, canary: .canary, canaryWeight: weight, split: split), application, &step)
         var states = step.observed
         states[active] = stableState
         states[.canary] = canaryState

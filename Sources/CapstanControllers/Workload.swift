@@ -277,12 +277,15 @@ public struct Traffic: Sendable, Hashable {
     /// The canary beside the active track and its percent of the port's connections (0: none).
     public var canary: Track?
     public var canaryWeight: Int
+    /// How the platform splits the port between the tracks (what `TrafficPlatform.split` said).
+    public var split: TrafficSplit
 
-    public init(active: Track, preview: Track? = nil, canary: Track? = nil, canaryWeight: Int = 0) {
+    public init(active: Track, preview: Track? = nil, canary: Track? = nil, canaryWeight: Int = 0, split: TrafficSplit = .weighted) {
         self.active = active
         self.preview = preview
         self.canary = canary
         self.canaryWeight = min(100, max(0, canaryWeight))
+        self.split = split
     }
 
     /// Each track's percent of the port's connections.

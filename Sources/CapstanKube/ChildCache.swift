@@ -74,6 +74,12 @@ public final class ChildCache: Sendable {
         node["metadata"]?["labels"]?[Children.managedBy]?.scalarText == "capstan" || Children.controller(of: node) != nil
     }
 
+    /// Whether the watch of `resource` has listed once (for Traefik's kinds: that the cluster
+    /// serves them and Capstan sees its children of them).
+    public func isSynced(_ resource: KubeResource) -> Bool {
+        synced.withLock { $0.contains("\(resource.group)/\(resource.plural)") }
+    }
+
     /// Whether an object of that name may exist though the cache has no child of that name:
     /// someone else's is there, or the watch has not listed yet.
     public func mayExist(_ resource: KubeResource, namespace: String, name: String) -> Bool {

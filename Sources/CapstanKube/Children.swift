@@ -196,13 +196,10 @@ public enum Children {
         guard !routes.isEmpty else { return .success(nil) }
         var rules: [(host: String, paths: [SpecNode])] = []
         for route in routes {
-            let index: Int?
-            switch route.port {
-            case .string(let name): index = application.spec.ports.firstIndex { $0.name == name }
-            case .int(let number): index = application.spec.ports.firstIndex { $0.containerPort == number }
-            }
-            guard let index else {
-                return .failure(WorkloadError("InvalidRoute", "route \(route.host)\(route.path): port \(route.port) is not one of the application's ports"))
+            let index: Int
+            switch routePort(route, of: application) {
+            case .success(let found): index = found
+            case .failure(let error): return .failure(error)
             }
             let port = application.spec.ports[index]
             let backendPort: SpecNode = port.name.map { .mapping([("name", .string($0))]) }
@@ -223,6 +220,71 @@ public enum Children {
             ("spec", .mapping([("rules", .sequence(rules.map { rule in
                 .mapping([("host", .string(rule.host)), ("http", .mapping([("paths", .sequence(rule.paths))]))])
             }))])),
+        ]))
+    }
+
+    /// The port of a route (by name or number) among the application's: its index, or why not.
+    static func routePort(_ route: Route, of application: Application) -> Result<Int, WorkloadError> {
+        let index: Int?
+        switch route.port {
+        case .string(let name): index = application.spec.ports.firstIndex { $0.name == name }
+        case .int(let number): index = application.spec.ports.firstIndex { $0.containerPort == number }
+        }
+        guard let index else {
+            return .failure(WorkloadError("InvalidRoute", "route \(route.host)\(route.path): port \(route.port) is not one of the application's ports"))
+        }
+        return .success(index)
+    }
+
+    /// A Service port as a backend names it: its name, or its number.
+    static func servicePort(_ deployment: Deployment, application: Application, index: Int) -> SpecNode {
+        let port = application.spec.ports[index]
+        return port.name.map { .string($0) } ?? .int(index == 0 ? deployment.spec.port ?? port.containerPort : port.containerPort)
+    }
+
+    /// Traefik's weighted service `NAME` for a canary's split of the Deployment's port (the
+    /// application's first): each track's Service (`NAME` for the active track, `NAME-<track>`
+    /// for the canary) with its percent. Nil when the application has no port.
+    public static func traefikService(_ deployment: Deployment, application: Application, weights: [Track: Int], active: Track) -> SpecNode? {
+        guard !application.spec.ports.isEmpty else { return nil }
+        let port = servicePort(deployment, application: application, index: 0)
+        let services: [SpecNode] = weights.sorted { ($0.key == active ? 0 : 1, $0.key.rawValue) < ($1.key == active ? 0 : 1, $1.key.rawValue) }.map { track, weight in
+            .mapping([("name", .string(track == active ? deployment.metadata.name : name(of: track, deployment.metadata.name))),
+                      ("kind", .string("Service")), ("port", port), ("weight", .int(weight))])
+        }
+        return .mapping([
+            ("apiVersion", .string("traefik.io/v1alpha1")), ("kind", .string("TraefikService")),
+            ("metadata", metadata(deployment, application: application.metadata.name)),
+            ("spec", .mapping([("weighted", .mapping([("services", .sequence(services))]))])),
+        ])
+    }
+
+    /// The Application's routes as a Traefik IngressRoute (nil without routes): those to the
+    /// Deployment's port go to the weighted service `NAME`, the others to the Service's port.
+    public static func ingressRoute(_ deployment: Deployment, application: Application) -> Result<SpecNode?, WorkloadError> {
+        let routes = application.spec.routes
+        guard !routes.isEmpty else { return .success(nil) }
+        var entries: [SpecNode] = []
+        for route in routes {
+            let index: Int
+            switch routePort(route, of: application) {
+            case .success(let found): index = found
+            case .failure(let error): return .failure(error)
+            }
+            let service: SpecNode = index == 0
+                ? .mapping([("name", .string(deployment.metadata.name)), ("kind", .string("TraefikService"))])
+                : .mapping([("name", .string(deployment.metadata.name)), ("kind", .string("Service")),
+                            ("port", servicePort(deployment, application: application, index: index))])
+            // As the Ingress's `Prefix` path type: the path and what is under it.
+            entries.append(.mapping([
+                ("match", .string("Host(`\(route.host)`) && PathPrefix(`\(route.path)`)")), ("kind", .string("Rule")),
+                ("services", .sequence([service])),
+            ]))
+        }
+        return .success(.mapping([
+            ("apiVersion", .string("traefik.io/v1alpha1")), ("kind", .string("IngressRoute")),
+            ("metadata", metadata(deployment, application: application.metadata.name)),
+            ("spec", .mapping([("routes", .sequence(entries))])),
         ]))
     }
 

@@ -13,6 +13,12 @@ public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
     static let appliedHash = "capstan.dev/applied-hash"
     /// The kinds of the children it makes (their watches find drift and wake the owner).
     public static let childResources: [KubeResource] = [.deployments, .services, .ingresses]
+    /// Traefik's kinds (K3s ships Traefik): a canary's weighted split and the route to it.
+    public static let traefikServices = KubeResource(group: "traefik.io", version: "v1alpha1", plural: "traefikservices", kind: "TraefikService")
+    public static let ingressRoutes = KubeResource(group: "traefik.io", version: "v1alpha1", plural: "ingressroutes", kind: "IngressRoute")
+    /// Watched once the cluster serves them (`ClusterTarget`): a split through them is offered
+    /// only then, so that every one Capstan makes is seen and can be removed.
+    public static let traefikResources: [KubeResource] = [traefikServices, ingressRoutes]
     /// The tracks a Deployment may have.
     static let knownTracks: [Track] = [.stable, .blue, .green, .canary]
 
@@ -97,41 +103,69 @@ public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
 
     // MARK: - TrafficPlatform
 
+    /// The Service `NAME` selects the active track, `NAME-preview` the preview; a canary's split
+    /// is either one Service over both tracks' pods (the replica ratio) or, through Traefik, the
+    /// TraefikService `NAME` weighting `NAME` (the active track) against `NAME-canary`, with the
+    /// Application's routes on an IngressRoute to it in place of the Ingress while it lasts.
     public func route(_ deployment: Deployment, application: Application, _ traffic: Traffic) async throws -> [WorkloadEvent] {
         let name = deployment.metadata.name
         let previewPort = deployment.spec.strategy.blueGreen?.previewPort
+        let weights = traffic.weights
+        let traefik = traffic.split == .weighted && traffic.canary != nil && weights[traffic.canary!] != nil
+        let mainTrack: Track? = traefik ? selected(traffic.active, of: deployment)
+            : weights.count > 1 ? nil : selected(weights.keys.first ?? traffic.active, of: deployment)
+        let routes = try Children.ingress(deployment, application: application).get()
         let desired: [(KubeResource, String, SpecNode?)] = [
-            // A canary's split by replica ratio: one Service over both tracks' pods.
-            (.services, name, Children.service(deployment, application: application, servicePort: deployment.spec.port,
-                                               track: traffic.weights.count > 1 ? nil : selected(traffic.weights.keys.first ?? traffic.active, of: deployment))),
+            (.services, name, Children.service(deployment, application: application, servicePort: deployment.spec.port, track: mainTrack)),
             (.services, Children.previewName(name), traffic.preview.flatMap { preview in
                 Children.service(deployment, application: application, name: Children.previewName(name), servicePort: previewPort, track: preview)
             }),
-            (.ingresses, name, try Children.ingress(deployment, application: application).get()),
+            (.services, Children.name(of: .canary, name), traefik ? traffic.canary.flatMap { canary in
+                Children.service(deployment, application: application, name: Children.name(of: canary, name), servicePort: deployment.spec.port, track: canary)
+            } : nil),
+            (Self.traefikServices, name, traefik ? Children.traefikService(deployment, application: application, weights: weights, active: traffic.active) : nil),
+            (Self.ingressRoutes, name, traefik ? try Children.ingressRoute(deployment, application: application).get() : nil),
+            (.ingresses, name, traefik ? nil : routes),
         ]
-        // Independent children: applied side by side (one round trip, not three).
-        return try await withThrowingTaskGroup(of: [WorkloadEvent].self) { group in
-            for (resource, child, wanted) in desired {
-                group.addTask {
-                    var events: [WorkloadEvent] = []
-                    _ = try await self.apply(resource, wanted, name: child, owner: deployment, events: &events)
-                    return events
+        // Independent children: applied side by side (one round trip, not six); what is wanted
+        // first, then what is not, so that a route moving from the Ingress to the IngressRoute
+        // and back always has one of them.
+        var events: [WorkloadEvent] = []
+        for removing in [false, true] {
+            events += try await withThrowingTaskGroup(of: [WorkloadEvent].self) { group in
+                for (resource, child, wanted) in desired where (wanted == nil) == removing {
+                    // Traefik's kinds are looked at only where the cluster serves them.
+                    if wanted == nil, Self.traefikResources.contains(resource), !children.isSynced(resource) { continue }
+                    group.addTask {
+                        var events: [WorkloadEvent] = []
+                        _ = try await self.apply(resource, wanted, name: child, owner: deployment, events: &events)
+                        return events
+                    }
                 }
+                var events: [WorkloadEvent] = []
+                for try await some in group { events += some }
+                return events
             }
-            var events: [WorkloadEvent] = []
-            for try await some in group { events += some }
-            return events
         }
+        return events
     }
 
+    /// `auto` is Traefik's weighted service where the cluster serves it (K3s), else the replica
+    /// ratio behind one Service.
     public func split(_ routing: TrafficRouting, namespace: String) async throws(WorkloadError) -> TrafficSplit {
+        let traefik = Self.traefikResources.allSatisfy { children.isSynced($0) }
         switch routing {
-        case .auto, .replicas:
+        case .auto:
+            return traefik ? .weighted : .replicas
+        case .replicas:
             return .replicas
         case .router:
-            throw WorkloadError("UnsupportedTrafficRouting", "trafficRouting router is the local platform's: on Kubernetes use replicas (or auto)")
+            throw WorkloadError("UnsupportedTrafficRouting", "trafficRouting router is the local platform's: on Kubernetes use auto, traefik or replicas")
         case .traefik:
-            throw WorkloadError("UnsupportedTrafficRouting", "trafficRouting traefik (a TraefikService) is not built yet: use replicas (or auto), which splits by the ratio of ready pods behind the Service")
+            guard traefik else {
+                throw WorkloadError("TraefikNotFound", "trafficRouting traefik needs Traefik's CRDs (traefikservices.traefik.io, ingressroutes.traefik.io v1alpha1), which this cluster does not serve: install Traefik, or use replicas (or auto)")
+            }
+            return .weighted
         }
     }
 
@@ -228,7 +262,8 @@ public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
     /// Every child a Deployment may have, by resource and name.
     static func childNames(of key: ObjectKey) -> [(KubeResource, String)] {
         knownTracks.map { (.deployments, Children.name(of: $0, key.name)) }
-            + [(.services, key.name), (.services, Children.previewName(key.name)), (.ingresses, key.name)]
+            + [(.services, key.name), (.services, Children.previewName(key.name)), (.services, Children.name(of: .canary, key.name)),
+               (.ingresses, key.name), (traefikServices, key.name), (ingressRoutes, key.name)]
     }
 
     /// Deletes what a deleted Deployment owned; with `dryRun`, lets it go instead (the

@@ -109,7 +109,26 @@ struct ClusterTarget: Sendable {
                 }
             }
         }
-        return [jobWatch] + KubeWorkload.childResources.map { resource in
+        // Traefik's kinds, once the cluster serves them (looked for every 30 s until then): a
+        // canary is split through them only when their watches have listed.
+        let traefikWatch = LoopService("traefik watch") { [client, children, log, namespace] in
+            while !Task.isCancelled {
+                if await Self.servesTraefik(client) { break }
+                try? await Task.sleep(for: .seconds(30))
+            }
+            await withTaskGroup(of: Void.self) { group in
+                for resource in KubeWorkload.traefikResources {
+                    let reflector = Reflector(client: client, resource: resource, namespace: namespace,
+                                              log: { log("\(resource.plural).\(resource.group): \($0)", level: "warning") })
+                    group.addTask {
+                        await reflector.run { change in
+                            if let key = children.apply(change, resource: resource) { await owner(key) }
+                        }
+                    }
+                }
+            }
+        }
+        return [jobWatch, traefikWatch] + KubeWorkload.childResources.map { resource in
             let reflector = Reflector(client: client, resource: resource, namespace: namespace,
                                       log: { [log] in log("\(resource.plural).\(resource.group): \($0)", level: "warning") })
             return LoopService("\(resource.plural) watch") { [children, synced] in
@@ -119,6 +138,16 @@ struct ClusterTarget: Sendable {
                 }
             }
         }
+    }
+}
+
+extension ClusterTarget {
+    /// Whether the cluster serves Traefik's TraefikService and IngressRoute (`traefik.io/v1alpha1`).
+    static func servesTraefik(_ client: KubeClient) async -> Bool {
+        guard let listing = try? await client.raw(method: "GET", path: "/apis/traefik.io/v1alpha1"),
+              case .sequence(let resources)? = listing["resources"]?.value else { return false }
+        let served = Set(resources.compactMap { $0["name"]?.scalarText })
+        return KubeWorkload.traefikResources.allSatisfy { served.contains($0.plural) }
     }
 }
 

@@ -1,3 +1,4 @@
+import CapstanKube
 @testable import CapstanLocal
 import CapstanModel
 import Foundation
@@ -38,9 +39,9 @@ import Testing
     }
 
     /// Version 1 rolled out under `canary`, then version 2 asked for (`extra` on it).
-    func started(_ platform: Platform, _ canary: SpecNode, extra: [(String, SpecNode)] = []) async throws -> (app: SpecNode, port: Int) {
+    func started(_ platform: Platform, _ canary: SpecNode, extra: [(String, SpecNode)] = [],
+                 app: SpecNode = DeploymentScenarioTests.application()) async throws -> (app: SpecNode, port: Int) {
         let port = LocalWorkloadPlatform.freePort()!
-        let app = DeploymentScenarioTests.application()
         try await platform.put([app, DeploymentScenarioTests.deployment("1", port: port), canary])
         try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "1")
         try await until(platform, "Idle at version 1") { $0["phase"]?.scalarText == "Idle" && $0["stableVersion"]?.scalarText == "1" }
@@ -71,15 +72,43 @@ import Testing
         #expect(selected == wanted, "\(platform.kind): the Service selects \(selected ?? "nothing"), not \(wanted)")
     }
 
+    /// On a cluster with Traefik (K3s): the weights on a TraefikService, the routes on an
+    /// IngressRoute to it while the run lasts.
     @Test(arguments: Kind.allCases) func aNewVersionGoesThroughTheStepsAndIsPromoted(_ kind: Kind) async throws {
-        try await DeploymentScenarioTests().on(kind) { platform in try await promoted(platform) }
+        try await DeploymentScenarioTests().on(kind, traefik: true) { platform in try await promoted(platform) }
+    }
+
+    static let traefikServices = KubeResource(group: "traefik.io", version: "v1alpha1", plural: "traefikservices", kind: "TraefikService")
+    static let ingressRoutes = KubeResource(group: "traefik.io", version: "v1alpha1", plural: "ingressroutes", kind: "IngressRoute")
+
+    /// The TraefikService's weights by Service name (nil: there is none).
+    func traefikWeights(_ platform: Platform) async throws -> [String: Int]? {
+        guard let service = try await platform.client!.get(Self.traefikServices, namespace: "default", name: "web") else { return nil }
+        var weights: [String: Int] = [:]
+        for entry in service["spec"]?["weighted"]?["services"]?.entriesOrItems ?? [] {
+            weights[entry["name"]?.scalarText ?? "?"] = Int(entry["weight"]?.scalarText ?? "") ?? -1
+        }
+        return weights
+    }
+
+    /// Waits (up to 10 s) for the TraefikService's weights.
+    func expectWeights(_ platform: Platform, _ wanted: [String: Int]?) async throws {
+        var weights: [String: Int]?
+        for _ in 0..<100 {
+            weights = try await traefikWeights(platform)
+            if weights == wanted { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(weights == wanted, "the TraefikService's weights")
     }
 
     func promoted(_ platform: Platform) async throws {
         let kind = platform.kind
-        let canary = Self.canary(steps: [Self.weight(50), Self.pause, Self.weight(80)], metrics: [Self.metric("up", "up", min: 1)])
+        let canary = Self.canary(steps: [Self.weight(50), Self.pause, Self.weight(80), Self.pause],
+                                 metrics: [Self.metric("up", "up", min: 1)])
+        let routes: [SpecNode] = [.mapping([("host", .string("web.example.com")), ("port", .string("http"))])]
         // Version 2 goes to the canary track, not to the stable one.
-        _ = try await started(platform, canary)
+        _ = try await started(platform, canary, app: DeploymentScenarioTests.application(routes: routes))
         try await until(platform, "paused at 50%") { $0["phase"]?.scalarText == "Paused" && $0["canaryWeight"]?.scalarText == "50" }
         let status = try await fetch(platform)?["status"]
         #expect(status?["canaryVersion"]?.scalarText == "2")
@@ -93,14 +122,30 @@ import Testing
         #expect(try await track(platform, "canary")?["version"]?.scalarText == "2")
         #expect(try await track(platform, "canary")?["role"]?.scalarText == "Canary")
         if kind == .kube {
-            // One Service over both tracks: the ratio of ready pods is the split.
-            try await expectSelected(platform, "every track")
-            let apps = try await platform.client!.get(.deployments, namespace: "default", name: "web-canary")
+            // Traefik weighs the tracks' Services; the routes go to it; `NAME` is the stable's.
+            try await expectWeights(platform, ["web": 50, "web-canary": 50])
+            try await expectSelected(platform, "stable")
+            let client = platform.client!
+            let canaryService = try await client.get(.services, namespace: "default", name: "web-canary")
+            #expect(canaryService?["spec"]?["selector"]?["capstan.dev/track"]?.scalarText == "canary")
+            let route = try await client.get(Self.ingressRoutes, namespace: "default", name: "web")
+            let service = route?["spec"]?["routes"]?.entriesOrItems.first?["services"]?.entriesOrItems.first
+            #expect(route?["spec"]?["routes"]?.entriesOrItems.first?["match"]?.scalarText == "Host(`web.example.com`) && PathPrefix(`/`)")
+            #expect(service?["kind"]?.scalarText == "TraefikService" && service?["name"]?.scalarText == "web")
+            #expect(try await client.get(.ingresses, namespace: "default", name: "web") == nil, "the IngressRoute replaces the Ingress")
+            // With an exact split, the canary needs only its share of the instances.
+            let apps = try await client.get(.deployments, namespace: "default", name: "web-canary")
             #expect(apps?["spec"]?["replicas"]?.scalarText == "1", "half of 2 replicas")
         }
 
-        // Promote ends the pause; the last weight, then the promotion.
-        let promote = try await platform.cli(["promote", "canary/web"])
+        // Promote ends the pause; the next weight.
+        var promote = try await platform.cli(["promote", "canary/web"])
+        #expect(promote.status == 0, "\(kind): \(promote.output)")
+        try await until(platform, "paused at 80%") { $0["phase"]?.scalarText == "Paused" && $0["canaryWeight"]?.scalarText == "80" }
+        if kind == .kube {
+            try await expectWeights(platform, ["web": 20, "web-canary": 80])
+        }
+        promote = try await platform.cli(["promote", "canary/web"])
         #expect(promote.status == 0, "\(kind): \(promote.output)")
         try await until(platform, "Succeeded") { $0["phase"]?.scalarText == "Succeeded" }
         try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "2")
@@ -109,7 +154,13 @@ import Testing
         #expect(KubeModeTests.condition(try await fetch(platform), "Promoted")?["status"]?.scalarText == "True")
         if kind == .kube {
             try await expectSelected(platform, "stable")
-            #expect(try await platform.client!.get(.deployments, namespace: "default", name: "web-canary") == nil)
+            let client = platform.client!
+            #expect(try await client.get(.deployments, namespace: "default", name: "web-canary") == nil)
+            // The run's children go; the Ingress is back.
+            try await expectWeights(platform, nil)
+            #expect(try await client.get(Self.ingressRoutes, namespace: "default", name: "web") == nil)
+            #expect(try await client.get(.services, namespace: "default", name: "web-canary") == nil)
+            #expect(try await client.get(.ingresses, namespace: "default", name: "web") != nil)
         }
     }
 
@@ -122,6 +173,14 @@ import Testing
         let canary = Self.canary(steps: [Self.weight(50), Self.pause])
         let (app, port) = try await started(platform, canary)
         try await until(platform, "paused at 50%") { $0["phase"]?.scalarText == "Paused" }
+
+        if kind == .kube {
+            // Without Traefik: one Service over both tracks, the ratio of ready pods the split.
+            try await expectSelected(platform, "every track")
+            let apps = try await platform.client!.get(.deployments, namespace: "default", name: "web-canary")
+            #expect(apps?["spec"]?["replicas"]?.scalarText == "1", "half of 2 replicas")
+            #expect(try await platform.client!.get(.deployments, namespace: "default", name: "web")?["spec"]?["replicas"]?.scalarText == "1")
+        }
 
         let abort = try await platform.cli(["abort", "canary/web"])
         #expect(abort.status == 0, "\(kind): \(abort.output)")

@@ -22,17 +22,19 @@ import Glibc
 
     // MARK: - The objects
 
-    static func application() -> SpecNode {
-        .mapping([
+    static func application(routes: [SpecNode] = []) -> SpecNode {
+        var spec: [(String, SpecNode)] = [
+            ("image", .string("ghcr.io/example/web")),
+            ("source", .mapping([("path", .string("web"))])),
+            ("command", .sequence([.string("python3"), .string("server.py")])),
+            ("ports", .sequence([.mapping([("name", .string("http")), ("containerPort", .int(8080))])])),
+            ("healthCheck", .mapping([("http", .mapping([("path", .string("/healthz")), ("port", .string("http"))])), ("interval", .string("1s")),
+                                      ("timeout", .string("1s")), ("failureThreshold", .int(2))])),
+        ]
+        if !routes.isEmpty { spec.append(("routes", .sequence(routes))) }
+        return .mapping([
             ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("Application")), ("metadata", .mapping([("name", .string("web"))])),
-            ("spec", .mapping([
-                ("image", .string("ghcr.io/example/web")),
-                ("source", .mapping([("path", .string("web"))])),
-                ("command", .sequence([.string("python3"), .string("server.py")])),
-                ("ports", .sequence([.mapping([("name", .string("http")), ("containerPort", .int(8080))])])),
-                ("healthCheck", .mapping([("http", .mapping([("path", .string("/healthz")), ("port", .string("http"))])), ("interval", .string("1s")),
-                                          ("timeout", .string("1s")), ("failureThreshold", .int(2))])),
-            ])),
+            ("spec", .mapping(spec)),
         ])
     }
 
@@ -71,9 +73,12 @@ import Glibc
         var server: FakeAPIServer?
         var client: KubeClient?
         var controller: Task<Void, Never>?
+        /// The fake API server serves Traefik's CRDs (as K3s).
+        let traefik: Bool
 
-        init(_ kind: Kind) throws {
+        init(_ kind: Kind, traefik: Bool = false) throws {
             self.kind = kind
+            self.traefik = traefik
             try FileManager.default.createDirectory(atPath: root + "/specs/web", withIntermediateDirectories: true)
             try FileManager.default.copyItem(atPath: FakeAPIServer.root + "/manifests/examples/apps/hello/server.py", toPath: root + "/specs/web/server.py")
         }
@@ -91,7 +96,7 @@ import Glibc
             if kind == .local {
                 arguments += ["--spec-dir", root + "/specs", "--state-dir", state]
             } else {
-                let (server, client) = try await KubeModeTests.started()
+                let (server, client) = try await KubeModeTests.started(traefik ? ["--traefik"] : [])
                 self.server = server
                 self.client = client
                 arguments += ["--kube", "--kubeconfig", server.kubeconfig]
@@ -225,8 +230,8 @@ import Glibc
     }
 
     /// Runs a scenario on a fresh platform.
-    func on(_ kind: Kind, _ body: (Platform) async throws -> Void) async throws {
-        let platform = try Platform(kind)
+    func on(_ kind: Kind, traefik: Bool = false, _ body: (Platform) async throws -> Void) async throws {
+        let platform = try Platform(kind, traefik: traefik)
         do {
             try await platform.start()
             try await body(platform)

@@ -1728,6 +1728,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     self.collect(obj["metadata"]["uid"])
 
 
+def traefik_crds():
+    """Traefik's TraefikService and IngressRoute CRDs as K3s installs them (traefik.io/v1alpha1),
+    with the schema of the fields Capstan writes (Traefik's own CRDs specify many more)."""
+    def crd(plural, kind, spec):
+        schema = {"type": "object", "properties": {
+            "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+            "spec": spec}, "required": ["spec"]}
+        return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.traefik.io"},
+                "spec": {"group": "traefik.io", "scope": "Namespaced",
+                         "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": kind + "List"},
+                         "versions": [{"name": "v1alpha1", "served": True, "storage": True,
+                                       "schema": {"openAPIV3Schema": schema}}]}}
+    service = {"type": "object", "required": ["name"], "x-kubernetes-preserve-unknown-fields": True, "properties": {
+        "name": {"type": "string"}, "namespace": {"type": "string"},
+        "kind": {"type": "string", "enum": ["Service", "TraefikService"]},
+        "port": {"x-kubernetes-int-or-string": True},
+        "weight": {"type": "integer", "minimum": 0}}}
+    return [
+        crd("traefikservices", "TraefikService", {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {
+            "weighted": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {
+                "services": {"type": "array", "items": service}}}}}),
+        crd("ingressroutes", "IngressRoute", {"type": "object", "required": ["routes"], "x-kubernetes-preserve-unknown-fields": True, "properties": {
+            "entryPoints": {"type": "array", "items": {"type": "string"}},
+            "routes": {"type": "array", "items": {"type": "object", "required": ["match", "kind"],
+                                                   "x-kubernetes-preserve-unknown-fields": True, "properties": {
+                "match": {"type": "string", "minLength": 1}, "kind": {"type": "string", "enum": ["Rule"]},
+                "services": {"type": "array", "items": service}}}}}}),
+    ]
+
+
 def strip_nulls(value):
     if isinstance(value, dict):
         return {k: strip_nulls(v) for k, v in value.items()}
@@ -1813,6 +1844,8 @@ def main():
     parser.add_argument("--write-latency", type=float, default=0.0,
                         help="seconds every create, update, patch and delete waits before it commits (a storage round trip)")
     parser.add_argument("--gc", action="store_true", help="delete dependents of deleted owners (the garbage collector)")
+    parser.add_argument("--traefik", action="store_true",
+                        help="serve Traefik's TraefikService and IngressRoute CRDs from the start, as K3s does")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     if args.write_latency < 0:
@@ -1829,6 +1862,12 @@ def main():
     context.verify_mode = ssl.CERT_OPTIONAL
     server.socket = context.wrap_socket(server.socket, server_side=True)
     server.store = Store(args.history)
+    if args.traefik:
+        crds = server.store.objects[("apiextensions.k8s.io", "customresourcedefinitions")]
+        for crd in traefik_crds():
+            server.store.stamp(crd, generation=True)
+            server.store.establish(crd)
+            crds[("", crd["metadata"]["name"])] = crd
     server.faults = Faults()
     server.token = args.token
     server.bookmark_interval = args.bookmark_interval

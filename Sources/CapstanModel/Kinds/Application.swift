@@ -75,6 +75,9 @@ public struct HTTPGetCheck: SpecObject, Hashable {
     public static func validate(_ value: HTTPGetCheck, _ node: SpecNode, _ context: inout DecodeContext) {
         if !value.path.hasPrefix("/") {
             context.fail("path \"\(value.path)\" must start with /", field: "path", at: node["path"]?.mark)
+        } else if let bad = value.path.unicodeScalars.first(where: { !Route.isPathCharacter($0) && $0 != "?" }) {
+            // Sent as the request line's target: a path and a query.
+            context.fail("path \"\(value.path)\" holds \(bad.escaped(asASCII: true)), which a URL cannot (percent-encode it)", field: "path", at: node["path"]?.mark)
         }
     }
 }
@@ -166,9 +169,20 @@ public struct Route: SpecObject, Hashable {
         .required("port", \.port, "Port number or name."),
     ]
 
+    /// RFC 3986 `pchar` and `/`: unreserved, sub-delims, `:`, `@`, `%` of percent-encoding.
+    static func isPathCharacter(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar {
+        case "a"..."z", "A"..."Z", "0"..."9": return true
+        default: return "-._~!$&'()*+,;=:@%/".unicodeScalars.contains(scalar)
+        }
+    }
+
     public static func validate(_ value: Route, _ node: SpecNode, _ context: inout DecodeContext) {
         if !value.path.hasPrefix("/") {
             context.fail("path \"\(value.path)\" must start with /", field: "path", at: node["path"]?.mark)
+        } else if let bad = value.path.unicodeScalars.first(where: { !Self.isPathCharacter($0) }) {
+            // What a URL path may hold (RFC 3986): an Ingress and a Traefik rule take it as is.
+            context.fail("path \"\(value.path)\" holds \(bad.escaped(asASCII: true)), which a URL path cannot (percent-encode it)", field: "path", at: node["path"]?.mark)
         }
     }
 }
