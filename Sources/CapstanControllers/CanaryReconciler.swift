@@ -246,6 +246,9 @@ public struct CanaryReconciler: Reconciler {
             if let last = step.status.lastAnalysisTime?.date, step.time.date < last.addingTimeInterval(interval) {
                 step.wake(at: last.addingTimeInterval(interval))
             } else if await !analyse(&step, deployment: deployment) {
+                // A failed run within failureLimit: the next one at the interval (nothing else
+                // may wake this Canary: a Prometheus that is down changes no Deployment).
+                if step.status.phase != .aborted { step.wake(at: step.time.date.addingTimeInterval(interval)) }
                 return
             } else {
                 step.wake(at: step.time.date.addingTimeInterval(interval))
@@ -307,6 +310,7 @@ public struct CanaryReconciler: Reconciler {
                 } else if await analyse(&step, deployment: deployment) {
                     done = true
                 } else {
+                    if step.status.phase != .aborted { step.wake(at: step.time.date.addingTimeInterval(interval)) }
                     return
                 }
                 if !done {

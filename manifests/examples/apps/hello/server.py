@@ -4,7 +4,10 @@
 GET  /          a greeting naming the version and instance that answered
 GET  /healthz   200 "ok" (Capstan's health check); 503 while the file $UNHEALTHY_FILE exists
 GET  /version   the version, as plain text
+GET  /metrics   hello_requests_total{version,code} of / and /version (Prometheus text format)
 POST /alerts    accepts Alertmanager-style webhook payloads and logs them (the AlertRule example)
+
+/ and /version answer 500 while the file $FAIL_FILE exists (a version that returns errors).
 
 It listens on 127.0.0.1:$PORT (Capstan allocates PORT per instance), or on $BIND_ADDR if set,
 and stops cleanly on SIGTERM.
@@ -13,12 +16,16 @@ import json
 import os
 import signal
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 VERSION = os.environ.get("CAPSTAN_VERSION", os.environ.get("APP_VERSION", "dev"))
 INSTANCE = os.environ.get("CAPSTAN_INSTANCE", "local")
 GREETING = os.environ.get("GREETING", "Hello from Capstan")
 UNHEALTHY_FILE = os.environ.get("UNHEALTHY_FILE", "")
+FAIL_FILE = os.environ.get("FAIL_FILE", "")
+COUNTS = {}  # status code -> requests answered
+COUNTS_LOCK = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -38,10 +45,23 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(503, f"unhealthy: {UNHEALTHY_FILE} exists\n")
             else:
                 self._send(200, "ok\n")
-        elif self.path == "/version":
-            self._send(200, VERSION + "\n")
-        elif self.path == "/":
-            self._send(200, f"{GREETING} (version {VERSION}, instance {INSTANCE})\n")
+        elif self.path == "/metrics":
+            with COUNTS_LOCK:
+                counts = sorted(COUNTS.items())
+            lines = ["# HELP hello_requests_total Requests answered, by status code.", "# TYPE hello_requests_total counter"]
+            version = VERSION.replace("\\", "\\\\").replace('"', '\\"')
+            lines += [f'hello_requests_total{{version="{version}",code="{code}"}} {count}' for code, count in counts]
+            self._send(200, "\n".join(lines) + "\n", "text/plain; version=0.0.4")
+        elif self.path in ("/", "/version"):
+            status = 500 if FAIL_FILE and os.path.exists(FAIL_FILE) else 200
+            with COUNTS_LOCK:
+                COUNTS[status] = COUNTS.get(status, 0) + 1
+            if status == 500:
+                self._send(500, f"failing: {FAIL_FILE} exists\n")
+            elif self.path == "/version":
+                self._send(200, VERSION + "\n")
+            else:
+                self._send(200, f"{GREETING} (version {VERSION}, instance {INSTANCE})\n")
         else:
             self._send(404, "not found\n")
 
