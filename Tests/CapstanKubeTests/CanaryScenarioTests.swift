@@ -12,13 +12,13 @@ import Testing
     typealias Platform = DeploymentScenarioTests.Platform
     typealias Kind = DeploymentScenarioTests.Kind
 
-    static func canary(steps: [SpecNode], metrics: [SpecNode] = [], failureLimit: Int = 0) -> SpecNode {
+    static func canary(_ name: String = "web", steps: [SpecNode], metrics: [SpecNode] = [], failureLimit: Int = 0) -> SpecNode {
         var spec: [(String, SpecNode)] = [("deployment", .string("web")), ("steps", .sequence(steps))]
         if !metrics.isEmpty {
             spec.append(("analysis", .mapping([("interval", .string("1s")), ("failureLimit", .int(failureLimit)), ("metrics", .sequence(metrics))])))
         }
         return .mapping([
-            ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("Canary")), ("metadata", .mapping([("name", .string("web"))])),
+            ("apiVersion", .string(capstanAPIVersion)), ("kind", .string("Canary")), ("metadata", .mapping([("name", .string(name))])),
             ("spec", .mapping(spec)),
         ])
     }
@@ -220,5 +220,38 @@ import Testing
             #expect(run?["message"]?.scalarText?.contains("kubelet") == true, "\(String(describing: run))")
         }
         try await DeploymentScenarioTests().expect(platform, phase: "Failed", conditions: ["Stalled": ("True", "CanaryAborted")])
+    }
+
+    @Test(arguments: Kind.allCases) func aCanaryThatCannotGuardItsDeploymentSaysWhy(_ kind: Kind) async throws {
+        try await DeploymentScenarioTests().on(kind) { platform in try await refused(platform) }
+    }
+
+    /// Whether the Canary `name`'s Stalled condition is True with `reason`.
+    static func stalled(_ status: SpecNode, _ reason: String) -> Bool {
+        let condition = KubeModeTests.condition(.mapping([("status", status)]), "Stalled")
+        return condition?["status"]?.scalarText == "True" && condition?["reason"]?.scalarText == reason
+    }
+
+    func refused(_ platform: Platform) async throws {
+        let port = LocalWorkloadPlatform.freePort()!
+        let app = DeploymentScenarioTests.application()
+        let canary = Self.canary(steps: [Self.weight(50), Self.pause])
+        // No Deployment yet: it waits, and heals when the Deployment appears.
+        try await platform.put([app, canary])
+        try await until(platform, "DeploymentNotFound") { Self.stalled($0, "DeploymentNotFound") }
+        // A BlueGreen Deployment rolls out a whole colour: refused, and the rollout goes on.
+        let blueGreen = DeploymentScenarioTests.deployment("1", port: port, extra: [DeploymentScenarioTests.blueGreen(previewPort: LocalWorkloadPlatform.freePort()!)])
+        try await platform.put([app, blueGreen, canary])
+        try await until(platform, "BlueGreenDeployment") { Self.stalled($0, "BlueGreenDeployment") }
+        try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "1")
+        // RollingUpdate: the Canary guards it; a second one on the same Deployment is refused
+        // and the first goes on guarding.
+        try await platform.put([app, DeploymentScenarioTests.deployment("1", port: port), canary, Self.canary("web-b", steps: [Self.weight(20)])])
+        try await until(platform, "the first Canary idle") { $0["phase"]?.scalarText == "Idle" && KubeModeTests.condition(.mapping([("status", $0)]), "Stalled")?["status"]?.scalarText != "True" }
+        try await platform.until(.canary, named: "web-b", "DuplicateCanary") { Self.stalled($0, "DuplicateCanary") }
+        let message = KubeModeTests.condition(try await platform.object(.canary, named: "web-b"), "Stalled")?["message"]?.scalarText ?? ""
+        #expect(message.contains("canary web"), "names the Canary that guards it: \(message)")
+        try await platform.put([app, DeploymentScenarioTests.deployment("2", port: port), canary, Self.canary("web-b", steps: [Self.weight(20)])])
+        try await until(platform, "the first Canary's run at 50%") { $0["phase"]?.scalarText == "Paused" && $0["canaryWeight"]?.scalarText == "50" }
     }
 }

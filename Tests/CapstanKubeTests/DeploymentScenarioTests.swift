@@ -131,11 +131,31 @@ import Glibc
             for object in objects {
                 let kind = ResourceKind(rawValue: object["kind"]?.scalarText ?? "")!
                 let resource = KubeResource.capstan(kind)
-                if try await client!.get(resource, namespace: "default", name: "web") == nil {
-                    _ = try await client!.create(resource, namespace: "default", object)
+                let name = object["metadata"]?["name"]?.scalarText ?? "web"
+                // The whole spec replaced, as a spec file's change (a merge patch would keep
+                // fields the new spec leaves out); read again when the daemon wrote between.
+                try await replace(resource, name: name, object)
+            }
+        }
+
+        private func replace(_ resource: KubeResource, name: String, _ object: SpecNode) async throws {
+            for attempt in 1...10 {
+                if try await replaceOnce(resource, name: name, object, lastAttempt: attempt == 10) { return }
+            }
+        }
+
+        /// One write; false on a conflict (the daemon wrote the status since the read).
+        private func replaceOnce(_ resource: KubeResource, name: String, _ object: SpecNode, lastAttempt: Bool) async throws(KubeError) -> Bool {
+            do {
+                if let existing = try await client!.get(resource, namespace: "default", name: name) {
+                    _ = try await client!.update(resource, namespace: "default", name: name, existing.setting(["spec"], object["spec"]!))
                 } else {
-                    _ = try await client!.patch(resource, namespace: "default", name: "web", .mapping([("spec", object["spec"]!)]))
+                    _ = try await client!.create(resource, namespace: "default", object)
                 }
+                return true
+            } catch {
+                if error.code == 409, !lastAttempt { return false }
+                throw error
             }
         }
 
@@ -157,11 +177,11 @@ import Glibc
 
         /// Waits until the status of `kind`/web satisfies `condition`; the failure shows it,
         /// the Deployment's status and the log's end.
-        func until(_ kind: ResourceKind, _ what: String, seconds: Double = 40, _ condition: (SpecNode) -> Bool) async throws {
+        func until(_ kind: ResourceKind, named name: String = "web", _ what: String, seconds: Double = 40, _ condition: (SpecNode) -> Bool) async throws {
             let deadline = Date().addingTimeInterval(seconds)
             var last: SpecNode?
             while Date() < deadline {
-                last = try await object(kind)?["status"]
+                last = try await object(kind, named: name)?["status"]
                 if let last, condition(last) { return }
                 try await Task.sleep(for: .milliseconds(150))
             }
