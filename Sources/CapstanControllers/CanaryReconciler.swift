@@ -286,7 +286,7 @@ public struct CanaryReconciler: Reconciler {
                     done = step.time.date >= end
                     if !done {
                         step.status.phase = .paused
-                        step.status.message = "step \(index + 1) of \(steps.count): paused until \(Timestamp(end)) at \(step.status.canaryWeight ?? 0)%"
+                        step.status.message = "paused until \(Timestamp(end))"
                         step.wake(at: end)
                     }
                 } else {
@@ -296,7 +296,7 @@ public struct CanaryReconciler: Reconciler {
                         return
                     }
                     step.status.phase = .paused
-                    step.status.message = "step \(index + 1) of \(steps.count): paused at \(step.status.canaryWeight ?? 0)% until `capstan promote canary/\(step.key.name)` (aborted at \(Timestamp(end)))"
+                    step.status.message = "paused until `capstan promote canary/\(step.key.name)` (aborted at \(Timestamp(end)))"
                     step.wake(at: end)
                 }
             } else if current.analysis != nil {
@@ -314,7 +314,7 @@ public struct CanaryReconciler: Reconciler {
                     return
                 }
                 if !done {
-                    step.status.message = "step \(index + 1) of \(steps.count): analysis"
+                    step.status.message = "analysing"
                 }
             }
             guard done else { break }

@@ -141,7 +141,11 @@ extension DeploymentReconciler {
         step.reconciling("CanaryInProgress", "\(version) \(where_); \(canaryState.ready)/\(canaryReplicas) canary instance(s) ready")
         step.status.conditions.set(DeploymentConditions.progressing, .true, reason: "CanaryInProgress", message: "\(version) is going through canary \(run.name)",
                                    observedGeneration: step.generation, now: step.time)
-        return .requeue(after: finishing ? .milliseconds(1) : Self.progressCheck)
+        // A track that stopped an instance it replaced has room for its next new one now (as a
+        // plain rollout: a promotion waited 5 s per instance of the stable track otherwise).
+        if finishing { return .requeue(after: .milliseconds(1)) }
+        if stableState.movedOn || canaryState.movedOn || step.movedOn { return .requeue(after: .milliseconds(10)) }
+        return .requeue(after: Self.progressCheck)
     }
 
     /// The canary's share as the traffic really has it: the weight asked where the platform

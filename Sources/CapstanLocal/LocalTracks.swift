@@ -98,9 +98,12 @@ extension LocalWorkloadPlatform {
             problem = error
         }
         let weights = traffic.weights
-        try await routers.expose(key, .main, host: routerHost, port: deployment.spec.port,
-                                 weights: Dictionary(uniqueKeysWithValues: weights.map { ($0.key.rawValue, $0.value) }))
-        recordListener(key, port: deployment.spec.port, weights: weights)
+        // By replica ratio: every ready instance of both tracks alike (the reconciler sizes them).
+        let perInstance = traffic.split == .replicas && weights.count > 1
+        var shares = Dictionary(uniqueKeysWithValues: weights.map { ($0.key.rawValue, $0.value) })
+        if perInstance { shares[RouterSet.perInstance] = 1 }
+        try await routers.expose(key, .main, host: routerHost, port: deployment.spec.port, weights: shares)
+        recordListener(key, port: deployment.spec.port, weights: weights, perInstance: perInstance)
         if let problem { throw problem }
         return []
     }

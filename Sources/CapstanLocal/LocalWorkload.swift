@@ -53,11 +53,17 @@ actor RouterSet {
     /// The backends of the weighted tracks, each weighted so that its track's instances
     /// together receive the track's share: an instance's weight is its track's share times
     /// the number of instances of every other track.
+    /// The key among a router's weights that asks for the split by instance count.
+    static let perInstance = "*"
+
+    /// With `perInstance` among the weights (a `replicas` split), every instance of the served
+    /// tracks is weighted alike: the share is the ratio of ready instances, as one Service over
+    /// both tracks gives it.
     static func weighted(_ backends: [Backend], _ weights: [String: Int]) -> [Backend] {
-        let served = backends.filter { (weights[$0.track] ?? 0) > 0 }
+        let served = backends.filter { $0.track != perInstance && (weights[$0.track] ?? 0) > 0 }
         var counts: [String: Int] = [:]
         for backend in served { counts[backend.track, default: 0] += 1 }
-        guard counts.count > 1 else { return served.map { Backend(port: $0.port, weight: 1, track: $0.track) } }
+        guard counts.count > 1, weights[perInstance] == nil else { return served.map { Backend(port: $0.port, weight: 1, track: $0.track) } }
         return served.map { backend in
             let others = counts.filter { $0.key != backend.track }.values.reduce(1, *)
             return Backend(port: backend.port, weight: weights[backend.track, default: 0] * others, track: backend.track)
@@ -297,12 +303,14 @@ public final class LocalWorkloadPlatform: WorkloadPlatform, TrafficPlatform, Art
     /// whose spec is gone but whose instances were kept (prune disabled).
     public static let listenerType = "listener"
 
-    func recordListener(_ deployment: ObjectKey, port: Int?, weights: [Track: Int] = [.stable: 100]) {
+    func recordListener(_ deployment: ObjectKey, port: Int?, weights: [Track: Int] = [.stable: 100], perInstance: Bool = false) {
         let id = port.map { "\(routerHost):\($0)" }
         let served = weights.filter { $0.value > 0 }
         // `track` (the main one) is what an older daemon reads; `weights` a canary's split.
         var data = ["host": routerHost, "track": (served.max { ($0.value, $1.key) < ($1.value, $0.key) }?.key ?? .stable).rawValue]
-        if served.count > 1 { data["weights"] = served.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") }
+        if served.count > 1 {
+            data["weights"] = ((perInstance ? ["\(RouterSet.perInstance)=1"] : []) + served.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }).joined(separator: ",")
+        }
         if let port { data["port"] = String(port) }
         let existing = (try? store.inventory(of: deployment, type: Self.listenerType)) ?? []
         guard existing.map(\.id) != (id.map { [$0] } ?? []) || existing.first?.data != data else { return }

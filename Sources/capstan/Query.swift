@@ -299,6 +299,7 @@ struct Describe: ParsableCommand {
         if key.kind == .secretRotation { printVersions(status) }
         if key.kind == .backupSchedule { printBackups(status) }
         if key.kind == .alertRule { printAlerts(status) }
+        if case .canary(let canary) = record.resource { printCanary(canary) }
         print("Events:")
         let events = try store.events(for: key).suffix(20)
         if events.isEmpty {
@@ -320,11 +321,11 @@ extension Describe {
         let tracks = JSONPath.evaluate(".tracks[*]", on: status)
         guard !tracks.isEmpty else { return }
         print("Tracks:")
-        var rows = [["  TRACK", "ROLE", "REVISION", "VERSION", "READY", "UNTIL"]]
+        var rows = [["  TRACK", "ROLE", "REVISION", "VERSION", "READY", "WEIGHT", "UNTIL"]]
         for track in tracks {
             let ready = "\(track["readyReplicas"]?.scalarText ?? "0")/\(track["replicas"]?.scalarText ?? "0")"
             rows.append(["  " + (track["name"]?.scalarText ?? ""), track["role"]?.scalarText ?? "", track["revision"]?.scalarText ?? "",
-                         track["version"]?.scalarText ?? "", ready, track["retireAt"]?.scalarText ?? ""])
+                         track["version"]?.scalarText ?? "", ready, track["weight"]?.scalarText.map { $0 + "%" } ?? "", track["retireAt"]?.scalarText ?? ""])
         }
         printTable(rows)
     }
@@ -399,6 +400,54 @@ extension Describe {
             }
             printTable(rows)
         }
+    }
+
+    /// Where a Canary's run is (version over version, the step, the weight, why it stopped),
+    /// its steps with the current one marked, and its last analysis runs.
+    func printCanary(_ canary: Canary) {
+        let status = canary.status
+        let steps = canary.spec.steps
+        if let version = status.canaryVersion {
+            let step = status.currentStep ?? 0
+            let limit = canary.spec.analysis.failureLimit
+            print("Run:          version \(version) beside version \(status.stableVersion ?? "?"), \(status.phase?.rawValue ?? "?")"
+                  + (status.phase == .paused || status.phase == .progressing ? " at step \(min(step + 1, steps.count)) of \(steps.count), \(status.canaryWeight ?? 0)% of the traffic" : "")
+                  + (canary.spec.analysis.metrics.isEmpty ? "" : "; failed analyses \(status.failedAnalyses ?? 0) (failureLimit \(limit))"))
+            if let message = status.message { print("              \(message)") }
+        } else if let stable = status.stableVersion {
+            print("Run:          none; version \(stable) is stable")
+        }
+        if !steps.isEmpty {
+            print("Steps:")
+            let current = status.canaryVersion == nil || status.phase == .succeeded || status.phase == .aborted ? nil : status.currentStep ?? 0
+            var rows = [["  ", "STEP", "WHAT"]]
+            for (index, step) in steps.enumerated() {
+                let what: String
+                if let weight = step.setWeight {
+                    what = "setWeight \(weight)%"
+                } else if let pause = step.pause {
+                    what = pause.duration.map { "pause \($0)" } ?? "pause until `capstan promote canary/\(canary.metadata.name)`"
+                } else {
+                    what = "analysis"
+                }
+                rows.append([index == current ? "  >" : "  ", "\(index + 1)", what])
+            }
+            printTable(rows)
+        }
+        if !status.analysisRuns.isEmpty {
+            print("Analysis runs:")
+            var rows = [["  TIME", "METRIC", "VALUE", "PASSED", "WHY"]]
+            for run in status.analysisRuns.suffix(10) {
+                rows.append(["  \(run.time)", run.metric, run.value.map { Self.number($0) } ?? "-",
+                             run.passed ? "yes" : "no", run.message ?? ""])
+            }
+            printTable(rows)
+        }
+    }
+
+    /// A metric's value as people write it (no trailing `.0`).
+    static func number(_ value: Double) -> String {
+        value.rounded() == value && abs(value) < 1e15 ? String(Int(value)) : String(value)
     }
 
     /// The instances the inventory records for a Deployment (this host), with their logs.

@@ -66,6 +66,23 @@ import Glibc
         return data
     }
 
+    /// A canary's split: by weight, each track's instances together get its share whatever
+    /// their number; by replica ratio, every instance alike.
+    @Test func tracksGetTheirWeightOrTheirInstancesShare() {
+        let backends = [Backend(port: 1, track: "stable"), Backend(port: 2, track: "stable"), Backend(port: 3, track: "stable"),
+                        Backend(port: 4, track: "canary")]
+        func share(_ weighted: [Backend], _ track: String) -> Double {
+            Double(weighted.filter { $0.track == track }.map(\.weight).reduce(0, +)) * 100 / Double(weighted.map(\.weight).reduce(0, +))
+        }
+        let byWeight = RouterSet.weighted(backends, ["stable": 80, "canary": 20])
+        #expect(share(byWeight, "canary") == 20)
+        let byInstance = RouterSet.weighted(backends, ["stable": 80, "canary": 20, RouterSet.perInstance: 1])
+        #expect(share(byInstance, "canary") == 25)
+        #expect(byInstance.allSatisfy { $0.weight == 1 })
+        // A track not asked for gets nothing either way.
+        #expect(RouterSet.weighted(backends, ["stable": 100]).allSatisfy { $0.track == "stable" })
+    }
+
     @Test func spreadsByWeightSkipsDeadBackendsAndPassesLargeRepliesWhole() async throws {
         let a = Server(reply: Array("a".utf8)), b = Server(reply: Array("b".utf8))
         let big = (0..<(2 << 20)).map { UInt8($0 % 251) }
