@@ -7,7 +7,11 @@ import Foundation
 /// tracks and its port, as it realises every other rollout.
 struct CanaryRun {
     let name: String
-    let canary: Canary
+    let routing: TrafficRouting
+    /// Why the Canary stopped the run (its status' message).
+    let message: String?
+    /// The Canary was deleted during the run: it ends as an abort.
+    var deleted = false
     /// The revision the stable track keeps while the canary runs.
     let stable: WorkloadRevision
     /// The Canary's decisions about this target (nil: it has not started a run for it yet).
@@ -26,8 +30,16 @@ extension DeploymentReconciler {
             guard case .canary(let canary) = stored.resource, canary.metadata.deletionTimestamp == nil, canary.spec.deployment == step.key.name else { return nil }
             return canary
         }
-        guard let canary = guards.min(by: { $0.metadata.name < $1.metadata.name }),
-              let stableEntry = step.status.tracks.first(where: { $0.role == .active }) else { return nil }
+        guard let stableEntry = step.status.tracks.first(where: { $0.role == .active }) else { return nil }
+        guard let canary = guards.min(by: { $0.metadata.name < $1.metadata.name }) else {
+            // No Canary guards it: a run it was in (a canary track, or the target's entry
+            // aborted) ends aborted: the canary goes, the stable track serves on, and the
+            // target waits for the next change of the spec.
+            let present = step.observed[.canary] != nil || step.status.tracks.contains { $0.name == Track.canary.rawValue }
+            let aborted = step.status.history.last.map { $0.revision == target.number && $0.outcome == "Aborted" } ?? false
+            guard stableEntry.revision != target.number, present || aborted, let stable = try await revision(stableEntry.revision, step) else { return nil }
+            return CanaryRun(name: "", routing: .auto, message: nil, deleted: true, stable: stable, phase: .aborted, weight: 0)
+        }
         let forTarget = canary.status.canaryRevision == target.number
         let phase = forTarget ? canary.status.phase : nil
         let canaryPresent = step.observed[.canary] != nil || step.status.tracks.contains { $0.name == Track.canary.rawValue }
@@ -35,10 +47,11 @@ extension DeploymentReconciler {
             // The stable track runs the target: only a promotion still moving traffic off the
             // canary goes on here.
             guard phase == .promoting, canaryPresent else { return nil }
-            return CanaryRun(name: canary.metadata.name, canary: canary, stable: target, phase: phase, weight: 100)
+            return CanaryRun(name: canary.metadata.name, routing: canary.spec.trafficRouting, message: canary.status.message, stable: target, phase: phase, weight: 100)
         }
         guard let stable = try await revision(stableEntry.revision, step) else { return nil }
-        return CanaryRun(name: canary.metadata.name, canary: canary, stable: stable, phase: phase, weight: forTarget ? canary.status.canaryWeight ?? 0 : 0)
+        return CanaryRun(name: canary.metadata.name, routing: canary.spec.trafficRouting, message: canary.status.message, stable: stable, phase: phase,
+                         weight: forTarget ? canary.status.canaryWeight ?? 0 : 0)
     }
 
     /// A revision of the history with its template (nil: pruned from the store).
@@ -57,7 +70,7 @@ extension DeploymentReconciler {
         let total = spec.replicas
         let split: TrafficSplit
         do {
-            split = try await traffic.split(run.canary.spec.trafficRouting, namespace: step.key.namespace)
+            split = try await traffic.split(run.routing, namespace: step.key.namespace)
         } catch {
             step.stalled(error.reason, "canary \(run.name): \(error.message)")
             return .requeue(after: Self.retry)
@@ -78,10 +91,13 @@ extension DeploymentReconciler {
             if entry.outcome == nil {
                 entry.outcome = "Aborted"
                 entry.finishedAt = step.time
+                if run.deleted {
+                    step.event(.warning, "CanaryAborted", "\(version) was not promoted: its Canary was deleted during the run; the canary track goes and revision \(run.stable.number) serves until the spec changes")
+                }
             }
             step.status.phase = .failed
-            let why = run.canary.status.message.map { ": \($0)" } ?? ""
-            step.stalled("CanaryAborted", "\(version) was not promoted (canary \(run.name) aborted\(why)); revision \(run.stable.number) (version \(run.stable.template.version)) serves until the spec changes")
+            let why = run.deleted ? "its Canary was deleted during the run" : "canary \(run.name) aborted" + (run.message.map { ": \($0)" } ?? "")
+            step.stalled("CanaryAborted", "\(version) was not promoted (\(why)); revision \(run.stable.number) (version \(run.stable.template.version)) serves until the spec changes")
             return .requeue(after: Self.progressCheck)
         }
 

@@ -198,6 +198,24 @@ import Testing
         try await until(platform, "aborted at the deadline", seconds: 30) {
             $0["phase"]?.scalarText == "Aborted" && KubeModeTests.condition(.mapping([("status", $0)]), "Stalled")?["reason"]?.scalarText == "ProgressDeadlineExceeded"
         }
+
+        // The Canary deleted mid-run: the run ends as an abort, and the version waits for the
+        // next change of the spec; that one rolls out unguarded.
+        try await platform.put([app, DeploymentScenarioTests.deployment("4", port: port), canary])
+        try await until(platform, "the run of version 4 paused") { $0["canaryVersion"]?.scalarText == "4" && $0["phase"]?.scalarText == "Paused" }
+        if kind == .kube {
+            _ = try await platform.client!.delete(.capstan(.canary), namespace: "default", name: "web")
+        } else {
+            try await platform.put([app, DeploymentScenarioTests.deployment("4", port: port)])
+        }
+        try await DeploymentScenarioTests().expect(platform, phase: "Failed", conditions: ["Stalled": ("True", "CanaryAborted")])
+        let message = KubeModeTests.condition(try await platform.deployment(), "Stalled")?["message"]?.scalarText ?? ""
+        #expect(message.contains("deleted"), "\(kind): \(message)")
+        try await Task.sleep(for: .seconds(1))
+        #expect(try await track(platform, "canary") == nil)
+        #expect(try await track(platform, "stable")?["version"]?.scalarText == "1", "\(kind): the stable track serves on")
+        try await platform.put([app, DeploymentScenarioTests.deployment("5", port: port)])
+        try await DeploymentScenarioTests().expect(platform, phase: "Succeeded", version: "5")
     }
 
     @Test(arguments: Kind.allCases) func aMetricThatCannotBeReadFailsTheAnalysis(_ kind: Kind) async throws {
