@@ -256,6 +256,16 @@ public struct CanaryReconciler: Reconciler {
         }
         let steps = step.spec.steps
         var index = step.status.currentStep ?? 0
+        if !ready, step.promote, index < steps.count, steps[index].pause != nil {
+            // A pause ended on request while the canary's instances grow to the step's weight:
+            // the pause ends now; the next step waits for them.
+            step.promote = false
+            step.event(.normal, "PromoteRequested", "step \(index + 1) of \(steps.count): the pause ended on request")
+            index += 1
+            step.status.currentStep = index
+            step.status.stepStartedAt = step.time
+            step.status.phase = .progressing
+        }
         if !ready {
             if step.time.date.timeIntervalSince(startedAt) >= deadline.seconds {
                 abort(&step, "ProgressDeadlineExceeded", "the canary's instances were not ready within the progress deadline (\(deadline)) of step \(index + 1): \(canary.map { "\($0.readyReplicas ?? 0)/\($0.replicas ?? 0) ready" } ?? "none left")")
