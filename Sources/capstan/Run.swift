@@ -71,6 +71,8 @@ struct Run: AsyncParsableCommand {
 
     var specDirectory: String { specDirectoryOption ?? "" }
 
+    @OptionGroup var git: GitOptions
+
     @OptionGroup var kube: KubeOptions
 
     @Option(name: .customLong("platform"), help: ArgumentHelp("Where a spec directory's Deployments run: local (processes on this host) or kube (apps/v1 Deployments on the cluster of --kubeconfig).", valueName: "local|kube"))
@@ -195,14 +197,19 @@ struct Run: AsyncParsableCommand {
             throw ValidationError("--metrics-addr \"\(metricsAddress)\" is not host:port, such as 127.0.0.1:9464")
         }
         if kube.enabled {
-            guard specDirectoryOption == nil else {
-                throw ValidationError("--kube reads the cluster's custom resources: leave out --spec-dir (or use --spec-dir with --platform kube)")
+            guard specDirectoryOption == nil, !git.enabled else {
+                throw ValidationError("--kube reads the cluster's custom resources: leave out --spec-dir and --git-url (or use them with --platform kube)")
             }
             try kube.check()
             return
         }
         if platform == .kube { try kube.check() }
-        guard specDirectoryOption != nil else { throw ValidationError("give --spec-dir DIR (a directory of specs) or --kube (the cluster's custom resources)") }
+        try git.check()
+        if git.enabled {
+            guard specDirectoryOption == nil else { throw ValidationError("--git-url and --spec-dir are two sources: give one") }
+            return
+        }
+        guard specDirectoryOption != nil else { throw ValidationError("give --spec-dir DIR (a directory of specs), --git-url URL (a git repository of specs) or --kube (the cluster's custom resources)") }
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: specDirectory, isDirectory: &isDirectory) else {
             throw ValidationError("--spec-dir \(specDirectory) does not exist (relative paths start at \(FilePaths.currentDirectory()))")

@@ -32,6 +32,10 @@ final class LocalDaemon: Sendable {
     let local: LocalWorkloadPlatform?
     let cluster: ClusterTarget?
     let source: SpecDirectorySource
+    /// The git source, with --git-url: it fetches, and the spec-directory source reads its
+    /// checkout (`specDirectory`).
+    let git: GitSpecSource?
+    let specDirectory: String
 
     /// Opens the state directory (one acting owner for the daemon's whole life: alone, or
     /// among daemons that elect a leader, never both), reads it, and builds the platform and
@@ -88,7 +92,9 @@ final class LocalDaemon: Sendable {
         platforms.notifier = AlertNotifier()
         Controllers.register(on: manager, store: objects, events: objects, cache: cache, platforms: platforms, prune: options.prune,
                              referrerDelay: cluster == nil ? .zero : Daemon.clusterReferrerDelay, metrics: metrics)
-        source = SpecDirectorySource(root: options.specDirectory, store: store, cache: cache, allowEmpty: options.allowEmpty,
+        git = options.git.source().map { GitSpecSource($0, stateDirectory: options.state.resolved) }
+        specDirectory = git?.specDirectory ?? options.specDirectory
+        source = SpecDirectorySource(root: specDirectory, store: store, cache: cache, allowEmpty: options.allowEmpty,
                                      maxFileSize: options.maxFileBytes, log: { log($0, level: $1.rawValue) }) { key, resource in
             await manager.enqueue(key, resource)
         }
@@ -131,7 +137,8 @@ final class LocalDaemon: Sendable {
     // MARK: - Running
 
     func run() async throws {
-        log("capstan \(Capstan.version) reading \(options.specDirectory), state in \(options.state.resolved)" + (cluster.map { ", running Deployments on \($0.server)" } ?? ""))
+        let reading = options.git.url.map { "\(GitSpecSource.safe($0)) (\(options.git.ref), \(options.git.path))" } ?? options.specDirectory
+        log("capstan \(Capstan.version) reading \(reading), state in \(options.state.resolved)" + (cluster.map { ", running Deployments on \($0.server)" } ?? ""))
         if elector == nil {
             try await lead()
             metrics.leader(true)
@@ -139,17 +146,18 @@ final class LocalDaemon: Sendable {
             metrics.leader(false)
             log("leader election on: waiting to lead as \(options.electionConfig!.identity)")
         }
-        let watcher = try DirectoryWatcher(root: options.specDirectory)
+        // A git checkout never changes in place (a new commit is a new snapshot): no watch.
+        let watcher = git == nil ? try DirectoryWatcher(root: options.specDirectory) : nil
         let group = try Daemon.serviceGroup(try services(watcher), shutdownGrace: options.shutdownGrace)
         ready.update { $0 = true }
         do {
             try await group.run()
         } catch {
             log("stopped on error: \(error)", level: "error")
-            watcher.stop()
+            watcher?.stop()
             throw ExitCode(1)
         }
-        watcher.stop()
+        watcher?.stop()
         await finish()
     }
 
@@ -161,6 +169,7 @@ final class LocalDaemon: Sendable {
         // it deleted, a status it wrote) is read now, before anything is acted on. (The fault
         // loop caught a new leader starting a Deployment the old one had deleted a second before.)
         if elector != nil { try LocalObjectStore.load(store, into: cache) }
+        if let git { await firstCheckout(git) }
         let summary = try await source.sync()
         log("read \(summary.applied) objects (\(summary.problems) problems)")
         if summary.problems > 0 { metrics.sourceError(source: "directory") }
@@ -193,7 +202,7 @@ final class LocalDaemon: Sendable {
 
     /// The services in stopping order reversed: the election stops last (the lease is released
     /// after the controllers finished their in-flight work), the controllers first.
-    func services(_ watcher: DirectoryWatcher) throws -> [any Service] {
+    func services(_ watcher: DirectoryWatcher?) throws -> [any Service] {
         let (host, port) = options.metricsHostPort!
         let server = Daemon.httpServer(host: host, port: port, address: options.metricsAddress, metrics: metrics, builtin: builtinMetrics, ready: { [ready] in ready.value },
                                        leader: { [elector] in elector.map { $0.isLeader } }, log: log)
@@ -235,15 +244,64 @@ final class LocalDaemon: Sendable {
         }
     }
 
+    /// Waits for the git source's first checkout (a fetch that fails is retried every 5 s; a
+    /// checkout a previous daemon made is read meanwhile instead of nothing).
+    func firstCheckout(_ git: GitSpecSource) async {
+        var delay = Duration.seconds(1)
+        while !Task.isCancelled {
+            do {
+                let update = try await git.update()
+                if case .moved(_, let commit, _, _) = update { log("git: checked out \(commit.prefix(12))") }
+                return
+            } catch {
+                if let commit = await git.checkedOut() {
+                    log("git: \(error); reading the last checkout, \(commit.prefix(12))", level: "warning")
+                    return
+                }
+                log("git: \(error); nothing checked out yet, trying again in \(delay)", level: "warning")
+                metrics.sourceError(source: "git")
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(30))
+            }
+        }
+    }
+
+    /// One fetch: a new commit is read as the files it changed (its whole tree when history
+    /// was rewritten); a failure keeps the last checkout, and says so.
+    static func fetch(_ git: GitSpecSource, source: SpecDirectorySource, metrics: RuntimeMetrics, log: DaemonLog) async {
+        do {
+            guard case .moved(let from, let to, let changed, let rewritten) = try await git.update() else { return }
+            if rewritten, let from {
+                log("git: \(git.options.ref) was rewritten (a force-push): \(from.prefix(12)) is not in the history of \(to.prefix(12)); following it", level: "warning")
+            }
+            let summary = try await source.sync(changed: rewritten ? nil : changed.map(Set.init))
+            if summary.problems > 0 { metrics.sourceError(source: "directory") }
+            log("git: commit \(to.prefix(12))\(from.map { " (was \($0.prefix(12)))" } ?? ""), \(changed?.count ?? 0) file(s) changed\(summary.partial ? "" : " (full read)"): \(summary.changed) object(s) changed, \(summary.deleted) deleted, \(summary.kept + summary.withheld) held at their last good version")
+        } catch {
+            metrics.sourceError(source: "git")
+            log("git: \(error); keeping \((await git.checkedOut()).map { "commit " + $0.prefix(12) } ?? "nothing")", level: "warning")
+        }
+    }
+
     /// File changes (at once), the resync (drift behind Capstan's back is found there at the
     /// latest) and SIGHUP.
-    func sourceLoops(_ watcher: DirectoryWatcher) throws -> LoopService {
+    func sourceLoops(_ watcher: DirectoryWatcher?) throws -> LoopService {
         let resync = try KubeDuration.parse(options.resync).duration
-        let (source, manager, metrics, log, specDirectory) = (source, manager, metrics, log, options.specDirectory)
+        let (source, manager, metrics, log, specDirectory, git) = (source, manager, metrics, log, specDirectory, git)
+        let gitInterval = (try? KubeDuration.parse(options.git.interval).duration) ?? .seconds(60)
         return LoopService("spec directory") { [self] in
             await manager.leading.wait()
             await withTaskGroup(of: Void.self) { group in
-                group.addTask {
+                if let git {
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try? await Task.sleep(for: gitInterval)
+                            if Task.isCancelled { break }
+                            await Self.fetch(git, source: source, metrics: metrics, log: log)
+                        }
+                    }
+                }
+                if let watcher { group.addTask {
                     for await batch in watcher.changes {
                         do {
                             let summary = try await source.sync(changed: batch.overflowed ? nil : batch.paths)
@@ -253,7 +311,7 @@ final class LocalDaemon: Sendable {
                             log("sync failed: \(error)", level: "error")
                         }
                     }
-                }
+                } }
                 group.addTask {
                     while !Task.isCancelled {
                         try? await Task.sleep(for: resync)

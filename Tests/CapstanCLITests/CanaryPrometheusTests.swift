@@ -22,7 +22,7 @@ import Glibc
     final class Prometheus: @unchecked Sendable {
         let port = LoopbackHTTP.freePort()
         let directory: String
-        let process = Process()
+        var server: PipedServer?
 
         init(directory: String) throws {
             self.directory = directory
@@ -34,13 +34,8 @@ import Glibc
                 - job_name: instances
                   file_sd_configs: [{files: ["\(directory)/targets.json"], refresh_interval: 1s}]
                 """.write(toFile: directory + "/prometheus.yml", atomically: true, encoding: .utf8)
-            process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = ["-c", "exec 3<&0; \"$@\" <&3 >>\"$LOG\" 2>&1 & pid=$!; echo $pid >\"$LOG.pid\"; cat >/dev/null; kill $pid 2>/dev/null; wait", "sh",
-                                 AlertServers.tool("prometheus"), "--config.file=\(directory)/prometheus.yml", "--storage.tsdb.path=\(directory)/data",
-                                 "--web.listen-address=127.0.0.1:\(port)", "--storage.tsdb.retention.time=1h"]
-            process.environment = ProcessInfo.processInfo.environment.merging(["LOG": directory + "/prometheus.log"]) { $1 }
-            process.standardInput = Pipe()
-            try process.run()
+            server = try PipedServer([AlertServers.tool("prometheus"), "--config.file=\(directory)/prometheus.yml", "--storage.tsdb.path=\(directory)/data",
+                                      "--web.listen-address=127.0.0.1:\(port)", "--storage.tsdb.retention.time=1h"], log: directory + "/prometheus.log")
         }
 
         var address: String { "http://127.0.0.1:\(port)" }
@@ -69,14 +64,11 @@ import Glibc
             return answer.body.contains("\"value\"")
         }
 
-        /// Stops Prometheus now (SIGTERM), and the shell that watched for the test's end.
+        /// Stops Prometheus now.
         func stop() {
-            if let text = try? String(contentsOfFile: directory + "/prometheus.log.pid", encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
-                Glibc.kill(pid, SIGTERM)
-            }
+            server?.stop()
             let deadline = Date().addingTimeInterval(10)
             while LoopbackHTTP.get(port: port, path: "/-/ready") != nil && Date() < deadline { usleep(100_000) }
-            (process.standardInput as? Pipe)?.fileHandleForWriting.closeFile()
         }
     }
 
@@ -185,7 +177,8 @@ import Glibc
         try await until("version 2 promoted", seconds: 60) { try await status("canary/web")["phase"] as? String == "Succeeded" }
         let runs = try await status("canary/web")["analysisRuns"] as? [[String: Any]] ?? []
         #expect(!runs.isEmpty && runs.allSatisfy { $0["passed"] as? Bool == true && $0["value"] as? Double == 0 }, "\(runs)")
-        #expect(prometheus.has("hello_requests_total{version=\"2\"}"), "Prometheus scraped the canary")
+        // Scraped (the targets follow the instances within about 2.5 s).
+        try await until("Prometheus has version 2's requests", seconds: 15) { prometheus.has("hello_requests_total{version=\"2\"}") }
 
         // A version that answers errors (its FAIL_FILE exists): aborted on the errors counted.
         try write(specs(version: "3", port: port, prometheus: prometheus, failFile: fail, pause: "20s"), to: "web.yaml")
@@ -193,7 +186,7 @@ import Glibc
         let (reason, message) = try await stalled()
         #expect(reason == "AnalysisFailed")
         #expect(message.contains("errors:") && message.contains("above the maximum 0"), "\(message)")
-        #expect(prometheus.has("hello_requests_total{version=\"3\",code=\"500\"}"))
+        #expect(prometheus.has("hello_requests_total{version=\"3\",code=\"500\"}"), "the errors the analysis read")
         let abortedAt = Date().timeIntervalSince1970
         try await Task.sleep(for: .seconds(2))
         let after = hammer.between(abortedAt + 0.5, Date().timeIntervalSince1970)

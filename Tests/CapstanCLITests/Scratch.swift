@@ -101,3 +101,32 @@ extension ScratchSuite {
         throw CLITests.CLIError("timed out waiting for \(what)")
     }
 }
+
+/// A server process the test starts and stops: it runs under a shell that kills it (SIGKILL:
+/// a child of Foundation's Process may start with SIGTERM blocked) when `stop()` is called or
+/// when the test process ends, even by kill -9 (its pipe closes). Output goes to `log`.
+final class PipedServer: @unchecked Sendable {
+    let log: String
+    private let process = Process()
+
+    /// `command`'s first word may be a shell word (`"$(git --exec-path)/git-daemon"`).
+    init(_ command: [String], log: String, shellProgram: String? = nil) throws {
+        self.log = log
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        let program = shellProgram.map { "\($0) " } ?? ""
+        process.arguments = ["-c", "exec 3<&0; \(program)\"$@\" <&3 >>\"$LOG\" 2>&1 & pid=$!; echo $pid >\"$LOG.pid\"; cat >/dev/null; kill -9 $pid 2>/dev/null; wait", "sh"] + command
+        process.environment = ProcessInfo.processInfo.environment.merging(["LOG": log]) { $1 }
+        process.standardInput = Pipe()
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+    }
+
+    /// Kills the server now and lets its shell go.
+    func stop() {
+        if let text = try? String(contentsOfFile: log + ".pid", encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            kill(pid, SIGKILL)
+        }
+        (process.standardInput as? Pipe)?.fileHandleForWriting.closeFile()
+    }
+}
