@@ -81,6 +81,8 @@ final class S3Server: Sendable {
     /// Asks for a backup and waits for the run it started to end; returns its record.
     @discardableResult
     func backupNow(_ name: String, seconds: Double = 60) async throws -> [String: Any] {
+        // A daemon just started may not have read the schedule yet: the command would truly find nothing.
+        try await until("the daemon to read \(name)", seconds: 20) { try await capstan(["get", "backupschedule/\(name)"]).status == 0 }
         let before = try await backups(name).count
         let run = try await capstan(["backup", "run", "backupschedule/\(name)"])
         #expect(run.status == 0, "\(run.stdout)\(run.stderr)")

@@ -57,9 +57,10 @@ import Glibc
             try? "[{\"targets\": [\(targets)]}]".write(toFile: directory + "/targets.json", atomically: true, encoding: .utf8)
         }
 
-        /// Whether Prometheus has a series for `selector` now.
+        /// Whether Prometheus has had a series for `selector` in the last ten minutes (an
+        /// aborted canary's instance is no longer scraped, and its series go stale at once).
         func has(_ selector: String) -> Bool {
-            let query = selector.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? selector
+            let query = "last_over_time(\(selector)[10m])".addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? selector
             guard let answer = LoopbackHTTP.get(port: port, path: "/api/v1/query?query=" + query), answer.status == 200 else { return false }
             return answer.body.contains("\"value\"")
         }

@@ -104,6 +104,9 @@ import Testing
 
     /// Asks for a run; on a cluster waits for its Job (the new one).
     func requestRun(_ platform: Platform, known: Int = 0) async throws -> SpecNode? {
+        // The daemon reads a put schedule when it reads it: until then the command truly finds nothing.
+        let seen = Date().addingTimeInterval(20)
+        while try await platform.cli(["get", "backupschedule/web"]).status != 0 && Date() < seen { try await Task.sleep(for: .milliseconds(100)) }
         let run = try await platform.cli(["backup", "run", "backupschedule/web"])
         #expect(run.status == 0, "\(platform.kind): \(run.output)")
         guard platform.kind == .kube else { return nil }
@@ -135,7 +138,6 @@ import Testing
                 #expect(set.status == 0, "\(set.output)")
             }
             try await platform.put([Self.schedule(root: root)])
-            try await Task.sleep(for: .milliseconds(500))
             let job = try await requestRun(platform)
             if let job {
                 // A Job the cluster runs: owned, labelled, one attempt, bounded, collected, no secret value in it.

@@ -450,7 +450,8 @@ import Glibc
         var calendar = Calendar(identifier: .gregorian)
         calendar.timeZone = TimeZone(identifier: "UTC")!
         // The next minute at least 15 s away (the version must be seen waiting first).
-        var opens = calendar.date(bySetting: .second, value: 0, of: Date().addingTimeInterval(60))!
+        // A whole minute (status carries whole seconds; Calendar keeps a fraction of the second).
+        var opens = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 / 60).rounded(.down) * 60 + 60)
         if opens.timeIntervalSinceNow < 15 { opens = opens.addingTimeInterval(60) }
         async let local: Void = window(.local, opens: opens, calendar)
         async let kube: Void = window(.kube, opens: opens, calendar)
