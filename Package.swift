@@ -152,7 +152,8 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanCLITests",
-            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanIntegrations", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanIntegrations", .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "Crypto", package: "swift-crypto")]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -12,13 +12,15 @@ public struct StoredObject: Sendable, Hashable {
     /// Why it is held at its last good version while `problems` is not empty: `InvalidSpec`
     /// (its document does not parse or validate), `SourceUnreadable` (its file or directory
     /// cannot be read), `SourceEmpty` (its source yielded nothing at all) or `DuplicateObject`
-    /// (another file defines it too; the file it came from keeps it).
+    /// (another file defines it too; the file it came from keeps it) or `SourceFetchFailed`
+    /// (a git source cannot be fetched: the last commit fetched is kept).
     public var holdReason: String
 
     public static let invalidSpec = "InvalidSpec"
     public static let sourceEmpty = "SourceEmpty"
     public static let sourceUnreadable = "SourceUnreadable"
     public static let duplicateObject = "DuplicateObject"
+    public static let sourceFetchFailed = "SourceFetchFailed"
 
     public init(resource: AnyResource, generation: Int, sourceFile: String, problems: [String] = [], holdReason: String = StoredObject.invalidSpec) {
         self.resource = resource

@@ -214,6 +214,13 @@ public actor GitSpecSource {
         return environment
     }
 
+    /// A spec file's path in the repository (`specs/web.yaml`), for a file read from a
+    /// checkout (`<state>/source/git/current/specs/web.yaml`); nil for any other file.
+    public static func repositoryPath(of file: String) -> String? {
+        guard let range = file.range(of: "/source/git/current/") else { return nil }
+        return String(file[range.upperBound...])
+    }
+
     /// A URL or a message with any `user:password@` of a URL taken out.
     public static func safe(_ text: String) -> String {
         guard text.contains("@"), let userinfo = try? NSRegularExpression(pattern: "://[^/@\\s]*@") else { return text }

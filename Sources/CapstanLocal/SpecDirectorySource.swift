@@ -48,6 +48,44 @@ public actor SpecDirectorySource {
         self.enqueue = enqueue
     }
 
+    /// The commit the directory holds (a git source's checkout): recorded on each object whose
+    /// spec a sync creates or changes, and named in the event saying so.
+    private var revision: String? = nil
+
+    public func setRevision(_ commit: String?) {
+        revision = commit
+    }
+
+    /// Holds every object that reads cleanly at its last good version because of its source
+    /// (`reason`: a git fetch that failed): the hold is visible where holds are (STATUS Held,
+    /// a condition, one Warning event each). Objects held for their own spec keep that hold.
+    public func holdAll(reason: String, message: String) async throws {
+        let time = now()
+        for stored in cache.list() where stored.problems.isEmpty || stored.holdReason == reason {
+            let key = stored.resource.key
+            if try store.setProblems(key, [message], reason: reason) {
+                cache.update(key) { $0.problems = [message]; $0.holdReason = reason }
+                try store.recordEvent(.warning, reason: reason, message: message + "; the last good version is kept", about: key, at: time)
+                await enqueue(key, cache.get(key)?.resource)
+            }
+        }
+    }
+
+    /// Ends the holds `holdAll` made for `reason` (the source answers again); returns how many.
+    @discardableResult
+    public func releaseAll(reason: String) async throws -> Int {
+        var released = 0
+        for stored in cache.list() where !stored.problems.isEmpty && stored.holdReason == reason {
+            let key = stored.resource.key
+            if try store.setProblems(key, [], reason: reason) {
+                cache.update(key) { $0.problems = []; $0.holdReason = StoredObject.invalidSpec }
+                released += 1
+                await enqueue(key, cache.get(key)?.resource)
+            }
+        }
+        return released
+    }
+
     /// Whether the last read found an object defined twice: while it lasts, every change is a
     /// full read (which copy wins depends on files a partial read would not see).
     private var sawDuplicates = false
@@ -176,7 +214,7 @@ public actor SpecDirectorySource {
         let heldBefore = Dictionary(duplicateKeys.compactMap { key in cache.get(key).map { (key, $0.problems.isEmpty ? "" : $0.holdReason + "\n" + $0.problems.joined(separator: "\n")) } },
                                     uniquingKeysWith: { first, _ in first })
 
-        for applied in try store.applyAll(plan.apply, now: time) {
+        for applied in try store.applyAll(plan.apply, now: time, revision: revision) {
             summary.applied += 1
             let key = applied.object.key
             try store.setPruneDisabled(key, Prune.isDisabled(applied.resource.metadata), at: time)
@@ -195,6 +233,11 @@ public actor SpecDirectorySource {
                 summary.changed += 1
                 if applied.outcome == .specChanged { log("\(key): spec changed, generation \(applied.generation)", .info) }
                 if applied.outcome == .created { log("\(key): created from \(applied.object.location)", .info) }
+                if let revision, applied.outcome != .unchanged {
+                    let file = GitSpecSource.repositoryPath(of: applied.object.file) ?? applied.object.file
+                    try store.recordEvent(.normal, reason: applied.outcome == .created ? "Created" : "SpecChanged",
+                                          message: "generation \(applied.generation) from commit \(revision.prefix(12)) (\(file))", about: key, at: time)
+                }
                 if cleared { log("\(key): its spec reads again; no longer held", .info) }
                 await enqueue(key, applied.object.resource)
             }

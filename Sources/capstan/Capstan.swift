@@ -16,7 +16,7 @@ struct Capstan: AsyncParsableCommand {
             Start with:  capstan run --spec-dir manifests/examples   (and, beside it: capstan get applications)
             """,
         version: "capstan \(version)",
-        subcommands: [Run.self, Get.self, Describe.self, Events.self, Reconcile.self, Rollback.self, Promote.self, Abort.self, Rotate.self, Ack.self, SecretCommand.self, BackupCommand.self, BackupJobCommand.self, Requests.self, Down.self, Validate.self, CRDs.self, VersionCommand.self]
+        subcommands: [Run.self, Get.self, Describe.self, Events.self, Reconcile.self, Rollback.self, Promote.self, Abort.self, Rotate.self, Ack.self, SecretCommand.self, BackupCommand.self, BackupJobCommand.self, Requests.self, SourceCommand.self, Diff.self, Down.self, Validate.self, CRDs.self, VersionCommand.self]
     )
 }
 

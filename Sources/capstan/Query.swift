@@ -158,6 +158,23 @@ struct Get: AsyncParsableCommand {
         return records
     }
 
+    /// The object as shown: with `status.sourceRevision` (the commit its spec was last applied
+    /// from, and the file's path in the repository) when it came from a git source.
+    static func node(_ record: StateStore.ObjectRecord) -> SpecNode {
+        let node = record.resource.encode()
+        guard !record.revision.isEmpty, case .mapping(var entries) = node.value else { return node }
+        let revision = SpecNode.mapping([("commit", .string(record.revision)),
+                                         ("path", .string(GitSpecSource.repositoryPath(of: record.sourceFile) ?? record.sourceFile))])
+        if let index = entries.firstIndex(where: { $0.key == "status" }), case .mapping(var status) = entries[index].value.value {
+            status.removeAll { $0.key == "sourceRevision" }
+            status.append(.init("sourceRevision", revision))
+            entries[index].value = SpecNode(.mapping(status))
+        } else {
+            entries.append(.init("status", .mapping([("sourceRevision", revision)])))
+        }
+        return SpecNode(.mapping(entries))
+    }
+
     /// STATUS, REASON and the message of an object (kstatus' order; a hold first).
     static func summary(_ record: StateStore.ObjectRecord, node: SpecNode? = nil) -> StatusSummary {
         let type = record.key.kind.type
@@ -176,7 +193,10 @@ struct Get: AsyncParsableCommand {
         // Deployments read as kubectl's do: READY is ready/desired instances.
         let ratio = kind == .deployment
         let extra = type.columns.filter { (wide || $0.priority == 0) && !(ratio && ["Ready-Replicas", "Replicas"].contains($0.name)) }
-        let header = ["NAMESPACE", "NAME", "READY", "STATUS", "REASON"] + extra.map { $0.name.uppercased() } + ["AGE"] + (wide ? ["MESSAGE"] : [])
+        // -o wide: the commit of each object's spec, when they come from git.
+        let revisions = wide && records.contains { !$0.revision.isEmpty }
+        let header = ["NAMESPACE", "NAME", "READY", "STATUS", "REASON"] + extra.map { $0.name.uppercased() } + ["AGE"] + (revisions ? ["REVISION"] : [])
+            + (wide ? ["MESSAGE"] : [])
         let rows = records.map { record -> (ObjectKey, [String]) in
             let node = record.resource.encode()
             let summary = Self.summary(record, node: node)
@@ -184,7 +204,8 @@ struct Get: AsyncParsableCommand {
                 record.key.namespace, prefixed ? "\(kind.singular)/\(record.key.name)" : record.key.name,
                 ratio ? Self.readyRatio(record.resource) : JSONPath.text(".status.conditions[?(@.type==\"Ready\")].status", on: node),
                 summary.status, summary.reason,
-            ] + extra.map { JSONPath.text($0.jsonPath, on: node) } + [age(since: record.createdAt)] + (wide ? [summary.message] : []))
+            ] + extra.map { JSONPath.text($0.jsonPath, on: node) } + [age(since: record.createdAt)] + (revisions ? [String(record.revision.prefix(12))] : [])
+              + (wide ? [summary.message] : []))
         }
         return (header, rows)
     }
@@ -218,7 +239,7 @@ struct Get: AsyncParsableCommand {
             let what = kinds.count == 1 ? "\(kinds[0].singular) \"\(name)\"" : "no object named \"\(name)\""
             throw UserError("\(what) not found" + (namespace.map { " in namespace \($0)" } ?? ""))
         }
-        let nodes = found.flatMap { $0.1 }.map { $0.resource.encode() }
+        let nodes = found.flatMap { $0.1 }.map(Self.node)
         switch output {
         case .yaml:
             print(nodes.map(YAMLEmitter.emit).joined(separator: "---\n"), terminator: "")
@@ -236,6 +257,11 @@ struct Get: AsyncParsableCommand {
                 if index > 0 { print("") }
                 let table = try tableRows(kind: kind, records: records, prefixed: kinds.count > 1)
                 printTable([table.header] + table.rows.map(\.1))
+            }
+            // `get all`: the source too, as `capstan source` shows it.
+            if kinds.count > 1, name == nil, let rows = try SourceCommand.rows(store), rows.count > 1 {
+                print("")
+                printTable(rows)
             }
         }
     }
@@ -268,6 +294,9 @@ struct Describe: ParsableCommand {
         print("Kind:         \(key.kind.rawValue)")
         print("Generation:   \(record.generation)")
         print("Source:       \(record.source)")
+        if !record.revision.isEmpty {
+            print("Revision:     \(record.revision) (\(GitSpecSource.repositoryPath(of: record.sourceFile) ?? record.sourceFile))")
+        }
         print("Created:      \(Timestamp(record.createdAt)) (\(age(since: record.createdAt)) ago)")
         let summary = Get.summary(record)
         print("Status:       \(summary.status)" + (summary.reason.isEmpty ? "" : " (\(summary.reason))"))

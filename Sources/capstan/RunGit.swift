@@ -27,14 +27,47 @@ struct GitOptions: ParsableArguments {
     @Option(name: .customLong("git-known-hosts-file"), help: ArgumentHelp("The known_hosts file the SSH server's key is checked against.", valueName: "file"))
     var knownHostsFile: String?
 
+    @Option(name: .customLong("webhook-addr"), help: ArgumentHelp("Where git hosts' push webhooks are received (POST /hooks/git): a push to --git-ref fetches at once. Needs --webhook-secret-file.", valueName: "host:port"))
+    var webhookAddress: String?
+
+    @Option(name: .customLong("webhook-secret-file"), help: ArgumentHelp("A file holding the webhooks' shared secret (GitHub, Gitea and Bitbucket sign with it; GitLab sends it as its token).", valueName: "file"))
+    var webhookSecretFile: String?
+
     var enabled: Bool { url != nil }
+
+    /// The webhook listener's host and port.
+    var webhookHostPort: (String, Int)? {
+        guard let webhookAddress, let colon = webhookAddress.lastIndex(of: ":"), let port = Int(webhookAddress[webhookAddress.index(after: colon)...]),
+              (0...65535).contains(port) else { return nil }
+        let host = String(webhookAddress[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        return host.isEmpty ? nil : (host, port)
+    }
+
+    /// The webhooks' secret (read at start: a secret changed on disk takes a restart).
+    func webhookSecret() -> [UInt8]? {
+        guard let webhookSecretFile, let data = FileManager.default.contents(atPath: webhookSecretFile) else { return nil }
+        var bytes = [UInt8](data)
+        while let last = bytes.last, last == 10 || last == 13 || last == 32 { bytes.removeLast() }
+        return bytes.isEmpty ? nil : bytes
+    }
 
     func check() throws {
         guard let url else {
-            if tokenFile != nil || sshKeyFile != nil || knownHostsFile != nil {
-                throw ValidationError("--git-token-file, --git-ssh-key-file and --git-known-hosts-file go with --git-url")
+            if tokenFile != nil || sshKeyFile != nil || knownHostsFile != nil || webhookAddress != nil || webhookSecretFile != nil {
+                throw ValidationError("--git-token-file, --git-ssh-key-file, --git-known-hosts-file, --webhook-addr and --webhook-secret-file go with --git-url")
             }
             return
+        }
+        if webhookAddress != nil || webhookSecretFile != nil {
+            guard webhookHostPort != nil else { throw ValidationError("--webhook-addr \"\(webhookAddress ?? "")\" is not host:port, such as 0.0.0.0:9465") }
+            guard let webhookSecretFile else {
+                throw ValidationError("--webhook-addr needs --webhook-secret-file: without a secret anyone who reaches the port could make the daemon fetch")
+            }
+            guard FileManager.default.isReadableFile(atPath: webhookSecretFile) else {
+                throw ValidationError("--webhook-secret-file \(webhookSecretFile) cannot be read (relative paths start at \(FilePaths.currentDirectory()))")
+            }
+            guard webhookSecret() != nil else { throw ValidationError("--webhook-secret-file \(webhookSecretFile) is empty") }
+            guard webhookAddress != nil else { throw ValidationError("--webhook-secret-file goes with --webhook-addr") }
         }
         if url.range(of: "^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*@", options: .regularExpression) != nil, !url.hasPrefix("ssh://") {
             throw ValidationError("--git-url holds credentials: put a token in a file and name it with --git-token-file (a URL ends up in logs and process lists)")

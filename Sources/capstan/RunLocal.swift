@@ -35,6 +35,7 @@ final class LocalDaemon: Sendable {
     /// The git source, with --git-url: it fetches, and the spec-directory source reads its
     /// checkout (`specDirectory`).
     let git: GitSpecSource?
+    let gitLoop: GitLoop?
     let specDirectory: String
 
     /// Opens the state directory (one acting owner for the daemon's whole life: alone, or
@@ -98,6 +99,8 @@ final class LocalDaemon: Sendable {
                                      maxFileSize: options.maxFileBytes, log: { log($0, level: $1.rawValue) }) { key, resource in
             await manager.enqueue(key, resource)
         }
+        let (source, store) = (source, store)
+        gitLoop = git.map { GitLoop(git: $0, options: options.git, source: source, store: store, metrics: metrics, log: log) }
     }
 
     /// With leader election every action is fenced: a leader frozen past its renew deadline
@@ -169,9 +172,14 @@ final class LocalDaemon: Sendable {
         // it deleted, a status it wrote) is read now, before anything is acted on. (The fault
         // loop caught a new leader starting a Deployment the old one had deleted a second before.)
         if elector != nil { try LocalObjectStore.load(store, into: cache) }
-        if let git { await firstCheckout(git) }
+        if let gitLoop {
+            await gitLoop.firstCheckout()
+        } else {
+            Self.recordDirectorySource(store, path: specDirectory, log: log)
+        }
         let summary = try await source.sync()
         log("read \(summary.applied) objects (\(summary.problems) problems)")
+        await gitLoop?.afterFirstRead()
         if summary.problems > 0 { metrics.sourceError(source: "directory") }
         if let local {
             let (adopted, restarted, unavailable) = await local.adopt()
@@ -244,42 +252,15 @@ final class LocalDaemon: Sendable {
         }
     }
 
-    /// Waits for the git source's first checkout (a fetch that fails is retried every 5 s; a
-    /// checkout a previous daemon made is read meanwhile instead of nothing).
-    func firstCheckout(_ git: GitSpecSource) async {
-        var delay = Duration.seconds(1)
-        while !Task.isCancelled {
-            do {
-                let update = try await git.update()
-                if case .moved(_, let commit, _, _) = update { log("git: checked out \(commit.prefix(12))") }
-                return
-            } catch {
-                if let commit = await git.checkedOut() {
-                    log("git: \(error); reading the last checkout, \(commit.prefix(12))", level: "warning")
-                    return
-                }
-                log("git: \(error); nothing checked out yet, trying again in \(delay)", level: "warning")
-                metrics.sourceError(source: "git")
-                try? await Task.sleep(for: delay)
-                delay = min(delay * 2, .seconds(30))
-            }
-        }
-    }
-
-    /// One fetch: a new commit is read as the files it changed (its whole tree when history
-    /// was rewritten); a failure keeps the last checkout, and says so.
-    static func fetch(_ git: GitSpecSource, source: SpecDirectorySource, metrics: RuntimeMetrics, log: DaemonLog) async {
+    /// `capstan source` for a spec directory: which one, watched.
+    static func recordDirectorySource(_ store: StateStore, path: String, log: DaemonLog) {
+        let fields: [String: Any] = ["type": "directory", "path": path]
+        guard let data = try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys]) else { return }
         do {
-            guard case .moved(let from, let to, let changed, let rewritten) = try await git.update() else { return }
-            if rewritten, let from {
-                log("git: \(git.options.ref) was rewritten (a force-push): \(from.prefix(12)) is not in the history of \(to.prefix(12)); following it", level: "warning")
-            }
-            let summary = try await source.sync(changed: rewritten ? nil : changed.map(Set.init))
-            if summary.problems > 0 { metrics.sourceError(source: "directory") }
-            log("git: commit \(to.prefix(12))\(from.map { " (was \($0.prefix(12)))" } ?? ""), \(changed?.count ?? 0) file(s) changed\(summary.partial ? "" : " (full read)"): \(summary.changed) object(s) changed, \(summary.deleted) deleted, \(summary.kept + summary.withheld) held at their last good version")
+            try store.keepSourceStatuses(["directory"])
+            try store.setSourceStatus("directory", document: String(decoding: data, as: UTF8.self))
         } catch {
-            metrics.sourceError(source: "git")
-            log("git: \(error); keeping \((await git.checkedOut()).map { "commit " + $0.prefix(12) } ?? "nothing")", level: "warning")
+            log("cannot record the source's status: \(error)", level: "warning")
         }
     }
 
@@ -287,20 +268,11 @@ final class LocalDaemon: Sendable {
     /// latest) and SIGHUP.
     func sourceLoops(_ watcher: DirectoryWatcher?) throws -> LoopService {
         let resync = try KubeDuration.parse(options.resync).duration
-        let (source, manager, metrics, log, specDirectory, git) = (source, manager, metrics, log, specDirectory, git)
-        let gitInterval = (try? KubeDuration.parse(options.git.interval).duration) ?? .seconds(60)
+        let (source, manager, metrics, log, specDirectory, gitLoop) = (source, manager, metrics, log, specDirectory, gitLoop)
         return LoopService("spec directory") { [self] in
             await manager.leading.wait()
             await withTaskGroup(of: Void.self) { group in
-                if let git {
-                    group.addTask {
-                        while !Task.isCancelled {
-                            try? await Task.sleep(for: gitInterval)
-                            if Task.isCancelled { break }
-                            await Self.fetch(git, source: source, metrics: metrics, log: log)
-                        }
-                    }
-                }
+                if let gitLoop { group.addTask { await gitLoop.run() } }
                 if let watcher { group.addTask {
                     for await batch in watcher.changes {
                         do {

@@ -153,6 +153,44 @@ import Glibc
 
     // MARK: - Holds
 
+    /// `capstan diff` on a copy of the running spec directory: nothing but a summary and exit 0
+    /// while it is the same; once edited, exactly its changes (field by field, with the rollout
+    /// and scaling they bring), the deletion, the new object and the invalid document, exit 1.
+    @Test func diffListsExactlyTheChangesOfACopy() throws {
+        let port = LoopbackHTTP.freePort(), other = LoopbackHTTP.freePort()
+        try write(Self.app() + "---\n" + Self.deployment(port: port), to: "web.yaml")
+        try write(Self.deployment(name: "api", port: other), to: "api.yaml")
+        let daemon = try startDaemon()
+        defer { cleanUp([daemon]) }
+        try poll("both Deployments read") { try capstan(["get", "deployments", "--state-dir", state]).stdout.contains("api") }
+        let copy = root + "/copy"
+        try FileManager.default.copyItem(atPath: specs, toPath: copy)
+        let same = try capstan(["diff", copy, "--state-dir", state])
+        #expect(same.status == 0 && same.stdout == "Summary: 3 unchanged\n", "\(same.stdout)\(same.stderr)")
+
+        try (Self.app(command: "[python3, server.py, --quiet]") + "---\n" + Self.deployment(port: port, replicas: 2))
+            .write(toFile: copy + "/web.yaml", atomically: true, encoding: .utf8)
+        try FileManager.default.removeItem(atPath: copy + "/api.yaml")
+        try Self.deployment(name: "extra", port: LoopbackHTTP.freePort()).write(toFile: copy + "/extra.yaml", atomically: true, encoding: .utf8)
+        try "apiVersion: capstan.dev/v1alpha1\nkind: Deployment\nmetadata: {name: broken}\nspec: {replicas: many}\n".write(toFile: copy + "/broken.yaml", atomically: true, encoding: .utf8)
+        let changed = try capstan(["diff", copy, "--state-dir", state])
+        #expect(changed.status == 1, "\(changed.stderr)")
+        let lines = changed.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.contains("Application/default/web: changed (generation 1 -> 2)"), "\(changed.stdout)")
+        #expect(lines.contains("  ~ spec.command[2]: \"--quiet\"") || lines.contains("  + spec.command[2]: \"--quiet\""), "\(changed.stdout)")
+        #expect(lines.contains("  => deployment/web rolls out a new revision"), "\(changed.stdout)")
+        #expect(lines.contains("Deployment/default/web: changed (generation 1 -> 2)") && lines.contains("  ~ spec.replicas: 1 -> 2")
+                && lines.contains("  => replicas 1 -> 2"), "\(changed.stdout)")
+        #expect(lines.contains("Deployment/default/api: deleted (no file holds it)"), "\(changed.stdout)")
+        #expect(lines.contains { $0.hasPrefix("Deployment/default/extra: created (from \(copy)/extra.yaml:1:1)") }, "\(changed.stdout)")
+        #expect(lines.contains { $0.contains("broken") && $0.contains("invalid (not applied)") }, "\(changed.stdout)")
+        #expect(lines.last == "Summary: 1 created, 2 changed, 1 deleted, 1 invalid", "\(changed.stdout)")
+        // Nothing was acted on: the daemon still runs what it read.
+        #expect(try capstan(["get", "deployments", "--state-dir", state]).stdout.contains("api"))
+        let missing = try capstan(["diff", root + "/nosuch", "--state-dir", state])
+        #expect(missing.status == 2 && missing.stderr.contains("does not exist"), "\(missing.stderr)")
+    }
+
     /// An emptied spec directory deletes nothing and says so where users look: STATUS Held,
     /// REASON SourceEmpty, a condition with what to do, one Warning event, a warning line.
     @Test func anEmptiedDirectoryShowsItsObjectsAsHeld() throws {

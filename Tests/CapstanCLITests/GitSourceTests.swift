@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Testing
 #if canImport(Glibc)
@@ -112,8 +113,9 @@ import Glibc
         LoopbackHTTP.get(port: port, path: "/version")?.body.hasPrefix(version) == true
     }
 
-    @Test func commitsAreAppliedAndAServerThatIsDownOrARefThatVanishedKeepsTheLastGoodOne() async throws {
-        let port = LoopbackHTTP.freePort()
+    /// A work tree with version 1 of the specs committed, its bare remote, and `git daemon`
+    /// serving it.
+    func repository(port: Int) async throws -> GitDaemon {
         try FileManager.default.createDirectory(atPath: root + "/work/specs/web", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: root + "/remote", withIntermediateDirectories: true)
         try FileManager.default.copyItem(atPath: CLITests.root + "/manifests/examples/apps/hello/server.py", toPath: root + "/work/specs/web/server.py")
@@ -122,6 +124,12 @@ import Glibc
         try commit("1", port: port)
         let server = GitDaemon(base: root + "/remote")
         try await server.start()
+        return server
+    }
+
+    @Test func commitsAreAppliedAndAServerThatIsDownOrARefThatVanishedKeepsTheLastGoodOne() async throws {
+        let port = LoopbackHTTP.freePort()
+        let server = try await repository(port: port)
         defer { server.stop() }
 
         let url = "git://127.0.0.1:\(server.port)/specs.git"
@@ -157,6 +165,128 @@ import Glibc
         #expect(serves(port, "4"))
         let deployment = try await CLITests.capstanAsync(["get", "deployment/web", "--state-dir", state], in: root)
         #expect(deployment.stdout.contains("web"), "the Deployment is still there: \(deployment.stdout)")
+    }
+
+    // MARK: - Webhooks
+
+    static let secret = "webhook-s3cret"
+
+    static func sign(_ body: String, secret: String = secret) -> String {
+        HMAC<SHA256>.authenticationCode(for: Array(body.utf8), using: SymmetricKey(data: Array(secret.utf8))).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// A push of `commit` to `ref` as each git host sends it, signed as each signs.
+    static func push(_ provider: String, ref: String, commit: String, secret: String = secret) -> (headers: [(String, String)], body: String) {
+        switch provider {
+        case "gitlab":
+            let body = #"{"object_kind":"push","ref":"\#(ref)","after":"\#(commit)","checkout_sha":"\#(commit)","project":{"path_with_namespace":"team/specs"}}"#
+            return ([("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", secret)], body)
+        case "gitea":
+            let body = #"{"ref":"\#(ref)","after":"\#(commit)","repository":{"full_name":"team/specs"}}"#
+            return ([("X-Gitea-Event", "push"), ("X-Gitea-Signature", sign(body, secret: secret))], body)
+        case "bitbucket":
+            let branch = ref.replacingOccurrences(of: "refs/heads/", with: "")
+            let body = #"{"push":{"changes":[{"new":{"type":"branch","name":"\#(branch)","target":{"hash":"\#(commit)"}}}]}}"#
+            return ([("X-Event-Key", "repo:push"), ("X-Hub-Signature", "sha256=" + sign(body, secret: secret))], body)
+        default:
+            let body = #"{"ref":"\#(ref)","after":"\#(commit)","repository":{"full_name":"team/specs"}}"#
+            return ([("X-GitHub-Event", "push"), ("X-GitHub-Delivery", UUID().uuidString), ("X-Hub-Signature-256", "sha256=" + sign(body, secret: secret))], body)
+        }
+    }
+
+    func deliver(_ port: Int, _ delivery: (headers: [(String, String)], body: String)) -> Int {
+        LoopbackHTTP.request("POST", port: port, path: "/hooks/git", body: delivery.body, headers: delivery.headers + [("Content-Type", "application/json")])?.status ?? 0
+    }
+
+    func json(_ arguments: [String]) async throws -> [String: Any] {
+        let run = try await CLITests.capstanAsync(arguments + ["-o", "json", "--state-dir", state], in: root)
+        return (try? JSONSerialization.jsonObject(with: Data(run.stdout.utf8))) as? [String: Any] ?? [:]
+    }
+
+    /// A signed push webhook fetches at once (the interval is an hour); every delivery, good or
+    /// refused, is in the log; the commit is on the object and in its events; a repository
+    /// that cannot be fetched holds the objects visibly until it can.
+    @Test func aSignedWebhookFetchesAtOnceAndEveryDeliveryIsLogged() async throws {
+        let port = LoopbackHTTP.freePort(), hooks = LoopbackHTTP.freePort()
+        let server = try await repository(port: port)
+        defer { server.stop() }
+        try Self.secret.write(toFile: root + "/webhook-secret", atomically: true, encoding: .utf8)
+        let url = "git://127.0.0.1:\(server.port)/specs.git"
+        let daemon = try start(["run", "--git-url", url, "--git-path", "specs", "--git-interval", "1h", "--state-dir", state,
+                                "--webhook-addr", "127.0.0.1:\(hooks)", "--webhook-secret-file", root + "/webhook-secret",
+                                "--resync", "1h", "--metrics-addr", "127.0.0.1:0"])
+        defer { cleanUp([daemon]) }
+        try await until("version 1 from the repository", seconds: 60) { serves(port, "1") }
+        try await until("the webhook listener", seconds: 20) { GitSourceTests.accepts(hooks) }
+        let first = try git(["rev-parse", "HEAD"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        var revision = (try await json(["get", "deployment/web"])["status"] as? [String: Any])?["sourceRevision"] as? [String: Any]
+        #expect(revision?["commit"] as? String == first && revision?["path"] as? String == "specs/web.yaml", "\(String(describing: revision))")
+
+        // A push, then its webhook: applied at once.
+        try commit("2", port: port)
+        let second = try git(["rev-parse", "HEAD"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let sent = Date()
+        #expect(deliver(hooks, Self.push("github", ref: "refs/heads/main", commit: second)) == 202)
+        try await until("version 2 on the webhook", seconds: 20) { serves(port, "2") }
+        print("webhook to version 2 serving: \(Int(Date().timeIntervalSince(sent) * 1000)) ms")
+        revision = (try await json(["get", "deployment/web"])["status"] as? [String: Any])?["sourceRevision"] as? [String: Any]
+        #expect(revision?["commit"] as? String == second)
+        let events = try await CLITests.capstanAsync(["events", "deployment/web", "--state-dir", state], in: root).stdout
+        #expect(events.contains("SpecChanged") && events.contains("from commit \(second.prefix(12)) (specs/web.yaml)"), "\(events)")
+        let wide = try await CLITests.capstanAsync(["get", "deployments", "-o", "wide", "--state-dir", state], in: root).stdout
+        #expect(wide.contains("REVISION") && wide.contains(String(second.prefix(12))), "\(wide)")
+
+        // Every provider's signed push to the ref is taken; what is not signed is refused.
+        for provider in ["gitea", "gitlab", "bitbucket"] {
+            #expect(deliver(hooks, Self.push(provider, ref: "refs/heads/main", commit: second)) == 202, "\(provider)")
+        }
+        #expect(deliver(hooks, Self.push("github", ref: "refs/heads/feature", commit: second)) == 202, "another ref: taken, ignored")
+        #expect(deliver(hooks, Self.push("github", ref: "refs/heads/main", commit: second, secret: "wrong")) == 401, "a wrong signature")
+        var missing = Self.push("github", ref: "refs/heads/main", commit: second)
+        missing.headers.removeAll { $0.0 == "X-Hub-Signature-256" }
+        #expect(deliver(hooks, missing) == 401, "no signature")
+        var replayed = Self.push("github", ref: "refs/heads/feature", commit: second)
+        replayed.body = replayed.body.replacingOccurrences(of: "refs/heads/feature", with: "refs/heads/main")
+        #expect(deliver(hooks, replayed) == 401, "a signed body replayed with another ref")
+        var large = Self.push("github", ref: "refs/heads/main", commit: second)
+        large.body = String(repeating: " ", count: 10 << 20) + large.body
+        #expect(deliver(hooks, large) == 413, "a 10 MiB body")
+        #expect(LoopbackHTTP.get(port: hooks, path: "/metrics")?.status == 404, "the webhook port serves nothing else")
+
+        // The fetches the pushes asked for settle their deliveries.
+        var items: [[String: Any]] = []
+        try await until("the deliveries settled", seconds: 20) {
+            items = try await json(["source", "deliveries"])["items"] as? [[String: Any]] ?? []
+            return !items.contains { $0["outcome"] as? String == "fetch" }
+        }
+        let outcomes = items.reversed().map { "\($0["status"] as? Int ?? 0) \($0["outcome"] as? String ?? "")" }
+        #expect(outcomes == ["202 fetched", "202 fetched", "202 fetched", "202 fetched", "202 ignored", "401 refused", "401 refused", "401 refused", "413 refused"],
+                "\(outcomes)")
+        #expect(items.reversed().prefix(4).map { $0["provider"] as? String ?? "" } == ["github", "gitea", "gitlab", "bitbucket"], "\(items)")
+        #expect(items.allSatisfy { ($0["detail"] as? String)?.contains(Self.secret) == false })
+        let source = try await CLITests.capstanAsync(["source", "--state-dir", state], in: root).stdout
+        #expect(source.contains("source/git") && source.contains(String(second.prefix(12))) && source.contains("in "), "\(source)")
+        let all = try await CLITests.capstanAsync(["get", "all", "--state-dir", state], in: root).stdout
+        #expect(all.contains("source/git"), "\(all)")
+
+        // The repository unreachable: the objects are held, visibly, and serve on; back: released.
+        server.stop()
+        try commit("3", port: port)
+        let third = try git(["rev-parse", "HEAD"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(deliver(hooks, Self.push("gitlab", ref: "refs/heads/main", commit: third)) == 202)
+        try await until("the objects held", seconds: 20) {
+            try await CLITests.capstanAsync(["get", "deployments", "--state-dir", state], in: root).stdout.contains("SourceFetchFailed")
+        }
+        #expect(serves(port, "2"))
+        let failing = try await CLITests.capstanAsync(["source", "--state-dir", state], in: root).stdout
+        #expect(failing.contains("failing:"), "\(failing)")
+        try await server.start()
+        #expect(deliver(hooks, Self.push("gitlab", ref: "refs/heads/main", commit: third)) == 202)
+        try await until("version 3 once the repository answers", seconds: 20) { serves(port, "3") }
+        try await until("no longer held", seconds: 20) {
+            !(try await CLITests.capstanAsync(["get", "deployments", "--state-dir", state], in: root).stdout.contains("SourceFetchFailed"))
+        }
+        #expect(!log().contains(Self.secret), "the secret is never logged")
     }
 
     @Test func credentialsInTheURLAreRefusedAndNeverShown() async throws {

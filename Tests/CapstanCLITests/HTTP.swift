@@ -34,7 +34,8 @@ enum LoopbackHTTP {
 
     /// `method` `path` on 127.0.0.1:`port` with `body`; nil when nothing answers. HTTP/1.0 by
     /// default, so no server answers in chunks.
-    static func request(_ method: String, port: Int, path: String, body: String = "", version: String = "HTTP/1.0") -> (status: Int, body: String)? {
+    static func request(_ method: String, port: Int, path: String, body: String = "", version: String = "HTTP/1.0",
+                        headers: [(String, String)] = []) -> (status: Int, body: String)? {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -48,8 +49,18 @@ enum LoopbackHTTP {
         guard connected == 0 else { return nil }
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let request = "\(method) \(path) \(version)\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
-        _ = request.withCString { send(fd, $0, strlen($0), 0) }
+        // A server that answers before reading the whole body stops reading: the send ends.
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let fields = headers.map { "\($0.0): \($0.1)\r\n" }.joined()
+        let request = Array("\(method) \(path) \(version)\r\nHost: 127.0.0.1\r\nConnection: close\r\n\(fields)Content-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+        // All of it (a large body takes many sends); a server that answers early and closes
+        // ends the sending (no SIGPIPE).
+        var sent = 0
+        while sent < request.count {
+            let count = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if count <= 0 { break }
+            sent += count
+        }
         var data = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {

@@ -167,7 +167,7 @@ public final class StateStore: Sendable {
     // MARK: - Schema
 
     /// Migrations in order. Never edit a shipped one: add a new one.
-    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests", "v4-inventory-revisions", "v5-leases", "v6-holds-request-expiry", "v7-vault"]
+    static let migrationNames = ["v1-objects-events", "v2-object-problems", "v3-requests", "v4-inventory-revisions", "v5-leases", "v6-holds-request-expiry", "v7-vault", "v8-git-source"]
 
     static let migrator: DatabaseMigrator = {
         var migrator = DatabaseMigrator()
@@ -291,6 +291,28 @@ public final class StateStore: Sendable {
                 );
                 """)
         }
+        migrator.registerMigration("v8-git-source") { db in
+            // The commit each object's spec was last applied from (a git source); the source's
+            // own status (a JSON document per source); the webhook deliveries received.
+            try db.execute(sql: """
+                ALTER TABLE objects ADD COLUMN revision TEXT NOT NULL DEFAULT '';
+                CREATE TABLE source_status (
+                    name TEXT PRIMARY KEY,
+                    document TEXT NOT NULL
+                );
+                CREATE TABLE deliveries (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    at REAL NOT NULL,
+                    provider TEXT NOT NULL,
+                    event TEXT NOT NULL,
+                    ref TEXT NOT NULL,
+                    commit_id TEXT NOT NULL,
+                    status INTEGER NOT NULL,
+                    outcome TEXT NOT NULL,
+                    detail TEXT NOT NULL
+                );
+                """)
+        }
         return migrator
     }()
 
@@ -400,6 +422,8 @@ public final class StateStore: Sendable {
         public var problems: [String]
         /// The reason of the hold (`InvalidSpec`, `SourceEmpty`); meaningful with problems.
         public var holdReason: String = "InvalidSpec"
+        /// The commit the spec was last applied from (a git source; empty otherwise).
+        public var revision: String = ""
 
         /// The file the object came from (`source` without `:line:column`).
         public var sourceFile: String { Self.sourceFile(of: source) }
@@ -466,10 +490,16 @@ public final class StateStore: Sendable {
 
     /// Applies many objects in one transaction (a whole read of the spec directory), clearing
     /// the problems of those that read cleanly again.
-    public func applyAll(_ objects: [DecodedObject], now: Date) throws -> [Applied] {
+    /// `revision`: the commit the objects were read from (a git source), recorded on those
+    /// whose spec it creates or changes.
+    public func applyAll(_ objects: [DecodedObject], now: Date, revision: String? = nil) throws -> [Applied] {
         try pool.write { db in
             try objects.map { object in
                 let (generation, outcome, cleared, createdAt) = try StateStore.applyRow(db, object, now: now)
+                if let revision, outcome != .unchanged {
+                    try db.cachedStatement(sql: "UPDATE objects SET revision = ? WHERE kind = ? AND namespace = ? AND name = ?")
+                        .execute(arguments: [revision, object.key.kind.rawValue, object.key.namespace, object.key.name])
+                }
                 return Applied(object: object, generation: generation, outcome: outcome, problemsCleared: cleared, createdAt: createdAt)
             }
         }
@@ -580,7 +610,8 @@ public final class StateStore: Sendable {
             source: row["source"], createdAt: Date(timeIntervalSince1970: row["created_at"]),
             updatedAt: Date(timeIntervalSince1970: row["updated_at"]),
             problems: (row["problems"] as String).split(separator: "\n").map(String.init),
-            holdReason: (row["hold_reason"] as String?).flatMap { $0.isEmpty ? nil : $0 } ?? "InvalidSpec")
+            holdReason: (row["hold_reason"] as String?).flatMap { $0.isEmpty ? nil : $0 } ?? "InvalidSpec",
+            revision: row["revision"] ?? "")
     }
 
     private static func parseJSON(_ text: String) throws -> SpecNode {
