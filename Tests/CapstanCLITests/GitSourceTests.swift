@@ -289,6 +289,59 @@ import Glibc
         #expect(!log().contains(Self.secret), "the secret is never logged")
     }
 
+    /// Over HTTP with a token (`git http-backend` behind a server that wants it): applied; a
+    /// wrong token holds the objects visibly and serves on; the right one again, released. The
+    /// token appears in no output, log, event or file of the state directory.
+    @Test func aTokenIsSentButNeverShownAndAWrongOneHoldsTheObjects() async throws {
+        let port = LoopbackHTTP.freePort(), http = LoopbackHTTP.freePort()
+        let repository = try await repository(port: port)
+        repository.stop()  // served over HTTP here
+        let token = "tok-" + UUID().uuidString
+        try token.write(toFile: root + "/server-token", atomically: true, encoding: .utf8)
+        try (token + "\n").write(toFile: root + "/token", atomically: true, encoding: .utf8)
+        let server = try PipedServer(["python3", CLITests.root + "/hack/git-http-server.py", "--root", root + "/remote", "--port", "\(http)",
+                                      "--token-file", root + "/server-token"], log: root + "/git-http.log")
+        defer { server.stop() }
+        try await until("the git HTTP server", seconds: 20) { GitSourceTests.accepts(http) }
+        let daemon = try start(["run", "--git-url", "http://127.0.0.1:\(http)/specs.git", "--git-token-file", root + "/token", "--git-path", "specs",
+                                "--git-interval", "1s", "--state-dir", state, "--resync", "1h", "--metrics-addr", "127.0.0.1:0"])
+        defer { cleanUp([daemon]) }
+        try await until("version 1 over HTTP with the token", seconds: 60) { serves(port, "1") }
+
+        // A wrong token: the fetch fails, the objects are held and serve on.
+        try "not-the-token".write(toFile: root + "/token", atomically: true, encoding: .utf8)
+        try commit("2", port: port)
+        try await until("the objects held for the failed fetch", seconds: 30) {
+            try await CLITests.capstanAsync(["get", "deployments", "--state-dir", state], in: root).stdout.contains("SourceFetchFailed")
+        }
+        #expect(serves(port, "1"))
+        let failing = try await CLITests.capstanAsync(["source", "--state-dir", state], in: root).stdout
+        #expect(failing.contains("failing:"), "\(failing)")
+        // The right one again (read at each fetch): version 2, released.
+        try token.write(toFile: root + "/token", atomically: true, encoding: .utf8)
+        try await until("version 2 with the token back", seconds: 30) { serves(port, "2") }
+        try await until("no longer held", seconds: 20) {
+            !(try await CLITests.capstanAsync(["get", "deployments", "--state-dir", state], in: root).stdout.contains("SourceFetchFailed"))
+        }
+
+        var outputs = [log()]
+        for arguments in [["source", "-o", "json"], ["source", "deliveries"], ["get", "all", "-o", "yaml"], ["events"], ["describe", "deployment", "web"]] {
+            let run = try await CLITests.capstanAsync(arguments + ["--state-dir", state], in: root)
+            outputs.append(run.stdout + run.stderr)
+        }
+        #expect(!outputs.contains { $0.contains(token) }, "the token in an output")
+        // Nor in any file of the state directory (the database, its WAL, the mirror's config).
+        let grep = Process()
+        grep.executableURL = URL(fileURLWithPath: "/usr/bin/grep")
+        grep.arguments = ["-rlaF", token, state]
+        let found = Pipe()
+        grep.standardOutput = found
+        try grep.run()
+        let files = String(decoding: found.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        grep.waitUntilExit()
+        #expect(files.isEmpty, "the token is stored in \(files)")
+    }
+
     @Test func credentialsInTheURLAreRefusedAndNeverShown() async throws {
         let run = try await CLITests.capstanAsync(["run", "--git-url", "https://user:s3cret-token@example.com/specs.git", "--state-dir", state], in: root)
         #expect(run.status != 0)

@@ -396,6 +396,33 @@ import Glibc
         #expect(try await client.get(.deployments, namespace: "default", name: "web")?["metadata"]?["generation"]?.scalarText == "1")
     }
 
+    /// `capstan diff --kube`: the files compared with the cluster's custom resources (no daemon
+    /// needed): the same, exit 0; a changed field and a new object listed, exit 1.
+    @Test func diffComparesFilesWithTheCustomResources() async throws {
+        let (server, client) = try await Self.started()
+        defer { server.stop() }
+        _ = try await client.create(Self.applications, namespace: "default", Self.application(routes: false))
+        _ = try await client.create(Self.deployments, namespace: "default", Self.deployment())
+        let directory = server.directory + "/diff"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let same = YAMLEmitter.emit(Self.application(routes: false)) + "---\n" + YAMLEmitter.emit(Self.deployment())
+        try same.write(toFile: directory + "/specs.yaml", atomically: true, encoding: .utf8)
+        let unchanged = try await Self.capstan(["diff", directory, "--kube", "--kubeconfig", server.kubeconfig])
+        #expect(unchanged.status == 0 && unchanged.output == "Summary: 2 unchanged\n", "\(unchanged.output)")
+
+        let changed = YAMLEmitter.emit(Self.application(routes: false)) + "---\n" + YAMLEmitter.emit(Self.deployment(version: "1.1.0", replicas: 3))
+            + "---\n" + YAMLEmitter.emit(Self.deployment("api"))
+        try changed.write(toFile: directory + "/specs.yaml", atomically: true, encoding: .utf8)
+        let diff = try await Self.capstan(["diff", directory, "--kube", "--kubeconfig", server.kubeconfig])
+        #expect(diff.status == 1, "\(diff.output)")
+        let lines = diff.output.split(separator: "\n").map(String.init)
+        #expect(lines.contains("Deployment/default/web: changed (generation 1 -> 2)") && lines.contains("  ~ spec.version: \"1.0.0\" -> \"1.1.0\"")
+                && lines.contains("  ~ spec.replicas: 2 -> 3"), "\(diff.output)")
+        #expect(lines.contains { $0.hasPrefix("Deployment/default/api: created") }, "\(diff.output)")
+        #expect(lines.last == "Summary: 1 created, 1 changed, 1 unchanged", "\(diff.output)")
+        #expect(try await client.get(Self.deployments, namespace: "default", name: "api") == nil, "nothing applied")
+    }
+
     /// Runs the capstan command line; returns its exit status and output (stdout + stderr).
     static func capstan(_ arguments: [String]) async throws -> (status: Int32, output: String) {
         let process = Process()
