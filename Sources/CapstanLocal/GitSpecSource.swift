@@ -79,24 +79,90 @@ public actor GitSpecSource {
         let commit = try await fetch()
         let previous = checkedOut()
         if previous == commit, FileManager.default.fileExists(atPath: snapshots + "/" + commit) { return .unchanged(commit: commit) }
-        try await export(commit)
-        var changed: [String]? = nil
+        var changes: [(status: Character, path: String)]? = nil
         var rewritten = false
         if let previous {
             // History rewritten (a force-push): the previous commit is no ancestor of the new one.
             rewritten = try await git(["merge-base", "--is-ancestor", previous, commit], allowFailure: true) == nil
-            if let names = try? await git(["diff", "--name-only", "--no-renames", "-z", previous, commit]) {
-                let prefix = options.path.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
-                changed = names.split(separator: "\0").map(String.init).compactMap { name in
-                    if prefix.isEmpty || prefix == "." { return root + "/current/" + name }
-                    guard name.hasPrefix(prefix + "/") else { return nil }
-                    return root + "/current/" + name
-                }
+            if let output = try? await git(["diff", "--name-status", "--no-renames", "-z", previous, commit]) {
+                changes = Self.nameStatus(output)
+            }
+        }
+        // A commit that changes a few files is the previous snapshot, hard-linked (files are
+        // never written in place), with those files replaced: its cost is the change's, not the
+        // tree's. Otherwise (the first, or a large change) the whole tree is exported.
+        var exported = false
+        if let previous, let changes, changes.count <= Self.incrementalLimit {
+            exported = await exportIncrementally(commit, from: previous, changes: changes)
+        }
+        if !exported { try await export(commit) }
+        let prefix = options.path.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
+        let changed = changes.map { changes in
+            changes.map(\.path).compactMap { name -> String? in
+                if prefix.isEmpty || prefix == "." { return root + "/current/" + name }
+                guard name.hasPrefix(prefix + "/") else { return nil }
+                return root + "/current/" + name
             }
         }
         try link(commit)
         prune(keeping: [commit, previous].compactMap { $0 })
         return .moved(from: previous, to: commit, changed: changed, rewritten: rewritten)
+    }
+
+    /// Up to this many changed files a snapshot is made from the previous one.
+    static let incrementalLimit = 1000
+
+    /// `git diff --name-status -z` read: each path with its status letter (A, M, D, T).
+    static func nameStatus(_ output: String) -> [(status: Character, path: String)] {
+        let fields = output.split(separator: "\0", omittingEmptySubsequences: false).map(String.init)
+        var result: [(Character, String)] = []
+        var index = 0
+        while index + 1 < fields.count {
+            guard let status = fields[index].first else { break }
+            result.append((status, fields[index + 1]))
+            index += 2
+        }
+        return result
+    }
+
+    /// The previous snapshot hard-linked into a new one, the changed files replaced from the
+    /// commit. False when it could not be done (the caller exports the whole tree instead).
+    private func exportIncrementally(_ commit: String, from previous: String, changes: [(status: Character, path: String)]) async -> Bool {
+        let manager = FileManager.default
+        let source = snapshots + "/" + previous, target = snapshots + "/" + commit
+        if manager.fileExists(atPath: target) { return true }
+        guard manager.fileExists(atPath: source) else { return false }
+        let temporary = snapshots + "/.tmp-" + commit + "-" + UUID().uuidString.prefix(8)
+        let log = root + "/git.log"
+        let (mirror, environment) = (mirror, environment())
+        let written = changes.filter { $0.status != "D" }.map(\.path)
+        let failure = await Self.offload { () -> String? in
+            if let failure = Artifacts.run(["cp", "-al", "--", source, temporary], environment: environment, directory: "/", log: log, timeout: .seconds(300)) {
+                return failure
+            }
+            for change in changes {
+                let path = temporary + "/" + change.path
+                if (try? manager.attributesOfItem(atPath: path)) != nil || (try? manager.destinationOfSymbolicLink(atPath: path)) != nil {
+                    try? manager.removeItem(atPath: path)
+                }
+                if change.status == "D" {
+                    // Directories the deletion emptied go too, as they would from a whole export.
+                    var directory = (path as NSString).deletingLastPathComponent
+                    while directory.count > temporary.count, rmdir(directory) == 0 { directory = (directory as NSString).deletingLastPathComponent }
+                }
+            }
+            guard !written.isEmpty else { return nil }
+            return Artifacts.run(["sh", "-c", "m=$1 c=$2 t=$3; shift 3; git --literal-pathspecs --git-dir=\"$m\" archive --format=tar \"$c\" -- \"$@\" | tar -x -C \"$t\"",
+                                  "sh", mirror, commit, temporary] + written,
+                                 environment: environment, directory: "/", log: log, timeout: .seconds(300))
+                ?? (written.allSatisfy { path in (try? manager.attributesOfItem(atPath: temporary + "/" + path)) != nil
+                        || (try? manager.destinationOfSymbolicLink(atPath: temporary + "/" + path)) != nil } ? nil : "left files out")
+        }
+        guard failure == nil, rename(temporary, target) == 0 || manager.fileExists(atPath: target) else {
+            try? manager.removeItem(atPath: temporary)
+            return false
+        }
+        return true
     }
 
     // MARK: - Git
@@ -163,11 +229,26 @@ public actor GitSpecSource {
     }
 
     /// Removes the snapshots but those kept (the current one and the one before: a read that
-    /// began before the switch finishes on it).
+    /// began before the switch finishes on it): each is renamed aside at once and removed in
+    /// the background (a tree of 10,000 files takes a while), with what earlier prunes left.
     private func prune(keeping: [String]) {
         let manager = FileManager.default
-        for name in (try? manager.contentsOfDirectory(atPath: snapshots)) ?? [] where !keeping.contains(name) {
-            try? manager.removeItem(atPath: snapshots + "/" + name)
+        let names = (try? manager.contentsOfDirectory(atPath: snapshots)) ?? []
+        var doomed: [String] = []
+        for name in names where !keeping.contains(name) && !name.hasPrefix(".tmp-") {
+            if name.hasPrefix(".trash-") {
+                doomed.append(snapshots + "/" + name)
+                continue
+            }
+            let trash = snapshots + "/.trash-" + name
+            if rename(snapshots + "/" + name, trash) == 0 { doomed.append(trash) }
+        }
+        // Exports a killed daemon left half done (none runs now: this actor runs one at a time).
+        for name in names where name.hasPrefix(".tmp-") { doomed.append(snapshots + "/" + name) }
+        guard !doomed.isEmpty else { return }
+        let paths = doomed
+        DispatchQueue.global(qos: .utility).async {
+            for path in paths { try? FileManager.default.removeItem(atPath: path) }
         }
     }
 
