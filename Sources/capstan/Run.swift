@@ -172,10 +172,13 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("metrics-addr"), help: ArgumentHelp("Where /metrics, /healthz and /readyz are served (port 0: any free port).", valueName: "host:port"))
     var metricsAddress: String = "127.0.0.1:9464"
 
-    var metricsHostPort: (String, Int)? {
-        guard let colon = metricsAddress.lastIndex(of: ":"), let port = Int(metricsAddress[metricsAddress.index(after: colon)...]),
+    var metricsHostPort: (String, Int)? { Self.hostPort(metricsAddress) }
+
+    /// `host:port` (`[::1]:9464` too) split; nil when it is not one.
+    static func hostPort(_ address: String) -> (String, Int)? {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
               (0...65535).contains(port) else { return nil }
-        let host = String(metricsAddress[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        let host = String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
         return host.isEmpty ? nil : (host, port)
     }
 

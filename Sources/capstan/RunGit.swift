@@ -36,12 +36,7 @@ struct GitOptions: ParsableArguments {
     var enabled: Bool { url != nil }
 
     /// The webhook listener's host and port.
-    var webhookHostPort: (String, Int)? {
-        guard let webhookAddress, let colon = webhookAddress.lastIndex(of: ":"), let port = Int(webhookAddress[webhookAddress.index(after: colon)...]),
-              (0...65535).contains(port) else { return nil }
-        let host = String(webhookAddress[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        return host.isEmpty ? nil : (host, port)
-    }
+    var webhookHostPort: (String, Int)? { webhookAddress.flatMap(Run.hostPort) }
 
     /// The webhooks' secret (read at start: a secret changed on disk takes a restart).
     func webhookSecret() -> [UInt8]? {
