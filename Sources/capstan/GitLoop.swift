@@ -168,6 +168,8 @@ final class GitLoop: Sendable {
             status.update { $0.fetchedAt = now }
             let released = wasFailing ? try await source.releaseAll(reason: StoredObject.sourceFetchFailed) : 0
             if released > 0 { log("git: the repository answers again: \(released) object(s) no longer held") }
+            let name = trigger == .webhook ? "webhook" : "interval"
+            if case .moved = update { metrics.sourceFetch(trigger: name, result: "moved") } else { metrics.sourceFetch(trigger: name, result: "unchanged") }
             guard case .moved(let from, let to, let changed, let rewritten) = update else {
                 if case .unchanged(let commit) = update {
                     try? store.settleDeliveries(deliveries, outcome: "fetched", detail: "already at \(commit.prefix(12))")
@@ -187,6 +189,7 @@ final class GitLoop: Sendable {
             log("git: commit \(to.prefix(12))\(from.map { " (was \($0.prefix(12)))" } ?? "") on \(trigger == .webhook ? "a webhook" : "the interval") in \(took.millisecondsText), \(changed?.count ?? 0) file(s) changed\(summary.partial ? "" : " (full read)"): \(summary.changed) object(s) changed, \(summary.deleted) deleted, \(summary.kept + summary.withheld) held at their last good version")
             try? store.settleDeliveries(deliveries, outcome: "fetched", detail: "checked out \(to.prefix(12))")
         } catch let error as GitSpecSource.Failure {
+            metrics.sourceFetch(trigger: trigger == .webhook ? "webhook" : "interval", result: "failed")
             failed(error)
             let kept = status.value.commit.map { "commit " + $0.prefix(12) } ?? "nothing"
             log("git: \(error); keeping \(kept)", level: "warning")
@@ -240,6 +243,7 @@ final class GitLoop: Sendable {
         let delivery = StateStore.Delivery(time: Date(), provider: verdict.provider, event: verdict.event, ref: verdict.ref, commit: verdict.commit,
                                            status: verdict.status, outcome: verdict.outcome.rawValue, detail: verdict.detail)
         let id = try? store.recordDelivery(delivery)
+        metrics.webhookDelivery(outcome: verdict.outcome.rawValue)
         let what = "webhook\(verdict.provider.isEmpty ? "" : " from " + verdict.provider)\(verdict.event.isEmpty ? "" : " (\(verdict.event))")"
         switch verdict.outcome {
         case .fetch:

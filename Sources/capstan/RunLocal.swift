@@ -142,6 +142,10 @@ final class LocalDaemon: Sendable {
     func run() async throws {
         let reading = options.git.url.map { "\(GitSpecSource.safe($0)) (\(options.git.ref), \(options.git.path))" } ?? options.specDirectory
         log("capstan \(Capstan.version) reading \(reading), state in \(options.state.resolved)" + (cluster.map { ", running Deployments on \($0.server)" } ?? ""))
+        // Watching starts before the first read: a file changed between the read and the
+        // watch would otherwise wait for the resync (a clean-clone CI run lost a deletion so).
+        // A git checkout never changes in place (a new commit is a new snapshot): no watch.
+        let watcher = git == nil ? try DirectoryWatcher(root: options.specDirectory) : nil
         if elector == nil {
             try await lead()
             metrics.leader(true)
@@ -149,8 +153,6 @@ final class LocalDaemon: Sendable {
             metrics.leader(false)
             log("leader election on: waiting to lead as \(options.electionConfig!.identity)")
         }
-        // A git checkout never changes in place (a new commit is a new snapshot): no watch.
-        let watcher = git == nil ? try DirectoryWatcher(root: options.specDirectory) : nil
         let group = try Daemon.serviceGroup(try services(watcher), shutdownGrace: options.shutdownGrace)
         ready.update { $0 = true }
         do {

@@ -198,6 +198,15 @@ import Glibc
         LoopbackHTTP.request("POST", port: port, path: "/hooks/git", body: delivery.body, headers: delivery.headers + [("Content-Type", "application/json")])?.status ?? 0
     }
 
+    /// The daemon's git fetches so far, from its /metrics.
+    func fetches() async throws -> Int {
+        guard let line = log().split(separator: "\n").first(where: { $0.contains("serving /metrics") }),
+              let port = line.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) }),
+              let metrics = LoopbackHTTP.get(port: port, path: "/metrics")?.body else { return -1 }
+        return metrics.split(separator: "\n").filter { $0.hasPrefix("capstan_source_fetches_total{") }
+            .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0) { $0 + Int($1) }
+    }
+
     func json(_ arguments: [String]) async throws -> [String: Any] {
         let run = try await CLITests.capstanAsync(arguments + ["-o", "json", "--state-dir", state], in: root)
         return (try? JSONSerialization.jsonObject(with: Data(run.stdout.utf8))) as? [String: Any] ?? [:]
@@ -264,6 +273,20 @@ import Glibc
                 "\(outcomes)")
         #expect(items.reversed().prefix(4).map { $0["provider"] as? String ?? "" } == ["github", "gitea", "gitlab", "bitbucket"], "\(items)")
         #expect(items.allSatisfy { ($0["detail"] as? String)?.contains(Self.secret) == false })
+
+        // A flood of signed pushes: one fetch in flight, one queued, whatever the number.
+        let before = try await fetches()
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<30 {
+                group.addTask { _ = self.deliver(hooks, Self.push("github", ref: "refs/heads/main", commit: second)) }
+            }
+        }
+        try await until("the flood's fetches done", seconds: 20) {
+            let items = try await json(["source", "deliveries"])["items"] as? [[String: Any]] ?? []
+            return !items.contains { $0["outcome"] as? String == "fetch" }
+        }
+        let flood = try await fetches() - before
+        #expect(flood >= 1 && flood <= 3, "\(flood) fetches for 30 deliveries")
         let source = try await CLITests.capstanAsync(["source", "--state-dir", state], in: root).stdout
         #expect(source.contains("source/git") && source.contains(String(second.prefix(12))) && source.contains("in "), "\(source)")
         let all = try await CLITests.capstanAsync(["get", "all", "--state-dir", state], in: root).stdout

@@ -60,6 +60,19 @@ public final class RuntimeMetrics: Sendable {
         registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "source_errors", unitName: "total", helpText: "Source reads with problems."), labels: [("source", source)]).increment()
     }
 
+    /// Counts a fetch of a git source, by what asked for it (`interval`, `webhook`) and result
+    /// (`moved`, `unchanged`, `failed`).
+    public func sourceFetch(trigger: String, result: String) {
+        registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "source_fetches", unitName: "total", helpText: "Fetches of the git source, by trigger and result."),
+                             labels: [("trigger", trigger), ("result", result)]).increment()
+    }
+
+    /// Counts a webhook delivery, by outcome (`fetch`, `ignored`, `refused`).
+    public func webhookDelivery(outcome: String) {
+        registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "webhook_deliveries", unitName: "total", helpText: "Git webhook deliveries, by outcome."),
+                             labels: [("outcome", outcome)]).increment()
+    }
+
     /// Counts a backup run that ended, by result (`Succeeded`, or the reason it failed).
     public func backupFinished(result: String) {
         registry.makeCounter(descriptor: .init(namespace: "capstan", metricName: "backups", unitName: "total", helpText: "Backup runs that ended, by result."),
