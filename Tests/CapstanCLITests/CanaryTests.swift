@@ -144,11 +144,13 @@ import Glibc
                   let first = line.split(separator: " ").first else { return nil }
             return Timestamp(rfc3339: String(first))?.date.timeIntervalSince1970
         }
+        // Each weight's pause starts when its WeightSet is recorded and lasts its duration, so
+        // the weight holds at least that long even if a later event is missing.
         let twenty = eventTime("WeightSet", "20%"), fifty = eventTime("WeightSet", "50%"), promoting = eventTime("Promoting", "")
-        for (weight, from, to) in [(20, twenty, fifty), (50, fifty, promoting)] {
-            guard let from, let to else { continue }
+        for (weight, from, to, pause) in [(20, twenty, fifty, 9.0), (50, fifty, promoting, 8.0)] {
+            guard let from else { continue }
             let known = periods[weight]
-            periods[weight] = (min(known?.start ?? .infinity, from + 1), max(known?.end ?? 0, to))
+            periods[weight] = (min(known?.start ?? .infinity, from + 1), max(known?.end ?? 0, to ?? 0, from + pause))
         }
         let all = hammer.answers.withLock { $0 }
         let failed = all.filter { $0.version == nil }.count
