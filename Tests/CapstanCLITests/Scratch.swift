@@ -122,6 +122,14 @@ final class PipedServer: @unchecked Sendable {
         try process.run()
     }
 
+    /// Sends the server a signal (SIGSTOP to make it hang: the kernel still accepts
+    /// connections into its backlog, nobody answers them until SIGCONT).
+    func signal(_ number: Int32) {
+        if let text = try? String(contentsOfFile: log + ".pid", encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            kill(pid, number)
+        }
+    }
+
     /// Kills the server now and lets its shell go.
     func stop() {
         if let text = try? String(contentsOfFile: log + ".pid", encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
