@@ -14,9 +14,19 @@ Capstan, watch event -> reconcile start: how long a Deployment's key waited in t
 interpolated in the histogram's buckets as Prometheus' histogram_quantile does), over the burst
 and over the single creates. kopf publishes no such figure.
 
+Since issue 23, the fake runs as a cluster would: its garbage collector (--gc), kube-controller-
+manager's status writes on every apps/v1 Deployment (--deployment-controller: three per
+rollout, one of them refreshing only condition times) and a CPU cost per write (--write-cpu,
+WRITE_CPU_MS, default 2 ms: a real server spent ~3.7 CPU-ms per write in the issue's run). Counted
+per object, from the fake's requests by user agent (the bench's own requests are not counted):
+writes by what they wrote, reads (GETs and LISTs, not watches), and for Capstan reconciles
+(capstan_reconcile_total). Then every Deployment is deleted: nothing may be left (children,
+ConfigMaps). The run fails loudly (exit 1, REGRESSION) when Capstan's counts pass the budget.
+
 Environment: CAPSTAN_IMAGE_BIN or CAPSTAN_BIN (hack/bench sets both), RUNS (default 3), OBJECTS, SAMPLES (default 50),
 KOPF_PYTHON (a Python with kopf and kubernetes; hack/bench makes .bench-venv).
 """
+import sys
 import json
 import math
 import os
@@ -42,6 +52,12 @@ SAMPLES = int(os.environ.get("SAMPLES", "50"))
 KOPF_PYTHON = os.environ.get("KOPF_PYTHON", ".bench-venv/bin/python3")
 PEERS = os.environ.get("PEERS", "capstan,kopf").split(",")
 WRITE_LATENCY_MS = float(os.environ.get("WRITE_LATENCY_MS", "0"))
+WRITE_CPU_MS = float(os.environ.get("WRITE_CPU_MS", "2"))
+# Capstan's budget per new Deployment (issue 23): its children (the apps/v1 Deployment and,
+# the bench's Application having a port, a Service), its status (rolling out, then ready),
+# one Event (the rollout's outcome), no other write; reads after the caches synced; reconciles
+# (its creation, the cluster's status writes coalesced).
+BUDGET = {"children": 2.0, "status": 2.0, "events": 1.0, "other writes": 0.0, "reads": 0.1, "reconciles": 2.2}
 CAPSTAN_ARGS = os.environ.get("CAPSTAN_ARGS", "--concurrency 32").split()
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -59,7 +75,7 @@ class API:
             connection = self.local.connection = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context)
         data = json.dumps(body).encode() if body is not None else None
         try:
-            connection.request(method, path, body=data, headers={"Content-Type": content_type})
+            connection.request(method, path, body=data, headers={"Content-Type": content_type, "User-Agent": "bench"})
             response = connection.getresponse()
             payload = response.read()
         except (ConnectionError, http.client.HTTPException):
@@ -78,7 +94,8 @@ class API:
 
 def start_fake(root):
     process = subprocess.Popen(["python3", f"{HERE}/fake-apiserver/fake_apiserver.py", "--dir", root, "--history", "10000000",
-                                "--write-latency", str(WRITE_LATENCY_MS / 1000)],
+                                "--write-latency", str(WRITE_LATENCY_MS / 1000), "--write-cpu", str(WRITE_CPU_MS / 1000),
+                                "--gc", "--deployment-controller"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = process.stdout.readline()
     port = int(line.rsplit(":", 1)[1])
@@ -130,6 +147,9 @@ def run_once(peer):
     try:
         api.request("POST", f"{base}/applications", application())
         time.sleep(3)  # the operator is up and watching
+        port = metrics_port(log.name) if peer == "capstan" else None
+        counted_before = operator_requests(api)
+        reconciles_before = reconciles(port) if port else 0
         started = time.monotonic()
         cpu_before, fake_cpu_before = cpu_seconds(operator.pid), cpu_seconds(fake.pid)
         names = [f"d{i:05d}" for i in range(OBJECTS)]
@@ -150,7 +170,6 @@ def run_once(peer):
         total = time.monotonic() - started
         cpu = cpu_seconds(operator.pid) - cpu_before
         fake_cpu = cpu_seconds(fake.pid) - fake_cpu_before
-        port = metrics_port(log.name) if peer == "capstan" else None
         if port:
             # The burst's last keys (owners queued again by their children's events) drain
             # first: a single create must not wait behind them.
@@ -168,11 +187,42 @@ def run_once(peer):
             while api.request("GET", f"/apis/apps/v1/namespaces/default/deployments/{name}")[0] == 404:
                 time.sleep(0.002)
             latencies.append(time.monotonic() - t0)
+        # The cluster's status writes settle (every child ready), and what they cause.
+        settle = time.monotonic()
+        while time.monotonic() - settle < 60:
+            before = api.request("GET", "/fake/stats")[1]["controllerWrites"]
+            time.sleep(1.0)
+            if api.request("GET", "/fake/stats")[1]["controllerWrites"] == before:
+                break
+        time.sleep(2.0)
+        counts = per_object(operator_requests(api), counted_before, OBJECTS + SAMPLES)
+        if port:
+            counts["reconciles"] = (reconciles(port) - reconciles_before) / (OBJECTS + SAMPLES)
         rss = peak_rss_mib(operator.pid)
         stats = api.request("GET", "/fake/stats")[1]["requests"]
+        # Everything deleted: nothing of the operator's may stay behind.
+        names_all = names + [f"lat{i:04d}" for i in range(SAMPLES)]
+        def delete(chunk):
+            for name in chunk:
+                api.request("DELETE", f"{base}/deployments/{name}")
+        threads = [threading.Thread(target=delete, args=(names_all[i::8],)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        deadline = time.monotonic() + 120
+        left = None
+        while time.monotonic() < deadline:
+            left = {what: api.count(path) for what, path in (
+                ("deployments", f"{base}/deployments"), ("children", "/apis/apps/v1/namespaces/default/deployments"),
+                ("services", "/api/v1/namespaces/default/services"), ("configmaps", "/api/v1/namespaces/default/configmaps"))}
+            if not any(left.values()):
+                break
+            time.sleep(0.5)
+        counts["left after deletion"] = sum(left.values())
         all_waits = queue_wait_buckets(port) if port else {}
         single_waits = {le: count - burst_waits.get(le, 0) for le, count in all_waits.items()}
-        return {"created": created, "total": total, "cpu": cpu, "fake_cpu": fake_cpu, "latencies": latencies, "rss": rss, "requests": stats,
+        return {"created": created, "total": total, "cpu": cpu, "fake_cpu": fake_cpu, "latencies": latencies, "rss": rss, "requests": stats, "counts": counts,
                 "burst_waits": burst_waits, "single_waits": single_waits}
     finally:
         operator.send_signal(signal.SIGTERM)
@@ -183,6 +233,49 @@ def run_once(peer):
         fake.terminate()
         fake.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def operator_requests(api):
+    """The requests of everyone but the bench (the operator's), by method and resource."""
+    agents = api.request("GET", "/fake/stats")[1]["byAgent"]
+    merged = {}
+    for agent, counts in agents.items():
+        if agent == "bench":
+            continue
+        for what, count in counts.items():
+            merged[what] = merged.get(what, 0) + count
+    return merged
+
+
+def per_object(after, before, objects):
+    """Writes by kind of write, and reads, per object, between two counts."""
+    delta = {what: after.get(what, 0) - before.get(what, 0) for what in after}
+    counts = {"children": 0, "status": 0, "events": 0, "other writes": 0, "reads": 0}
+    other = []
+    for what, count in delta.items():
+        if count <= 0:
+            continue
+        method, resource = what.split(" ", 1)
+        if method == "GET":
+            if not resource.startswith("watch "):
+                counts["reads"] += count
+        elif resource.endswith("/status") and resource.startswith("deployments.capstan.dev"):
+            counts["status"] += count
+        elif resource in ("events", "events.events.k8s.io"):
+            counts["events"] += count
+        elif method in ("PATCH", "PUT", "POST") and resource in ("deployments.apps", "services", "ingresses.networking.k8s.io"):
+            counts["children"] += count
+        else:
+            counts["other writes"] += count
+            other.append(f"{what}: {count}")
+    result = {key: value / objects for key, value in counts.items()}
+    result["other"] = ", ".join(other)
+    return result
+
+
+def reconciles(port):
+    text = metrics_text(port)
+    return sum(float(m.group(1)) for m in re.finditer(r'^capstan_reconcile_total\{[^}]*kind="deployment"[^}]*\} (\S+)$', text, re.M))
 
 
 def metrics_port(log_path):
@@ -239,7 +332,7 @@ def main():
             results[peer].append(result)
             print(f"run {run + 1} {peer}: {OBJECTS} children in {result['total']:.2f} s (creates took {result['created']:.2f} s), "
                   f"operator CPU {result['cpu']:.2f} s, fake CPU {result['fake_cpu']:.2f} s, latency p50 {percentile(result['latencies'], 0.5) * 1000:.0f} ms, peak RSS {result['rss']:.0f} MiB, "
-                  f"API requests {result['requests']}", flush=True)
+                  f"API requests {result['requests']}, per object {result['counts']}", flush=True)
     print()
     print(f"| operator | {OBJECTS} children, s (median) | objects/s | operator CPU s (median) | objects per CPU-second | create -> child p50 / p99, ms "
           f"| watch event -> reconcile start p50 / p99, ms: burst; single | peak RSS, MiB |")
@@ -264,13 +357,37 @@ def main():
                      f"{histogram_quantile(0.5, single) * 1000:.2f} / {histogram_quantile(0.99, single) * 1000:.2f}")
         print(f"| {peer} | {total:.2f} | {OBJECTS / total:.0f} | {cpu:.2f} | {OBJECTS / cpu:.0f} | {percentile(latencies, 0.5) * 1000:.0f} / {percentile(latencies, 0.99) * 1000:.0f} "
               f"| {waits} | {rss:.0f} |")
-    if len(medians) < 2:
-        return
     print()
-    print(f"throughput ratio capstan/kopf: {medians['kopf'][0] / medians['capstan'][0]:.2f}x; "
-          f"CPU per object ratio kopf/capstan: {medians['kopf'][2] / medians['capstan'][2]:.2f}x; "
-          f"memory ratio: {medians['capstan'][1] / medians['kopf'][1]:.2f}")
-
+    print(f"| operator | writes per new Deployment: children / status / events / other | reads per object | reconciles per object | left after deleting all |")
+    print("|---|---|---|---|---|")
+    failures = []
+    for peer, runs in results.items():
+        def median(key):
+            values = [r["counts"].get(key) for r in runs if isinstance(r["counts"].get(key), (int, float))]
+            return statistics.median(values) if values else float("nan")
+        c = {key: median(key) for key in ("children", "status", "events", "other writes", "reads", "reconciles", "left after deletion")}
+        reconciled = f"{c['reconciles']:.2f}" if peer == "capstan" else "—"
+        print(f"| {peer} | {c['children']:.2f} / {c['status']:.2f} / {c['events']:.2f} / {c['other writes']:.2f} | {c['reads']:.3f} | {reconciled} | {c['left after deletion']:.0f} |")
+        if peer == "capstan":
+            for key, limit in BUDGET.items():
+                if not c[key] <= limit + 1e-9:
+                    failures.append(f"{key} per object {c[key]:.3f} > budget {limit}")
+            if c["left after deletion"] > 0:
+                failures.append(f"{c['left after deletion']:.0f} objects left after deleting every Deployment")
+            others = {r["counts"]["other"] for r in runs if r["counts"].get("other")}
+            if others:
+                print(f"capstan's other writes: {'; '.join(sorted(others))}")
+    if failures:
+        print()
+        print("REGRESSION: " + "; ".join(failures), flush=True)
+    if len(medians) >= 2:
+        print()
+        print(f"throughput ratio capstan/kopf: {medians['kopf'][0] / medians['capstan'][0]:.2f}x; "
+              f"CPU per object ratio kopf/capstan: {medians['kopf'][2] / medians['capstan'][2]:.2f}x; "
+              f"memory ratio: {medians['capstan'][1] / medians['kopf'][1]:.2f}")
+    if failures:
+        sys.exit(1)
+    return
 
 if __name__ == "__main__":
     main()

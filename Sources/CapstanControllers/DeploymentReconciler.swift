@@ -1,6 +1,7 @@
 import CapstanModel
 import CapstanRuntime
 import Foundation
+import Synchronization
 
 /// Reconciles Deployments on every platform: picks the revision to run (the spec's, a
 /// rolled-back one, or, outside the deployment window, the one running), decides which track
@@ -30,6 +31,11 @@ public struct DeploymentReconciler: Reconciler {
     public static let retry: Duration = .seconds(30)
     /// How soon a router port that could not be opened is tried again.
     public static let portRetry: Duration = .seconds(1)
+    /// How long the platform's garbage collector has to remove a deleted Deployment's
+    /// children before the reconciler removes what is left itself.
+    public static let collectorGrace: Duration = .seconds(30)
+    /// When each deleted Deployment was first seen gone with children left.
+    let gone = GoneClock()
 
     public init(store: any ObjectStore, events: any EventRecorder, workload: any WorkloadPlatform & TrafficPlatform, revisions: any RevisionStore,
                 prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
@@ -51,13 +57,18 @@ public struct DeploymentReconciler: Reconciler {
     public func reconcile(_ key: ObjectKey) async throws -> ReconcileResult {
         let stored = try await store.object(key)
         guard let stored, case .deployment(let deployment) = stored.resource, deployment.metadata.deletionTimestamp == nil else {
+            if stored == nil, workload.collectsChildrenOfDeleted { return try await collected(key) }
+            gone.forget(key)
             try await cleanUp(key)
             if stored != nil { try await store.release(key) }
             return .done
         }
+        gone.forget(key)
         // The claim (Kubernetes: our finalizer) goes alongside the first writes; the status is
-        // written after it landed.
-        async let claimed: Void = store.claim(key)
+        // written after it landed. Where the platform collects a deleted Deployment's children
+        // itself, only a Deployment whose children are to be kept needs it.
+        let keep = Prune.decide(enabled: prune, annotated: Prune.isDisabled(deployment.metadata)) != .delete
+        async let claimed: Void = keep || !workload.collectsChildrenOfDeleted ? store.claim(key) : ()
         var step = Step(key: key, stored: stored, deployment: deployment, time: Timestamp(now()))
         try await takeRequests(&step)
         var result: ReconcileResult
@@ -167,8 +178,10 @@ public struct DeploymentReconciler: Reconciler {
         let before = step.deployment.status.conditions[type: ConditionType.ready]
         let after = status.conditions[type: ConditionType.ready]
         var events = step.events
+        // A Ready that turned True with a decision's event beside it (the rollout succeeded)
+        // is said by that event.
         if let after, after.status != .unknown, before?.status != after.status || before?.reason != after.reason, after.reason != step.stored.hold?.reason,
-           !events.contains(where: { $0.reason == after.reason }) {
+           !events.contains(where: { $0.reason == after.reason }), !(after.status == .true && events.contains { $0.type == .normal }) {
             events.append(WorkloadEvent(after.status == .true ? .normal : .warning, after.reason, after.message))
         }
         for event in events {
@@ -180,6 +193,22 @@ public struct DeploymentReconciler: Reconciler {
 
     /// Everything a deleted Deployment had goes (tracks, ports, releases, children, history),
     /// unless pruning is off for it.
+    /// A Deployment gone without a finalizer: the platform's garbage collector removes its
+    /// children; what it has not removed after `collectorGrace` (a cluster without one) is
+    /// removed here.
+    private func collected(_ key: ObjectKey) async throws -> ReconcileResult {
+        guard !(await workload.leftovers(of: key)).isEmpty else {
+            gone.forget(key)
+            return .done
+        }
+        let since = gone.since(key, now())
+        let due = since.addingTimeInterval(TimeInterval(Self.collectorGrace.components.seconds))
+        if now() < due { return .requeue(after: .milliseconds(Int64(due.timeIntervalSince(now()) * 1000) + 1)) }
+        gone.forget(key)
+        try await cleanUp(key)
+        return .done
+    }
+
     private func cleanUp(_ key: ObjectKey) async throws {
         let decision = Prune.decide(enabled: prune, annotated: await store.pruneDisabled(key))
         let lines = try await workload.remove(key, dryRun: decision != .delete)
@@ -318,7 +347,11 @@ public struct DeploymentReconciler: Reconciler {
         let trimmed = step.status.history.count > limit
         if trimmed { step.status.history.removeFirst(step.status.history.count - limit) }
         step.status.phase = .progressing
-        step.event(.normal, "RolloutStarted", "rolling out revision \(target.number) (version \(target.template.version))")
+        // A new Deployment's first rollout is routine: its status says it, and one event (its
+        // outcome) says it once it is done.
+        if step.status.history.count > 1 {
+            step.event(.normal, "RolloutStarted", "rolling out revision \(target.number) (version \(target.template.version))")
+        }
         return trimmed
     }
 
@@ -565,4 +598,21 @@ extension TrackRole {
 public enum DeploymentConditions {
     public static let available = "Available"
     public static let progressing = "Progressing"
+}
+
+/// When deleted objects were first seen gone with something left behind.
+final class GoneClock: Sendable {
+    private let times = Mutex<[ObjectKey: Date]>([:])
+
+    func since(_ key: ObjectKey, _ now: Date) -> Date {
+        times.withLock { times in
+            if let time = times[key] { return time }
+            times[key] = now
+            return now
+        }
+    }
+
+    func forget(_ key: ObjectKey) {
+        _ = times.withLock { $0.removeValue(forKey: key) }
+    }
 }

@@ -266,6 +266,18 @@ public protocol WorkloadPlatform: Sendable {
     /// is removed: it returns what would be, and lets go of it (Kubernetes: the owner
     /// references are dropped, so the garbage collector keeps it too).
     func remove(_ deployment: ObjectKey, dryRun: Bool) async throws -> [String]
+    /// Whether the platform removes a deleted Deployment's children by itself (Kubernetes'
+    /// garbage collector, through their owner references): then the Deployment needs no
+    /// finalizer unless what it had is to be kept.
+    var collectsChildrenOfDeleted: Bool { get }
+    /// What of a deleted Deployment is still there (what the garbage collector has not
+    /// removed yet), one line each.
+    func leftovers(of deployment: ObjectKey) async -> [String]
+}
+
+extension WorkloadPlatform {
+    public var collectsChildrenOfDeleted: Bool { false }
+    public func leftovers(of deployment: ObjectKey) async -> [String] { [] }
 }
 
 /// Who receives a Deployment's traffic.

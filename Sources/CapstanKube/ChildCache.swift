@@ -14,12 +14,37 @@ public final class ChildCache: Sendable {
     struct Kept: Sendable {
         var resourceVersion: String?
         var json: Data
+        /// What a reconcile reads of it, all of it and without its status.
+        var read: Int
+        var withoutStatus: Int
         init(_ node: SpecNode) {
             resourceVersion = node["metadata"]?["resourceVersion"]?.scalarText
             json = Data(JSONEmitter.emit(node, pretty: false).utf8)
+            let unversioned = node.setting(["metadata", "resourceVersion"], SpecNode(.null))
+            read = JSONEmitter.emit(unversioned, pretty: false).hashValue
+            withoutStatus = JSONEmitter.emit(unversioned.setting(["status"], SpecNode(.null)), pretty: false).hashValue
         }
         var node: SpecNode? { try? JSONReader.parse(json) }
     }
+
+    /// How soon a child's change wakes its owner.
+    public enum Wake: Sendable, Equatable {
+        /// At once: it is new, gone, or something but its status changed (drift, a deletion
+        /// under way, someone else's now).
+        case now(ObjectKey)
+        /// Its status changed in a field a reconcile reads: after `coalescing`, so that the
+        /// cluster's several status writes of one rollout step cost one reconcile.
+        case soon(ObjectKey)
+
+        public var owner: ObjectKey {
+            switch self {
+            case .now(let key), .soon(let key): return key
+            }
+        }
+    }
+    /// How long status changes of a child wait for the ones that follow (the controller
+    /// manager writes a rollout's counts and conditions a few milliseconds apart).
+    public static let coalescing: Duration = .milliseconds(100)
     private let objects = Mutex<[String: Kept]>([:])
     /// Objects of the child kinds that are not Capstan's, by key.
     private let foreign = Mutex<Set<String>>([])
@@ -40,6 +65,12 @@ public final class ChildCache: Sendable {
 
     /// Takes a child watch's change; returns the Capstan object (its owner) to reconcile.
     public func apply(_ change: Reflector.Change, resource: KubeResource) -> ObjectKey? {
+        wake(change, resource: resource)?.owner
+    }
+
+    /// Takes a child watch's change; returns whom to reconcile and how soon: nobody for a
+    /// change of nothing a reconcile reads (a status write refreshing a condition's time).
+    public func wake(_ change: Reflector.Change, resource: KubeResource) -> Wake? {
         switch change {
         case .synced:
             synced.withLock { _ = $0.insert("\(resource.group)/\(resource.plural)") }
@@ -49,23 +80,29 @@ public final class ChildCache: Sendable {
             guard Self.isCapstans(node) else {
                 // Someone else's (or no longer marked as ours: a reconcile reads it and decides).
                 foreign.withLock { _ = $0.insert(key) }
-                return objects.withLock { $0.removeValue(forKey: key) }.flatMap { $0.node.flatMap(Self.owner(of:)) }
+                return objects.withLock { $0.removeValue(forKey: key) }.flatMap { $0.node.flatMap(Self.owner(of:)) }.map(Wake.now)
             }
             // The watch's echo of our own write (its response is kept already): nothing new,
             // and no reconcile of the owner for it.
             if let version = node["metadata"]?["resourceVersion"]?.scalarText,
                objects.withLock({ $0[key]?.resourceVersion }) == version { return nil }
             let kept = Kept(Self.trimmed(node))
-            objects.withLock { $0[key] = kept }
+            let previous = objects.withLock { objects in
+                defer { objects[key] = kept }
+                return objects[key]
+            }
             foreign.withLock { _ = $0.remove(key) }
-            return Self.owner(of: node)
+            guard let owner = Self.owner(of: node) else { return nil }
+            guard let previous else { return .now(owner) }
+            if previous.read == kept.read { return nil }
+            return previous.withoutStatus == kept.withoutStatus ? .soon(owner) : .now(owner)
         case .delete(let node):
             let key = Self.key(resource, node)
             foreign.withLock { _ = $0.remove(key) }
             let cached = objects.withLock { $0.removeValue(forKey: key) }
             deleted.withLock { _ = $0.insert(key) }
             // A re-list's tombstone has only the name: the cached copy knows the owner.
-            return Self.owner(of: node) ?? cached?.node.flatMap(Self.owner(of:))
+            return (Self.owner(of: node) ?? cached?.node.flatMap(Self.owner(of:))).map(Wake.now)
         }
     }
 
@@ -114,8 +151,10 @@ public final class ChildCache: Sendable {
         }
     }
 
-    /// What a reconcile never reads is not kept: `managedFields` (often half of an object)
-    /// and kubectl's last-applied copy, as controller-runtime's cache transforms drop them.
+    /// What a reconcile never reads is not kept: `managedFields` (often half of an object),
+    /// kubectl's last-applied copy (as controller-runtime's cache transforms drop them), and of
+    /// the status all but the counts, the observed generation and the conditions' type,
+    /// status, reason and message (not their times, which the controller manager refreshes).
     static func trimmed(_ node: SpecNode) -> SpecNode {
         guard var entries = node.entries, let index = entries.firstIndex(where: { $0.key == "metadata" }),
               var metadata = entries[index].value.entries else { return node }
@@ -125,6 +164,24 @@ public final class ChildCache: Sendable {
             metadata[annotations].value = SpecNode(.mapping(values))
         }
         entries[index].value = SpecNode(.mapping(metadata))
+        if let status = entries.firstIndex(where: { $0.key == "status" }) {
+            var read: [(String, SpecNode)] = []
+            for entry in entries[status].value.entries ?? [] {
+                switch entry.key {
+                case "observedGeneration", "replicas", "updatedReplicas", "readyReplicas", "availableReplicas":
+                    read.append((entry.key, entry.value))
+                case "conditions":
+                    guard case .sequence(let items) = entry.value.value else { continue }
+                    let conditions = items.map { condition in
+                        SpecNode.mapping(["type", "status", "reason", "message"].compactMap { field in condition[field].map { (field, $0) } })
+                    }
+                    read.append((entry.key, .sequence(conditions)))
+                default:
+                    break
+                }
+            }
+            if read.isEmpty { entries.remove(at: status) } else { entries[status].value = .mapping(read) }
+        }
         return SpecNode(.mapping(entries))
     }
 

@@ -17,6 +17,8 @@ extension KubeResource {
 public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
     public let client: KubeClient
     public let cache: ObjectCache
+    /// Deployments' revision templates, written with their status.
+    public let revisions: StatusRevisions
     /// `reportingInstance` of our Events (the operator's identity).
     let instance: String
     let log: @Sendable (String) -> Void
@@ -31,6 +33,7 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
     public init(client: KubeClient, cache: ObjectCache = ObjectCache(), instance: String, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.client = client
         self.cache = cache
+        self.revisions = StatusRevisions(cache: cache)
         self.instance = instance
         self.log = log
     }
@@ -177,16 +180,24 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
     /// fields as null), so fields of other writers are left alone.
     public func writeStatus(_ key: ObjectKey, _ status: SpecNode) async throws -> Bool {
         guard let stored = cache.get(key) else { return false }
+        let status = revisions.merged(key, into: status)
         let old = stored.resource.encode()["status"] ?? .mapping([])
-        guard let diff = Self.mergePatch(from: old, to: status) else { return false }
+        guard let diff = Self.mergePatch(from: old, to: status) else {
+            revisions.written(key)
+            return false
+        }
         let patched: SpecNode
         do {
             patched = try await client.patch(.capstan(key.kind), namespace: key.namespace, name: key.name,
                                              .mapping([("status", diff)]), subresource: "status")
         } catch {
-            if error.isNotFound { return false }
+            if error.isNotFound {
+                revisions.written(key)
+                return false
+            }
             throw error
         }
+        revisions.written(key)
         // The cache takes what was written (the watch brings the same a moment later).
         var context = DecodeContext()
         if let resource = AnyResource.decode(kind: key.kind, patched, &context), let before = cache.get(key),

@@ -172,11 +172,17 @@ public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
     /// The track label the Service selects: the active track's, except for a stable track whose
     /// pods do not all carry it yet (children made before tracks existed, while they roll):
     /// then every pod of the owner, so that no upgrade leaves the Service without endpoints.
+    /// A child not made yet (it is being made beside this) or still at its first generation is
+    /// made with the label: all its pods carry it.
     private func selected(_ active: Track, of deployment: Deployment) -> Track? {
         guard active == .stable else { return active }
-        guard let apps = children.get(.deployments, namespace: deployment.metadata.namespace, name: deployment.metadata.name),
-              apps["spec"]?["template"]?["metadata"]?["labels"]?[Children.trackLabel]?.scalarText == Track.stable.rawValue,
-              let state = Self.state(of: apps), state.settled, state.updated == state.replicas else { return nil }
+        guard let apps = children.get(.deployments, namespace: deployment.metadata.namespace, name: deployment.metadata.name) else {
+            return children.mayExist(.deployments, namespace: deployment.metadata.namespace, name: deployment.metadata.name) ? nil : .stable
+        }
+        guard apps["spec"]?["template"]?["metadata"]?["labels"]?[Children.trackLabel]?.scalarText == Track.stable.rawValue,
+              let state = Self.state(of: apps) else { return nil }
+        let firstGeneration = apps["metadata"]?["generation"]?.scalarText == "1"
+        guard firstGeneration || (state.settled && state.updated == state.replicas) else { return nil }
         return .stable
     }
 
@@ -266,17 +272,31 @@ public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
                (.ingresses, key.name), (traefikServices, key.name), (ingressRoutes, key.name)]
     }
 
+    /// Children owned by reference (custom resources) go with their owner: the garbage
+    /// collector deletes them.
+    public var collectsChildrenOfDeleted: Bool { usesOwnerReferences }
+
+    public func leftovers(of key: ObjectKey) async -> [String] {
+        guard usesOwnerReferences else { return [] }
+        return owned(by: key).map { "\($0.0.kind) \($0.1)" }
+    }
+
+    /// The cached children a Deployment controls.
+    private func owned(by key: ObjectKey) -> [(KubeResource, String, SpecNode)] {
+        Self.childNames(of: key).compactMap { resource, name in
+            guard let child = children.get(resource, namespace: key.namespace, name: name),
+                  let controller = Children.controller(of: child), controller.kind == .deployment, controller.name == key.name else { return nil }
+            return (resource, name, child)
+        }
+    }
+
     /// Deletes what a deleted Deployment owned; with `dryRun`, lets it go instead (the
     /// ownerReference is removed so the garbage collector keeps it too) and says what it was.
     public func remove(_ key: ObjectKey, dryRun: Bool) async throws -> [String] {
         var owned: [(KubeResource, String, SpecNode)] = []
         switch ownership {
         case .ownerReference:
-            for (resource, name) in Self.childNames(of: key) {
-                guard let child = children.get(resource, namespace: key.namespace, name: name),
-                      let controller = Children.controller(of: child), controller.kind == .deployment, controller.name == key.name else { continue }
-                owned.append((resource, name, child))
-            }
+            owned = self.owned(by: key)
         case .inventory(let inventory):
             for id in try inventory.children(of: key) {
                 guard let (resource, name) = Self.childNames(of: key).first(where: { ChildCache.key($0.0, key.namespace, $0.1) == id }) else { continue }

@@ -149,8 +149,7 @@ struct Diff: AsyncParsableCommand {
         var entries: [Entry] = []
         var live: [ObjectKey: AnyResource] = [:]
         for object in loaded.objects {
-            var key = object.key
-            if object.resource.metadata.namespace == nil { key = ObjectKey(kind: key.kind, namespace: config.namespace, name: key.name) }
+            let key = object.key
             if let node = try await Self.fetch(client, key) {
                 var context = DecodeContext()
                 if let resource = AnyResource.decode(kind: key.kind, node, &context) { live[key] = resource }
@@ -158,8 +157,7 @@ struct Diff: AsyncParsableCommand {
         }
         let applied = Dictionary(loaded.objects.map { ($0.key, $0.resource) }, uniquingKeysWith: { first, _ in first })
         for object in loaded.objects {
-            var key = object.key
-            if object.resource.metadata.namespace == nil { key = ObjectKey(kind: key.kind, namespace: config.namespace, name: key.name) }
+            let key = object.key
             guard let current = live[key] else {
                 entries.append(Entry(title: Self.title(key), verb: "created", detail: "from \(object.location)", lines: Self.effects(created: object.resource, applications: applied, records: [:])))
                 continue
@@ -213,7 +211,7 @@ struct Diff: AsyncParsableCommand {
 
     /// The Application a Deployment runs, as it would be (the paths' version, else the known).
     static func application(of deployment: Deployment, applications: [ObjectKey: AnyResource], records: [ObjectKey: StateStore.ObjectRecord]) -> Application? {
-        let key = ObjectKey(kind: .application, namespace: deployment.metadata.namespace ?? "default", name: deployment.spec.application)
+        let key = ObjectKey(kind: .application, namespace: deployment.metadata.namespace, name: deployment.spec.application)
         if case .application(let application)? = applications[key] { return application }
         if case .application(let application)? = records[key]?.resource { return application }
         return nil
@@ -252,7 +250,7 @@ struct Diff: AsyncParsableCommand {
             // The Deployments that run it now and still will (a new one starts, a deleted one stops).
             let users = applications.values.compactMap { resource -> Deployment? in
                 guard case .deployment(let deployment) = resource, deployment.spec.application == after.metadata.name,
-                      (deployment.metadata.namespace ?? "default") == (after.metadata.namespace ?? "default"),
+                      (deployment.metadata.namespace) == after.metadata.namespace,
                       records.isEmpty || records[resource.key] != nil else { return nil }
                 return deployment
             }

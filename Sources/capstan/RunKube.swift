@@ -92,8 +92,15 @@ struct ClusterTarget: Sendable {
     /// Every child watch has listed once.
     var caughtUp: Bool { synced.value.count >= KubeWorkload.childResources.count }
 
-    /// The child watches as services; a change of a child calls `owner` with its Capstan Deployment.
-    func watches(_ owner: @escaping @Sendable (ObjectKey) async -> Void) -> [any Service] {
+    /// The child watches as services; a change of a child calls `owner` with its Capstan
+    /// Deployment and how long to wait for more changes first.
+    func watches(_ owner: @escaping @Sendable (ObjectKey, Duration) async -> Void) -> [any Service] {
+        let woken: @Sendable (ChildCache.Wake) async -> Void = { wake in
+            switch wake {
+            case .now(let key): await owner(key, .zero)
+            case .soon(let key): await owner(key, ChildCache.coalescing)
+            }
+        }
         // A BackupSchedule's Jobs: each change (running, complete, failed, deleted) wakes the
         // schedule at once, instead of its next look.
         let jobs = Reflector(client: client, resource: KubeBackups.jobs, namespace: namespace,
@@ -103,7 +110,7 @@ struct ClusterTarget: Sendable {
             await jobs.run { change in
                 switch change {
                 case .upsert(let node), .delete(let node):
-                    if let key = ChildCache.owner(of: node) { await owner(key) }
+                    if let key = ChildCache.owner(of: node) { await owner(key, .zero) }
                 case .synced:
                     break
                 }
@@ -122,7 +129,7 @@ struct ClusterTarget: Sendable {
                                               log: { log("\(resource.plural).\(resource.group): \($0)", level: "warning") })
                     group.addTask {
                         await reflector.run { change in
-                            if let key = children.apply(change, resource: resource) { await owner(key) }
+                            if let wake = children.wake(change, resource: resource) { await woken(wake) }
                         }
                     }
                 }
@@ -134,7 +141,7 @@ struct ClusterTarget: Sendable {
             return LoopService("\(resource.plural) watch") { [children, synced] in
                 await reflector.run { change in
                     if change == .synced { synced.update { _ = $0.insert("\(resource.group)/\(resource.plural)") } }
-                    if let key = children.apply(change, resource: resource) { await owner(key) }
+                    if let wake = children.wake(change, resource: resource) { await woken(wake) }
                 }
             }
         }
@@ -204,7 +211,7 @@ final class KubeDaemon: Sendable {
         builtinMetrics = MetricsService(source: BuiltinMetricsSource(cache: objects.cache, workload: workload, probes: nil, host: Daemon.host.samples))
         Controllers.register(on: manager, store: objects, events: objects, cache: objects.cache,
                              platforms: Platforms(artifacts: KubeArtifacts(), workload: workload, traffic: workload,
-                                                  revisions: ConfigMapRevisions(client: client, cache: objects.cache),
+                                                  revisions: objects.revisions,
                                                   secrets: KubeSecrets(client: client, uid: { [cache = objects.cache] key in cache.get(key)?.resource.metadata.uid }),
                                                   actions: Self.actions,
                                                   backups: KubeBackups(client: client, image: options.kube.backupImage, version: Capstan.version,
@@ -314,8 +321,8 @@ final class KubeDaemon: Sendable {
                 }
             }
         }
-        return services + target.watches { owner in
-            if await manager.leading.opened { await manager.add(owner) }
+        return services + target.watches { owner, delay in
+            if await manager.leading.opened { await manager.add(owner, after: delay) }
         }
     }
 

@@ -216,8 +216,8 @@ final class LocalDaemon: Sendable {
         let (host, port) = options.metricsHostPort!
         let server = Daemon.httpServer(host: host, port: port, address: options.metricsAddress, metrics: metrics, builtin: builtinMetrics, ready: { [ready] in ready.value },
                                        leader: { [elector] in elector.map { $0.isLeader } }, log: log)
-        let watches = cluster?.watches { [manager] owner in
-            if await manager.leading.opened { await manager.add(owner) }
+        let watches = cluster?.watches { [manager] owner, delay in
+            if await manager.leading.opened { await manager.add(owner, after: delay) }
         } ?? []
         return election() + [stateWatch(), server, manager.gauges { [cache, metrics] in Daemon.readiness(cache, metrics) },
                              try sourceLoops(watcher), requestLoop()] + manager.controllers + watches

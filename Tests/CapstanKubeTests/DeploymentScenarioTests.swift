@@ -312,7 +312,7 @@ import Glibc
     func rolledOut(_ platform: Platform, port: Int, extra: [(String, SpecNode)] = []) async throws {
         try await platform.put([Self.application(), Self.deployment("1", port: port, extra: extra)])
         try await expect(platform, phase: "Succeeded", version: "1", conditions: Self.succeeded)
-        try await expectEvents(platform, ["RolloutStarted", "RolloutSucceeded"])
+        try await expectEvents(platform, ["RolloutSucceeded"])
     }
 
     // MARK: - Scenarios

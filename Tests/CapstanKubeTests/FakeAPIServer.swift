@@ -20,12 +20,13 @@ final class FakeAPIServer: @unchecked Sendable {
 
     struct StartError: Error, CustomStringConvertible { var description: String }
 
-    init(arguments: [String] = []) throws {
+    /// `gc`: the fake's garbage collection of dependents, as every real cluster has it.
+    init(arguments: [String] = [], gc: Bool = true) throws {
         directory = NSTemporaryDirectory() + "capstan-fake-apiserver-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", Self.root + "/hack/fake-apiserver/fake_apiserver.py", "--dir", directory, "--verbose"] + arguments
+        process.arguments = ["python3", Self.root + "/hack/fake-apiserver/fake_apiserver.py", "--dir", directory, "--verbose"] + (gc ? ["--gc"] : []) + arguments
         let output = Pipe()
         process.standardOutput = output
         // Every request it served, for a failing test's message.

@@ -884,6 +884,7 @@ class Store:
         self.compacted = 0           # events at or below this revision are gone
         self.history_limit = history_limit
         self.watch_epoch = 0         # bumped to drop every open watch
+        self.deployment_controller = None  # --deployment-controller
         for resource in BUILTIN:
             self.serve(resource)
         for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
@@ -914,6 +915,8 @@ class Store:
 
     def record(self, resource, kind, obj):
         self.history.append((self.revision, resource.group, resource.plural, kind, clone(obj)))
+        if self.deployment_controller is not None and (resource.group, resource.plural) == ("apps", "deployments") and kind != "DELETED":
+            self.deployment_controller.changed(obj)
         if len(self.history) > self.history_limit:
             drop = len(self.history) - self.history_limit
             self.compacted = self.history[drop - 1][0]
@@ -1116,6 +1119,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 # The storage round trip of a write (etcd's, or K3s's SQLite through kine),
                 # before it commits: the object and its watch event appear after it.
                 time.sleep(self.server.write_latency)
+            if self.server.write_cpu and method != "GET":
+                # What a write costs a real server beside the wait (admission, validation,
+                # encoding, etcd's side): busy CPU, so that an operator's writes cost this
+                # server what they cost a real one, not only time.
+                spin(self.server.write_cpu)
             if fault:
                 headers = {"Retry-After": str(fault["retryAfter"])} if fault.get("retryAfter") is not None else {}
                 reason = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}.get(fault["code"], "InternalError")
@@ -1153,15 +1161,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send_json(200, {"ok": True, "compacted": self.store.compacted})
         if path == "/fake/stats" and method == "GET":
             with self.server.stats_lock:
-                return self.send_json(200, {"requests": dict(self.server.stats), "watches": self.server.watches})
+                return self.send_json(200, {"requests": dict(self.server.stats), "byResource": dict(self.server.stats_by),
+                                            "byAgent": {agent: dict(counts) for agent, counts in self.server.stats_agents.items()},
+                                            "watches": self.server.watches,
+                                            "controllerWrites": self.store.deployment_controller.writes if self.store.deployment_controller else 0})
         raise APIError(404, "NotFound", f"no control {method} {path}")
 
     # -- routing
 
     def route(self, method, path, query):
+        parts = [p for p in path.split("/") if p]
+        what = f"{method} {stats_resource(parts, query)}"
+        agent = (self.headers.get("User-Agent") or "unknown").split("/")[0].split(" ")[0]
         with self.server.stats_lock:
             self.server.stats[method] = self.server.stats.get(method, 0) + 1
-        parts = [p for p in path.split("/") if p]
+            self.server.stats_by[what] = self.server.stats_by.get(what, 0) + 1
+            by_agent = self.server.stats_agents.setdefault(agent, {})
+            by_agent[what] = by_agent.get(what, 0) + 1
         if path in ("/healthz", "/readyz", "/livez"):
             data = b"ok"
             self.send_response(200)
@@ -1563,6 +1579,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.store.owners.pop((resource.group, resource.plural) + key, None)
             self.forget(resource, new)
             self.store.record(resource, "DELETED", new)
+            if self.server.garbage_collect:
+                self.collect(new["metadata"]["uid"])
             return new
         objects[key] = new
         if sub != "status":
@@ -1728,6 +1746,114 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     self.collect(obj["metadata"]["uid"])
 
 
+def spin(seconds):
+    """Burns `seconds` of this thread's CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def stats_resource(parts, query):
+    """What a request is about, for /fake/stats' byResource: `deployments.apps`,
+    `deployments.capstan.dev/status`, `events`, `watch deployments.apps` ..."""
+    if parts[:1] == ["api"]:
+        rest = parts[2:]
+        group = ""
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        rest = parts[3:]
+        group = parts[1]
+    else:
+        return "/" + "/".join(parts[:2])
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]
+    if not rest:
+        return "/" + "/".join(parts)
+    name = rest[0] + (("." + group) if group else "")
+    if len(rest) >= 3:
+        name += "/" + rest[2]
+    if query.get("watch") in ("1", "true"):
+        name = "watch " + name
+    return name
+
+
+class DeploymentController:
+    """--deployment-controller: kube-controller-manager's Deployment controller as an
+    operator sees it: after a change of an apps/v1 Deployment's spec (its generation), status
+    writes as the real one makes them (observed generation and replica counts, a conditions'
+    lastUpdateTime refresh, then the replicas ready and available), a few milliseconds apart.
+    No ReplicaSets or pods: only the status churn its owner's watch sees."""
+
+    STEP_SECONDS = 0.02
+
+    def __init__(self, store):
+        self.store = store
+        self.pending = {}            # (namespace, name) -> generation
+        self.condition = threading.Condition()
+        self.writes = 0
+
+    def start(self):
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def changed(self, obj):
+        """Called under the store lock on every recorded apps/v1 Deployment change."""
+        generation = obj["metadata"].get("generation", 1)
+        if (obj.get("status") or {}).get("observedGeneration") == generation:
+            return
+        key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        with self.condition:
+            if self.pending.get(key) != generation:
+                self.pending[key] = generation
+                self.condition.notify()
+
+    def run(self):
+        while True:
+            with self.condition:
+                while not self.pending:
+                    self.condition.wait()
+                key, generation = next(iter(self.pending.items()))
+                del self.pending[key]
+            threading.Thread(target=self.roll, args=(key, generation), daemon=True).start()
+
+    def roll(self, key, generation):
+        def conditions(available, progressing, now):
+            return [
+                {"type": "Available", "status": "True" if available else "False", "lastUpdateTime": now, "lastTransitionTime": now,
+                 "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+                 "message": "Deployment has minimum availability." if available else "Deployment does not have minimum availability."},
+                {"type": "Progressing", "status": "True", "lastUpdateTime": now, "lastTransitionTime": now, "reason": progressing,
+                 "message": f'ReplicaSet "{key[1]}" ' + ("has successfully progressed." if progressing == "NewReplicaSetAvailable" else "is progressing.")},
+            ]
+
+        def step(status_of):
+            time.sleep(self.STEP_SECONDS)
+            with self.store.lock:
+                objects = self.store.objects.get(("apps", "deployments"), {})
+                obj = objects.get(key)
+                if obj is None or obj["metadata"].get("generation", 1) != generation:
+                    return False
+                new = clone(obj)
+                replicas = (obj.get("spec") or {}).get("replicas", 1)
+                new["status"] = status_of(replicas, now_rfc3339())
+                self.store.revision += 1
+                new["metadata"]["resourceVersion"] = str(self.store.revision)
+                objects[key] = new
+                resource = next(r for r in self.store.resources.values() if (r.group, r.plural) == ("apps", "deployments"))
+                self.store.record(resource, "MODIFIED", new)
+                self.writes += 1
+                return True
+
+        for status_of in (
+            lambda n, now: {"observedGeneration": generation, "replicas": n, "updatedReplicas": n, "unavailableReplicas": n,
+                            "conditions": conditions(False, "ReplicaSetUpdated", now)},
+            lambda n, now: {"observedGeneration": generation, "replicas": n, "updatedReplicas": n, "unavailableReplicas": n,
+                            "conditions": conditions(False, "ReplicaSetUpdated", now)},
+            lambda n, now: {"observedGeneration": generation, "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n,
+                            "conditions": conditions(True, "NewReplicaSetAvailable", now)},
+        ):
+            if not step(status_of):
+                return
+
+
 def traefik_crds():
     """Traefik's TraefikService and IngressRoute CRDs as K3s installs them (traefik.io/v1alpha1),
     with the schema of the fields Capstan writes (Traefik's own CRDs specify many more)."""
@@ -1844,12 +1970,16 @@ def main():
     parser.add_argument("--write-latency", type=float, default=0.0,
                         help="seconds every create, update, patch and delete waits before it commits (a storage round trip)")
     parser.add_argument("--gc", action="store_true", help="delete dependents of deleted owners (the garbage collector)")
+    parser.add_argument("--write-cpu", type=float, default=0.0,
+                        help="CPU seconds every create, update, patch and delete burns before it commits (a real server's cost of a write)")
+    parser.add_argument("--deployment-controller", action="store_true",
+                        help="write apps/v1 Deployment status as kube-controller-manager does (several status writes per rollout)")
     parser.add_argument("--traefik", action="store_true",
                         help="serve Traefik's TraefikService and IngressRoute CRDs from the start, as K3s does")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
-    if args.write_latency < 0:
-        parser.error("--write-latency must not be negative")
+    if args.write_latency < 0 or args.write_cpu < 0:
+        parser.error("--write-latency and --write-cpu must not be negative")
     os.makedirs(args.dir, exist_ok=True)
     make_certificates(args.dir)
 
@@ -1873,8 +2003,12 @@ def main():
     server.bookmark_interval = args.bookmark_interval
     server.garbage_collect = args.gc
     server.write_latency = args.write_latency
+    server.write_cpu = args.write_cpu
+    if args.deployment_controller:
+        server.store.deployment_controller = DeploymentController(server.store)
+        server.store.deployment_controller.start()
     server.verbose = args.verbose
-    server.stats, server.stats_lock, server.watches = {}, threading.Lock(), 0
+    server.stats, server.stats_by, server.stats_agents, server.stats_lock, server.watches = {}, {}, {}, threading.Lock(), 0
     server.stopping = False
     port = server.server_address[1]
     write_kubeconfigs(args.dir, port, args.token)

@@ -236,6 +236,9 @@ public struct DeploymentStatus: CommonStatus, Hashable {
     /// The secrets whose rotation restarted this Deployment, with the restart token its
     /// running revision has rolled out with (a SecretRotation waits for it).
     public var secretRestarts = StringMap()
+    /// The templates of the revisions kept (Kubernetes: the rollback targets live in the
+    /// status, not in an object per Deployment; locally the state store keeps them).
+    public var revisionTemplates: [RevisionTemplate] = []
 
     public init() {}
 
@@ -252,6 +255,28 @@ public struct DeploymentStatus: CommonStatus, Hashable {
         .optional("rollback", \.rollback, "Set while a rolled-back revision runs instead of the spec's."),
         .defaulted("tracks", \.tracks, [], "The running tracks: which revision each runs and whether it serves the port."),
         .defaulted("secretRestarts", \.secretRestarts, StringMap(), "Per secret, the rotation restart the running revision rolled out with."),
+        .defaulted("revisionTemplates", \.revisionTemplates, [], "The kept revisions' templates (what a rollback runs), oldest first; on Kubernetes only."),
+    ]
+}
+
+/// A kept revision's template, as compact JSON.
+public struct RevisionTemplate: SpecObject, Hashable {
+    public var revision = 0
+    public var hash = ""
+    public var template = ""
+
+    public init() {}
+
+    public init(revision: Int, hash: String, template: String) {
+        self.revision = revision
+        self.hash = hash
+        self.template = template
+    }
+
+    public static let fields: [Field<RevisionTemplate>] = [
+        .required("revision", \.revision, nil, .minimum(1)),
+        .required("hash", \.hash),
+        .required("template", \.template, "The template as compact JSON."),
     ]
 }
 
