@@ -482,7 +482,7 @@ public struct DeploymentReconciler: Reconciler {
             step.status.phase = step.status.rollback == nil ? .succeeded : .rolledBack
             step.reconciling("InstancesNotReady", message)
             step.status.conditions.set(ConditionType.ready, .false, reason: "InstancesNotReady", message: message, observedGeneration: step.generation, now: step.time)
-            return .requeue(after: Self.progressCheck)
+            return .requeue(after: workload.progressCheck)
         }
         if entry.outcome == "Failed" {
             step.status.phase = .failed
@@ -555,7 +555,7 @@ public struct DeploymentReconciler: Reconciler {
         step.status.conditions.set(DeploymentConditions.progressing, .true, reason: "ReplicaSetUpdated", message: message, observedGeneration: step.generation, now: step.time)
         if step.movedOn || state?.movedOn == true { return .requeue(after: .milliseconds(10)) }  // room for the next new instance
         let remaining = deadlineSeconds - elapsed
-        return .requeue(after: min(Self.progressCheck, .milliseconds(Int64(max(remaining, 0.01) * 1000))))
+        return .requeue(after: min(workload.progressCheck, .milliseconds(Int64(max(remaining, 0.01) * 1000))))
     }
 
     /// The spec's new template waits for the deployment window: the running revision is kept

@@ -273,10 +273,15 @@ public protocol WorkloadPlatform: Sendable {
     /// What of a deleted Deployment is still there (what the garbage collector has not
     /// removed yet), one line each.
     func leftovers(of deployment: ObjectKey) async -> [String]
+    /// How often a rollout in progress is looked at without an event: the safety net (and,
+    /// shorter, the progress deadline's clock). Where every change of a track wakes its owner
+    /// (Kubernetes' watches), it can be long.
+    var progressCheck: Duration { get }
 }
 
 extension WorkloadPlatform {
     public var collectsChildrenOfDeleted: Bool { false }
+    public var progressCheck: Duration { DeploymentReconciler.progressCheck }
     public func leftovers(of deployment: ObjectKey) async -> [String] { [] }
 }
 

@@ -52,6 +52,9 @@ public final class ChildCache: Sendable {
     private let synced = Mutex<Set<String>>([])
     /// Children seen deleted (a reconcile that makes one again says `Recreated`).
     private let deleted = Mutex<Set<String>>([])
+    /// Children Capstan is writing now: the watch may bring the write before its response
+    /// does, and that echo is no news for the owner (whose reconcile is the writer).
+    private let writing = Mutex<[String: Int]>([:])
 
     public init() {}
 
@@ -93,6 +96,7 @@ public final class ChildCache: Sendable {
             }
             foreign.withLock { _ = $0.remove(key) }
             guard let owner = Self.owner(of: node) else { return nil }
+            if writing.withLock({ $0[key] != nil }) { return nil }
             guard let previous else { return .now(owner) }
             if previous.read == kept.read { return nil }
             return previous.withoutStatus == kept.withoutStatus ? .soon(owner) : .now(owner)
@@ -139,6 +143,19 @@ public final class ChildCache: Sendable {
 
     public func get(_ resource: KubeResource, namespace: String, name: String) -> SpecNode? {
         objects.withLock { $0[Self.key(resource, namespace, name)] }?.node
+    }
+
+    /// A write of the child starts (its echo wakes nobody until `finished`).
+    func writing(_ resource: KubeResource, namespace: String, name: String) {
+        writing.withLock { $0[Self.key(resource, namespace, name), default: 0] += 1 }
+    }
+
+    /// The write ended (its response, if any, was `set`).
+    func finished(_ resource: KubeResource, namespace: String, name: String) {
+        writing.withLock { writing in
+            let key = Self.key(resource, namespace, name)
+            if let count = writing[key], count > 1 { writing[key] = count - 1 } else { writing.removeValue(forKey: key) }
+        }
     }
 
     /// Takes the response of our own write, unless the watch already brought a newer version.

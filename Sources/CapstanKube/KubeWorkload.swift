@@ -227,6 +227,8 @@ public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
         // child nobody knows about.
         if case .inventory(let inventory) = ownership { try inventory.recordChild(id, owner: owner.key) }
         var applied: SpecNode
+        children.writing(resource, namespace: namespace, name: name)
+        defer { children.finished(resource, namespace: namespace, name: name) }
         do {
             applied = try await client.patch(resource, namespace: namespace, name: name, desired, type: .apply, force: !unseen)
         } catch {
@@ -271,6 +273,11 @@ public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
             + [(.services, key.name), (.services, Children.previewName(key.name)), (.services, Children.name(of: .canary, key.name)),
                (.ingresses, key.name), (traefikServices, key.name), (ingressRoutes, key.name)]
     }
+
+    /// The child watches wake the owner on every change of its tracks that a reconcile reads:
+    /// looking again without one is only the safety net (the progress deadline keeps its own
+    /// time).
+    public var progressCheck: Duration { .seconds(60) }
 
     /// Children owned by reference (custom resources) go with their owner: the garbage
     /// collector deletes them.

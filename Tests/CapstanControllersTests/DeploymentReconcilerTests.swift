@@ -50,8 +50,16 @@ final class FakeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
         var port: Int?
         var traffic: Traffic?
         var removed = false
+        /// As Kubernetes: a garbage collector removes a deleted Deployment's children.
+        var collects = false
     }
     let state = Mutex(State())
+
+    var collectsChildrenOfDeleted: Bool { state.withLock { $0.collects } }
+
+    func leftovers(of deployment: ObjectKey) async -> [String] {
+        state.withLock { $0.instances.map { "instance \($0.id)" } }
+    }
 
     func prepare(_ revision: WorkloadRevision, for deployment: ObjectKey, current: Bool) async throws(WorkloadError) -> [String] { [] }
 
@@ -407,6 +415,31 @@ final class FakeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
         #expect(event.1 == "PruneSkipped")
         #expect(event.0 == (annotated ? .normal : .warning))
         #expect(event.2.contains("instance i1"))
+    }
+
+    /// Where the platform collects a deleted Deployment's children, the reconciler leaves them
+    /// to it, and removes what is still there after the grace (a cluster without a collector).
+    @Test func whatTheCollectorLeavesIsRemovedAfterTheGrace() async throws {
+        let fake = FakeStore(), workload = FakeWorkload(), clock = Clock()
+        workload.state.withLock {
+            $0.collects = true
+            $0.instances = [InstanceState(id: "i1", templateHash: "h", revision: 1, ready: true)]
+        }
+        let reconciler = reconciler(fake, workload, clock)
+        let first = try await reconciler.reconcile(Self.key)
+        #expect(first.requeueAfter != nil && !workload.state.withLock { $0.removed }, "the collector's turn first")
+        clock.advance(10)
+        #expect(try await reconciler.reconcile(Self.key).requeueAfter != nil && !workload.state.withLock { $0.removed })
+        clock.advance(21)
+        #expect(try await reconciler.reconcile(Self.key).requeueAfter == nil)
+        #expect(workload.state.withLock { $0.removed }, "left after 30 s: removed")
+        #expect(fake.state.withLock { $0.events.last?.1 } == "OrphanDeleted")
+
+        // Collected in time: nothing to do.
+        let other = FakeWorkload()
+        other.state.withLock { $0.collects = true }
+        #expect(try await self.reconciler(fake, other, clock).reconcile(Self.key).requeueAfter == nil)
+        #expect(!other.state.withLock { $0.removed })
     }
 
     @Test func envIsMergedByNameAndExpandedLikeKubernetes() {

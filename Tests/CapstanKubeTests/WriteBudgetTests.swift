@@ -95,12 +95,15 @@ import Testing
         #expect(try await client.get(KubeModeTests.deployments, namespace: "default", name: "gone")?["metadata"]?["finalizers"] == nil)
         try await client.delete(KubeModeTests.deployments, namespace: "default", name: "gone")
         try await client.delete(KubeModeTests.deployments, namespace: "default", name: "kept")
-        try await KubeModeTests.poll("the owners gone, the children of one with them", log: log) {
-            let owners = [try await client.get(KubeModeTests.deployments, namespace: "default", name: "kept"),
-                          try await client.get(KubeModeTests.deployments, namespace: "default", name: "gone")]
-            let children = [try await client.get(.deployments, namespace: "default", name: "gone"),
-                            try await client.get(.services, namespace: "default", name: "gone")]
-            return (owners + children).allSatisfy { $0 == nil }
+        var left: [String] = []
+        try await KubeModeTests.poll("the owners gone, the children of one with them", log: { "left: \(left)\n" + log() }) {
+            left = []
+            for (resource, name) in [(KubeModeTests.deployments, "kept"), (KubeModeTests.deployments, "gone"), (.deployments, "gone"), (.services, "gone")] {
+                if let object = try await client.get(resource, namespace: "default", name: name) {
+                    left.append("\(resource.kind) \(name) \(String(describing: object["metadata"]))")
+                }
+            }
+            return left.isEmpty
         }
         let kept = try #require(try await client.get(.deployments, namespace: "default", name: "kept"))
         #expect(kept["metadata"]?["ownerReferences"] == nil, "let go")

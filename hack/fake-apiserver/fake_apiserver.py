@@ -885,6 +885,7 @@ class Store:
         self.history_limit = history_limit
         self.watch_epoch = 0         # bumped to drop every open watch
         self.deployment_controller = None  # --deployment-controller
+        self.garbage_collect = False       # --gc
         for resource in BUILTIN:
             self.serve(resource)
         for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
@@ -917,6 +918,35 @@ class Store:
         self.history.append((self.revision, resource.group, resource.plural, kind, clone(obj)))
         if self.deployment_controller is not None and (resource.group, resource.plural) == ("apps", "deployments") and kind != "DELETED":
             self.deployment_controller.changed(obj)
+        if self.garbage_collect and kind == "ADDED" and obj["metadata"].get("ownerReferences"):
+            # The garbage collector's absent-owner rule: a dependent whose owners are all gone
+            # (made after its owner was deleted) is deleted too, a moment later.
+            if not any(self.owner_exists(obj["metadata"].get("namespace", ""), ref) for ref in obj["metadata"]["ownerReferences"]):
+                key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+                threading.Timer(0.05, self.collect_orphan, args=(resource, key, obj["metadata"]["uid"])).start()
+
+    def owner_exists(self, namespace, ref):
+        group = ref.get("apiVersion", "").rsplit("/", 1)[0] if "/" in ref.get("apiVersion", "") else ""
+        for resource in self.resources.values():
+            if resource.group == group and resource.kind == ref.get("kind"):
+                owner = self.objects.get(resource.store_key, {}).get((namespace if resource.namespaced else "", ref.get("name")))
+                return owner is not None and owner["metadata"].get("uid") == ref.get("uid")
+        return False
+
+    def collect_orphan(self, resource, key, uid):
+        with self.lock:
+            objects = self.objects.get(resource.store_key, {})
+            obj = objects.get(key)
+            if obj is None or obj["metadata"].get("uid") != uid:
+                return
+            if any(self.owner_exists(key[0], ref) for ref in obj["metadata"].get("ownerReferences") or []):
+                return
+            del objects[key]
+            self.owners.pop((resource.group, resource.plural) + key, None)
+            self.revision += 1
+            obj = clone(obj)
+            obj["metadata"]["resourceVersion"] = str(self.revision)
+            self.record(resource, "DELETED", obj)
         if len(self.history) > self.history_limit:
             drop = len(self.history) - self.history_limit
             self.compacted = self.history[drop - 1][0]
@@ -2002,6 +2032,7 @@ def main():
     server.token = args.token
     server.bookmark_interval = args.bookmark_interval
     server.garbage_collect = args.gc
+    server.store.garbage_collect = args.gc
     server.write_latency = args.write_latency
     server.write_cpu = args.write_cpu
     if args.deployment_controller:
