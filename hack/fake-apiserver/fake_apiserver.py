@@ -924,6 +924,11 @@ class Store:
             if not any(self.owner_exists(obj["metadata"].get("namespace", ""), ref) for ref in obj["metadata"]["ownerReferences"]):
                 key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
                 threading.Timer(0.05, self.collect_orphan, args=(resource, key, obj["metadata"]["uid"])).start()
+        if len(self.history) > self.history_limit:
+            drop = len(self.history) - self.history_limit
+            self.compacted = self.history[drop - 1][0]
+            del self.history[:drop]
+        self.changed_condition((resource.group, resource.plural)).notify_all()
 
     def owner_exists(self, namespace, ref):
         group = ref.get("apiVersion", "").rsplit("/", 1)[0] if "/" in ref.get("apiVersion", "") else ""
@@ -947,11 +952,6 @@ class Store:
             obj = clone(obj)
             obj["metadata"]["resourceVersion"] = str(self.revision)
             self.record(resource, "DELETED", obj)
-        if len(self.history) > self.history_limit:
-            drop = len(self.history) - self.history_limit
-            self.compacted = self.history[drop - 1][0]
-            del self.history[:drop]
-        self.changed_condition((resource.group, resource.plural)).notify_all()
 
     def changed_condition(self, store_key):
         condition = self.changed.get(store_key)
