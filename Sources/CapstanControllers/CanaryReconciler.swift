@@ -15,6 +15,12 @@ public struct CanaryReconciler: Reconciler {
     let events: any EventRecorder
     let metrics: (any MetricsPlatform)?
     let now: @Sendable () -> Date
+    /// Since when each Canary's analysis has waited for a first value of its builtin metrics
+    /// (in memory: a restarted daemon waits again, which is the case it is for).
+    let waitingSince = GoneClock()
+    /// How long an analysis waits for the first probes of the canary's instances before a
+    /// metric without a value fails (closed), at least 3 analysis intervals.
+    public static let firstValueGrace: TimeInterval = 30
 
     /// Analysis runs kept in the status.
     public static let history = 20
@@ -367,6 +373,8 @@ public struct CanaryReconciler: Reconciler {
     /// whether the run passed.
     private func analyse(_ step: inout Step, deployment: Deployment) async -> Bool {
         var failures: [String] = []
+        var runs: [AnalysisRunRecord] = []
+        var waiting: [String] = []
         for metric in step.spec.analysis.metrics {
             var record = AnalysisRunRecord()
             record.time = step.time
@@ -386,10 +394,24 @@ public struct CanaryReconciler: Reconciler {
             } catch {
                 // Fail closed: what cannot be read does not pass.
                 record.message = "\(error.reason): \(error.message)"
+                if error.reason == Self.noValueYet { waiting.append("\(metric.name): \(error.message)") }
             }
             if let message = record.message { failures.append("\(metric.name): \(message)") }
-            step.status.analysisRuns.append(record)
+            runs.append(record)
         }
+        if !waiting.isEmpty && waiting.count == failures.count {
+            // Only builtin metrics without a first sample (the canary's instances not probed
+            // yet: just started, or this daemon just restarted): the run waits for them, at
+            // the interval, neither passing nor failing, for a grace; then it fails (closed).
+            let since = waitingSince.since(step.key, step.time.date)
+            let grace = max(Self.firstValueGrace, 3 * step.spec.analysis.interval.seconds)
+            if step.time.date.timeIntervalSince(since) < grace {
+                step.status.message = "waiting for a first value: " + waiting.joined(separator: "; ")
+                return false
+            }
+        }
+        waitingSince.forget(step.key)
+        step.status.analysisRuns += runs
         if step.status.analysisRuns.count > Self.history { step.status.analysisRuns.removeFirst(step.status.analysisRuns.count - Self.history) }
         step.status.lastAnalysisTime = step.time
         guard !failures.isEmpty else { return true }
@@ -405,6 +427,9 @@ public struct CanaryReconciler: Reconciler {
     }
 
     /// One metric's value for the canary: the worst series where a query gives several.
+    /// A builtin metric of the canary's instances that has no sample yet.
+    static let noValueYet = "NoValueYet"
+
     private func measure(_ metric: CanaryMetric, step: Step, deployment: Deployment) async throws(MetricQueryError) -> Double {
         guard let metrics else { throw MetricQueryError(MetricQueryError.queryFailed, "this daemon has no metrics") }
         let samples: [AlertSample]
@@ -417,7 +442,7 @@ public struct CanaryReconciler: Reconciler {
                 throw MetricQueryError(MetricQueryError.invalidQuery, error.description)
             }
             samples = try await metrics.builtin(selector, deployment: ObjectKey(kind: .deployment, namespace: step.key.namespace, name: deployment.metadata.name), track: .canary)
-            if samples.isEmpty { throw MetricQueryError(MetricQueryError.queryFailed, "\(selector.metric) has no value for the canary's instances yet") }
+            if samples.isEmpty { throw MetricQueryError(Self.noValueYet, "\(selector.metric) has no value for the canary's instances yet") }
         case .prometheus:
             let query = Self.expand(metric.query, canary: step.status.canaryVersion ?? "", stable: step.status.stableVersion ?? "", namespace: step.key.namespace)
             samples = try await metrics.prometheus(address: metric.address ?? "", query: query, timeout: Self.queryTimeout)

@@ -600,7 +600,8 @@ public enum DeploymentConditions {
     public static let progressing = "Progressing"
 }
 
-/// When deleted objects were first seen gone with something left behind.
+/// When something was first seen about each object (a deleted Deployment gone with children
+/// left; a Canary's analysis waiting for a first value).
 final class GoneClock: Sendable {
     private let times = Mutex<[ObjectKey: Date]>([:])
 
