@@ -107,6 +107,7 @@ let package = Package(
         .executableTarget(
             name: "capstan",
             dependencies: [
+                "CSystemShims",
                 "CapstanModel",
                 "CapstanRuntime",
                 "CapstanControllers",

@@ -237,6 +237,17 @@ public struct TrackState: Sendable, Hashable {
         self.templateHash = templateHash
     }
 
+    /// Whether a reconcile has to look at the track again after it changed from `previous`:
+    /// its ready or available instances, its problems or its revision changed, or it became
+    /// complete or stopped being so. The other counts alone (instances made, of the new
+    /// revision) decide nothing: the status shows them at the next reconcile that happens
+    /// anyway (a readiness change, the platform's `progressCheck`).
+    public func matters(after previous: TrackState, replicas wanted: Int) -> Bool {
+        ready != previous.ready || available != previous.available || problems != previous.problems
+            || revision != previous.revision || templateHash != previous.templateHash
+            || complete(replicas: wanted) != previous.complete(replicas: wanted)
+    }
+
     /// Every instance runs the track's revision, all ready, as many as asked.
     public func complete(replicas wanted: Int) -> Bool {
         settled && replicas == wanted && updated == wanted && ready >= wanted && available >= wanted

@@ -14,17 +14,34 @@ public final class ChildCache: Sendable {
     struct Kept: Sendable {
         var resourceVersion: String?
         var json: Data
-        /// What a reconcile reads of it, all of it and without its status.
-        var read: Int
+        /// What a reconcile reads of it without its status and resourceVersion, and of its
+        /// status (hashes of their JSON).
         var withoutStatus: Int
-        init(_ node: SpecNode) {
+        var status: Int
+        /// An `apps/v1` Deployment's track, as a reconcile reads it.
+        var track: TrackState?
+        /// An `apps/v1` Deployment's replicas asked for.
+        var replicas: Int
+        init(_ node: SpecNode, resource: KubeResource) {
             resourceVersion = node["metadata"]?["resourceVersion"]?.scalarText
             json = Data(JSONEmitter.emit(node, pretty: false).utf8)
-            let unversioned = node.setting(["metadata", "resourceVersion"], SpecNode(.null))
-            read = JSONEmitter.emit(unversioned, pretty: false).hashValue
-            withoutStatus = JSONEmitter.emit(unversioned.setting(["status"], SpecNode(.null)), pretty: false).hashValue
+            let bare = node.setting(["metadata", "resourceVersion"], SpecNode(.null)).setting(["status"], SpecNode(.null))
+            withoutStatus = JSONEmitter.emit(bare, pretty: false).hashValue
+            status = node["status"].map { JSONEmitter.emit($0, pretty: false).hashValue } ?? 0
+            let isTrack = resource == .deployments
+            track = isTrack ? KubeWorkload.state(of: node) : nil
+            replicas = isTrack ? node["spec"]?["replicas"]?.scalarText.flatMap { Int($0) } ?? 1 : 0
         }
         var node: SpecNode? { try? JSONReader.parse(json) }
+
+        /// Whether the change from `previous` (the same spec) is news for the owner's
+        /// reconcile: of a track, what the reconciler says matters; of anything else, any
+        /// change of the status it keeps.
+        func statusMatters(after previous: Kept) -> Bool {
+            guard status != previous.status else { return false }
+            guard let track, let before = previous.track else { return true }
+            return track.matters(after: before, replicas: replicas)
+        }
     }
 
     /// How soon a child's change wakes its owner.
@@ -89,7 +106,7 @@ public final class ChildCache: Sendable {
             // and no reconcile of the owner for it.
             if let version = node["metadata"]?["resourceVersion"]?.scalarText,
                objects.withLock({ $0[key]?.resourceVersion }) == version { return nil }
-            let kept = Kept(Self.trimmed(node))
+            let kept = Kept(Self.trimmed(node), resource: resource)
             let previous = objects.withLock { objects in
                 defer { objects[key] = kept }
                 return objects[key]
@@ -97,9 +114,8 @@ public final class ChildCache: Sendable {
             foreign.withLock { _ = $0.remove(key) }
             guard let owner = Self.owner(of: node) else { return nil }
             if writing.withLock({ $0[key] != nil }) { return nil }
-            guard let previous else { return .now(owner) }
-            if previous.read == kept.read { return nil }
-            return previous.withoutStatus == kept.withoutStatus ? .soon(owner) : .now(owner)
+            guard let previous, previous.withoutStatus == kept.withoutStatus else { return .now(owner) }
+            return kept.statusMatters(after: previous) ? .soon(owner) : nil
         case .delete(let node):
             let key = Self.key(resource, node)
             foreign.withLock { _ = $0.remove(key) }
@@ -160,7 +176,7 @@ public final class ChildCache: Sendable {
 
     /// Takes the response of our own write, unless the watch already brought a newer version.
     func set(_ resource: KubeResource, _ node: SpecNode) {
-        let kept = Kept(Self.trimmed(node))
+        let kept = Kept(Self.trimmed(node), resource: resource)
         let key = Self.key(resource, node)
         objects.withLock { objects in
             guard KubeObjectStore.isNewer(kept.resourceVersion, than: objects[key]?.resourceVersion) else { return }

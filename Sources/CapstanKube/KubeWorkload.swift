@@ -76,10 +76,23 @@ public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
         let generation = apps["metadata"]?["generation"]?.scalarText.flatMap { Int($0) } ?? 1
         state.settled = (observed?["observedGeneration"]?.scalarText.flatMap { Int($0) } ?? 0) >= generation
         guard case .sequence(let conditions)? = observed?["conditions"]?.value else { return state }
-        for condition in conditions where condition["status"]?.scalarText == "False" {
+        for condition in conditions where isTrouble(condition) {
             if let message = condition["message"]?.scalarText, !message.isEmpty { state.problems.append(message) }
         }
         return state
+    }
+
+    /// A condition of an `apps/v1` Deployment that says something goes wrong: `ReplicaFailure`
+    /// True (its pods cannot be made: a quota, an admission webhook) or another condition False
+    /// (`Progressing` past its deadline). `Available` False says no more than the ready count
+    /// does, and is what every rollout goes through.
+    static func isTrouble(_ condition: SpecNode) -> Bool {
+        switch (condition["type"]?.scalarText, condition["status"]?.scalarText) {
+        case ("ReplicaFailure", "True"): return true
+        case ("Available", _), ("ReplicaFailure", _): return false
+        case (_, "False"): return true
+        default: return false
+        }
     }
 
     public func tracks(of deployment: ObjectKey) async -> [Track: TrackState] {

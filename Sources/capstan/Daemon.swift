@@ -1,3 +1,4 @@
+import CSystemShims
 import CapstanControllers
 import CapstanIntegrations
 import CapstanModel
@@ -112,6 +113,22 @@ enum Daemon {
                 log("lost the lease: stopping every reconcile and exiting", level: "error")
                 Glibc.exit(1)
             })
+        }
+    }
+
+    /// Gives the heap's free pages back every second. glibc keeps the pages freed between live
+    /// allocations (a burst's parsed watch events, request buffers and task frames, freed
+    /// around the caches that stay): after 2,000 new Deployments on a cluster it held 75 MiB
+    /// for 37 MiB in use, and `malloc_trim` returned 25 MiB of them. One trim of a quiet heap
+    /// costs microseconds. Blocks of 128 KiB and more get their own mappings from the start
+    /// (`capstan_tune_heap`).
+    static func heapTrim() -> LoopService {
+        capstan_tune_heap()
+        return LoopService("heap trim") {
+            while !Task.isCancelled {
+                try await Task.sleep(for: .seconds(1))
+                _ = capstan_trim_heap()
+            }
         }
     }
 

@@ -239,7 +239,7 @@ final class KubeDaemon: Sendable {
             Daemon.httpServer(host: host, port: port, address: options.metricsAddress, metrics: metrics, builtin: builtinMetrics, ready: { [self] in caughtUp },
                               leader: { elector.map { $0.isLeader } }, log: log),
             manager.gauges { [objects, metrics] in Daemon.readiness(objects.cache, metrics) },
-        ] + reflectors() + [try resync()] + manager.controllers
+        ] + reflectors() + [try resync(), Daemon.heapTrim()] + manager.controllers
         do {
             try await Daemon.serviceGroup(services, shutdownGrace: options.shutdownGrace).run()
         } catch {

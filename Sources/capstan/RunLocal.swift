@@ -220,7 +220,7 @@ final class LocalDaemon: Sendable {
             if await manager.leading.opened { await manager.add(owner, after: delay) }
         } ?? []
         return election() + [stateWatch(), server, manager.gauges { [cache, metrics] in Daemon.readiness(cache, metrics) },
-                             try sourceLoops(watcher), requestLoop()] + manager.controllers + watches
+                             try sourceLoops(watcher), requestLoop(), Daemon.heapTrim()] + manager.controllers + watches
     }
 
     func election() -> [any Service] {

@@ -59,6 +59,49 @@ import Testing
         #expect(!cache.mayExist(apps, namespace: "default", name: "db"), "deleted: forgotten")
     }
 
+    /// The cluster's status writes to a track's `apps/v1` Deployment wake its owner only when
+    /// they change what the reconciler decides on: ready or available instances, trouble
+    /// (`ReplicaFailure`, a deadline), completion. Counts of instances made, the observed
+    /// generation catching up and `Available` False (every rollout's first status) do not.
+    @Test func onlyStatusChangesTheReconcilerDecidesOnWakeTheOwner() {
+        let cache = ChildCache()
+        let apps = KubeResource.deployments
+        let owner = ObjectKey(kind: .deployment, namespace: "default", name: "web")
+        func child(_ version: Int, replicas: Int = 2, _ status: [(String, SpecNode)]?) -> SpecNode {
+            var node = Self.object("web", version: version, labels: [(Children.managedBy, "capstan")], controller: "web")
+                .setting(["metadata", "generation"], .int(replicas - 1))
+                .setting(["spec", "replicas"], .int(replicas))
+                .setting(["spec", "template", "metadata", "annotations"], .mapping([
+                    ("capstan.dev/revision", .string("1")), ("capstan.dev/template-hash", .string("abc"))]))
+            if let status { node = node.setting(["status"], .mapping(status)) }
+            return node
+        }
+        func condition(_ type: String, _ status: String, _ reason: String, _ message: String) -> SpecNode {
+            .mapping([("type", .string(type)), ("status", .string(status)), ("reason", .string(reason)), ("message", .string(message)),
+                      ("lastUpdateTime", .string("2026-12-05T00:00:0\(message.count % 10)Z"))])
+        }
+        let progressing = condition("Progressing", "True", "ReplicaSetUpdated", "ReplicaSet \"web\" is progressing.")
+        let unavailable = condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+        let made: [(String, SpecNode)] = [("observedGeneration", .int(1)), ("replicas", .int(2)), ("updatedReplicas", .int(2)),
+                                          ("unavailableReplicas", .int(2)), ("conditions", .sequence([unavailable, progressing]))]
+
+        #expect(cache.wake(.upsert(child(7, nil)), resource: apps) == .now(owner), "new")
+        #expect(cache.wake(.upsert(child(8, made)), resource: apps) == nil, "instances made, none ready: nothing to decide")
+        let oneReady = made + [("readyReplicas", .int(1)), ("availableReplicas", .int(1))]
+        #expect(cache.wake(.upsert(child(9, oneReady)), resource: apps) == .soon(owner), "one ready")
+        let failing = oneReady.map { $0.0 == "conditions" ? ($0.0, SpecNode.sequence([unavailable, progressing,
+            condition("ReplicaFailure", "True", "FailedCreate", "pods \"web-1\" is forbidden: exceeded quota")])) : $0 }
+        #expect(cache.wake(.upsert(child(10, failing)), resource: apps) == .soon(owner), "its pods cannot be made")
+        #expect(cache.wake(.upsert(child(11, replicas: 3, failing)), resource: apps) == .now(owner), "its spec changed")
+
+        // A Service's status (not a track): any change of what is kept of it is news.
+        let service = Self.object("web", version: 12, labels: [(Children.managedBy, "capstan")], controller: "web")
+        #expect(cache.wake(.upsert(service), resource: .services) == .now(owner))
+        let balanced = service.setting(["metadata", "resourceVersion"], .string("13"))
+            .setting(["status"], .mapping([("conditions", .sequence([condition("LoadBalancer", "True", "Ready", "ok")]))]))
+        #expect(cache.wake(.upsert(balanced), resource: .services) == .soon(owner))
+    }
+
     /// What the API server writes back of an applied child: defaults added, zero values of
     /// `omitempty` fields left out. Neither is drift; a changed or missing value is.
     @Test func aStoredChildContainsWhatWasAppliedDespiteDefaultsAndOmittedZeroValues() throws {

@@ -23,5 +23,12 @@ int capstan_epoll_wait(int epoll, int *fds, int max, int timeout_ms);
 int capstan_eventfd(void);
 /// A pipe whose two ends are close-on-exec.
 int capstan_pipe_cloexec(int fds[2]);
+/// Gives the pages of the heap that hold no allocation back to the system (glibc's
+/// malloc_trim: also the free pages between allocations, which free() keeps); 1 if any were.
+int capstan_trim_heap(void);
+/// Blocks of 128 KiB and more come from their own mappings, given back when freed: glibc
+/// otherwise raises that threshold to the largest block freed so far (up to 32 MiB), and a
+/// daemon that once read a large response keeps its later ones in the heap, among the caches.
+void capstan_tune_heap(void);
 
 #endif
