@@ -17,7 +17,7 @@ public struct CanaryReconciler: Reconciler {
     let now: @Sendable () -> Date
     /// Since when each Canary's analysis has waited for a first value of its builtin metrics
     /// (in memory: a restarted daemon waits again, which is the case it is for).
-    let waitingSince = GoneClock()
+    let waitingSince = FirstSeen()
     /// How long an analysis waits for the first probes of the canary's instances before a
     /// metric without a value fails (closed), at least 3 analysis intervals.
     public static let firstValueGrace: TimeInterval = 30

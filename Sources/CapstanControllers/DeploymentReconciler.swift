@@ -35,7 +35,7 @@ public struct DeploymentReconciler: Reconciler {
     /// children before the reconciler removes what is left itself.
     public static let collectorGrace: Duration = .seconds(30)
     /// When each deleted Deployment was first seen gone with children left.
-    let gone = GoneClock()
+    let gone = FirstSeen()
 
     public init(store: any ObjectStore, events: any EventRecorder, workload: any WorkloadPlatform & TrafficPlatform, revisions: any RevisionStore,
                 prune: Bool = true, now: @escaping @Sendable () -> Date = Date.init) {
@@ -598,22 +598,4 @@ extension TrackRole {
 public enum DeploymentConditions {
     public static let available = "Available"
     public static let progressing = "Progressing"
-}
-
-/// When something was first seen about each object (a deleted Deployment gone with children
-/// left; a Canary's analysis waiting for a first value).
-final class GoneClock: Sendable {
-    private let times = Mutex<[ObjectKey: Date]>([:])
-
-    func since(_ key: ObjectKey, _ now: Date) -> Date {
-        times.withLock { times in
-            if let time = times[key] { return time }
-            times[key] = now
-            return now
-        }
-    }
-
-    func forget(_ key: ObjectKey) {
-        _ = times.withLock { $0.removeValue(forKey: key) }
-    }
 }

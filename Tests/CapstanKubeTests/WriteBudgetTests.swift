@@ -73,6 +73,45 @@ import Testing
         #expect(reasons == ["RolloutSucceeded"], "\(reasons)")
     }
 
+    /// The real cluster: a controller manager writing its status churn, no nodes, so
+    /// the pods never become ready. None of those writes changes what the reconciler decides
+    /// on: each Deployment costs the one reconcile that made it, one status write, no Event.
+    @Test func statusChurnWithoutReadinessCostsNoReconcile() async throws {
+        let (server, client) = try await KubeModeTests.started(["--deployment-controller", "--pods-never-ready"])
+        defer { server.stop() }
+        let daemon = try KubeModeTests.daemon(on: server)
+        defer { daemon.kill() }
+        let log = { daemon.log }
+        _ = try await client.create(KubeModeTests.applications, namespace: "default", KubeModeTests.application(routes: false))
+        func churned(_ name: String) async throws -> Bool {
+            let child = try await client.get(.deployments, namespace: "default", name: name)
+            let owner = try await client.get(KubeModeTests.deployments, namespace: "default", name: name)
+            return child?["status"]?["updatedReplicas"]?.scalarText == "2" && owner?["status"]?["phase"]?.scalarText == "Progressing"
+        }
+        _ = try await client.create(KubeModeTests.deployments, namespace: "default", KubeModeTests.deployment("warm"))
+        try await KubeModeTests.poll("the first Deployment rolling out", log: log) { try await churned("warm") }
+        try await Task.sleep(for: .milliseconds(500))
+        let before = try await Self.stats(client), reconcilesBefore = Self.reconciles(log())
+
+        let names = (0..<10).map { "p\($0)" }
+        for name in names {
+            _ = try await client.create(KubeModeTests.deployments, namespace: "default", KubeModeTests.deployment(name))
+        }
+        for name in names {
+            try await KubeModeTests.poll("\(name) rolling out, its child's status churned", log: log) { try await churned(name) }
+        }
+        try await Task.sleep(for: .seconds(1))
+        let after = try await Self.stats(client), reconciles = Self.reconciles(log()) - reconcilesBefore
+        func count(_ key: String) -> Int { (after[key] ?? 0) - (before[key] ?? 0) }
+        let summary = after.keys.sorted().map { "\($0): \(count($0))" }.filter { !$0.hasSuffix(": 0") }.joined(separator: ", ")
+        #expect(reconciles == 10, "\(reconciles) reconciles for 10 Deployments: \(summary)")
+        #expect(count("PATCH deployments.capstan.dev/status") == 10, "\(summary)")
+        #expect(count("POST events") == 0, "\(summary)")
+        let owner = try await client.get(KubeModeTests.deployments, namespace: "default", name: "p0")
+        let message = owner?["status"]?["conditions"]?.sequenceItems?.first { $0["type"]?.scalarText == "Ready" }?["message"]?.scalarText ?? ""
+        #expect(!message.contains("minimum availability"), "Available False is no problem: \(message)")
+    }
+
     /// Deleted: the garbage collector takes the children of a Deployment that did not ask to
     /// keep them; one with `capstan.dev/prune: disabled` has a finalizer, and its children are
     /// let go (no owner reference) and stay.

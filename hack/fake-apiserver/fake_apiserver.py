@@ -1815,8 +1815,9 @@ class DeploymentController:
 
     STEP_SECONDS = 0.02
 
-    def __init__(self, store):
+    def __init__(self, store, ready=True):
         self.store = store
+        self.ready = ready           # False: pods never become ready (a cluster without nodes)
         self.pending = {}            # (namespace, name) -> generation
         self.condition = threading.Condition()
         self.writes = 0
@@ -1872,14 +1873,15 @@ class DeploymentController:
                 self.writes += 1
                 return True
 
-        for status_of in (
+        steps = [
             lambda n, now: {"observedGeneration": generation, "replicas": n, "updatedReplicas": n, "unavailableReplicas": n,
                             "conditions": conditions(False, "ReplicaSetUpdated", now)},
             lambda n, now: {"observedGeneration": generation, "replicas": n, "updatedReplicas": n, "unavailableReplicas": n,
                             "conditions": conditions(False, "ReplicaSetUpdated", now)},
             lambda n, now: {"observedGeneration": generation, "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n,
                             "conditions": conditions(True, "NewReplicaSetAvailable", now)},
-        ):
+        ]
+        for status_of in steps if self.ready else steps[:2]:
             if not step(status_of):
                 return
 
@@ -2004,6 +2006,9 @@ def main():
                         help="CPU seconds every create, update, patch and delete burns before it commits (a real server's cost of a write)")
     parser.add_argument("--deployment-controller", action="store_true",
                         help="write apps/v1 Deployment status as kube-controller-manager does (several status writes per rollout)")
+    parser.add_argument("--pods-never-ready", action="store_true",
+                        help="with --deployment-controller: the rollouts' pods never become ready (a cluster without nodes): "
+                             "the status churn without the last, ready write")
     parser.add_argument("--traefik", action="store_true",
                         help="serve Traefik's TraefikService and IngressRoute CRDs from the start, as K3s does")
     parser.add_argument("--verbose", action="store_true")
@@ -2036,7 +2041,7 @@ def main():
     server.write_latency = args.write_latency
     server.write_cpu = args.write_cpu
     if args.deployment_controller:
-        server.store.deployment_controller = DeploymentController(server.store)
+        server.store.deployment_controller = DeploymentController(server.store, ready=not args.pods_never_ready)
         server.store.deployment_controller.start()
     server.verbose = args.verbose
     server.stats, server.stats_by, server.stats_agents, server.stats_lock, server.watches = {}, {}, {}, threading.Lock(), 0
