@@ -54,26 +54,35 @@ public struct ApplicationReconciler: Reconciler {
         var status = application.status
         let before = status.condition(ConditionType.ready)
 
-        let referencing = try await store.objects(kind: .deployment, referencing: key).compactMap { object -> (Deployment, StoredObject)? in
-            guard case .deployment(let deployment) = object.resource else { return nil }
-            return (deployment, object)
-        }
-        let deployments = referencing.map { deployment, object in
+        // One pass over the Deployments that run it: the entries of the status, and one
+        // Deployment per version it asks for (the artifact's template).
+        var entries: [ApplicationDeploymentStatus] = []
+        var ready = 0
+        var versions: [(version: String, deployment: Deployment)] = []
+        for object in try await store.objects(kind: .deployment, referencing: key) {
+            guard case .deployment(let deployment) = object.resource else { continue }
             var entry = ApplicationDeploymentStatus()
             entry.name = deployment.metadata.name
             entry.namespace = deployment.metadata.namespace
             entry.version = deployment.spec.version
             entry.ready = deployment.status.isReady(generation: object.generation)
-            return entry
+            if entry.ready { ready += 1 }
+            entries.append(entry)
+            if !versions.contains(where: { $0.version == deployment.spec.version }) {
+                versions.append((deployment.spec.version, deployment))
+            }
         }
-        var changed = status.deployments != deployments
-        status.deployments = deployments
+        let listed = ApplicationStatus.listed(entries)
+        var changed = status.deployments != listed || status.deploymentCount != entries.count || status.readyDeploymentCount != ready
+        status.deployments = listed
+        status.deploymentCount = entries.count
+        status.readyDeploymentCount = ready
 
         // Compare and report.
         var requeue: ReconcileResult = .done
         if let hold = stored.hold {
             changed = status.markStalled(reason: hold.reason, message: hold.message, generation: generation, now: time) || changed
-        } else if referencing.isEmpty {
+        } else if entries.isEmpty {
             switch await artifacts.checkSource(of: application, specFile: stored.sourceFile) {
             case .ready(let description):
                 changed = status.markReady(reason: "Succeeded", message: "template valid; \(description)", generation: generation, now: time) || changed
@@ -84,9 +93,7 @@ public struct ApplicationReconciler: Reconciler {
         } else {
             // Every version a Deployment asks for is prepared (built once, then reused).
             var failure: WorkloadError?
-            var versions: [String] = []
-            for (deployment, _) in referencing where !versions.contains(deployment.spec.version) {
-                versions.append(deployment.spec.version)
+            for (_, deployment) in versions {
                 let template = WorkloadTemplate(deployment: deployment, application: application, applicationFile: stored.sourceFile)
                 do {
                     _ = try await artifacts.prepare(template, namespace: key.namespace)
@@ -94,7 +101,7 @@ public struct ApplicationReconciler: Reconciler {
                     if failure == nil { failure = error }
                 }
             }
-            let removed = await artifacts.prune(key, keep: Self.artifactsKept, inUse: Set(versions))
+            let removed = await artifacts.prune(key, keep: Self.artifactsKept, inUse: Set(versions.map(\.version)))
             let prepared = await artifacts.artifacts(of: key)
             changed = status.artifacts != prepared || changed
             status.artifacts = prepared
@@ -102,7 +109,7 @@ public struct ApplicationReconciler: Reconciler {
                 changed = status.markStalled(reason: failure.reason, message: failure.message, generation: generation, now: time) || changed
                 requeue = .requeue(after: Self.sourceRetry)
             } else {
-                let list = versions.joined(separator: ", ")
+                let list = versions.map(\.version).joined(separator: ", ")
                 changed = status.markReady(reason: "Succeeded", message: "template valid; artifact\(versions.count == 1 ? "" : "s") prepared for \(list)", generation: generation, now: time) || changed
             }
             if !removed.isEmpty {

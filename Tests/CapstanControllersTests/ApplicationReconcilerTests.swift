@@ -195,6 +195,43 @@ final class FakeStore: ObjectStore, EventRecorder, ArtifactPlatform, Sendable {
         #expect(fake.application?.status.condition("Ready")?.message.contains("prepared for 1.2") == true)
     }
 
+    @Test func statusCountsThousandsOfDeploymentsAndNamesTheNotReadyFirst() async throws {
+        let fake = FakeStore()
+        try fake.put(Self.web)
+        let count = ApplicationStatus.listedDeployments * 3
+        for index in 0..<count {
+            try fake.put("apiVersion: capstan.dev/v1alpha1\nkind: Deployment\nmetadata: {name: d\(1000 + index)}\nspec: {application: web, version: \"1.\(index % 3)\"}\n")
+        }
+        // All ready but three: a Ready condition at the current generation.
+        let notReady = ["d1007", "d1100", "d1149"]
+        for index in 0..<count where !notReady.contains("d\(1000 + index)") {
+            var status = DeploymentStatus()
+            _ = status.markReady(reason: "Succeeded", message: "running", generation: 1, now: Timestamp(Date()))
+            _ = try await fake.writeStatus(ObjectKey(kind: .deployment, namespace: "default", name: "d\(1000 + index)"), status.encode())
+        }
+        _ = try await reconciler(fake).reconcile(Self.key)
+        let status = try #require(fake.application?.status)
+        #expect(status.deploymentCount == count)
+        #expect(status.readyDeploymentCount == count - 3)
+        #expect(status.deployments.count == ApplicationStatus.listedDeployments, "a bounded list, not every Deployment")
+        #expect(status.deployments.prefix(3).map(\.name) == notReady, "those not ready first")
+        #expect(status.deployments.dropFirst(3).allSatisfy { $0.ready })
+        #expect(status.deployments[3].name == "d1000")
+        #expect(Set(status.artifacts.map(\.version)) == ["1.0", "1.1", "1.2"], "every version asked for is prepared")
+
+        // Unchanged: no write. One more ready: the counts change, one write.
+        let writes = fake.statusWrites
+        _ = try await reconciler(fake).reconcile(Self.key)
+        #expect(fake.statusWrites == writes)
+        var status1007 = DeploymentStatus()
+        _ = status1007.markReady(reason: "Succeeded", message: "running", generation: 1, now: Timestamp(Date()))
+        _ = try await fake.writeStatus(ObjectKey(kind: .deployment, namespace: "default", name: "d1007"), status1007.encode())
+        _ = try await reconciler(fake).reconcile(Self.key)
+        #expect(fake.statusWrites == writes + 2, "the Deployment's status, then the Application's")
+        #expect(fake.application?.status.readyDeploymentCount == count - 2)
+        #expect(fake.application?.status.deployments.prefix(2).map(\.name) == ["d1100", "d1149"])
+    }
+
     @Test func aFailedBuildStallsWithItsReason() async throws {
         let fake = FakeStore()
         try fake.put(Self.web)

@@ -294,13 +294,33 @@ public struct ApplicationStatus: CommonStatus, Hashable {
     public var observedGeneration: Int?
     public var conditions: [Condition] = []
     public var lastReconcileTime: Timestamp?
+    /// Deployments that run this Application: how many, and how many of them are ready.
+    public var deploymentCount = 0
+    public var readyDeploymentCount = 0
+    /// Up to `listedDeployments` of them, those not ready first: an Application run by
+    /// thousands of Deployments would otherwise write its whole list on every change (and
+    /// past ~10,000 pass etcd's object size limit).
     public var deployments: [ApplicationDeploymentStatus] = []
     public var artifacts: [ArtifactStatus] = []
+
+    /// How many Deployments the status names.
+    public static let listedDeployments = 50
+
+    /// The Deployments the status names, of all `entries`: those not ready first, each group
+    /// by namespace and name, up to `listedDeployments`.
+    public static func listed(_ entries: [ApplicationDeploymentStatus]) -> [ApplicationDeploymentStatus] {
+        let order = { (a: ApplicationDeploymentStatus, b: ApplicationDeploymentStatus) -> Bool in
+            a.ready != b.ready ? !a.ready : (a.namespace, a.name) < (b.namespace, b.name)
+        }
+        return Array(entries.sorted(by: order).prefix(listedDeployments))
+    }
 
     public init() {}
 
     public static let fields: [Field<ApplicationStatus>] = commonFields + [
-        .defaulted("deployments", \.deployments, [], "Deployments that run this Application."),
+        .defaulted("deploymentCount", \.deploymentCount, 0, "How many Deployments run this Application."),
+        .defaulted("readyDeploymentCount", \.readyDeploymentCount, 0, "How many of them are ready."),
+        .defaulted("deployments", \.deployments, [], "Deployments that run this Application (up to \(listedDeployments), those not ready first)."),
         .defaulted("artifacts", \.artifacts, [], "Prepared artifacts (local platform)."),
     ]
 }
@@ -317,6 +337,7 @@ public struct Application: Resource, Hashable {
 
     public static let statusColumnPath = ".status.conditions[?(@.type==\"Ready\")].message"
     public static let columns = [
-        PrinterColumn("Deployments", "string", ".status.deployments[*].name", "Deployments of this Application"),
+        PrinterColumn("Deployments", "integer", ".status.deploymentCount", "Deployments that run this Application"),
+        PrinterColumn("Ready-Deployments", "integer", ".status.readyDeploymentCount", "Of them, those ready"),
     ]
 }
