@@ -77,13 +77,11 @@ extension Cache where Key == ObjectKey, Object == StoredObject {
 
     /// Objects per kind that are ready at their generation, and not (the `capstan_resources` gauge).
     public func readiness() -> [ResourceKind: (ready: Int, notReady: Int)] {
-        var result: [ResourceKind: (ready: Int, notReady: Int)] = [:]
-        for object in list() {
+        reduce(into: [:]) { result, object in
             var counts = result[object.key.kind] ?? (0, 0)
             if object.isReady { counts.ready += 1 } else { counts.notReady += 1 }
             result[object.key.kind] = counts
         }
-        return result
     }
 
     /// The objects carrying a label, sorted.

@@ -139,6 +139,34 @@ func eventually(_ condition: () -> Bool) async -> Bool {
         await running.value
     }
 
+    @Test func reconcilesThatEndInTimeCostOneTimerNotOneSleepEach() async {
+        let (clock, reconciler, outcomes, controller) = make(concurrency: 4)
+        let running = Task { await controller.run() }
+        for index in 0..<100 { await controller.queue.add("k\(index)") }
+        #expect(await eventually { outcomes.count == 100 })
+        #expect(reconciler.calls.count == 100)
+        // A cancelled sleep on a real clock holds its task and timer until its deadline: 100
+        // reconciles once left 100 of them for the timeout's 300 s.
+        #expect(clock.sleepsStarted == 1, "one watchdog timer for all the timeouts: \(clock.sleepsStarted) sleeps")
+
+        // The timer fires at the first reconcile's deadline, finds nothing late and rests; a
+        // reconcile that hangs later still times out at its own deadline.
+        clock.advance(by: .seconds(200))
+        reconciler.script("late", [.sleep(.seconds(3600)), .succeed])
+        await controller.queue.add("late")
+        #expect(await eventually { reconciler.calls.count == 101 })
+        await waitForSleepers(clock, count: 2)
+        clock.advance(by: .seconds(100))
+        #expect(await eventually { clock.sleeperCount == 2 }, "the timer re-armed for the late reconcile's deadline")
+        #expect(outcomes.count == 100, "not before its own deadline")
+        clock.advance(by: .seconds(200))
+        #expect(await eventually { outcomes.count == 101 })
+        #expect(outcomes.all.last == .timedOut)
+        #expect(reconciler.cancelled == 1)
+        await controller.shutDown()
+        await running.value
+    }
+
     @Test func aHangingReconcileIsCancelledAtTheTimeoutAndRetried() async {
         let (clock, reconciler, outcomes, controller) = make(timeout: .seconds(300))
         reconciler.script("slow", [.sleep(.seconds(3600)), .succeed])

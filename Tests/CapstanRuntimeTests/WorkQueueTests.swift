@@ -80,6 +80,29 @@ import Testing
         #expect(await queue.depth == 2)
     }
 
+    @Test func anEarlierDeadlineLeavesTheLaterTimerInsteadOfCancellingIt() async {
+        // The pattern of a burst of Deployments: each requeued for its progress check in 60 s,
+        // then woken 100 ms after its child's status changed. Cancelling the 60 s timer for
+        // each wake (and arming it again after) left a cancelled sleep, holding its task and
+        // timer, for a minute per wake.
+        let clock = ManualClock()
+        let queue = WorkQueue<String, ManualClock>(clock: clock)
+        for index in 0..<50 {
+            await queue.add("k\(index)", after: .seconds(60))
+            await queue.add("k\(index)", after: .milliseconds(100))
+            await waitForSleepers(clock, count: 2)
+            clock.advance(by: .milliseconds(100))
+            #expect(await queue.get() == "k\(index)")
+            await queue.done("k\(index)")
+            await queue.add("k\(index)", after: .seconds(60))  // its reconcile's requeue
+        }
+        #expect(clock.sleepsStarted == 51, "one timer per wake and one for the progress checks: \(clock.sleepsStarted)")
+        #expect(clock.sleeperCount == 1)
+        // The progress checks still come due, on the one timer.
+        clock.advance(by: .seconds(61))
+        for _ in 0..<50 { #expect(await queue.get() != nil) }
+    }
+
     @Test func manualClockSleepIsCancellable() async {
         let clock = ManualClock()
         let sleeper = Task { try await clock.sleep(until: clock.now.advanced(by: .seconds(5)), tolerance: nil) }

@@ -35,6 +35,15 @@ public final class Cache<Key: Hashable & Sendable, Object: Sendable>: Sendable {
         state.withLock { Array($0.objects.values) }
     }
 
+    /// Folds every object into `initial`, under the lock, without copying them all out.
+    public func reduce<Result: Sendable>(into initial: Result, _ update: (inout Result, Object) -> Void) -> Result {
+        state.withLock { state in
+            var result = initial
+            for object in state.objects.values { update(&result, object) }
+            return result
+        }
+    }
+
     /// The objects found under `value` in the index `name` (none for an unknown index).
     public func byIndex(_ name: String, _ value: String) -> [Object] {
         state.withLock { state in

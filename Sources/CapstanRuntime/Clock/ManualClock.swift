@@ -38,6 +38,9 @@ public final class ManualClock: Clock, Sendable {
 
     /// How many tasks are sleeping on this clock (tests wait for this to settle).
     public var sleeperCount: Int { state.withLock { $0.sleepers.count } }
+    /// How many sleeps were ever started on this clock (a real clock's cancelled sleep holds
+    /// its task until its deadline: tests count them).
+    public var sleepsStarted: Int { state.withLock { Int($0.nextID) } }
 
     public func sleep(until deadline: Instant, tolerance: Swift.Duration? = nil) async throws {
         let id = state.withLock { state -> UInt64 in

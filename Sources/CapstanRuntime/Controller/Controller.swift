@@ -1,4 +1,5 @@
 import ServiceLifecycle
+import Synchronization
 
 /// What a reconcile asks for next: nothing (wait for the next change), or to run again after
 /// a delay (timers: windows, schedules, pauses, evaluation intervals).
@@ -39,6 +40,10 @@ public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where 
     private let clock: C
     private let concurrency: Int
     private let timeout: Duration
+    private let watchdog: Watchdog<C>
+    /// Set at once when shutdown begins: a worker ending a reconcile takes no other key, even
+    /// before the queue (an actor) has heard of the shutdown.
+    private let stopping = Atomic<Bool>(false)
     private let observe: @Sendable (R.Key, ReconcileOutcome, Duration) async -> Void
     private let metrics: RuntimeMetrics?
     private let admit: @Sendable () -> Bool
@@ -61,6 +66,7 @@ public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where 
         self.clock = clock
         self.concurrency = concurrency
         self.timeout = timeout
+        self.watchdog = Watchdog(clock: clock)
         self.queue = queue ?? WorkQueue(clock: clock)
         self.observe = observe
         self.metrics = metrics
@@ -78,17 +84,22 @@ public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where 
                 }
             }
         } onGracefulShutdown: {
+            self.stopping.store(true, ordering: .relaxed)
             Task { await self.queue.shutDown() }
         }
+        watchdog.stop()
     }
 
     /// Stops taking work; `run()` returns once in-flight reconciles finish.
     public func shutDown() async {
+        stopping.store(true, ordering: .relaxed)
         await queue.shutDown()
     }
 
     private func work() async {
-        while let (key, waited) = await queue.take() {
+        while !stopping.load(ordering: .relaxed), let (key, waited) = await queue.take() {
+            // Taken as shutdown began: left for the next start (reconciles are level-based).
+            guard !stopping.load(ordering: .relaxed) else { break }
             if let waited { metrics?.queued(kind: name, waited: waited) }
             guard admit() else {
                 await queue.addRateLimited(key)
@@ -111,25 +122,19 @@ public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where 
         }
     }
 
-    private struct TimedOut: Error {}
-
     private func reconcileWithTimeout(_ key: R.Key) async -> ReconcileOutcome {
-        let reconciler = self.reconciler, clock = self.clock, timeout = self.timeout
-        do {
-            return try await withThrowingTaskGroup(of: ReconcileResult.self) { group in
-                group.addTask { try await reconciler.reconcile(key) }
-                group.addTask {
-                    try await clock.sleep(until: clock.now.advanced(by: timeout), tolerance: nil)
-                    throw TimedOut()
-                }
-                defer { group.cancelAll() }
-                let result = try await group.next()!
-                return result.requeueAfter.map { .requeueAfter($0) } ?? .success
-            }
-        } catch is TimedOut {
-            return .timedOut
-        } catch {
-            return .error(String(describing: error))
+        let reconciler = self.reconciler
+        let reconcile = Task { try await reconciler.reconcile(key) }
+        let watched = watchdog.watch(until: clock.now.advanced(by: timeout)) { reconcile.cancel() }
+        let result = await withTaskCancellationHandler {
+            await reconcile.result
+        } onCancel: {
+            reconcile.cancel()
+        }
+        if watchdog.finish(watched) { return .timedOut }
+        switch result {
+        case .success(let result): return result.requeueAfter.map { .requeueAfter($0) } ?? .success
+        case .failure(let error): return .error(String(describing: error))
         }
     }
 }

@@ -9,8 +9,10 @@ public actor WorkQueue<Key: Hashable & Sendable, C: Clock>: Sendable where C.Dur
     private var state = WorkQueueState<Key, C.Instant>()
     private var limiter: ControllerRateLimiter<Key, C.Instant>
     private var waiters: [CheckedContinuation<(key: Key, waited: Duration?)?, Never>] = []
-    private var timer: Task<Void, Never>?
-    private var timerDeadline: C.Instant?
+    /// Sleeping timers by deadline. A timer is never cancelled but at shutdown: a cancelled
+    /// sleep keeps its task until its deadline anyway, and one left to fire costs a promote
+    /// that finds nothing. A new one starts only when none fires at or before the next deadline.
+    private var timers: [C.Instant: Task<Void, Never>] = [:]
     private var shuttingDown = false
 
     /// Counters for metrics (`capstan_workqueue_adds_total`, `..._retries_total`).
@@ -87,9 +89,8 @@ public actor WorkQueue<Key: Hashable & Sendable, C: Clock>: Sendable where C.Dur
     /// Stops handing out work: waiting workers get nil; keys in flight may still call `done`.
     public func shutDown() {
         shuttingDown = true
-        timer?.cancel()
-        timer = nil
-        timerDeadline = nil
+        for timer in timers.values { timer.cancel() }
+        timers.removeAll()
         let waiting = waiters
         waiters.removeAll()
         for waiter in waiting { waiter.resume(returning: nil) }
@@ -104,27 +105,16 @@ public actor WorkQueue<Key: Hashable & Sendable, C: Clock>: Sendable where C.Dur
     }
 
     private func scheduleTimer() {
-        guard !shuttingDown, let deadline = state.nextDeadline else {
-            timer?.cancel()
-            timer = nil
-            timerDeadline = nil
-            return
-        }
-        if let current = timerDeadline, current <= deadline, timer != nil { return }
-        timer?.cancel()
-        timerDeadline = deadline
+        guard !shuttingDown, let deadline = state.nextDeadline, !timers.keys.contains(where: { $0 <= deadline }) else { return }
         let clock = self.clock
-        timer = Task { [weak self] in
+        timers[deadline] = Task { [weak self] in
             do { try await clock.sleep(until: deadline, tolerance: nil) } catch { return }
             await self?.timerFired(deadline)
         }
     }
 
     private func timerFired(_ deadline: C.Instant) {
-        if timerDeadline == deadline {
-            timer = nil
-            timerDeadline = nil
-        }
+        timers[deadline] = nil
         state.promote(now: clock.now)
         dispatch()
     }
