@@ -2,7 +2,10 @@ import Crypto
 import Foundation
 
 /// An object of any of the six kinds.
-public enum AnyResource: Sendable, Hashable {
+///
+/// Indirect: each object lives in one box, so a copy (a cache's slot, a list of objects, a
+/// reconcile's frame) is a pointer, not the ~790 bytes of the largest kind inline.
+public indirect enum AnyResource: Sendable, Hashable {
     case application(Application)
     case deployment(Deployment)
     case canary(Canary)
