@@ -5,7 +5,7 @@ import Synchronization
 ///
 /// A timeout raced as a sleeping child task costs, once the work ends first, a cancelled sleep,
 /// and a cancelled sleep keeps its task and its dispatch timer until its deadline: with a
-/// 300 s timeout, every reconcile of the last five minutes (2,000 new Deployments: ~10 MiB).
+/// 300 s timeout, every reconcile of the last five minutes (2,000 new Deployments: ~8 MB).
 /// Here the deadlines come in order (each is its start plus the same timeout), so one timer,
 /// armed for the earliest deadline still watched, serves them all; it is never cancelled but
 /// at `stop()`.
@@ -19,8 +19,7 @@ final class Watchdog<C: Clock>: Sendable where C.Duration == Duration {
         var watched: [Int: Watched] = [:]
         var expired: Set<Int> = []
         var nextID = 0
-        /// Sleeping timers by deadline.
-        var timers: [C.Instant: Task<Void, Never>] = [:]
+        var timers = DeadlineTimers<C>()
         var stopped = false
     }
 
@@ -52,28 +51,22 @@ final class Watchdog<C: Clock>: Sendable where C.Duration == Duration {
 
     /// Cancels the sleeping timers (the work still watched is not cancelled).
     func stop() {
-        let timers = state.withLock { state in
+        state.withLock { state in
             state.stopped = true
-            defer { state.timers.removeAll() }
-            return Array(state.timers.values)
+            state.timers.cancelAll()
         }
-        for timer in timers { timer.cancel() }
     }
 
     /// Starts a timer for `deadline` unless one fires at or before it.
     private func arm(_ state: inout State, for deadline: C.Instant) {
-        guard !state.stopped, !state.timers.keys.contains(where: { $0 <= deadline }) else { return }
-        let clock = self.clock
-        state.timers[deadline] = Task { [weak self] in
-            do { try await clock.sleep(until: deadline, tolerance: nil) } catch { return }
-            self?.fired(deadline)
-        }
+        guard !state.stopped else { return }
+        state.timers.arm(deadline, on: clock) { [weak self] deadline in self?.fired(deadline) }
     }
 
     private func fired(_ deadline: C.Instant) {
         let now = clock.now
         let cancels = state.withLock { state -> [@Sendable () -> Void] in
-            state.timers[deadline] = nil
+            state.timers.fired(deadline)
             var cancels: [@Sendable () -> Void] = []
             var next: C.Instant?
             for (id, watched) in state.watched where !state.expired.contains(id) {

@@ -9,10 +9,8 @@ public actor WorkQueue<Key: Hashable & Sendable, C: Clock>: Sendable where C.Dur
     private var state = WorkQueueState<Key, C.Instant>()
     private var limiter: ControllerRateLimiter<Key, C.Instant>
     private var waiters: [CheckedContinuation<(key: Key, waited: Duration?)?, Never>] = []
-    /// Sleeping timers by deadline. A timer is never cancelled but at shutdown: a cancelled
-    /// sleep keeps its task until its deadline anyway, and one left to fire costs a promote
-    /// that finds nothing. A new one starts only when none fires at or before the next deadline.
-    private var timers: [C.Instant: Task<Void, Never>] = [:]
+    /// For the delayed keys: an earlier deadline starts a timer beside the later one.
+    private var timers = DeadlineTimers<C>()
     private var shuttingDown = false
 
     /// Counters for metrics (`capstan_workqueue_adds_total`, `..._retries_total`).
@@ -89,8 +87,7 @@ public actor WorkQueue<Key: Hashable & Sendable, C: Clock>: Sendable where C.Dur
     /// Stops handing out work: waiting workers get nil; keys in flight may still call `done`.
     public func shutDown() {
         shuttingDown = true
-        for timer in timers.values { timer.cancel() }
-        timers.removeAll()
+        timers.cancelAll()
         let waiting = waiters
         waiters.removeAll()
         for waiter in waiting { waiter.resume(returning: nil) }
@@ -105,16 +102,12 @@ public actor WorkQueue<Key: Hashable & Sendable, C: Clock>: Sendable where C.Dur
     }
 
     private func scheduleTimer() {
-        guard !shuttingDown, let deadline = state.nextDeadline, !timers.keys.contains(where: { $0 <= deadline }) else { return }
-        let clock = self.clock
-        timers[deadline] = Task { [weak self] in
-            do { try await clock.sleep(until: deadline, tolerance: nil) } catch { return }
-            await self?.timerFired(deadline)
-        }
+        guard !shuttingDown, let deadline = state.nextDeadline else { return }
+        timers.arm(deadline, on: clock) { [weak self] deadline in await self?.timerFired(deadline) }
     }
 
     private func timerFired(_ deadline: C.Instant) {
-        timers[deadline] = nil
+        timers.fired(deadline)
         state.promote(now: clock.now)
         dispatch()
     }
