@@ -12,11 +12,17 @@ import Testing
         let started = Mutex<[String]>([])
         let finished = Mutex<[String]>([])
         let cancelled = Mutex<[String]>([])
-        init(_ duration: Duration) { self.duration = duration }
+        /// While false, a reconcile waits before its sleep (a test holds it in flight).
+        let released: Mutex<Bool>
+        init(_ duration: Duration, released: Bool = true) {
+            self.duration = duration
+            self.released = Mutex(released)
+        }
 
         func reconcile(_ key: String) async throws -> ReconcileResult {
             started.withLock { $0.append(key) }
             do {
+                while !released.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
                 try await Task.sleep(for: duration)
             } catch {
                 cancelled.withLock { $0.append(key) }
@@ -36,12 +42,12 @@ import Testing
     }
 
     func waitUntil(_ condition: () -> Bool) async throws {
-        for _ in 0..<500 where !condition() { try await Task.sleep(for: .milliseconds(10)) }
+        for _ in 0..<2000 where !condition() { try await Task.sleep(for: .milliseconds(10)) }
         #expect(condition())
     }
 
     @Test func inFlightReconcilesFinishAndQueuedOnesWait() async throws {
-        let reconciler = SlowReconciler(.milliseconds(300))
+        let reconciler = SlowReconciler(.milliseconds(300), released: false)
         let controller = Controller(name: "slow", reconciler: reconciler, clock: ContinuousClock(), concurrency: 1)
         let loopEnded = Mutex(false)
         let loop = LoopService("loop") {
@@ -54,7 +60,12 @@ import Testing
         let start = ContinuousClock.now
         async let running: Void = group.run()
         try await waitUntil { reconciler.started.withLock { $0 } == ["a"] }
+        // The group hands the shutdown to its services when its own task gets to it; "a" stays
+        // in flight until the controller has heard (on a loaded machine a 300 ms reconcile
+        // could otherwise end first, and "b" would be taken before the shutdown began).
         await group.triggerGracefulShutdown()
+        try await waitUntil { controller.isStopping }
+        reconciler.released.withLock { $0 = true }
         try await running
         #expect(reconciler.finished.withLock { $0 } == ["a"], "the in-flight reconcile finished")
         #expect(reconciler.cancelled.withLock { $0 }.isEmpty)

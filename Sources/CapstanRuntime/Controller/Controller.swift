@@ -96,6 +96,9 @@ public final class Controller<R: Reconciler, C: Clock>: Service, Sendable where 
         await queue.shutDown()
     }
 
+    /// Whether shutdown has begun (no key is taken any more).
+    var isStopping: Bool { stopping.load(ordering: .relaxed) }
+
     private func work() async {
         while !stopping.load(ordering: .relaxed), let (key, waited) = await queue.take() {
             // Taken as shutdown began: left for the next start (reconciles are level-based).
