@@ -229,8 +229,12 @@ public struct TimeZoneName: SpecValue, Hashable, CustomStringConvertible {
 
     public static let utc = try! TimeZoneName("UTC")
 
+    /// Names of UTC, made without ICU's zone tables (an offset of zero is the same zone).
+    private static let utcNames: Set<String> = ["UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Zulu", "Etc/Zulu", "Universal", "Etc/Universal"]
+
     public init(_ identifier: String) throws(ParseError) {
-        guard identifier != "Local", !identifier.isEmpty, let zone = TimeZone(identifier: identifier) else {
+        let utc = Self.utcNames.contains(identifier) ? TimeZone(secondsFromGMT: 0) : nil
+        guard identifier != "Local", !identifier.isEmpty, let zone = utc ?? TimeZone(identifier: identifier) else {
             throw ParseError(description: "unknown time zone \"\(identifier)\" (use an IANA name such as \"UTC\" or \"Europe/Amsterdam\")")
         }
         self.identifier = identifier

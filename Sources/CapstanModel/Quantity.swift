@@ -44,9 +44,9 @@ public struct Quantity: SpecValue, Hashable, CustomStringConvertible {
             rest = rest.dropFirst()
         }
         let number = rest.prefix(while: { $0.isASCIIDigitCharacter || $0 == "." })
-        guard !number.isEmpty, number.contains(where: \.isASCIIDigitCharacter), number.filter({ $0 == "." }).count <= 1,
-              var mantissa = Decimal(string: String(number), locale: Locale(identifier: "en_US_POSIX"))
+        guard !number.isEmpty, number.contains(where: \.isASCIIDigitCharacter), number.filter({ $0 == "." }).count <= 1
         else { throw .malformed(text) }
+        var mantissa = decimal(digits: number)
         let suffix = String(rest.dropFirst(number.count))
         var result: Decimal
         if let (_, power) = binary.first(where: { $0.0 == suffix }) {
@@ -64,6 +64,18 @@ public struct Quantity: SpecValue, Hashable, CustomStringConvertible {
         if result > Decimal(string: "9223372036854775807")! { throw .tooLarge(text) }
         if negative { mantissa = -mantissa; result = -result }
         return result
+    }
+
+    /// ASCII digits with at most one point, read exactly (up to Decimal's 38 digits), without
+    /// a locale: `Decimal(string:locale:)` brings ICU's number-format data into memory.
+    private static func decimal(digits: Substring) -> Decimal {
+        var significand = Decimal(0), fraction = 0, afterPoint = false
+        for character in digits {
+            guard let digit = character.wholeNumberValue else { afterPoint = true; continue }
+            significand = significand * 10 + Decimal(digit)
+            if afterPoint { fraction += 1 }
+        }
+        return Decimal(sign: .plus, exponent: -fraction, significand: significand)
     }
 
     public var isNegative: Bool { value < 0 }

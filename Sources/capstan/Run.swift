@@ -225,6 +225,10 @@ struct Run: AsyncParsableCommand {
     func run() async throws {
         let log = DaemonLog(format: logFormat)
         unblockSignals()
+        // The daemon works in UTC throughout (schedules name their zone; local time is refused).
+        // Without this, the first calendar made (the HTTP server's Date header) looks up the
+        // machine's zone, and ICU's zone tables stay resident for it (~1 MiB of the image binary).
+        NSTimeZone.default = TimeZone(secondsFromGMT: 0)!
         if kube.enabled {
             try await runKube(log: log)
             return
