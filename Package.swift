@@ -54,6 +54,8 @@ let package = Package(
         ),
         // Linux calls Swift cannot import (variadic syscall): pidfd_open, prlimit.
         .target(name: "CSystemShims"),
+        // zlib's raw deflate with a preset dictionary (its init calls are C macros).
+        .target(name: "CZlibShims", linkerSettings: [.linkedLibrary("z")]),
         // Integrations both platforms use: S3-compatible storage (Signature V4), Prometheus
         // queries, host metrics, the notifiers (HTTP receivers, SMTP).
         .target(
@@ -92,6 +94,7 @@ let package = Package(
         .target(
             name: "CapstanKube",
             dependencies: [
+                "CZlibShims",
                 "CapstanModel",
                 "CapstanRuntime",
                 "CapstanControllers",

@@ -1,4 +1,4 @@
-import CapstanKube
+@testable import CapstanKube
 import CapstanModel
 import Foundation
 import Testing
@@ -121,5 +121,44 @@ import Testing
             """#.utf8))
         #expect(!Children.contains(withoutLevel, applied), "a value that is not zero must be there")
         #expect(!Children.contains(nil, applied), "no child at all")
+    }
+
+    /// Children are kept deflated against the first of their resource: read back whole, the
+    /// siblings in a fraction of their size, and an object unlike the first (larger than the
+    /// deflate window) read back whole too.
+    @Test func childrenAreKeptDeflatedAgainstTheFirstOfTheirKindAndReadBackWhole() throws {
+        let cache = ChildCache()
+        var plain = 0
+        var expected: [String: String] = [:]
+        for index in 0..<300 {
+            let name = "web-\(index)"
+            let object = Self.object(name, version: index + 1, labels: [(Children.managedBy, "capstan"), ("tier", index % 2 == 0 ? "front" : "back")],
+                                     controller: name)
+                .setting(["spec", "replicas"], .int(index % 7))
+                .setting(["spec", "template", "spec", "containers"], .sequence([.mapping([
+                    ("name", .string("app")), ("image", .string("ghcr.io/example/web:1.\(index).0")),
+                    ("env", .sequence([.mapping([("name", .string("INDEX")), ("value", .string("\(index)"))])])),
+                ])]))
+            _ = cache.wake(.upsert(object), resource: .deployments)
+            let json = JSONEmitter.emit(object, pretty: false)
+            plain += json.utf8.count
+            expected[name] = json
+        }
+        // Unlike the others and larger than the 8 KiB window: kept (deflated or plain) all the same.
+        var noise = SystemRandomNumberGenerator()
+        let text = String((0..<20_000).map { _ in Character(Unicode.Scalar(UInt8.random(in: 97...122, using: &noise))) })
+        let odd = Self.object("odd", labels: [(Children.managedBy, "capstan")], controller: "odd")
+            .setting(["metadata", "annotations"], .mapping([("note", .string(text))]))
+        _ = cache.wake(.upsert(odd), resource: .deployments)
+        expected["odd"] = JSONEmitter.emit(odd, pretty: false)
+
+        for (name, json) in expected {
+            let kept = try #require(cache.get(.deployments, namespace: "default", name: name), "\(name)")
+            // JSON read back has its keys in order: compare with the original read the same way.
+            let original = try JSONReader.parse(Data(json.utf8))
+            #expect(JSONEmitter.emit(kept, pretty: false) == JSONEmitter.emit(original, pretty: false), "\(name) read back whole")
+        }
+        let packed = cache.keptBytes - (expected["odd"]?.utf8.count ?? 0) - 64
+        #expect(packed < plain / 4, "siblings deflated against the first: \(packed) of \(plain) bytes")
     }
 }

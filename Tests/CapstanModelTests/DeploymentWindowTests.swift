@@ -14,6 +14,21 @@ import Testing
 
     func date(_ text: String) -> Date { ISO8601DateFormatter().date(from: text)! }
 
+    /// UTC by any of its names is an offset of zero (made without ICU's zone tables) and keeps
+    /// the name it was written with; other zones keep their rules.
+    @Test func utcByAnyNameIsZeroAndOtherZonesKeepTheirRules() throws {
+        for name in ["UTC", "Etc/UTC", "GMT", "Zulu"] {
+            let zone = try TimeZoneName(name)
+            #expect(zone.timeZone.secondsFromGMT(for: date("2026-07-01T12:00:00Z")) == 0, "\(name)")
+            #expect(zone.description == name && zone.encode().scalarText == name)
+        }
+        let amsterdam = try TimeZoneName("Europe/Amsterdam").timeZone
+        #expect(amsterdam.secondsFromGMT(for: date("2026-07-01T12:00:00Z")) == 7200)
+        #expect(amsterdam.secondsFromGMT(for: date("2026-01-01T12:00:00Z")) == 3600)
+        #expect(throws: TimeZoneName.ParseError.self) { try TimeZoneName("Local") }
+        #expect(throws: TimeZoneName.ParseError.self) { try TimeZoneName("Mars/Olympus") }
+    }
+
     @Test func openFromTheFiringForTheDuration() throws {
         let nightly = try window("0 2 * * *", "2h")
         let before = nightly.state(at: date("2026-06-01T01:59:00Z"))
