@@ -44,7 +44,7 @@ public struct MetricsService: MetricsPlatform {
 
     /// Every builtin series, for `/metrics`.
     public func exposition() async -> String {
-        AlertSampleNamed.exposition(await source.series(Set(BuiltinMetrics.names), namespace: nil))
+        AlertSampleNamed.exposition(await source.series(Set(BuiltinMetrics.names), namespace: nil, remember: false))
     }
 }
 

@@ -26,8 +26,11 @@ public final class ChildCache: Sendable {
         var track: TrackState?
         /// An `apps/v1` Deployment's replicas asked for.
         var replicas: Int
+        /// The Capstan object it belongs to.
+        var owner: ObjectKey?
         init(_ node: SpecNode, resource: KubeResource, dictionary: (Data) -> Data) {
             resourceVersion = node["metadata"]?["resourceVersion"]?.scalarText
+            owner = ChildCache.owner(of: node)
             let json = Data(JSONEmitter.emit(node, pretty: false).utf8)
             packed = Packed(json, dictionary: dictionary(json))
             let bare = node.setting(["metadata", "resourceVersion"], SpecNode(.null)).setting(["status"], SpecNode(.null))
@@ -228,6 +231,13 @@ public final class ChildCache: Sendable {
         guard let kind = labels?[Children.ownerKindLabel]?.scalarText.flatMap(ResourceKind.init(rawValue:)),
               let name = labels?[Children.ownerNameLabel]?.scalarText else { return nil }
         return ObjectKey(kind: kind, namespace: namespace, name: name)
+    }
+
+    /// An `apps/v1` Deployment child's track as a reconcile reads it, and its owner, without
+    /// reading the object back (what `/metrics` and the readiness of Applications ask of every
+    /// Deployment).
+    public func track(namespace: String, name: String) -> (owner: ObjectKey?, state: TrackState)? {
+        objects.withLock { $0[Self.key(.deployments, namespace, name)] }.flatMap { kept in kept.track.map { (kept.owner, $0) } }
     }
 
     public func get(_ resource: KubeResource, namespace: String, name: String) -> SpecNode? {

@@ -98,8 +98,8 @@ public final class KubeWorkload: WorkloadPlatform, TrafficPlatform, Sendable {
     public func tracks(of deployment: ObjectKey) async -> [Track: TrackState] {
         var result: [Track: TrackState] = [:]
         for track in Self.knownTracks {
-            guard let apps = children.get(.deployments, namespace: deployment.namespace, name: Children.name(of: track, deployment.name)),
-                  ChildCache.owner(of: apps) == deployment, let state = Self.state(of: apps) else { continue }
+            guard let (owner, state) = children.track(namespace: deployment.namespace, name: Children.name(of: track, deployment.name)),
+                  owner == deployment else { continue }
             result[track] = state
         }
         return result
