@@ -44,6 +44,24 @@ public struct StoredObject: Sendable, Hashable {
     public var isReady: Bool { resource.resource.status.isReady(generation: generation) }
 }
 
+extension StoredObject {
+    /// Whether a status change shows in the objects that refer to it, so that a platform's
+    /// status write wakes them: a Deployment's readiness and version are listed in its
+    /// Application's status, a rotation waits for a Deployment's restart; a rotation's restart
+    /// token rolls its dependents and its first version heals those waiting.
+    public static func statusShownByReferrers(_ old: StoredObject, _ new: StoredObject) -> Bool {
+        switch (old.resource, new.resource) {
+        case (.deployment(let before), .deployment(let after)):
+            return before.status.isReady(generation: old.generation) != after.status.isReady(generation: new.generation)
+                || before.status.version != after.status.version || before.status.secretRestarts != after.status.secretRestarts
+        case (.secretRotation(let before), .secretRotation(let after)):
+            return before.status.restartToken != after.status.restartToken || before.status.currentVersion != after.status.currentVersion
+        default:
+            return false
+        }
+    }
+}
+
 /// The cache every source fills and every reconciler reads: the last good object per key,
 /// indexed by kind, by the objects it refers to and by label.
 public typealias ObjectCache = Cache<ObjectKey, StoredObject>

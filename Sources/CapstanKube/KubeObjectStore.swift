@@ -98,29 +98,13 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
             _ = cache.upsert(key, stored)
             guard let old, old.problems.isEmpty else { return .reconcile(key) }
             guard Self.onlyStatusChanged(old.resource, resource) else { return .reconcile(key) }
-            return Self.shownByReferrers(old, stored) ? .referrers(key) : .none
+            return StoredObject.statusShownByReferrers(old, stored) ? .referrers(key) : .none
         }
     }
 
     public static func key(of node: SpecNode, kind: ResourceKind) -> ObjectKey? {
         guard let name = node["metadata"]?["name"]?.scalarText else { return nil }
         return ObjectKey(kind: kind, namespace: node["metadata"]?["namespace"]?.scalarText ?? "default", name: name)
-    }
-
-    /// Whether a status change shows in the objects that refer to it: a Deployment's
-    /// readiness and version are listed in its Application's status.
-    static func shownByReferrers(_ old: StoredObject, _ new: StoredObject) -> Bool {
-        switch (old.resource, new.resource) {
-        case (.deployment(let before), .deployment(let after)):
-            // Its Application shows readiness and version; a rotation waits for its restart.
-            return before.status.isReady(generation: old.generation) != after.status.isReady(generation: new.generation)
-                || before.status.version != after.status.version || before.status.secretRestarts != after.status.secretRestarts
-        case (.secretRotation(let before), .secretRotation(let after)):
-            // Its restart token rolls the dependents; its first version heals those waiting.
-            return before.status.restartToken != after.status.restartToken || before.status.currentVersion != after.status.currentVersion
-        default:
-            return false
-        }
     }
 
     /// Called when our own status write changed what referrers show (the watch event that
@@ -200,13 +184,18 @@ public final class KubeObjectStore: ObjectStore, EventRecorder, Sendable {
         revisions.written(key)
         // The cache takes what was written (the watch brings the same a moment later).
         var context = DecodeContext()
+        // Only while the spec is the one cached: a spec changed meanwhile (a newer generation)
+        // has not been seen yet, and taking the response's version with the old spec would make
+        // the object at that version look seen (a re-list after a 410 would bring the change
+        // and find nothing new). The watch brings it, and its reconcile.
         if let resource = AnyResource.decode(kind: key.kind, patched, &context), let before = cache.get(key),
+           (resource.metadata.generation ?? 1) == (before.resource.metadata.generation ?? 1),
            Self.isNewer(resource.metadata.resourceVersion, than: before.resource.metadata.resourceVersion) {
             var current = before
             current.resource = current.resource.withStatus(of: resource)
             current.resource.modifyMetadata { $0.resourceVersion = resource.metadata.resourceVersion }
             _ = cache.upsert(key, current)
-            if Self.shownByReferrers(before, current), let handler = referrersHandler.withLock({ $0 }) { await handler(key) }
+            if StoredObject.statusShownByReferrers(before, current), let handler = referrersHandler.withLock({ $0 }) { await handler(key) }
         }
         return true
     }

@@ -60,12 +60,20 @@ public struct LocalObjectStore: ObjectStore, EventRecorder {
 
     public func writeStatus(_ key: ObjectKey, _ status: SpecNode) async throws -> Bool {
         let written = try store.writeStatus(key, status: status)
-        let resource = try cache.get(key)?.resource.withStatus(status)
+        let before = cache.get(key)
+        let resource = try before?.resource.withStatus(status)
         if let resource { cache.update(key) { $0.resource = resource } }
         // A status others wait for wakes them: a rotation's (its restart token, its secret),
-        // a Canary's (its Deployment realises its decisions), and a Deployment's that a
-        // rotation restarts or a Canary guards.
-        if written, let resource, key.kind == .secretRotation || key.kind == .canary
+        // a Canary's (its Deployment realises its decisions), a Deployment's that a rotation
+        // restarts or a Canary guards, and any change its referrers show (a Deployment's
+        // readiness in its Application's status), as on a cluster.
+        guard written, let resource else { return written }
+        let shown = before.map { before in
+            var after = before
+            after.resource = resource
+            return StoredObject.statusShownByReferrers(before, after)
+        } ?? false
+        if shown || key.kind == .secretRotation || key.kind == .canary
             || (key.kind == .deployment && (!cache.objects(kind: .secretRotation, referencing: key).isEmpty || !cache.objects(kind: .canary, referencing: key).isEmpty)) {
             await statusWatchers.notify(key, resource)
         }

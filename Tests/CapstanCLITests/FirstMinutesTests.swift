@@ -92,6 +92,15 @@ import Glibc
         try poll("2/2 in capstan get deployments", log: "readme.log") {
             try capstan(["get", "deployments"], in: directory).stdout.contains("2/2")
         }
+        // The Application follows its Deployments' readiness (each one's status change wakes
+        // it, not only those a Canary or a rotation refers to).
+        try poll("both of the Application's Deployments ready in its status", log: "readme.log") {
+            let json = try capstan(["get", "applications", "-o", "json"], in: directory).stdout
+            let items = (try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["items"] as? [[String: Any]]
+            let status = items?.first?["status"] as? [String: Any]
+            let count = status?["deploymentCount"] as? Int
+            return count == 2 && status?["readyDeploymentCount"] as? Int == count
+        }
         #expect(FileManager.default.fileExists(atPath: directory + "/.capstan/capstan.db"), "the default state directory is ./.capstan")
         let link = try FileManager.default.destinationOfSymbolicLink(atPath: directory + "/.capstan/deployments/default/hello/releases/1")
         #expect(link.hasPrefix("/"), "release links are absolute: \(link)")
