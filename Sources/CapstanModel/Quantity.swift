@@ -46,7 +46,8 @@ public struct Quantity: SpecValue, Hashable, CustomStringConvertible {
         let number = rest.prefix(while: { $0.isASCIIDigitCharacter || $0 == "." })
         guard !number.isEmpty, number.contains(where: \.isASCIIDigitCharacter), number.filter({ $0 == "." }).count <= 1
         else { throw .malformed(text) }
-        var mantissa = decimal(digits: number)
+        // Past Decimal's range (over ~160 digits) the digits read as NaN.
+        guard var mantissa = decimal(digits: number) else { throw .tooLarge(text) }
         let suffix = String(rest.dropFirst(number.count))
         var result: Decimal
         if let (_, power) = binary.first(where: { $0.0 == suffix }) {
@@ -67,15 +68,17 @@ public struct Quantity: SpecValue, Hashable, CustomStringConvertible {
     }
 
     /// ASCII digits with at most one point, read exactly (up to Decimal's 38 digits), without
-    /// a locale: `Decimal(string:locale:)` brings ICU's number-format data into memory.
-    private static func decimal(digits: Substring) -> Decimal {
+    /// a locale: `Decimal(string:locale:)` brings ICU's number-format data into memory. Nil
+    /// past Decimal's range.
+    private static func decimal(digits: Substring) -> Decimal? {
         var significand = Decimal(0), fraction = 0, afterPoint = false
         for character in digits {
             guard let digit = character.wholeNumberValue else { afterPoint = true; continue }
             significand = significand * 10 + Decimal(digit)
             if afterPoint { fraction += 1 }
         }
-        return Decimal(sign: .plus, exponent: -fraction, significand: significand)
+        let value = Decimal(sign: .plus, exponent: -fraction, significand: significand)
+        return value.isNaN ? nil : value
     }
 
     public var isNegative: Bool { value < 0 }

@@ -56,6 +56,10 @@ import Testing
         for (text, canonical) in cases {
             #expect(try Quantity(text).canonical == canonical, "\(text)")
         }
+        // Digits past Decimal's range are too large, not a NaN that passes every check.
+        let huge = String(repeating: "9", count: 200)
+        #expect(throws: Quantity.ParseError.tooLarge(huge)) { try Quantity(huge) }
+        #expect(throws: Quantity.ParseError.tooLarge(huge + "Mi")) { try Quantity(huge + "Mi") }
     }
 
     @Test func canonicalQuantitiesKeepTheirValueAndStayCanonical() async {
