@@ -282,7 +282,11 @@ final class LocalDaemon: Sendable {
                             if summary.problems > 0 { metrics.sourceError(source: "directory") }
                             log("change in \(batch.paths.count) path(s)\(summary.partial ? "" : " (full read)"): \(summary.changed) object(s) changed, \(summary.deleted) deleted, \(summary.kept + summary.withheld) held at their last good version")
                         } catch {
-                            log("sync failed: \(error)", level: "error")
+                            // Read again in a second, with whatever changes meanwhile: a change
+                            // is not left to the resync.
+                            log("sync failed (again in 1 s): \(error)", level: "error")
+                            try? await Task.sleep(for: .seconds(1))
+                            watcher.redo(batch)
                         }
                     }
                 } }

@@ -108,6 +108,48 @@ import Testing
         #expect(collector.paths == [root + "/seen.yaml"])
     }
 
+    /// A reader busy for a while (a slow sync) misses nothing: the batches it did not take
+    /// are one when it comes back. (A bounded buffer of batches dropped the oldest.)
+    @Test func batchesNotTakenYetAreMergedNotDropped() async throws {
+        let root = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let watcher = try DirectoryWatcher(root: root, quiet: .milliseconds(2), maxDelay: .milliseconds(20))
+        defer { watcher.stop() }
+        var iterator = watcher.changes.makeAsyncIterator()
+        try "first\n".write(toFile: root + "/first.yaml", atomically: false, encoding: .utf8)
+        let first = await iterator.next()
+        #expect(first?.paths == [root + "/first.yaml"])
+        // 60 changes, each its own batch (the quiet time passes between them), none taken.
+        for i in 0..<60 {
+            try "n: \(i)\n".write(toFile: root + "/spec-\(i).yaml", atomically: false, encoding: .utf8)
+            try await Task.sleep(for: .milliseconds(15))
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        var seen = Set<String>()
+        var batches = 0
+        while seen.count < 60, batches < 5, let batch = await iterator.next() {
+            seen.formUnion(batch.paths.subtracting([root + "/first.yaml"]))
+            batches += 1
+        }
+        #expect(seen == Set((0..<60).map { root + "/spec-\($0).yaml" }))
+        #expect(batches == 1, "\(batches) batches")
+    }
+
+    @Test func aBatchHandedBackComesAgainWithTheNextChanges() async throws {
+        let root = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let watcher = try DirectoryWatcher(root: root, quiet: .milliseconds(2))
+        defer { watcher.stop() }
+        var iterator = watcher.changes.makeAsyncIterator()
+        try "a\n".write(toFile: root + "/a.yaml", atomically: false, encoding: .utf8)
+        let failed = try #require(await iterator.next())
+        watcher.redo(failed)
+        try "b\n".write(toFile: root + "/b.yaml", atomically: false, encoding: .utf8)
+        try await Task.sleep(for: .milliseconds(100))
+        let again = await iterator.next()
+        #expect(again?.paths == [root + "/a.yaml", root + "/b.yaml"])
+    }
+
     @Test func stopFinishesTheStream() async throws {
         let root = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }

@@ -12,6 +12,9 @@ import Synchronization
 /// New subdirectories are watched as they appear; hidden entries (`.git`) are ignored, as the
 /// spec-directory source skips them. If the kernel's event queue overflows, a batch with
 /// `overflowed` set asks for a full resync, which is always safe.
+///
+/// Nothing is dropped while the reader is busy: batches it has not taken yet are merged into
+/// one (their paths joined), so a slow sync reads every change in the next batch it takes.
 public final class DirectoryWatcher: Sendable {
     /// One debounced batch of changes.
     public struct Batch: Sendable, Equatable {
@@ -19,19 +22,59 @@ public final class DirectoryWatcher: Sendable {
         public var paths: Set<String>
         /// True when events were lost: resync everything.
         public var overflowed: Bool
+
+        public init(paths: Set<String>, overflowed: Bool) {
+            self.paths = paths
+            self.overflowed = overflowed
+        }
+
+        /// Both batches' changes in one. Past `limit` paths it becomes a full resync: a sync
+        /// of everything costs less than one of that many named files.
+        mutating func merge(_ other: Batch, limit: Int = 10_000) {
+            overflowed = overflowed || other.overflowed
+            paths.formUnion(other.paths)
+            if paths.count > limit {
+                overflowed = true
+                paths.removeAll()
+            }
+        }
+    }
+
+    /// The batches, in order; those not taken yet are merged into one. One reader.
+    public struct Changes: AsyncSequence, Sendable {
+        fileprivate let watcher: DirectoryWatcher
+
+        public func makeAsyncIterator() -> AsyncIterator {
+            AsyncIterator(watcher: watcher, ticks: watcher.ticks.makeAsyncIterator())
+        }
+
+        public struct AsyncIterator: AsyncIteratorProtocol {
+            fileprivate let watcher: DirectoryWatcher
+            fileprivate var ticks: AsyncStream<Void>.AsyncIterator
+
+            public mutating func next() async -> Batch? {
+                while true {
+                    if let batch = watcher.take() { return batch }
+                    if await ticks.next() == nil { return watcher.take() }
+                }
+            }
+        }
     }
 
     public let root: String
-    public let changes: AsyncStream<Batch>
+    public var changes: Changes { Changes(watcher: self) }
 
     private let fd: Int32
     private let wakePipe: (read: Int32, write: Int32)
     private let state: Mutex<State>
-    private let continuation: AsyncStream<Batch>.Continuation
+    private let ticks: AsyncStream<Void>
+    private let continuation: AsyncStream<Void>.Continuation
 
     private struct State {
         var watches: [Int32: String] = [:]
         var stopped = false
+        /// Changes reported and not taken yet.
+        var ready: Batch?
     }
 
     public struct WatchError: Error, CustomStringConvertible {
@@ -55,7 +98,7 @@ public final class DirectoryWatcher: Sendable {
         self.fd = fd
         self.wakePipe = (pipeFDs[0], pipeFDs[1])
         self.state = Mutex(State())
-        (changes, continuation) = AsyncStream.makeStream(of: Batch.self, bufferingPolicy: .bufferingNewest(16))
+        (ticks, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         try addWatches(below: root)
         let thread = Thread { [self] in self.run(quiet: quiet, maxDelay: maxDelay) }
         thread.name = "capstan-inotify"
@@ -76,6 +119,25 @@ public final class DirectoryWatcher: Sendable {
 
     deinit {
         stop()
+    }
+
+    /// Hands `batch` back to be read again with the next changes (a sync that failed).
+    public func redo(_ batch: Batch) {
+        offer(batch)
+    }
+
+    private func offer(_ batch: Batch) {
+        state.withLock { state in
+            if state.ready == nil { state.ready = batch } else { state.ready!.merge(batch) }
+        }
+        continuation.yield(())
+    }
+
+    private func take() -> Batch? {
+        state.withLock { state in
+            defer { state.ready = nil }
+            return state.ready
+        }
     }
 
     private static let mask = UInt32(IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO
@@ -123,7 +185,7 @@ public final class DirectoryWatcher: Sendable {
                 let due = min(last + quiet, first + maxDelay)
                 let remaining = clock.now.duration(to: due)
                 if remaining <= .zero {
-                    continuation.yield(Batch(paths: pending, overflowed: overflowed))
+                    offer(Batch(paths: pending, overflowed: overflowed))
                     pending.removeAll()
                     overflowed = false
                     firstAt = nil
