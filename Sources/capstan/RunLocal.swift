@@ -100,7 +100,9 @@ final class LocalDaemon: Sendable {
             await manager.enqueue(key, resource)
         }
         let (source, store) = (source, store)
-        gitLoop = git.map { GitLoop(git: $0, options: options.git, source: source, store: store, metrics: metrics, log: log) }
+        let webhook = options.git.webhookSecret().map { GitLoop.Webhook(address: options.git.webhookAddress ?? "", secret: $0) }
+        gitLoop = git.map { GitLoop(git: $0, interval: options.git.interval, webhook: webhook, source: source, store: store, metrics: metrics,
+                                    log: { log($0, level: $1) }) }
     }
 
     /// With leader election every action is fenced: a leader frozen past its renew deadline
@@ -275,6 +277,9 @@ final class LocalDaemon: Sendable {
             await manager.leading.wait()
             await withTaskGroup(of: Void.self) { group in
                 if let gitLoop { group.addTask { await gitLoop.run() } }
+                if let gitLoop, let (host, port) = options.git.webhookHostPort {
+                    group.addTask { await GitWebhooks.serve(gitLoop, host: host, port: port, log: log) }
+                }
                 if let watcher { group.addTask {
                     for await batch in watcher.changes {
                         do {

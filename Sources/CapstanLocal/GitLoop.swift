@@ -1,30 +1,39 @@
 import CapstanControllers
 import CapstanIntegrations
-import CapstanLocal
 import CapstanModel
 import CapstanRuntime
 import Foundation
-import Hummingbird
-import Logging
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The git source at work while this daemon leads: fetches at the interval and on each signed
 /// push webhook (one fetch in flight, one queued: a flood of deliveries costs two fetches),
 /// reads each new commit into the spec-directory source, holds every object while the
 /// repository cannot be fetched, and keeps the source's status and the delivery log in the
-/// state store for `capstan source`.
-final class GitLoop: Sendable {
-    enum Trigger: Sendable { case interval, webhook }
+/// state store for `capstan source`. The webhook's HTTP listener is the daemon's wiring; what it
+/// receives is judged and recorded here (`receive`).
+public final class GitLoop: Sendable {
+    public enum Trigger: Sendable { case interval, webhook }
+
+    /// Where push webhooks are received, and their shared secret.
+    public struct Webhook: Sendable {
+        public var address: String
+        public var secret: [UInt8]
+
+        public init(address: String, secret: [UInt8]) {
+            self.address = address
+            self.secret = secret
+        }
+    }
+
+    /// A log line and its level.
+    public typealias Log = @Sendable (_ message: String, _ level: String) -> Void
 
     let git: GitSpecSource
     let source: SpecDirectorySource
     let store: StateStore
     let metrics: RuntimeMetrics
-    let log: DaemonLog
+    let logLine: Log
     let interval: Duration
-    let webhook: (host: String, port: Int, address: String, secret: [UInt8])?
+    public let webhook: Webhook?
     /// The status document as last written.
     let status: Synchronized<Status>
     /// Deliveries that asked for a fetch not begun yet.
@@ -32,7 +41,7 @@ final class GitLoop: Sendable {
     let trigger = Synchronized<AsyncStream<Trigger>.Continuation?>(nil)
 
     /// The largest webhook body read (GitHub caps its own at 25 MB; a push's is kilobytes).
-    static let maxBody = 4 << 20
+    public static let maxBody = 4 << 20
 
     struct Status: Sendable {
         var url: String
@@ -68,20 +77,22 @@ final class GitLoop: Sendable {
         }
     }
 
-    init(git: GitSpecSource, options: GitOptions, source: SpecDirectorySource, store: StateStore, metrics: RuntimeMetrics, log: DaemonLog) {
+    /// `interval` as the user wrote it is shown by `capstan source`.
+    public init(git: GitSpecSource, interval: String, webhook: Webhook?, source: SpecDirectorySource, store: StateStore, metrics: RuntimeMetrics,
+                log: @escaping Log) {
         self.git = git
         self.source = source
         self.store = store
         self.metrics = metrics
-        self.log = log
-        interval = (try? KubeDuration.parse(options.interval).duration) ?? .seconds(60)
-        if let (host, port) = options.webhookHostPort, let secret = options.webhookSecret() {
-            webhook = (host, port, options.webhookAddress ?? "", secret)
-        } else {
-            webhook = nil
-        }
-        status = Synchronized(Status(url: GitSpecSource.safe(git.options.url), ref: git.options.ref, path: git.options.path, interval: options.interval,
-                                     webhook: options.webhookAddress ?? ""))
+        self.logLine = log
+        self.interval = (try? KubeDuration.parse(interval).duration) ?? .seconds(60)
+        self.webhook = webhook
+        status = Synchronized(Status(url: GitSpecSource.safe(git.options.url), ref: git.options.ref, path: git.options.path, interval: interval,
+                                     webhook: webhook?.address ?? ""))
+    }
+
+    private func log(_ message: String, level: String = "info") {
+        logLine(message, level)
     }
 
     private func save() {
@@ -96,7 +107,7 @@ final class GitLoop: Sendable {
 
     /// The first checkout (before the first read of the specs): retried with a growing delay
     /// while nothing was ever checked out; a checkout a previous daemon made is read meanwhile.
-    func firstCheckout() async {
+    public func firstCheckout() async {
         try? store.keepSourceStatuses(["git"])
         var delay = Duration.seconds(1)
         while !Task.isCancelled {
@@ -131,7 +142,7 @@ final class GitLoop: Sendable {
 
     /// After the first read of the checkout (which clears every hold): a repository that could
     /// not be fetched holds the objects again.
-    func afterFirstRead() async {
+    public func afterFirstRead() async {
         let status = status.value
         guard status.failing, let error = status.lastError else { return }
         await hold(error)
@@ -201,9 +212,9 @@ final class GitLoop: Sendable {
         }
     }
 
-    /// While leading: the interval, the webhook listener, and the fetches they ask for, one at
-    /// a time (a request while one runs is queued; more are the same request).
-    func run() async {
+    /// While leading: the interval and the fetches it and the webhooks ask for, one at a time (a
+    /// request while one runs is queued; more are the same request).
+    public func run() async {
         let (stream, continuation) = AsyncStream.makeStream(of: Trigger.self, bufferingPolicy: .bufferingNewest(1))
         trigger.update { $0 = continuation }
         await withTaskGroup(of: Void.self) { group in
@@ -220,9 +231,6 @@ final class GitLoop: Sendable {
             group.addTask { [self] in
                 for await trigger in stream { await fetch(trigger) }
             }
-            if webhook != nil {
-                group.addTask { [self] in await serveWebhooks() }
-            }
             await group.waitForAll()
         }
     }
@@ -230,7 +238,7 @@ final class GitLoop: Sendable {
     // MARK: - Webhooks
 
     /// Judges a delivery, records it, and asks for a fetch when it is a signed push to the ref.
-    func receive(headers: [(String, String)], body: [UInt8]) -> GitWebhook.Verdict {
+    public func receive(headers: [(String, String)], body: [UInt8]) -> GitWebhook.Verdict {
         guard let webhook else { return GitWebhook.Verdict(status: 404, outcome: .refused, provider: "", event: "", ref: "", commit: "", detail: "no webhook") }
         let ref = git.options.ref.hasPrefix("refs/") ? git.options.ref : "refs/heads/" + git.options.ref
         let verdict = GitWebhook.judge(headers: headers, body: body, secret: webhook.secret, ref: ref)
@@ -239,7 +247,7 @@ final class GitLoop: Sendable {
     }
 
     /// Records a delivery (a refused one too) and, for a push to the ref, asks for a fetch.
-    func record(_ verdict: GitWebhook.Verdict) {
+    public func record(_ verdict: GitWebhook.Verdict) {
         let delivery = StateStore.Delivery(time: Date(), provider: verdict.provider, event: verdict.event, ref: verdict.ref, commit: verdict.commit,
                                            status: verdict.status, outcome: verdict.outcome.rawValue, detail: verdict.detail)
         let id = try? store.recordDelivery(delivery)
@@ -257,49 +265,11 @@ final class GitLoop: Sendable {
         }
     }
 
-    /// `POST /hooks/git` on the webhook address; a listener that cannot bind is retried.
-    func serveWebhooks() async {
-        guard let webhook else { return }
-        var logger = Logging.Logger(label: "capstan-webhooks")
-        logger.logLevel = .critical
-        let router = Router()
-        router.post("hooks/git") { [self] request, _ -> Response in
-            let headers = request.headers.map { ($0.name.rawName, $0.value) }
-            if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.maxBody {
-                return tooLarge(length, headers: headers)
-            }
-            let body: ByteBuffer
-            do {
-                body = try await request.body.collect(upTo: Self.maxBody)
-            } catch {
-                return tooLarge(nil, headers: headers)
-            }
-            let verdict = receive(headers: headers, body: Array(body.readableBytesView))
-            return Response(status: .init(code: verdict.status), headers: [.contentType: "text/plain; charset=utf-8"],
-                            body: .init(byteBuffer: ByteBuffer(string: "\(verdict.outcome.rawValue): \(verdict.detail)\n")))
-        }
-        let log = log
-        while !Task.isCancelled {
-            let server = Hummingbird.Application(
-                router: router,
-                configuration: .init(address: .hostname(webhook.host, port: webhook.port), serverName: "capstan"),
-                onServerRunning: { channel in log("receiving git webhooks on \(channel.localAddress.map { "\($0)" } ?? webhook.address)/hooks/git") },
-                logger: logger)
-            do {
-                try await server.run()
-                return
-            } catch {
-                if Task.isCancelled { return }
-                log("cannot receive webhooks on \(webhook.address): \(error); trying again in 5s", level: "error")
-                try? await Task.sleep(for: .seconds(5))
-            }
-        }
-    }
-
-    private func tooLarge(_ length: Int?, headers: [(String, String)]) -> Response {
+    /// Records a delivery refused for its size (over `maxBody`; `length` when it said so).
+    public func refuseTooLarge(_ length: Int?, headers: [(String, String)]) -> String {
         let detail = "a body of \(length.map { "\($0) bytes" } ?? "more bytes") over the \(Self.maxBody >> 20) MiB cap"
         let (provider, event) = GitWebhook.sender(headers)
         record(GitWebhook.Verdict(status: 413, outcome: .refused, provider: provider?.rawValue ?? "", event: event, ref: "", commit: "", detail: detail))
-        return Response(status: .contentTooLarge, body: .init(byteBuffer: ByteBuffer(string: "refused: \(detail)\n")))
+        return detail
     }
 }
