@@ -150,6 +150,53 @@ import Testing
         #expect(again?.paths == [root + "/a.yaml", root + "/b.yaml"])
     }
 
+    /// A Kubernetes ConfigMap volume: the visible files are symlinks through `..data`, which the
+    /// kubelet swaps to a new hidden directory. Only hidden entries change, and that is a change
+    /// of every file: a full read.
+    @Test func aConfigMapVolumeSwappingItsDataIsAFullRead() async throws {
+        let root = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let files = FileManager.default
+        try files.createDirectory(atPath: root + "/..2026_a", withIntermediateDirectories: true)
+        try "v: 1\n".write(toFile: root + "/..2026_a/web.yaml", atomically: false, encoding: .utf8)
+        try files.createSymbolicLink(atPath: root + "/..data", withDestinationPath: "..2026_a")
+        try files.createSymbolicLink(atPath: root + "/web.yaml", withDestinationPath: "..data/web.yaml")
+        let watcher = try DirectoryWatcher(root: root, quiet: .milliseconds(5))
+        defer { watcher.stop() }
+        let collector = Collector(watcher)
+        // What the kubelet does on an update.
+        try files.createDirectory(atPath: root + "/..2026_b", withIntermediateDirectories: true)
+        try "v: 2\n".write(toFile: root + "/..2026_b/web.yaml", atomically: false, encoding: .utf8)
+        try files.createSymbolicLink(atPath: root + "/..data_tmp", withDestinationPath: "..2026_b")
+        #expect(rename(root + "/..data_tmp", root + "/..data") == 0)
+        try files.removeItem(atPath: root + "/..2026_a")
+        #expect(await collector.wait { $0.contains { $0.overflowed } })
+        #expect(try String(contentsOfFile: root + "/web.yaml", encoding: .utf8) == "v: 2\n")
+    }
+
+    /// A root reached through a symlink swapped to another directory (git-sync's link, a
+    /// `current -> releases/N` layout, the old directory kept): read whole, and watched there.
+    @Test func aRootWhoseSymlinkIsSwappedIsReadWholeAndWatchedAnew() async throws {
+        let base = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let files = FileManager.default
+        for release in ["r1", "r2"] {
+            try files.createDirectory(atPath: base + "/" + release, withIntermediateDirectories: true)
+            try "release: \(release)\n".write(toFile: base + "/\(release)/web.yaml", atomically: false, encoding: .utf8)
+        }
+        try files.createSymbolicLink(atPath: base + "/current", withDestinationPath: "r1")
+        let root = base + "/current"
+        let watcher = try DirectoryWatcher(root: root, quiet: .milliseconds(5))
+        defer { watcher.stop() }
+        let collector = Collector(watcher)
+        try files.createSymbolicLink(atPath: base + "/next", withDestinationPath: "r2")
+        #expect(rename(base + "/next", root) == 0)
+        #expect(await collector.wait { $0.contains { $0.overflowed } })
+        // The new release is watched (the old one was the only one watched before).
+        try "release: r2, edited\n".write(toFile: base + "/r2/web.yaml", atomically: false, encoding: .utf8)
+        #expect(await collector.wait { _ in collector.paths.contains(root + "/web.yaml") })
+    }
+
     @Test func stopFinishesTheStream() async throws {
         let root = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }

@@ -9,8 +9,12 @@ import Synchronization
 /// for `quiet` (25 ms by default: short enough for a reaction well under 100 ms, long enough
 /// to coalesce a checkout's writes) or after `maxDelay` of continuous change.
 ///
-/// New subdirectories are watched as they appear; hidden entries (`.git`) are ignored, as the
-/// spec-directory source skips them. If the kernel's event queue overflows, a batch with
+/// New subdirectories are watched as they appear; hidden entries (`.git`, an editor's swap
+/// files) are ignored, as the spec-directory source skips them, except a hidden symlink put in
+/// place: that is how a Kubernetes ConfigMap volume (`..data`) swaps every file at once, so it
+/// asks for a full read. The directory behind the root is checked every second: a root reached
+/// through a symlink that was swapped (git-sync's link, a `current -> releases/N` layout) is
+/// watched anew and read whole. If the kernel's event queue overflows, a batch with
 /// `overflowed` set asks for a full resync, which is always safe.
 ///
 /// Nothing is dropped while the reader is busy: batches it has not taken yet are merged into
@@ -72,6 +76,8 @@ public final class DirectoryWatcher: Sendable {
 
     private struct State {
         var watches: [Int32: String] = [:]
+        /// The directory the root led to when it was watched (device, inode).
+        var rootIdentity: (UInt64, UInt64)?
         var stopped = false
         /// Changes reported and not taken yet.
         var ready: Batch?
@@ -156,6 +162,10 @@ public final class DirectoryWatcher: Sendable {
             state.watches[descriptor] = directory
             return !known
         }
+        if directory == root {
+            let identity = Self.identity(of: root)
+            state.withLock { $0.rootIdentity = identity }
+        }
         guard isNew, let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
         for name in entries where !name.hasPrefix(".") {
             let path = directory + "/" + name
@@ -164,6 +174,29 @@ public final class DirectoryWatcher: Sendable {
                 try? addWatches(below: path)
             }
         }
+    }
+
+    /// The directory `path` leads to, symlinks followed.
+    private static func identity(of path: String) -> (UInt64, UInt64)? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return (UInt64(info.st_dev), UInt64(info.st_ino))
+    }
+
+    /// Whether the root now leads to another directory than the one watched (or to one again):
+    /// then the old watches go and the tree is watched from the root anew.
+    private func rewatchIfTheRootMoved() -> Bool {
+        let now = Self.identity(of: root)
+        let (watched, descriptors) = state.withLock { ($0.rootIdentity, Array($0.watches.keys)) }
+        if let now, let watched, now == watched { return false }
+        if now == nil && watched == nil { return false }
+        for descriptor in descriptors { inotify_rm_watch(fd, descriptor) }
+        state.withLock { state in
+            state.watches.removeAll()
+            state.rootIdentity = nil
+        }
+        if now != nil { try? addWatches(below: root) }
+        return true
     }
 
     private func run(quiet: Duration, maxDelay: Duration) {
@@ -179,8 +212,17 @@ public final class DirectoryWatcher: Sendable {
         var lastAt: ContinuousClock.Instant?
         let clock = ContinuousClock()
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        var rootCheckedAt = clock.now
         while true {
-            var timeout: Int32 = -1
+            if clock.now - rootCheckedAt >= .seconds(1) {
+                rootCheckedAt = clock.now
+                if rewatchIfTheRootMoved() {
+                    overflowed = true
+                    if firstAt == nil { firstAt = rootCheckedAt }
+                    lastAt = rootCheckedAt
+                }
+            }
+            var timeout: Int32 = 1000
             if let first = firstAt, let last = lastAt {
                 let due = min(last + quiet, first + maxDelay)
                 let remaining = clock.now.duration(to: due)
@@ -192,7 +234,7 @@ public final class DirectoryWatcher: Sendable {
                     lastAt = nil
                     continue
                 }
-                timeout = Int32(max(1, (remaining.seconds * 1000).rounded(.up)))
+                timeout = Int32(min(1000, max(1, (remaining.seconds * 1000).rounded(.up))))
             }
             var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakePipe.read, events: Int16(POLLIN), revents: 0)]
             let ready = poll(&fds, 2, timeout)
@@ -224,7 +266,15 @@ public final class DirectoryWatcher: Sendable {
                         continue
                     }
                     guard let directory = state.withLock({ $0.watches[descriptor] }) else { continue }
-                    if name.hasPrefix(".") { continue }
+                    if name.hasPrefix(".") {
+                        // A hidden symlink put in place swaps what visible symlinks lead to
+                        // (a ConfigMap volume's `..data`): every file may have changed.
+                        var info = stat()
+                        if mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0, lstat(directory + "/" + name, &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK {
+                            overflowed = true
+                        }
+                        continue
+                    }
                     let path = name.isEmpty ? directory : directory + "/" + name
                     if mask & UInt32(IN_ISDIR) != 0 && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
                         try? addWatches(below: path)
