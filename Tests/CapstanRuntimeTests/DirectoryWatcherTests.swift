@@ -197,6 +197,23 @@ import Testing
         #expect(await collector.wait { _ in collector.paths.contains(root + "/web.yaml") })
     }
 
+    /// A subdirectory that is a symlink, switched to another directory: the new one is watched.
+    @Test func aSubdirectorySymlinkSwitchedIsWatchedWhereItLeads() async throws {
+        let root = try Self.temporaryDirectory(), elsewhere = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root); try? FileManager.default.removeItem(atPath: elsewhere) }
+        let files = FileManager.default
+        for release in ["a", "b"] { try files.createDirectory(atPath: elsewhere + "/" + release, withIntermediateDirectories: true) }
+        try files.createSymbolicLink(atPath: root + "/team", withDestinationPath: elsewhere + "/a")
+        let watcher = try DirectoryWatcher(root: root, quiet: .milliseconds(5))
+        defer { watcher.stop() }
+        let collector = Collector(watcher)
+        try files.createSymbolicLink(atPath: root + "/next", withDestinationPath: elsewhere + "/b")
+        #expect(rename(root + "/next", root + "/team") == 0)
+        #expect(await collector.wait { _ in collector.paths.contains(root + "/team") })
+        try "b: 1\n".write(toFile: elsewhere + "/b/web.yaml", atomically: false, encoding: .utf8)
+        #expect(await collector.wait { _ in collector.paths.contains(root + "/team/web.yaml") })
+    }
+
     @Test func stopFinishesTheStream() async throws {
         let root = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }

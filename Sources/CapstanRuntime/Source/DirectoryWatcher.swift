@@ -276,7 +276,10 @@ public final class DirectoryWatcher: Sendable {
                         continue
                     }
                     let path = name.isEmpty ? directory : directory + "/" + name
-                    if mask & UInt32(IN_ISDIR) != 0 && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
+                    // A directory, or a symlink to one (switched to another target), put in place.
+                    var info = stat()
+                    if mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0,
+                       mask & UInt32(IN_ISDIR) != 0 || (stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR) {
                         try? addWatches(below: path)
                         // Files created before the watch existed are part of this change.
                         pending.insert(path)
