@@ -147,7 +147,15 @@ final class LocalDaemon: Sendable {
         // Watching starts before the first read: a file changed between the read and the
         // watch would otherwise wait for the resync (a clean-clone CI run lost a deletion so).
         // A git checkout never changes in place (a new commit is a new snapshot): no watch.
-        let watcher = git == nil ? try DirectoryWatcher(root: options.specDirectory) : nil
+        var watcher: DirectoryWatcher?
+        if git == nil {
+            do {
+                watcher = try DirectoryWatcher(root: options.specDirectory, warn: { [log] in log($0, level: "warning") })
+            } catch {
+                // Out of inotify instances or watches: the daemon still runs, on the resync.
+                log("\(error): file changes are seen at the resync (every \(options.resync)) and on SIGHUP", level: "warning")
+            }
+        }
         if elector == nil {
             try await lead()
             metrics.leader(true)

@@ -69,6 +69,7 @@ public final class DirectoryWatcher: Sendable {
     public var changes: Changes { Changes(watcher: self) }
 
     private let fd: Int32
+    private let warn: @Sendable (String) -> Void
     private let wakePipe: (read: Int32, write: Int32)
     private let state: Mutex<State>
     private let ticks: AsyncStream<Void>
@@ -81,6 +82,8 @@ public final class DirectoryWatcher: Sendable {
         var stopped = false
         /// Changes reported and not taken yet.
         var ready: Batch?
+        /// Why directories could not be watched (each said once).
+        var unwatchable: Set<String> = []
     }
 
     public struct WatchError: Error, CustomStringConvertible {
@@ -88,8 +91,11 @@ public final class DirectoryWatcher: Sendable {
     }
 
     /// Starts watching `root` (which must be a directory).
-    public init(root: String, quiet: Duration = .milliseconds(25), maxDelay: Duration = .seconds(1)) throws {
+    /// `warn` hears of directories that cannot be watched (their changes wait for the resync).
+    public init(root: String, quiet: Duration = .milliseconds(25), maxDelay: Duration = .seconds(1),
+                warn: @escaping @Sendable (String) -> Void = { _ in }) throws {
         self.root = root
+        self.warn = warn
         let fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard fd >= 0 else { throw WatchError(description: "inotify_init1: \(String(cString: strerror(errno)))") }
         var pipeFDs: [Int32] = [0, 0]
@@ -152,9 +158,13 @@ public final class DirectoryWatcher: Sendable {
     private func addWatches(below directory: String) throws {
         let descriptor = inotify_add_watch(fd, directory, DirectoryWatcher.mask)
         guard descriptor >= 0 else {
+            let reason = errno == ENOSPC ? "the inotify watch limit is reached (sysctl fs.inotify.max_user_watches)" : String(cString: strerror(errno))
             if directory == root {
-                throw WatchError(description: "cannot watch \(directory): \(String(cString: strerror(errno)))")
+                throw WatchError(description: "cannot watch \(directory): \(reason)")
             }
+            // Said once per cause: a tree past the limit would say it for every directory.
+            let first = state.withLock { $0.unwatchable.insert(reason).inserted }
+            if first { warn("cannot watch \(directory) (\(reason)): changes there are seen at the resync; others may follow") }
             return
         }
         let isNew = state.withLock { state -> Bool in
