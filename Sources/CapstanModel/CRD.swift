@@ -35,14 +35,7 @@ public enum CRDGenerator {
         if !kind.shortNames.isEmpty { names.append(("shortNames", .sequence(kind.shortNames.map(SpecNode.string)))) }
         names.append(("categories", .sequence([.string("capstan")])))
 
-        return .mapping([
-            ("apiVersion", .string("apiextensions.k8s.io/v1")),
-            ("kind", .string("CustomResourceDefinition")),
-            ("metadata", .mapping([
-                ("name", .string("\(kind.plural).\(capstanGroup)")),
-                ("labels", .mapping([("app.kubernetes.io/name", .string("capstan")), ("app.kubernetes.io/part-of", .string("capstan"))])),
-            ])),
-            ("spec", .mapping([
+        let definition = SpecNode.mapping([
                 ("group", .string(capstanGroup)),
                 ("names", .mapping(names)),
                 ("scope", .string("Namespaced")),
@@ -54,8 +47,27 @@ public enum CRDGenerator {
                     ("additionalPrinterColumns", .sequence(columns)),
                     ("schema", .mapping([("openAPIV3Schema", root.encode())])),
                 ])])),
+            ])
+        return .mapping([
+            ("apiVersion", .string("apiextensions.k8s.io/v1")),
+            ("kind", .string("CustomResourceDefinition")),
+            ("metadata", .mapping([
+                ("name", .string("\(kind.plural).\(capstanGroup)")),
+                ("labels", .mapping([("app.kubernetes.io/name", .string("capstan")), ("app.kubernetes.io/part-of", .string("capstan"))])),
+                ("annotations", .mapping([(schemaAnnotation, .string(String(SpecHash.of(definition).prefix(16))))])),
             ])),
+            ("spec", definition),
         ])
+    }
+
+    /// On each generated CRD: a hash of its spec, which a daemon compares with its own to say
+    /// that the installed CRDs are another version's (the API server drops the fields they do
+    /// not know, from specs and statuses alike).
+    public static let schemaAnnotation = "capstan.dev/schema"
+
+    /// The schema hash this binary's CRD of `kind` carries.
+    public static func schemaHash(for kind: ResourceKind) -> String {
+        crd(for: kind)["metadata"]?["annotations"]?[schemaAnnotation]?.scalarText ?? ""
     }
 
     /// The YAML file of one kind's CRD, as committed in `crds/`.

@@ -239,7 +239,7 @@ final class KubeDaemon: Sendable {
             Daemon.httpServer(host: host, port: port, address: options.metricsAddress, metrics: metrics, builtin: builtinMetrics, ready: { [self] in caughtUp },
                               leader: { elector.map { $0.isLeader } }, log: log),
             manager.gauges { [objects, metrics] in Daemon.readiness(objects.cache, metrics) },
-        ] + reflectors() + [try resync(), Daemon.heapTrim()] + manager.controllers
+        ] + reflectors() + [try resync(), Daemon.heapTrim(), crdCheck()] + manager.controllers
         do {
             try await Daemon.serviceGroup(services, shutdownGrace: options.shutdownGrace).run()
         } catch {
@@ -249,6 +249,42 @@ final class KubeDaemon: Sendable {
         }
         await target.client.shutdown()
         log("stopped")
+    }
+
+    /// Once at the start: whether the installed CRDs are this version's (their schema hash).
+    /// The API server drops the fields an older CRD does not know, from specs and statuses
+    /// alike, so a binary upgraded without its CRDs would lose what its new fields hold.
+    func crdCheck() -> LoopService {
+        let (client, log) = (target.client, log)
+        return LoopService("CRD check") {
+            var other: [String] = [], missing: [String] = []
+            for kind in ResourceKind.allCases {
+                let name = "\(kind.plural).\(capstanGroup)"
+                let installed: SpecNode?
+                do {
+                    installed = try await client.get(.customResourceDefinitions, namespace: nil, name: name)
+                } catch {
+                    // Not allowed to read CRDs (an older ClusterRole), or no answer: not checked.
+                    log("cannot read the CRD \(name) to check it is this version's: \(error)", level: (error as? KubeError)?.code == 403 ? "info" : "warning")
+                    return
+                }
+                guard let installed else {
+                    missing.append(name)
+                    continue
+                }
+                if installed["metadata"]?["annotations"]?[CRDGenerator.schemaAnnotation]?.scalarText != CRDGenerator.schemaHash(for: kind) {
+                    other.append(name)
+                }
+            }
+            if !missing.isEmpty {
+                log("CRDs not installed: \(missing.joined(separator: ", ")); install them with `capstan crds | kubectl apply -f -`", level: "warning")
+            }
+            if missing.isEmpty && other.isEmpty { log("the installed CRDs are capstan \(Capstan.version)'s") }
+            if !other.isEmpty {
+                log("the installed CRDs \(other.joined(separator: ", ")) are not capstan \(Capstan.version)'s: the API server drops the fields they do not know from specs and statuses; apply this version's with `capstan crds | kubectl apply -f -` (or crds/ of this release)", level: "warning")
+            }
+            while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
+        }
     }
 
     /// Act on complete caches: a reconcile before the children were listed would take an

@@ -522,6 +522,35 @@ import Glibc
         #expect(daemon.process.isRunning)
     }
 
+    /// CRDs of another version (a binary upgraded, its CRDs not applied) are named at the start:
+    /// the API server would drop the fields they do not know. This version's are not.
+    @Test func crdsOfAnotherVersionAreNamedAtTheStart() async throws {
+        let server = try FakeAPIServer()
+        defer { server.stop() }
+        let client = try server.client()
+        for crd in try FakeAPIServer.crds() {
+            var text = JSONEmitter.emit(crd, pretty: false)
+            if crd["metadata"]?["name"]?.scalarText == "deployments.capstan.dev" {
+                let hash = CRDGenerator.schemaHash(for: .deployment)
+                #expect(text.contains(hash), "crds/ carries this binary's hash")
+                text = text.replacingOccurrences(of: hash, with: "0123456789abcdef")
+            }
+            _ = try await client.create(.customResourceDefinitions, namespace: nil, try JSONReader.parse(Data(text.utf8)))
+        }
+        let daemon = try Self.daemon(on: server)
+        defer { daemon.kill() }
+        try await Self.poll("the warning", log: { daemon.log }) { daemon.log.contains("are not capstan") }
+        #expect(daemon.log.contains("the installed CRDs deployments.capstan.dev are not capstan"), "\(daemon.log)")
+
+        let (current, _) = try await Self.started()
+        defer { current.stop() }
+        let other = try Self.daemon(on: current)
+        defer { other.kill() }
+        try await Self.poll("the CRDs checked", log: { other.log }) { other.log.contains("the installed CRDs are capstan") }
+        #expect(!other.log.contains("are not capstan") && !other.log.contains("CRDs not installed") && !other.log.contains("cannot read the CRD"), "\(other.log)")
+        #expect(!daemon.log.contains("the installed CRDs are capstan"))
+    }
+
     @Test func aSpecDirectoryRunsOnTheClusterWithPlatformKube() async throws {
         let (server, client) = try await Self.started()
         defer { server.stop() }
