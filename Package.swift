@@ -156,7 +156,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanCLITests",
-            dependencies: ["CapstanModel", "CapstanRuntime", "CapstanIntegrations", .product(name: "NIOCore", package: "swift-nio"),
+            dependencies: ["CSystemShims", "CapstanModel", "CapstanRuntime", "CapstanIntegrations", .product(name: "NIOCore", package: "swift-nio"),
                            .product(name: "Crypto", package: "swift-crypto")]
         ),
     ],

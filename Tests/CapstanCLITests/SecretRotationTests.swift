@@ -1,3 +1,4 @@
+import CSystemShims
 import Foundation
 import Synchronization
 import Testing
@@ -37,6 +38,10 @@ final class Postgres: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: directory + "/sock", withIntermediateDirectories: true)
         if let user { try Self.run(["/bin/chown", "-R", user, directory]) }
         try run([initdb, "-D", directory + "/data", "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"])
+        Self.running.withLock { running in
+            if running.isEmpty { atexit { Postgres.stopAll() } }
+            running[directory] = self
+        }
         try run([pgCtl, "-D", directory + "/data", "-l", directory + "/server.log", "-w", "-t", "60", "start",
                  "-o", "-p \(port) -k \(socket) -c listen_addresses=127.0.0.1 -c fsync=off"])
     }
@@ -44,6 +49,15 @@ final class Postgres: @unchecked Sendable {
     func stop() {
         if let pgCtl = Self.binary("pg_ctl") { try? run([pgCtl, "-D", directory + "/data", "-m", "immediate", "-w", "stop"]) }
         try? FileManager.default.removeItem(atPath: directory)
+        _ = Self.running.withLock { $0.removeValue(forKey: directory) }
+    }
+
+    /// Servers not stopped yet: a suite's shared one (BackupTests) lives as long as the test
+    /// process, and `pg_ctl start` leaves it running after: stopped at exit.
+    private static let running = Mutex<[String: Postgres]>([:])
+
+    static func stopAll() {
+        for server in running.withLock({ Array($0.values) }) { server.stop() }
     }
 
     /// Runs a command as the database's owner.
@@ -64,6 +78,9 @@ final class Postgres: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Nothing else of this process: a server it starts would hold, say, the pipe whose
+        // close stops a PipedServer (a git daemon outlived the suite so).
+        capstan_spawn_add_closefrom(&actions, 3)
         let arguments = command.map { strdup($0) } + [nil]
         let variables = (environment ?? ProcessInfo.processInfo.environment).map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { arguments.forEach { free($0) }; variables.forEach { free($0) } }
