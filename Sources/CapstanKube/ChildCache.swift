@@ -176,7 +176,7 @@ public final class ChildCache: Sendable {
             guard Self.isCapstans(node) else {
                 // Someone else's (or no longer marked as ours: a reconcile reads it and decides).
                 foreign.withLock { _ = $0.insert(key) }
-                return objects.withLock { $0.removeValue(forKey: key) }.flatMap { self.node($0, resource).flatMap(Self.owner(of:)) }.map(Wake.now)
+                return objects.withLock { $0.removeValue(forKey: key) }.flatMap(\.owner).map(Wake.now)
             }
             // The watch's echo of our own write (its response is kept already): nothing new,
             // and no reconcile of the owner for it.
@@ -198,7 +198,7 @@ public final class ChildCache: Sendable {
             let cached = objects.withLock { $0.removeValue(forKey: key) }
             deleted.withLock { _ = $0.insert(key) }
             // A re-list's tombstone has only the name: the cached copy knows the owner.
-            return (Self.owner(of: node) ?? cached.flatMap { self.node($0, resource) }.flatMap(Self.owner(of:))).map(Wake.now)
+            return (Self.owner(of: node) ?? cached?.owner).map(Wake.now)
         }
     }
 
