@@ -257,33 +257,38 @@ final class KubeDaemon: Sendable {
     func crdCheck() -> LoopService {
         let (client, log) = (target.client, log)
         return LoopService("CRD check") {
-            var other: [String] = [], missing: [String] = []
-            for kind in ResourceKind.allCases {
-                let name = "\(kind.plural).\(capstanGroup)"
-                let installed: SpecNode?
-                do {
-                    installed = try await client.get(.customResourceDefinitions, namespace: nil, name: name)
-                } catch {
-                    // Not allowed to read CRDs (an older ClusterRole), or no answer: not checked.
-                    log("cannot read the CRD \(name) to check it is this version's: \(error)", level: (error as? KubeError)?.code == 403 ? "info" : "warning")
-                    return
-                }
-                guard let installed else {
-                    missing.append(name)
-                    continue
-                }
-                if installed["metadata"]?["annotations"]?[CRDGenerator.schemaAnnotation]?.scalarText != CRDGenerator.schemaHash(for: kind) {
-                    other.append(name)
-                }
-            }
-            if !missing.isEmpty {
-                log("CRDs not installed: \(missing.joined(separator: ", ")); install them with `capstan crds | kubectl apply -f -`", level: "warning")
-            }
-            if missing.isEmpty && other.isEmpty { log("the installed CRDs are capstan \(Capstan.version)'s") }
-            if !other.isEmpty {
-                log("the installed CRDs \(other.joined(separator: ", ")) are not capstan \(Capstan.version)'s: the API server drops the fields they do not know from specs and statuses; apply this version's with `capstan crds | kubectl apply -f -` (or crds/ of this release)", level: "warning")
-            }
+            await Self.checkCRDs(client, log: log)
+            // A service that returns ends the group: this one stays until shutdown.
             while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
+        }
+    }
+
+    static func checkCRDs(_ client: KubeClient, log: DaemonLog) async {
+        var other: [String] = [], missing: [String] = []
+        for kind in ResourceKind.allCases {
+            let name = "\(kind.plural).\(capstanGroup)"
+            let installed: SpecNode?
+            do {
+                installed = try await client.get(.customResourceDefinitions, namespace: nil, name: name)
+            } catch {
+                // Not allowed to read CRDs (an older ClusterRole), or no answer: not checked.
+                log("cannot read the CRD \(name) to check it is this version's: \(error)", level: error.code == 403 ? "info" : "warning")
+                return
+            }
+            guard let installed else {
+                missing.append(name)
+                continue
+            }
+            if installed["metadata"]?["annotations"]?[CRDGenerator.schemaAnnotation]?.scalarText != CRDGenerator.schemaHash(for: kind) {
+                other.append(name)
+            }
+        }
+        if !missing.isEmpty {
+            log("CRDs not installed: \(missing.joined(separator: ", ")); install them with `capstan crds | kubectl apply -f -`", level: "warning")
+        }
+        if missing.isEmpty && other.isEmpty { log("the installed CRDs are capstan \(Capstan.version)'s") }
+        if !other.isEmpty {
+            log("the installed CRDs \(other.joined(separator: ", ")) are not capstan \(Capstan.version)'s: the API server drops the fields they do not know from specs and statuses; apply this version's with `capstan crds | kubectl apply -f -` (or crds/ of this release)", level: "warning")
         }
     }
 

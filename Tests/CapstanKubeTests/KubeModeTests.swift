@@ -549,6 +549,20 @@ import Glibc
         try await Self.poll("the CRDs checked", log: { other.log }) { other.log.contains("the installed CRDs are capstan") }
         #expect(!other.log.contains("are not capstan") && !other.log.contains("CRDs not installed") && !other.log.contains("cannot read the CRD"), "\(other.log)")
         #expect(!daemon.log.contains("the installed CRDs are capstan"))
+
+        // Not allowed to read CRDs (a ClusterRole from before the check): said, and the daemon
+        // works on (a check that ended its service stopped the daemon).
+        let (refusing, refusingClient) = try await Self.started()
+        defer { refusing.stop() }
+        try await refusing.control(refusingClient, "faults", .mapping([("code", .int(403)), ("count", .int(100)),
+                                                                       ("match", .string("/customresourcedefinitions/")), ("method", .string("GET"))]))
+        let third = try Self.daemon(on: refusing)
+        defer { third.kill() }
+        try await Self.poll("the refusal said", log: { third.log }) { third.log.contains("cannot read the CRD") }
+        _ = try await refusingClient.create(Self.applications, namespace: "default", Self.application())
+        _ = try await refusingClient.create(Self.deployments, namespace: "default", Self.deployment())
+        _ = try await Self.child(refusingClient, log: { third.log })
+        #expect(third.process.isRunning, "\(third.log)")
     }
 
     @Test func aSpecDirectoryRunsOnTheClusterWithPlatformKube() async throws {
